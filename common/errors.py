@@ -1,0 +1,65 @@
+"""The one exception hierarchy of Zoe.
+
+User errors (a bad ZApp, an unknown id, a refused request) are `UserError`s and map to a
+4xx HTTP status or an error reply; anything else is a bug and surfaces with a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ZoeError(Exception):
+    """Base of every error Zoe raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One broken rule: the JSON path of the offending value and what is wrong with it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class UserError(ZoeError):
+    """A request that cannot be honoured because of what the user sent or asked for."""
+
+    status = 400
+
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = list(errors or [])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": self.message,
+            "errors": [{"path": e.path, "message": e.message} for e in self.errors],
+        }
+
+
+class InvalidRequest(UserError):
+    """The request body or a parameter is malformed; `errors` names every offending field."""
+
+    status = 400
+
+
+class InvalidZApp(InvalidRequest):
+    """A ZApp description or manifest breaks the format; `errors` lists every violation."""
+
+    status = 422
+
+
+class NotFound(UserError):
+    """The named execution, instance, node or ZApp does not exist."""
+
+    status = 404
+
+
+class Conflict(UserError):
+    """The request is valid but the object's current state forbids it."""
+
+    status = 409
