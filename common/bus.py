@@ -1,0 +1,300 @@
+"""The bus: one place for RabbitMQ topology, publishing and the ack policy.
+
+Topology (declared by every service on start, and again by aio-pika after a reconnect):
+
+- ``zoe.events``   topic exchange: requests, facts, verdicts, heartbeats, state events;
+  routing key = the message's tag, then its node or execution (``fact.started.node1``).
+- ``zoe.commands`` direct exchange: routing key = node name -> queue ``executor.<node>``.
+- ``zoe.dlx``      fanout exchange -> queue ``dead-letters``: poison messages end here.
+- ``scheduler``, ``monitor``, ``executor.<node>``: durable quorum queues with a delivery
+  limit, dead-lettering to ``zoe.dlx``.
+
+Ack policy (``Bus.consume``): decode; a message that does not decode is rejected to the
+dead-letter queue at once; the handler runs; success -> ack (handlers commit before they
+return); an exception -> requeue, which counts against the delivery limit so a message
+that always fails is dead-lettered; cancellation -> neither, so it is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import msgspec
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from common import messages as m
+from common.errors import UserError
+
+log = structlog.get_logger("bus")
+
+EVENTS = "zoe.events"
+COMMANDS = "zoe.commands"
+DLX = "zoe.dlx"
+DEAD_LETTERS = "dead-letters"
+DELIVERY_LIMIT = 5
+
+SCHEDULER_QUEUE = "scheduler"
+MONITOR_QUEUE = "monitor"
+
+# queue name -> routing keys bound on zoe.events
+BINDINGS: dict[str, tuple[str, ...]] = {
+    SCHEDULER_QUEUE: (
+        "execution.*",
+        "node.heartbeat.*",
+        "fact.started.*",
+        "verdict.*",
+    ),
+    MONITOR_QUEUE: ("fact.*.*", "node.heartbeat.*"),
+}
+
+
+def executor_queue(node: str) -> str:
+    """The command queue of one node's executor."""
+    return f"executor.{node}"
+
+
+Handler = Callable[[Any], Awaitable[m.Message | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: to the events exchange, or to one node's command queue."""
+
+    message: m.Message
+    node: str | None = None  # set: a command for this node's executor
+
+    @property
+    def exchange(self) -> str:
+        return COMMANDS if self.node is not None else EVENTS
+
+    @property
+    def routing_key(self) -> str:
+        return self.node if self.node is not None else m.routing_key(self.message)
+
+
+@dataclass
+class _Consumer:
+    queue: AbstractQueue
+    tag: str
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Bus:
+    """A robust connection with a confirming publisher channel and a consumer channel."""
+
+    def __init__(self, url: str, *, name: str, prefetch: int = 64) -> None:
+        self._url = url
+        self._name = name
+        self._prefetch = prefetch
+        self._conn: AbstractRobustConnection | None = None
+        self._pub: AbstractChannel | None = None
+        self._sub: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[_Consumer] = []
+        self._rpc_queue: AbstractQueue | None = None
+        self._rpc_waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect (retrying while the broker is unreachable) and declare the topology."""
+        self._conn = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": self._name}
+        )
+        self._pub = await self._conn.channel(publisher_confirms=True)
+        self._sub = await self._conn.channel()
+        await self._sub.set_qos(prefetch_count=self._prefetch)
+        await declare_topology(self._pub)
+        for name in (EVENTS, COMMANDS):
+            self._exchanges[name] = await self._pub.get_exchange(name, ensure=False)
+        self._exchanges[""] = self._pub.default_exchange
+
+    async def close(self) -> None:
+        """Stop consuming and close the connection (unacked messages are redelivered)."""
+        await self.stop_consuming(timeout=0)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # ---- publishing ---------------------------------------------------------------------
+
+    async def publish(self, message: m.Message, *, node: str | None = None) -> None:
+        """Publish one persistent message and wait for the broker's confirm."""
+        await self.publish_many([Outgoing(message, node)])
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        """Publish persistent messages with pipelined confirms; raises if any is refused."""
+        await self.publish_raw([(o.exchange, o.routing_key, m.encode(o.message)) for o in items])
+
+    async def publish_raw(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Publish already-encoded bodies: (exchange, routing key, body) triples."""
+        publishes = [
+            self._exchanges[exchange].publish(_amqp_message(body), routing_key=key)
+            for exchange, key, body in items
+        ]
+        if publishes:
+            await asyncio.gather(*publishes)
+
+    # ---- request/reply ------------------------------------------------------------------
+
+    async def request(self, node: str, message: m.Message, *, timeout: float) -> bytes:
+        """Send a command to one node's executor and wait for its reply's body."""
+        assert self._sub is not None
+        if self._rpc_queue is None:
+            self._rpc_queue = await self._sub.declare_queue(exclusive=True, auto_delete=True)
+            await self._rpc_queue.consume(self._on_reply, no_ack=True)
+        correlation = uuid.uuid4().hex
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._rpc_waiting[correlation] = future
+        try:
+            msg = _amqp_message(m.encode(message))
+            msg.reply_to = self._rpc_queue.name
+            msg.correlation_id = correlation
+            msg.expiration = timeout
+            await self._exchanges[COMMANDS].publish(msg, routing_key=node)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._rpc_waiting.pop(correlation, None)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._rpc_waiting.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    # ---- consuming ----------------------------------------------------------------------
+
+    async def declare_queue(self, name: str, bindings: Iterable[tuple[str, str]] = ()) -> None:
+        """Declare a durable quorum queue dead-lettering to ``zoe.dlx``, with bindings."""
+        assert self._pub is not None
+        queue = await _declare_work_queue(self._pub, name)
+        for exchange, key in bindings:
+            await queue.bind(exchange, routing_key=key)
+
+    async def consume(self, queue_name: str, inbox: Any, handler: Handler) -> None:
+        """Deliver messages of ``queue_name``, decoded as ``inbox``, to ``handler``."""
+        assert self._sub is not None
+        queue = await self._sub.get_queue(queue_name, ensure=False)
+        decoder = m.decoder(inbox)
+        consumer = _Consumer(queue, "")
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            consumer.inflight.add(task)
+            try:
+                await self._handle(message, decoder, handler)
+            finally:
+                consumer.inflight.discard(task)
+
+        consumer.tag = await queue.consume(on_message)
+        self._consumers.append(consumer)
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, decoder: msgspec.json.Decoder[Any], handler: Handler
+    ) -> None:
+        try:
+            decoded = decoder.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning(
+                "message.refused", reason=str(exc), body=message.body[:200].decode(errors="replace")
+            )
+            await message.reject(requeue=False)
+            return
+        ids = {
+            k: getattr(decoded, k)
+            for k in ("execution_id", "instance_id", "node")
+            if hasattr(decoded, k)
+        }
+        with structlog.contextvars.bound_contextvars(msg=m.tag_of(decoded), **ids):
+            try:
+                reply = await handler(decoded)
+            except asyncio.CancelledError:
+                raise  # neither ack nor reject: the broker redelivers it
+            except UserError as exc:
+                log.warning("message.rejected", reason=exc.message)
+                await message.reject(requeue=False)
+                return
+            except Exception:
+                log.exception("message.failed", redelivered=message.redelivered)
+                await message.reject(requeue=True)
+                return
+            if reply is not None and message.reply_to:
+                out = _amqp_message(m.encode(reply), persistent=False)
+                out.correlation_id = message.correlation_id
+                await self._exchanges[""].publish(out, routing_key=message.reply_to)
+            await message.ack()
+
+    async def stop_consuming(self, timeout: float) -> None:
+        """Stop fetching, wait up to ``timeout`` for in-flight handlers, then cancel them."""
+        consumers, self._consumers = self._consumers, []
+        for c in consumers:
+            with contextlib.suppress(Exception):
+                await c.queue.cancel(c.tag)
+        inflight = [t for c in consumers for t in c.inflight]
+        if inflight and timeout > 0:
+            await asyncio.wait(inflight, timeout=timeout)
+        for t in inflight:
+            t.cancel()
+
+
+def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        if persistent
+        else aio_pika.DeliveryMode.NOT_PERSISTENT,
+    )
+
+
+async def _declare_work_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    return await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DLX,
+        },
+    )
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    """Declare every exchange and the shared queues with their bindings (idempotent)."""
+    events = await channel.declare_exchange(EVENTS, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(COMMANDS, aio_pika.ExchangeType.DIRECT, durable=True)
+    dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead = await channel.declare_queue(DEAD_LETTERS, durable=True)
+    await dead.bind(dlx)
+    for name, keys in BINDINGS.items():
+        queue = await _declare_work_queue(channel, name)
+        for key in keys:
+            await queue.bind(events, routing_key=key)
+
+
+async def declare_executor_queue(bus: Bus, node: str) -> str:
+    """Declare ``executor.<node>`` bound to the commands exchange; returns its name."""
+    name = executor_queue(node)
+    await bus.declare_queue(name, [(COMMANDS, node)])
+    return name

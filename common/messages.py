@@ -1,0 +1,284 @@
+"""Every message on the bus: frozen, keyword-only msgspec Structs, JSON on the wire.
+
+Each message carries a type tag (``"type"``), a unique ``id`` and a schema version ``v``.
+Decoders are built once per consumer from the union of what that consumer accepts; a
+message that does not decode is refused with the reason and dead-lettered.
+docs/asyncapi.yaml describes these for outside platforms (tests/unit/test_messages.py
+checks the two agree).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every bus message."""
+
+    id: str = msgspec.field(default_factory=_new_id)
+    v: int = SCHEMA_VERSION
+
+
+# ---- requests (api -> scheduler) -------------------------------------------------------
+
+
+class ExecutionSubmitted(Message, frozen=True, kw_only=True, tag="execution.submitted"):
+    """A new execution is stored (state submitted) and asks to be scheduled."""
+
+    execution_id: int
+
+
+class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execution.terminate"):
+    """A user asked to terminate an execution."""
+
+    execution_id: int
+
+
+# ---- node facts (executor -> scheduler, monitor) ---------------------------------------
+
+
+class ContainerUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One container's resource use, sampled by its executor."""
+
+    instance_id: int
+    cpu_percent: float
+    memory_bytes: int
+
+
+class NodeHeartbeat(Message, frozen=True, kw_only=True, tag="node.heartbeat"):
+    """An executor is alive; carries its capacity and what it runs.
+
+    ``registered`` is true for the first heartbeat after the executor starts (its
+    registration); ``instances`` lists the instance ids of the containers it manages.
+    """
+
+    node: str
+    cores: float
+    memory: int
+    labels: list[str] = []
+    images: list[str] = []
+    instances: list[int] = []
+    usage: list[ContainerUsage] = []
+    registered: bool = False
+    sent_at: float = 0.0
+
+
+# ---- commands (scheduler -> one executor) ----------------------------------------------
+
+
+class PortRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A port to publish on the host."""
+
+    name: str
+    port_number: int
+    protocol: str = "tcp"
+    url_template: str | None = None
+
+
+class VolumeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A volume to mount: ``source`` is a host path or a named Docker volume."""
+
+    source: str
+    path: str
+    read_only: bool = False
+
+
+class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
+    """Start the container of one instance (idempotent: the name decides)."""
+
+    execution_id: int
+    instance_id: int
+    instance: str  # the instance name, also its DNS name in the execution's network
+    container_name: str
+    network: str
+    image: str
+    command: str | None = None
+    environment: dict[str, str] = {}
+    cores_limit: float
+    memory_limit: int
+    shm_size: int | None = None
+    work_dir: str | None = None
+    ports: list[PortRequest] = []
+    volumes: list[VolumeRequest] = []
+    labels: dict[str, str] = {}
+
+
+class StopInstance(Message, frozen=True, kw_only=True, tag="instance.stop"):
+    """Stop and remove the container of one instance (idempotent)."""
+
+    execution_id: int
+    instance_id: int
+    container_name: str
+    network: str
+
+
+class LogsRequest(Message, frozen=True, kw_only=True, tag="instance.logs"):
+    """Ask an executor for a live container's log; the reply goes to ``reply_to``."""
+
+    container_name: str
+    tail: int | None = None
+
+
+# ---- container facts (executor -> monitor, scheduler) ----------------------------------
+
+
+class InstanceStarted(Message, frozen=True, kw_only=True, tag="fact.started"):
+    """The container of an instance runs."""
+
+    node: str
+    execution_id: int
+    instance_id: int
+    container_id: str
+    container_name: str
+    endpoints: dict[str, str] = {}  # port name -> "host:port"
+
+
+class InstanceStartFailed(Message, frozen=True, kw_only=True, tag="fact.start_failed"):
+    """The container of an instance could not be created or started."""
+
+    node: str
+    execution_id: int
+    instance_id: int
+    container_name: str
+    reason: str
+
+
+class InstanceExited(Message, frozen=True, kw_only=True, tag="fact.exited"):
+    """The container of an instance stopped running (it still exists)."""
+
+    node: str
+    execution_id: int
+    instance_id: int
+    container_id: str
+    exit_code: int
+    oom_killed: bool = False
+
+
+class InstanceRemoved(Message, frozen=True, kw_only=True, tag="fact.removed"):
+    """The container of an instance is gone; ``log`` is the tail it printed."""
+
+    node: str
+    execution_id: int
+    instance_id: int
+    container_name: str
+    exit_code: int | None = None
+    oom_killed: bool = False
+    log: str = ""
+
+
+# ---- verdicts (monitor -> scheduler) ---------------------------------------------------
+
+EndReason = Literal["stopped", "exited", "crashed", "oom", "node-lost", "start-failed", "removed"]
+
+
+class InstanceEnded(Message, frozen=True, kw_only=True, tag="verdict.instance_ended"):
+    """An instance is no longer running, and why. ``exited``: code 0 by itself."""
+
+    execution_id: int
+    instance_id: int
+    reason: EndReason
+    exit_code: int | None = None
+
+
+class ExecutionEnded(Message, frozen=True, kw_only=True, tag="verdict.execution_ended"):
+    """The monitor service of an ephemeral execution ended: the execution is over."""
+
+    execution_id: int
+    outcome: Literal["finished", "failed"]
+    exit_code: int | None = None
+
+
+class NodeLost(Message, frozen=True, kw_only=True, tag="verdict.node_lost"):
+    """A node missed its heartbeats for longer than the timeout."""
+
+    node: str
+
+
+# ---- events (scheduler -> anyone) ------------------------------------------------------
+
+
+class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execution"):
+    """An execution moved to ``state``."""
+
+    execution_id: int
+    state: str
+    at: float
+
+
+class LogsReply(Message, frozen=True, kw_only=True, tag="instance.logs_reply"):
+    """An executor's answer to a LogsRequest."""
+
+    found: bool
+    log: str = ""
+
+
+SchedulerInbox = (
+    ExecutionSubmitted
+    | ExecutionTerminateRequested
+    | NodeHeartbeat
+    | InstanceStarted
+    | InstanceStartFailed
+    | InstanceEnded
+    | ExecutionEnded
+    | NodeLost
+)
+MonitorInbox = (
+    InstanceStarted | InstanceStartFailed | InstanceExited | InstanceRemoved | NodeHeartbeat
+)
+ExecutorInbox = StartInstance | StopInstance | LogsRequest
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    ExecutionSubmitted,
+    ExecutionTerminateRequested,
+    NodeHeartbeat,
+    StartInstance,
+    StopInstance,
+    LogsRequest,
+    InstanceStarted,
+    InstanceStartFailed,
+    InstanceExited,
+    InstanceRemoved,
+    InstanceEnded,
+    ExecutionEnded,
+    NodeLost,
+    ExecutionStateChanged,
+    LogsReply,
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: Message) -> bytes:
+    """The wire form of ``message``."""
+    return _encoder.encode(message)
+
+
+def decoder(union: Any) -> msgspec.json.Decoder[Any]:
+    """A decoder for one consumer's inbox (a message type or a union of them)."""
+    return msgspec.json.Decoder(union)
+
+
+def tag_of(message: Message | type[Message]) -> str:
+    """The type tag, which is also the routing key's first part."""
+    cls = message if isinstance(message, type) else type(message)
+    return str(msgspec.inspect.type_info(cls).tag)  # type: ignore[attr-defined]
+
+
+def routing_key(message: Message) -> str:
+    """Where an event goes on the topic exchange: its tag, then its node or execution."""
+    key = tag_of(message)
+    node = getattr(message, "node", None)
+    if node is not None and not isinstance(message, NodeLost):
+        return f"{key}.{node}"
+    if isinstance(message, ExecutionStateChanged):
+        return f"{key}.{message.execution_id}"
+    return key

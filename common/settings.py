@@ -1,0 +1,116 @@
+"""Typed, frozen settings per service, read once from ``ZOE_*`` environment variables.
+
+Every field of a settings class maps to the variable ``ZOE_<FIELD NAME IN UPPER CASE>``;
+values are converted to the field's type (numbers, booleans, comma-separated lists), and a
+bad value is refused at start with the variable's name. Settings are passed explicitly:
+nothing reads the environment after start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Self
+
+import msgspec
+
+from common.errors import FieldError, InvalidRequest
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """What every service needs: where the broker and the database are, and who we are."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/zoe"
+    # Names containers, networks and labels: two deployments never touch each other's.
+    deployment: str = "zoe"
+    log_level: str = "info"
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    prefetch: int = 64
+    # How long a stopping service waits for in-flight messages before cancelling them.
+    drain_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Build the settings from ``ZOE_*`` variables (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get("ZOE_" + field.name.upper())
+            if value is None:
+                continue
+            if _is_list(field.type):
+                raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
+            elif value == "" and _is_optional(field.type):
+                raw[field.name] = None
+            else:
+                raw[field.name] = value
+        raw.update(overrides)
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            path = str(exc).rpartition("at `$.")[2].rstrip("`")
+            name = "ZOE_" + path.upper() if path != str(exc) else "ZOE_*"
+            raise InvalidRequest(
+                "invalid settings", [FieldError(name, str(exc).split(" - at")[0])]
+            ) from exc
+
+
+def _is_list(tp: Any) -> bool:
+    return "list[" in str(tp) or "tuple[" in str(tp)
+
+
+def _is_optional(tp: Any) -> bool:
+    return "None" in str(tp)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 30
+
+
+class ApiSettings(Settings, frozen=True, kw_only=True):
+    """The HTTP gateway and the AMQP request interface."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    zapps_root: str = "zapps"
+    # Longest a request waits for a log reply from an executor, in seconds.
+    rpc_timeout: float = 5.0
+
+
+class SchedulerSettings(Settings, frozen=True, kw_only=True):
+    """The one placement decider."""
+
+    policy: str = "dynsize+pack"
+    # A pass also runs on this period, to catch backoffs that expire.
+    pass_interval: float = 1.0
+    # Seconds a died elastic instance waits before it is placed again, doubled per restart.
+    restart_backoff: float = 0.5
+    restart_backoff_max: float = 30.0
+
+
+class ExecutorSettings(Settings, frozen=True, kw_only=True):
+    """One executor per Docker host; the node's identity and capacity."""
+
+    node_name: str = msgspec.field(default_factory=socket.gethostname)
+    cores: float = msgspec.field(default_factory=lambda: float(os.cpu_count() or 1))
+    memory: int = msgspec.field(default_factory=_memory_bytes)
+    labels: tuple[str, ...] = ()
+    docker_url: str | None = None
+    heartbeat_interval: float = 2.0
+    stop_timeout: float = 5.0
+    # Bytes of a container's log kept after the container is removed.
+    log_keep_bytes: int = 1 << 20
+    zapps_root: str = "zapps"
+
+
+class MonitorSettings(Settings, frozen=True, kw_only=True):
+    """The verdict maker."""
+
+    # A node that sent no heartbeat for this many seconds is lost.
+    node_timeout: float = 10.0
+    check_interval: float = 1.0
