@@ -1,0 +1,128 @@
+"""Fixtures shared by every test layer.
+
+Each test session gets its own RabbitMQ vhost, PostgreSQL database and deployment name
+(which labels its containers and networks), so a run never touches a running ``make up``
+platform nor another run; all three are removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
+
+import aiodocker
+import asyncpg
+import pytest
+
+from common import db
+from common.bus import Bus
+
+RUN_ID = uuid.uuid4().hex[:8]
+AMQP_BASE = os.environ.get("ZOE_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
+PG_BASE = os.environ.get("ZOE_TEST_PG_BASE", "postgresql://postgres@127.0.0.1:5432/")
+
+
+class TestEnv:
+    """Where this test session's services live."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.run_id = RUN_ID
+        self.vhost = f"zoe-test-{RUN_ID}"
+        self.database = f"zoe_test_{RUN_ID}"
+        self.deployment = f"zt{RUN_ID}"
+        self.amqp_url = AMQP_BASE.rstrip("/") + "/" + quote(self.vhost, safe="")
+        self.database_url = PG_BASE.rstrip("/") + "/" + self.database
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a service process of this session."""
+        out = dict(os.environ)
+        out.update(
+            ZOE_AMQP_URL=self.amqp_url,
+            ZOE_DATABASE_URL=self.database_url,
+            ZOE_DEPLOYMENT=self.deployment,
+            ZOE_LOG_JSON="true",
+            ZOE_LOG_LEVEL="debug",
+        )
+        out.update(extra)
+        return out
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def test_env() -> Iterator[TestEnv]:
+    env = TestEnv()
+    _rabbitmqctl("add_vhost", env.vhost)
+    _rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
+    asyncio.run(db.migrate(env.database_url))
+    try:
+        yield env
+    finally:
+        asyncio.run(_remove_containers(env.deployment))
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", env.vhost], capture_output=True, timeout=120
+        )
+        asyncio.run(_drop_database(env.database))
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_BASE.rstrip("/") + "/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _remove_containers(deployment: str) -> None:
+    async with aiodocker.Docker() as docker:
+        label = f"zoe.deployment={deployment}"
+        for c in await docker.containers.list(all=True, filters={"label": [label]}):
+            await c.delete(force=True)
+        for n in await docker.networks.list(filters={"label": [label]}):
+            try:
+                await aiodocker.networks.DockerNetwork(docker, n["Id"]).delete()
+            except aiodocker.DockerError:
+                pass
+
+
+@pytest.fixture(scope="session")
+async def pool(test_env: TestEnv) -> AsyncIterator[asyncpg.Pool]:
+    async with db.pool(test_env.database_url, max_size=5) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+async def bus(test_env: TestEnv) -> AsyncIterator[Bus]:
+    async with Bus(test_env.amqp_url, name="tests") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+async def docker() -> AsyncIterator[aiodocker.Docker]:
+    async with aiodocker.Docker() as d:
+        yield d
+
+
+async def wait_for(
+    predicate, *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+):  # type: ignore[no-untyped-def]
+    """Poll an async or sync predicate until it returns a truthy value or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,94 @@
+"""The bus layer against the real RabbitMQ: topology, confirms, the ack policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from common import messages as m
+from common.bus import DEAD_LETTERS, Bus
+from common.errors import UserError
+from tests.conftest import TestEnv, wait_for
+
+
+async def _dead_letter_bodies(bus: Bus) -> list[bytes]:
+    channel = await bus._conn.channel()  # type: ignore[union-attr]
+    try:
+        queue = await channel.get_queue(DEAD_LETTERS)
+        bodies = []
+        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
+            bodies.append(msg.body)
+        return bodies
+    finally:
+        await channel.close()
+
+
+async def test_bad_and_failing_messages_are_dead_lettered_and_consumer_survives(
+    test_env: TestEnv,
+) -> None:
+    async with Bus(test_env.amqp_url, name="t-consumer") as consumer:
+        queue = f"test.acks.{test_env.run_id}"
+        await consumer.declare_queue(queue, [("zoe.events", "test.acks")])
+        seen: list[int] = []
+        attempts: dict[int, int] = {}
+
+        async def handler(msg: m.ExecutionSubmitted) -> None:
+            attempts[msg.execution_id] = attempts.get(msg.execution_id, 0) + 1
+            if msg.execution_id == 2:
+                raise RuntimeError("always fails")
+            if msg.execution_id == 3:
+                raise UserError("refused for good")
+            seen.append(msg.execution_id)
+
+        await consumer.consume(queue, m.ExecutionSubmitted, handler)
+        await _dead_letter_bodies(consumer)  # start from an empty dead-letter queue
+        ex = consumer._exchanges["zoe.events"]
+        for body in (b"not json", b'{"type":"nope"}', b'{"type":"execution.submitted"}'):
+            await ex.publish(aio_pika.Message(body), routing_key="test.acks")
+        for i in (1, 2, 3, 4):
+            await ex.publish(
+                aio_pika.Message(m.encode(m.ExecutionSubmitted(execution_id=i))),
+                routing_key="test.acks",
+            )
+        await wait_for(lambda: seen == [1, 4], what="good messages handled")
+        dead: list[bytes] = []
+
+        async def collected() -> bool:
+            dead.extend(await _dead_letter_bodies(consumer))
+            return len(dead) >= 5
+
+        await wait_for(collected, what="five dead letters")
+        assert b"not json" in dead
+        assert sum(b'"execution_id":2' in d for d in dead) == 1
+        assert sum(b'"execution_id":3' in d for d in dead) == 1
+        # the failing message was retried up to the delivery limit, the refused one never
+        assert attempts[2] > 1
+        assert attempts[3] == 1
+        # and the consumer still works
+        await ex.publish(
+            aio_pika.Message(m.encode(m.ExecutionSubmitted(execution_id=5))),
+            routing_key="test.acks",
+        )
+        await wait_for(lambda: 5 in seen, what="consumer alive after poison")
+
+
+async def test_request_reply(test_env: TestEnv) -> None:
+    async with (
+        Bus(test_env.amqp_url, name="t-rpc-server") as server,
+        Bus(test_env.amqp_url, name="t-rpc-client") as client,
+    ):
+        from common.bus import declare_executor_queue
+
+        name = await declare_executor_queue(server, "rpcnode")
+
+        async def handler(msg: m.LogsRequest) -> m.LogsReply:
+            return m.LogsReply(found=True, log=f"log of {msg.container_name}")
+
+        await server.consume(name, m.LogsRequest, handler)
+        body = await client.request("rpcnode", m.LogsRequest(container_name="c1"), timeout=5)
+        reply = m.decoder(m.LogsReply).decode(body)
+        assert reply.log == "log of c1"
+        with pytest.raises(asyncio.TimeoutError):
+            await client.request("nobody-listens", m.LogsRequest(container_name="x"), timeout=0.3)
