@@ -58,7 +58,7 @@ BINDINGS: dict[str, tuple[str, ...]] = {
         "fact.started.*",
         "verdict.*",
     ),
-    MONITOR_QUEUE: ("fact.*.*", "node.heartbeat.*"),
+    MONITOR_QUEUE: ("fact.exited.*", "fact.removed.*", "fact.start_failed.*", "node.heartbeat.*"),
 }
 
 

@@ -64,3 +64,13 @@ def _public(settings: Settings) -> dict[str, object]:
             user = rest.split(":", 1)[0]
             out[key] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
     return out
+
+
+async def wait_any(*events: asyncio.Event, timeout: float) -> None:
+    """Return when any of ``events`` is set, or after ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

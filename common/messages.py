@@ -161,6 +161,7 @@ class InstanceExited(Message, frozen=True, kw_only=True, tag="fact.exited"):
     container_id: str
     exit_code: int
     oom_killed: bool = False
+    container_name: str = ""
 
 
 class InstanceRemoved(Message, frozen=True, kw_only=True, tag="fact.removed"):
@@ -187,6 +188,7 @@ class InstanceEnded(Message, frozen=True, kw_only=True, tag="verdict.instance_en
     instance_id: int
     reason: EndReason
     exit_code: int | None = None
+    detail: str = ""
 
 
 class ExecutionEnded(Message, frozen=True, kw_only=True, tag="verdict.execution_ended"):
@@ -226,7 +228,6 @@ SchedulerInbox = (
     | ExecutionTerminateRequested
     | NodeHeartbeat
     | InstanceStarted
-    | InstanceStartFailed
     | InstanceEnded
     | ExecutionEnded
     | NodeLost

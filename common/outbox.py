@@ -18,6 +18,7 @@ import structlog
 
 from common import messages as m
 from common.bus import Bus, Outgoing
+from common.lifecycle import wait_any, wait_or_stop
 
 log = structlog.get_logger("outbox")
 
@@ -58,12 +59,12 @@ class Relay:
                 except (asyncpg.PostgresError, OSError, ConnectionError, RuntimeError) as exc:
                     log.warning("outbox.retry", error=repr(exc), backoff=backoff)
                     published = 0
-                    await _wait(stop, backoff)
+                    await wait_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 if published < BATCH:
                     self._wake.clear()
-                    await _wait_any(stop, self._wake, self._poll)
+                    await wait_any(stop, self._wake, timeout=self._poll)
         finally:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(CHANNEL, self._on_notify)
@@ -87,17 +88,3 @@ class Relay:
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
         return len(rows)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -106,6 +106,10 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Bytes of a container's log kept after the container is removed.
     log_keep_bytes: int = 1 << 20
     zapps_root: str = "zapps"
+    # Host part of the endpoint URLs the executor reports ("host:port").
+    advertise_host: str = "127.0.0.1"
+    # Host address published container ports bind to.
+    publish_host: str = "127.0.0.1"
 
 
 class MonitorSettings(Settings, frozen=True, kw_only=True):

@@ -1,0 +1,145 @@
+"""The api's reads and writes: creating executions, reading them back for users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from common import messages as m
+from common.bus import Outgoing
+from common.errors import Conflict, NotFound
+from common.outbox import enqueue
+from common.zapp import Description, expand
+
+FINAL = ("finished", "failed", "terminated", "error")
+
+
+async def create_execution(
+    pool: asyncpg.Pool,
+    *,
+    name: str,
+    user_name: str,
+    description: Description,
+    deployment: str,
+    priority: int = 0,
+) -> int:
+    """Store an execution with its expanded instances and queue its submission, atomically."""
+    async with pool.acquire() as conn, conn.transaction():
+        execution_id: int = await conn.fetchval(
+            "INSERT INTO executions (name, user_name, description, will_end, size, priority)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            name,
+            user_name,
+            msgspec.to_builtins(description),
+            description.will_end,
+            float(description.size),
+            priority,
+        )
+        specs = expand(
+            description,
+            execution_id=execution_id,
+            execution_name=name,
+            user_name=user_name,
+            deployment=deployment,
+        )
+        await conn.executemany(
+            "INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
+            " startup_order, cores, memory, labels, spec)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [
+                (
+                    execution_id,
+                    s.name,
+                    s.service,
+                    s.index,
+                    s.essential,
+                    s.monitor,
+                    s.startup_order,
+                    s.cores_reserved,
+                    s.memory_reserved,
+                    list(s.labels),
+                    msgspec.to_builtins(s),
+                )
+                for s in specs
+            ],
+        )
+        await enqueue(conn, [Outgoing(m.ExecutionSubmitted(execution_id=execution_id))])
+    return execution_id
+
+
+async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
+    """Queue a termination request; returns the execution's current state."""
+    async with pool.acquire() as conn, conn.transaction():
+        state = await conn.fetchval("SELECT state FROM executions WHERE id = $1", execution_id)
+        if state is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        if state in FINAL:
+            raise Conflict(f"execution {execution_id} has already ended ({state})")
+        msg = m.ExecutionTerminateRequested(execution_id=execution_id)
+        await enqueue(conn, [Outgoing(msg)])
+    return str(state)
+
+
+_EXEC_COLUMNS = (
+    "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
+    " submitted_at, started_at, finished_at"
+)
+
+
+def _execution(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["user"] = out.pop("user_name")
+    for key in ("submitted_at", "started_at", "finished_at"):
+        out[key] = out[key].isoformat() if out[key] is not None else None
+    return out
+
+
+def _instance(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["updated_at"] = out["updated_at"].isoformat()
+    return out
+
+
+async def list_executions(
+    pool: asyncpg.Pool, *, state: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Executions, newest first, optionally only those in ``state``."""
+    rows = await pool.fetch(
+        f"SELECT {_EXEC_COLUMNS} FROM executions WHERE ($1::text IS NULL OR state = $1)"
+        " ORDER BY id DESC LIMIT $2",
+        state,
+        limit,
+    )
+    return [_execution(r) for r in rows]
+
+
+async def get_execution(pool: asyncpg.Pool, execution_id: int) -> dict[str, Any]:
+    """One execution with its service instances."""
+    row = await pool.fetchrow(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = $1", execution_id)
+    if row is None:
+        raise NotFound(f"execution {execution_id} does not exist")
+    out = _execution(row)
+    instances = await pool.fetch(
+        "SELECT id, name, service, essential, monitor, state, node, container_name,"
+        " container_id, exit_code, reason, restart_count, endpoints, cores, memory, updated_at"
+        " FROM instances WHERE execution_id = $1 ORDER BY id",
+        execution_id,
+    )
+    out["services"] = [_instance(r) for r in instances]
+    return out
+
+
+async def find_instance(pool: asyncpg.Pool, execution_id: int, name: str) -> asyncpg.Record:
+    """The instance called ``name`` in an execution, with where its container is."""
+    row = await pool.fetchrow(
+        "SELECT i.id, i.state, i.node, i.container_name, i.removed, l.log AS saved_log"
+        " FROM instances i LEFT JOIN instance_logs l ON l.instance_id = i.id"
+        " WHERE i.execution_id = $1 AND i.name = $2",
+        execution_id,
+        name,
+    )
+    if row is None:
+        raise NotFound(f"execution {execution_id} has no service instance {name!r}")
+    return row

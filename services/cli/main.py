@@ -1,0 +1,202 @@
+"""``zoe``: the command line of the Zoe platform.
+
+``ZOE_URL`` selects the API (default http://127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.cli.client import ApiError, Client
+
+FINAL = {"finished", "failed", "terminated", "error"}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _row(execution: dict[str, Any]) -> str:
+    return (
+        f"{execution['id']:>6}  {execution['name'][:24]:<24}  {execution['state']:<12}"
+        f"  {execution['submitted_at'][:19]}"
+    )
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        application = json.loads(path.read_text())
+    except OSError as exc:
+        print(f"zoe: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"zoe: {path} is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    name = (
+        args.name
+        or (application.get("name") if isinstance(application, dict) else None)
+        or path.stem
+    )
+    execution = client.call("POST", "/executions", {"name": name, "application": application})
+    for warning in execution.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.wait:
+        execution = _wait(client, execution["id"], args.wait, args.timeout, quiet=args.json)
+    if args.json:
+        _print_json(execution)
+    else:
+        print(f"execution {execution['id']} ({execution['name']}): {execution['state']}")
+    if args.wait and execution["state"] in ("failed", "error"):
+        return 1
+    return 0
+
+
+def _wait(client: Client, execution_id: int, until: str, timeout: float, *, quiet: bool) -> Any:
+    """Poll until the execution runs (or ends), or until it ends when ``until == 'end'``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        execution = client.call("GET", f"/executions/{execution_id}")
+        state = execution["state"]
+        if state != last and not quiet:
+            print(f"execution {execution_id}: {state}", file=sys.stderr)
+            last = state
+        if state in FINAL or (until == "running" and state == "running"):
+            return execution
+        if time.monotonic() > deadline:
+            raise ApiError(0, f"execution {execution_id} still {state} after {timeout:.0f}s")
+        time.sleep(0.25)
+
+
+def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    query = f"?state={args.state}" if args.state else ""
+    rows = client.call("GET", f"/executions{query}")
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'ID':>6}  {'NAME':<24}  {'STATE':<12}  SUBMITTED")
+    for r in rows:
+        print(_row(r))
+    return 0
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    execution = client.call("GET", f"/executions/{args.id}")
+    if args.json:
+        _print_json(execution)
+        return 0
+    print(_row(execution))
+    if execution.get("error"):
+        print(f"  error: {execution['error']}")
+    for s in execution["services"]:
+        extra = []
+        if s["exit_code"] is not None:
+            extra.append(f"exit {s['exit_code']}")
+        if s["reason"]:
+            extra.append(s["reason"])
+        if s["restart_count"]:
+            extra.append(f"restarts {s['restart_count']}")
+        kind = "essential" if s["essential"] else "elastic"
+        print(
+            f"  {s['name']:<20} {kind:<9} {s['state']:<9} {s['node'] or '-':<12}"
+            f" {(s['container_id'] or '-')[:12]:<12} {' '.join(extra)}"
+        )
+        for port, url in (s.get("endpoints") or {}).items():
+            print(f"      {port}: {url}")
+    return 0
+
+
+def cmd_terminate(client: Client, args: argparse.Namespace) -> int:
+    client.call("POST", f"/executions/{args.id}/terminate")
+    print(f"execution {args.id}: terminating")
+    return 0
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    query = f"?tail={args.tail}" if args.tail is not None else ""
+    text = client.call(
+        "GET", f"/executions/{args.id}/services/{args.instance}/logs{query}", raw=True
+    )
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_simulate(argv: list[str]) -> int:
+    from services.scheduler.simulator import main as simulate
+
+    return simulate(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoe",
+        description="Run analytics applications (ZApps) on a cluster of Docker hosts.",
+        epilog="The API is at $ZOE_URL (default http://127.0.0.1:8080).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="submit a ZApp description (JSON file) for execution")
+    p.add_argument("file", help="the ZApp description, a JSON file")
+    p.add_argument("--name", help="execution name (default: the ZApp's name)")
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        const="running",
+        choices=["running", "end"],
+        help="wait until the execution runs (or ends); with 'end', until it ends",
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most")
+    p.add_argument("--json", action="store_true", help="print the execution as JSON")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("ls", help="list executions, newest first")
+    p.add_argument("--state", help="only executions in this state")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("get", help="show one execution and its service instances")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("terminate", help="terminate an execution")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_terminate)
+
+    p = sub.add_parser("logs", help="print the log of one service instance")
+    p.add_argument("id", type=int)
+    p.add_argument("instance", help="instance name, e.g. spark-worker0")
+    p.add_argument("--tail", type=int, help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
+
+    sub.add_parser(
+        "simulate",
+        help="run the scheduler simulator (zoe simulate --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``zoe``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        sys.exit(cmd_simulate(argv[1:]))
+    args = build_parser().parse_args(argv)
+    client = Client(os.environ.get("ZOE_URL", "http://127.0.0.1:8080"))
+    try:
+        sys.exit(args.func(client, args))
+    except ApiError as exc:
+        print(f"zoe: {exc.describe()}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""One scheduling pass: read the cluster from PostgreSQL, ask the core, apply its decisions.
+
+The core (``services.scheduler.core.schedule``) is pure; this module is the thin shell
+around it. Placements are applied per execution in a savepoint with guarded updates, so
+an execution's essential set is stored all together or not at all even when a message
+handler changed a row since the snapshot was read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import asyncpg
+import structlog
+
+from services.scheduler import store
+from services.scheduler.core import (
+    Decisions,
+    ExecutionState,
+    InstanceReq,
+    NodeState,
+    Policy,
+    schedule,
+)
+
+log = structlog.get_logger("scheduler.pass")
+
+
+class _Conflict(Exception):
+    """A row moved since the snapshot: skip this execution's placements this pass."""
+
+
+async def load_snapshot(
+    conn: asyncpg.Connection, now: float
+) -> tuple[list[NodeState], list[ExecutionState], float | None]:
+    """Nodes, active executions, and the next time a backoff expires (if any)."""
+    nodes = [
+        NodeState(
+            name=r["name"],
+            cores=r["cores"],
+            memory=r["memory"],
+            labels=frozenset(r["labels"]),
+            available=r["state"] == "up",
+        )
+        for r in await conn.fetch("SELECT name, cores, memory, labels, state FROM nodes")
+    ]
+    execs = await conn.fetch(
+        "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state"
+        " FROM executions WHERE state IN ('queued', 'starting', 'running', 'cleaning_up')"
+    )
+    rows = await conn.fetch(
+        "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
+        " i.node, extract(epoch FROM i.not_before) AS not_before"
+        " FROM instances i JOIN executions e ON e.id = i.execution_id"
+        " WHERE e.state IN ('queued', 'starting', 'running', 'cleaning_up')"
+        " AND i.state IN ('created', 'placed', 'starting', 'running', 'stopping')"
+    )
+    pending: dict[int, list[InstanceReq]] = defaultdict(list)
+    placed: dict[int, list[tuple[InstanceReq, str]]] = defaultdict(list)
+    next_wake: float | None = None
+    for r in rows:
+        req = InstanceReq(
+            id=r["id"],
+            execution_id=r["execution_id"],
+            cores=r["cores"],
+            memory=r["memory"],
+            labels=frozenset(r["labels"]),
+            essential=r["essential"],
+        )
+        if r["state"] == "created":
+            nb = r["not_before"]
+            if nb is not None and float(nb) > now:
+                next_wake = float(nb) if next_wake is None else min(next_wake, float(nb))
+                continue
+            pending[r["execution_id"]].append(req)
+        else:
+            placed[r["execution_id"]].append((req, r["node"]))
+    executions = [
+        ExecutionState(
+            id=e["id"],
+            submitted_at=float(e["submitted"]),
+            size=float(e["size"]),
+            priority=e["priority"],
+            pending=tuple(pending[e["id"]]) if e["state"] != "cleaning_up" else (),
+            placed=tuple(placed[e["id"]]),
+        )
+        for e in execs
+    ]
+    return nodes, executions, next_wake
+
+
+async def run_pass(
+    pool: asyncpg.Pool, deployment: str, policy: Policy
+) -> tuple[Decisions, float | None]:
+    """Run one pass; returns what was decided and when a backoff next expires."""
+    now = time.time()
+    async with pool.acquire() as conn:
+        nodes, executions, next_wake = await load_snapshot(conn, now)
+    if not nodes or not any(e.pending for e in executions):
+        return Decisions(), next_wake
+    decisions = schedule(nodes, executions, now=now, policy=policy)
+    if decisions.starts or decisions.stops:
+        await apply(pool, deployment, decisions)
+        log.info("pass.applied", starts=len(decisions.starts), stops=len(decisions.stops))
+    return decisions, next_wake
+
+
+async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> None:
+    """Store placements and reclaims, and queue their commands, in one transaction."""
+    by_execution: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    async with pool.acquire() as conn, conn.transaction():
+        if decisions.stops:
+            await store.stop_instances(conn, deployment, decisions.stops)
+        ids = [i for i, _ in decisions.starts]
+        owners = dict(
+            await conn.fetch(
+                "SELECT id, execution_id FROM instances WHERE id = ANY($1::bigint[])", ids
+            )
+        )
+        for instance_id, node in decisions.starts:
+            if instance_id in owners:
+                by_execution[owners[instance_id]].append((instance_id, node))
+        for execution_id, placements in by_execution.items():
+            try:
+                async with conn.transaction():  # a savepoint: all of this execution or none
+                    await _place(conn, execution_id, placements)
+            except _Conflict:
+                log.info("pass.conflict", execution_id=execution_id)
+                continue
+            await store.dispatch_ready(conn, deployment, execution_id)
+
+
+async def _place(
+    conn: asyncpg.Connection, execution_id: int, placements: list[tuple[int, str]]
+) -> None:
+    result = await conn.fetch(
+        "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
+        " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
+        " WHERE i.id = p.id AND i.state = 'created' RETURNING i.id",
+        [i for i, _ in placements],
+        [n for _, n in placements],
+    )
+    if len(result) != len(placements):
+        raise _Conflict
+    await store.set_execution_state(conn, execution_id, "starting", ["queued"])

@@ -1,0 +1,131 @@
+"""The scheduler process: leader election, the consumer, and the pass loop.
+
+Only one scheduler is active at a time: it holds a PostgreSQL session advisory lock on
+a dedicated connection for as long as it lives. A standby waits for the lock; when the
+active process dies its connection drops, the lock is released and the standby takes
+over. All state lives in PostgreSQL, so taking over needs nothing but the lock.
+
+Shutdown order matters: stop consuming and drain in-flight handlers first (their
+commits complete), then stop the pass loop and the outbox relay, then close the bus and
+finally the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import asyncpg
+import structlog
+
+from common import db
+from common import messages as m
+from common.bus import SCHEDULER_QUEUE, Bus
+from common.lifecycle import wait_any, wait_or_stop
+from common.outbox import Relay
+from common.settings import SchedulerSettings
+from services.scheduler import handlers, passes
+from services.scheduler.core import Policy
+
+log = structlog.get_logger("scheduler")
+
+LEADER_LOCK = 0x20E_0002
+
+
+async def acquire_leadership(url: str, stop: asyncio.Event) -> asyncpg.Connection | None:
+    """Wait until this process holds the scheduler lock; None if stopped first."""
+    conn = await asyncpg.connect(url)
+    announced = False
+    while not stop.is_set():
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+            return conn
+        if not announced:
+            log.info("scheduler.standby")
+            announced = True
+        await wait_or_stop(stop, 0.5)
+    await conn.close()
+    return None
+
+
+async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
+    """Run the scheduler until ``stop`` is set."""
+    policy = Policy.from_name(settings.policy)
+    await db.migrate(settings.database_url)
+    leader = await acquire_leadership(settings.database_url, stop)
+    if leader is None:
+        return
+    log.info("scheduler.active", policy=settings.policy)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(leader.close)
+        pool = await stack.enter_async_context(db.pool(settings.database_url))
+        bus = await stack.enter_async_context(
+            Bus(settings.amqp_url, name="scheduler", prefetch=settings.prefetch)
+        )
+        wake = asyncio.Event()
+        wake.set()  # rebuild from the database: run a pass at start
+        deps = handlers.Deps(
+            pool=pool,
+            deployment=settings.deployment,
+            request_pass=wake.set,
+            restart_backoff=settings.restart_backoff,
+            restart_backoff_max=settings.restart_backoff_max,
+        )
+
+        async def on_message(msg: m.Message) -> None:
+            await handlers.HANDLERS[type(msg)](msg, deps)
+
+        loops_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(Relay(pool, bus).run(loops_stop))
+            tg.create_task(_pass_loop(pool, settings, policy, wake, loops_stop))
+            tg.create_task(_watch_leadership(leader, stop))
+            await bus.consume(SCHEDULER_QUEUE, m.SchedulerInbox, on_message)
+            await stop.wait()
+            await bus.stop_consuming(settings.drain_timeout)
+            loops_stop.set()
+
+
+async def _pass_loop(
+    pool: asyncpg.Pool,
+    settings: SchedulerSettings,
+    policy: Policy,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Run passes one at a time: when asked, and on a period (for expiring backoffs)."""
+    next_wake: float | None = None
+    while not stop.is_set():
+        timeout = settings.pass_interval
+        if next_wake is not None:
+            timeout = max(0.0, min(timeout, next_wake - time.time()))
+        await wait_any(stop, wake, timeout=timeout)
+        if stop.is_set():
+            return
+        wake.clear()
+        try:
+            _, next_wake = await passes.run_pass(pool, settings.deployment, policy)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("pass.failed", error=repr(exc))
+            await wait_or_stop(stop, 0.5)
+            wake.set()
+        except Exception:
+            log.exception("pass.crashed")
+            await wait_or_stop(stop, 1.0)
+            wake.set()
+
+
+async def _watch_leadership(leader: asyncpg.Connection, stop: asyncio.Event) -> None:
+    """Losing the lock connection means another scheduler may take over: stop at once."""
+    while not stop.is_set():
+        if leader.is_closed():
+            log.error("scheduler.lost_leadership")
+            stop.set()
+            return
+        try:
+            await leader.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.error("scheduler.lost_leadership", error=repr(exc))
+            stop.set()
+            return
+        await wait_or_stop(stop, 2.0)

@@ -1,0 +1,239 @@
+"""The scheduler's reads and guarded writes in PostgreSQL.
+
+Every transition is an ``UPDATE ... WHERE state IN (...)``: a duplicate or late message
+finds the row already moved and changes nothing. Messages that announce a change go to
+the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from common import messages as m
+from common.bus import Outgoing
+from common.outbox import enqueue
+
+ACTIVE = ("submitted", "queued", "starting", "running")
+HOLDING = ("placed", "starting", "running", "stopping")  # instances that hold resources
+FINAL = ("finished", "failed", "terminated", "error")
+
+
+def container_name(deployment: str, execution_id: int, instance: str, restart: int) -> str:
+    """Container names derive from deployment, execution, instance and restart count."""
+    base = f"{deployment}-{execution_id}-{instance}"
+    return f"{base}-r{restart}" if restart else base
+
+
+def network_name(deployment: str, execution_id: int) -> str:
+    """Every execution gets its own network; instances reach each other by name."""
+    return f"{deployment}-{execution_id}"
+
+
+async def set_execution_state(
+    conn: asyncpg.Connection,
+    execution_id: int,
+    new: str,
+    allowed_from: Sequence[str],
+    **fields: Any,
+) -> bool:
+    """Move an execution to ``new`` if it is in one of ``allowed_from``; announce it."""
+    sets = ["state = $2", "updated_at = now()"]
+    args: list[Any] = [execution_id, new, list(allowed_from)]
+    for name, value in fields.items():
+        args.append(value)
+        sets.append(f"{name} = ${len(args)}")
+    if new == "running":
+        sets.append("started_at = coalesce(started_at, now())")
+    if new in FINAL:
+        sets.append("finished_at = now()")
+    row = await conn.fetchrow(
+        f"UPDATE executions SET {', '.join(sets)} WHERE id = $1 AND state = ANY($3::text[])"
+        " RETURNING id",
+        *args,
+    )
+    if row is None:
+        return False
+    event = m.ExecutionStateChanged(execution_id=execution_id, state=new, at=time.time())
+    await enqueue(conn, [Outgoing(event)])
+    return True
+
+
+async def begin_cleanup(
+    conn: asyncpg.Connection,
+    deployment: str,
+    execution_id: int,
+    outcome: str,
+    *,
+    exit_code: int | None = None,
+    error: str | None = None,
+) -> bool:
+    """Start ending an execution: stop every container it has, then finish as ``outcome``."""
+    fields: dict[str, Any] = {"outcome": outcome}
+    if exit_code is not None:
+        fields["exit_code"] = exit_code
+    if error is not None:
+        fields["error"] = error
+    if not await set_execution_state(conn, execution_id, "cleaning_up", ACTIVE, **fields):
+        return False
+    await conn.execute(
+        "UPDATE instances SET state = 'stopped', updated_at = now()"
+        " WHERE execution_id = $1 AND state = 'created'",
+        execution_id,
+    )
+    rows = await conn.fetch(
+        "UPDATE instances SET state = CASE WHEN state = 'died' THEN 'died' ELSE 'stopping' END,"
+        " updated_at = now()"
+        " WHERE execution_id = $1 AND (state = ANY($2::text[]) OR NOT removed)"
+        " RETURNING id, node, container_name",
+        execution_id,
+        list(HOLDING),
+    )
+    await enqueue(conn, [_stop(deployment, execution_id, r) for r in rows if r["node"]])
+    await maybe_finish(conn, execution_id)
+    return True
+
+
+def _stop(deployment: str, execution_id: int, row: asyncpg.Record) -> Outgoing:
+    msg = m.StopInstance(
+        execution_id=execution_id,
+        instance_id=row["id"],
+        container_name=row["container_name"],
+        network=network_name(deployment, execution_id),
+    )
+    return Outgoing(msg, node=row["node"])
+
+
+async def stop_instances(
+    conn: asyncpg.Connection, deployment: str, instance_ids: Iterable[int]
+) -> list[int]:
+    """Reclaim elastic instances: ask their executors to stop them."""
+    rows = await conn.fetch(
+        "UPDATE instances SET state = 'stopping', updated_at = now()"
+        " WHERE id = ANY($1::bigint[]) AND NOT essential AND state = ANY($2::text[])"
+        " RETURNING id, execution_id, node, container_name, state",
+        list(instance_ids),
+        ["placed", "starting", "running"],
+    )
+    await enqueue(conn, [_stop(deployment, r["execution_id"], r) for r in rows])
+    return [r["id"] for r in rows]
+
+
+async def maybe_finish(conn: asyncpg.Connection, execution_id: int) -> bool:
+    """A cleaning-up execution whose containers are all gone reaches its outcome."""
+    row = await conn.fetchrow(
+        "SELECT e.outcome FROM executions e WHERE e.id = $1 AND e.state = 'cleaning_up'"
+        " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.execution_id = e.id"
+        "   AND (i.state = ANY($2::text[]) OR NOT i.removed))",
+        execution_id,
+        list(HOLDING),
+    )
+    if row is None:
+        return False
+    return await set_execution_state(conn, execution_id, row["outcome"], ["cleaning_up"])
+
+
+async def dispatch_ready(conn: asyncpg.Connection, deployment: str, execution_id: int) -> int:
+    """Send start commands for placed instances whose startup group may start now.
+
+    Services start in ascending ``startup_order``: a group starts once every essential
+    instance of the earlier groups runs. An instance also waits while its node still
+    holds containers being stopped for it (reclaimed capacity), so a node is never
+    over-committed.
+    """
+    rows = await conn.fetch(
+        "SELECT id, name, essential, startup_order, state, node, restart_count, spec, cores, memory"
+        " FROM instances WHERE execution_id = $1 FOR UPDATE",
+        execution_id,
+    )
+    waiting = [r["startup_order"] for r in rows if r["essential"] and r["state"] != "running"]
+    barrier = min(waiting) if waiting else None
+    ready = [
+        r
+        for r in rows
+        if r["state"] == "placed" and (barrier is None or r["startup_order"] <= barrier)
+    ]
+    if not ready:
+        return 0
+    room = await _node_room(conn, {r["node"] for r in ready})
+    out: list[Outgoing] = []
+    for r in ready:
+        free = room.get(r["node"])
+        if free is None or free[0] < r["cores"] - 1e-9 or free[1] < r["memory"]:
+            continue
+        room[r["node"]] = (free[0] - r["cores"], free[1] - r["memory"])
+        name = container_name(deployment, execution_id, r["name"], r["restart_count"])
+        await conn.execute(
+            "UPDATE instances SET state = 'starting', container_name = $2, removed = false,"
+            " updated_at = now() WHERE id = $1 AND state = 'placed'",
+            r["id"],
+            name,
+        )
+        out.append(Outgoing(start_command(deployment, execution_id, r, name), node=r["node"]))
+    await enqueue(conn, out)
+    return len(out)
+
+
+async def _node_room(conn: asyncpg.Connection, nodes: set[str]) -> dict[str, tuple[float, int]]:
+    """Free cores and memory per node, counting only containers that exist or will soon."""
+    rows = await conn.fetch(
+        "SELECT n.name, n.cores - coalesce(sum(i.cores), 0) AS cores,"
+        " n.memory - coalesce(sum(i.memory), 0) AS memory"
+        " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
+        "  AND i.state IN ('starting', 'running', 'stopping')"
+        " WHERE n.name = ANY($1::text[]) GROUP BY n.name",
+        list(nodes),
+    )
+    return {r["name"]: (float(r["cores"]), int(r["memory"])) for r in rows}
+
+
+def start_command(
+    deployment: str, execution_id: int, row: asyncpg.Record, name: str
+) -> m.StartInstance:
+    """The StartInstance command for one instance row (its spec was expanded at submit)."""
+    spec = row["spec"]
+    return m.StartInstance(
+        execution_id=execution_id,
+        instance_id=row["id"],
+        instance=row["name"],
+        container_name=name,
+        network=network_name(deployment, execution_id),
+        image=spec["image"],
+        command=spec.get("command"),
+        environment=spec.get("environment", {}),
+        cores_limit=spec["cores_limit"],
+        memory_limit=spec["memory_limit"],
+        shm_size=spec.get("shm_size"),
+        work_dir=spec.get("work_dir"),
+        ports=[
+            m.PortRequest(
+                name=p["name"],
+                port_number=p["port_number"],
+                protocol=p.get("protocol", "tcp"),
+                url_template=p.get("url_template"),
+            )
+            for p in spec.get("ports", [])
+        ],
+        volumes=[
+            m.VolumeRequest(
+                source=f"{deployment}-{v['name']}",
+                path=v["path"],
+                read_only=v.get("read_only", False),
+            )
+            for v in spec.get("volumes", [])
+        ],
+    )
+
+
+async def enqueue_stop(
+    conn: asyncpg.Connection, deployment: str, execution_id: int, instance_id: int
+) -> None:
+    """Ask the instance's executor to remove its (dead) container."""
+    row = await conn.fetchrow(
+        "SELECT id, node, container_name FROM instances WHERE id = $1", instance_id
+    )
+    if row is not None and row["node"] and row["container_name"]:
+        await enqueue(conn, [_stop(deployment, execution_id, row)])
