@@ -1,0 +1,147 @@
+"""Generate docs/asyncapi.yaml (AsyncAPI 3) from the message types in common/messages.py.
+
+``python -m common.asyncapi > docs/asyncapi.yaml`` regenerates it; a unit test checks
+that the committed document matches the code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+import msgspec
+
+from common import bus
+from common import messages as m
+
+# message -> (channel address, exchange, who sends it, summary)
+CHANNELS: list[tuple[type[m.Message], str, str, str]] = [
+    (m.ExecutionSubmitted, "execution.submitted", bus.EVENTS, "api"),
+    (m.ExecutionTerminateRequested, "execution.terminate", bus.EVENTS, "api"),
+    (m.NodeHeartbeat, "node.heartbeat.{node}", bus.EVENTS, "executor"),
+    (m.InstanceStarted, "fact.started.{node}", bus.EVENTS, "executor"),
+    (m.InstanceStartFailed, "fact.start_failed.{node}", bus.EVENTS, "executor"),
+    (m.InstanceExited, "fact.exited.{node}", bus.EVENTS, "executor"),
+    (m.InstanceRemoved, "fact.removed.{node}", bus.EVENTS, "executor"),
+    (m.InstanceEnded, "verdict.instance_ended", bus.EVENTS, "monitor"),
+    (m.ExecutionEnded, "verdict.execution_ended", bus.EVENTS, "monitor"),
+    (m.NodeLost, "verdict.node_lost", bus.EVENTS, "monitor"),
+    (m.ExecutionStateChanged, "state.execution.{execution_id}", bus.EVENTS, "scheduler"),
+    (m.StartInstance, "{node}", bus.COMMANDS, "scheduler"),
+    (m.StopInstance, "{node}", bus.COMMANDS, "scheduler"),
+    (m.LogsRequest, "{node}", bus.COMMANDS, "api"),
+]
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI 3 document as plain data."""
+    types = [c[0] for c in CHANNELS] + [m.LogsReply]
+    _, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for cls, address, exchange, sender in CHANNELS:
+        name = cls.__name__
+        key = name[0].lower() + name[1:]
+        params = {p: {"description": f"the {p.replace('_', ' ')}"} for p in _params(address)}
+        channel: dict[str, Any] = {
+            "address": address,
+            "description": (cls.__doc__ or "").strip().splitlines()[0],
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": {
+                        "name": exchange,
+                        "type": "direct" if exchange == bus.COMMANDS else "topic",
+                        "durable": True,
+                        "autoDelete": False,
+                        "vhost": "/",
+                    },
+                    "bindingVersion": "0.3.0",
+                }
+            },
+        }
+        if params:
+            channel["parameters"] = params
+        channels[key] = channel
+        operations[f"send{name}"] = {
+            "action": "send",
+            "summary": f"published by the {sender}",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "messages": [{"$ref": f"#/channels/{key}/messages/{name}"}],
+        }
+    messages = {
+        cls.__name__: {
+            "name": m.tag_of(cls),
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{cls.__name__}"},
+        }
+        for cls in types
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Zoe bus",
+            "version": str(m.SCHEMA_VERSION),
+            "description": (
+                "Messages between Zoe's services on RabbitMQ, and what other platforms may "
+                "bind to. Every message is JSON with a `type` tag, a unique `id` and a schema "
+                "version `v`; messages are persistent. Commands go to the direct exchange "
+                "`zoe.commands` with the node name as routing key (queue `executor.<node>`)."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _params(address: str) -> list[str]:
+    return [part[1:-1] for part in address.split(".") if part.startswith("{")]
+
+
+_PLAIN = re.compile(r"^[A-Za-z_$][A-Za-z0-9_.$-]*$")
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """A small YAML emitter for JSON-like data (strings are JSON-quoted, valid YAML)."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        lines = []
+        for k, v in value.items():
+            key = str(k) if _PLAIN.match(str(k)) else json.dumps(str(k))
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{key}:\n{to_yaml(v, indent + 1)}")
+            else:
+                lines.append(f"{pad}{key}: {to_yaml(v, indent + 1)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        lines = []
+        for v in value:
+            if isinstance(v, (dict, list)) and v:
+                body = to_yaml(v, indent + 1).lstrip()
+                lines.append(f"{pad}- {body}")
+            else:
+                lines.append(f"{pad}- {to_yaml(v, indent + 1)}")
+        return "\n".join(lines)
+    return json.dumps(value)
+
+
+def render() -> str:
+    """The YAML text of docs/asyncapi.yaml."""
+    return (
+        "# Generated by `python -m common.asyncapi`; do not edit by hand.\n"
+        + to_yaml(document())
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,244 @@
+"""End-to-end fixtures: the four services as separate processes on the real parts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+
+from tests.conftest import TestEnv, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "zoe/busybox:1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    """One service running as its own process, its log in var/test-logs/."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.module = module
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=log, cwd=ROOT
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Platform:
+    """api, scheduler, monitor and one executor of one test session, plus an HTTP client."""
+
+    def __init__(self, env: TestEnv, node: str, log_dir: Path, **executor_env: str) -> None:
+        self.env = env
+        self.node = node
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api/v1"
+        common = {"ZOE_HTTP_PORT": str(self.port), "ZOE_ZAPPS_ROOT": str(ROOT / "zapps")}
+        self.services = {
+            "api": ServiceProcess("api", "services.api", env.env(**common), log_dir),
+            "scheduler": ServiceProcess(
+                "scheduler", "services.scheduler", env.env(**common), log_dir
+            ),
+            "monitor": ServiceProcess("monitor", "services.monitor", env.env(**common), log_dir),
+            "executor": ServiceProcess(
+                "executor",
+                "services.executor",
+                env.env(
+                    **common,
+                    ZOE_NODE_NAME=node,
+                    ZOE_HEARTBEAT_INTERVAL="0.5",
+                    ZOE_STOP_TIMEOUT="2",
+                    **executor_env,
+                ),
+                log_dir,
+            ),
+        }
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.services[name]
+
+    def start(self) -> None:
+        for s in self.services.values():
+            s.start()
+
+    def stop(self) -> None:
+        for s in self.services.values():
+            s.stop()
+
+    # ---- HTTP -------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                text = resp.read().decode()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode()
+            status = exc.code
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    async def acall(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.call, method, path, body)
+
+    async def submit(self, application: dict[str, Any], name: str = "test") -> dict[str, Any]:
+        status, body = await self.acall(
+            "POST", "/executions", {"name": name, "application": application}
+        )
+        assert status == 201, body
+        return body  # type: ignore[no-any-return]
+
+    async def get(self, execution_id: int) -> dict[str, Any]:
+        status, body = await self.acall("GET", f"/executions/{execution_id}")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    async def wait_state(
+        self, execution_id: int, *states: str, timeout: float = 60
+    ) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
+        async def reached() -> bool:
+            nonlocal last
+            last = await self.get(execution_id)
+            return last["state"] in states
+
+        try:
+            await wait_for(
+                reached, timeout=timeout, interval=0.1, what=f"execution {execution_id} in {states}"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {json.dumps(last)}") from None
+        return last
+
+    async def wait_ready(self) -> None:
+        async def up() -> bool:
+            try:
+                status, _ = await self.acall("GET", "/health")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                return False
+            return status == 200
+
+        await wait_for(up, timeout=60, interval=0.2, what="api health")
+
+
+def service(
+    name: str,
+    command: str | None,
+    *,
+    monitor: bool = True,
+    essential: int = 1,
+    total: int = 1,
+    cores: float = 0.2,
+    memory: int = 32 * 1024 * 1024,
+    order: int = 0,
+    image: str = BASE_IMAGE,
+) -> dict[str, Any]:
+    """One service of a test ZApp on the busybox base image."""
+    return {
+        "name": name,
+        "image": image,
+        "monitor": monitor,
+        "essential_count": essential,
+        "total_count": total,
+        "startup_order": order,
+        "command": command,
+        "environment": [],
+        "ports": [],
+        "volumes": [],
+        "resources": {
+            "cores": {"min": cores, "max": cores},
+            "memory": {"min": memory, "max": memory},
+        },
+    }
+
+
+def zapp(name: str, *services: dict[str, Any], will_end: bool = True) -> dict[str, Any]:
+    return {"name": name, "version": 3, "will_end": will_end, "size": 1, "services": list(services)}
+
+
+# A container that ends promptly on SIGTERM (sh as PID 1 ignores it without a trap).
+SERVE_FOREVER = "trap 'exit 0' TERM; while :; do sleep 1; done"
+
+
+@pytest.fixture(scope="session")
+async def base_image() -> str:
+    from services.executor.images import ensure_image
+
+    async with aiodocker.Docker() as docker:
+        await ensure_image(docker, BASE_IMAGE, zapps_root=ROOT / "zapps")
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def log_dir(test_env: TestEnv) -> Path:
+    path = ROOT / "var" / "test-logs" / test_env.run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+async def platform(test_env: TestEnv, base_image: str, log_dir: Path) -> AsyncIterator[Platform]:
+    """The whole platform; its executor's node offers 2 cores and 1 GiB."""
+    p = Platform(
+        test_env, f"{test_env.deployment}-n1", log_dir, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30)
+    )
+    p.start()
+    try:
+        await p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
+async def containers_of(docker: aiodocker.Docker, env: TestEnv, execution_id: int) -> list[Any]:
+    """Every container (running or not) of one execution of this test session."""
+    return await docker.containers.list(
+        all=True,
+        filters={"label": [f"zoe.deployment={env.deployment}", f"zoe.execution={execution_id}"]},
+    )
