@@ -240,3 +240,12 @@ def check_positive(
         c.error(path, hi_rule)
         return None
     return number
+
+
+def check_absolute_path(c: Collector, value: object, path: str, message: str) -> str | None:
+    """A string starting with `/`; `message` names the rule."""
+    text = check_text(c, value, path, message=message, min_len=1)
+    if text is not None and not text.startswith("/"):
+        c.error(path, message)
+        return None
+    return text

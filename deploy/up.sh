@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make up`: install what is missing, build the local images, migrate the database,
+# start api, scheduler, monitor and one executor in the background, submit the demo ZApp.
+# Running it again leaves running services alone and submits one more demo execution.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+
+deploy/install.sh
+load_env
+
+# Fields of a URL, read by Python rather than by hand: url_part URL FIELD.
+url_part() {
+    "$VENV/bin/python" - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import unquote, urlsplit
+url, field = urlsplit(sys.argv[1]), sys.argv[2]
+if field == "vhost":
+    print(unquote(url.path[1:]) or "/")
+else:
+    print(getattr(url, field) or "")
+PY
+}
+
+# The broker's vhost, when the broker is ours: rabbitmqctl only reaches a local node.
+amqp_host=$(url_part "$ZOE_AMQP_URL" hostname)
+vhost=$(url_part "$ZOE_AMQP_URL" vhost)
+amqp_user=$(url_part "$ZOE_AMQP_URL" username)
+if [[ $amqp_host =~ ^(127\.0\.0\.1|localhost|::1)$ && $vhost != / ]] && command -v rabbitmqctl >/dev/null; then
+    if ! rabbitmqctl -q list_vhosts name --no-table-headers | grep -qxF -- "$vhost"; then
+        say "creating RabbitMQ vhost $vhost"
+        rabbitmqctl -q add_vhost "$vhost"
+    fi
+    rabbitmqctl -q set_permissions -p "$vhost" "${amqp_user:-guest}" '.*' '.*' '.*'
+fi
+
+# Images before services: the executor may start the demo as soon as it is submitted.
+say "building the base and demo images (skipped when present)"
+"$VENV/bin/python" -m services.executor.images build --zapp zapps/hello
+
+# The schema before any service: each of them expects the tables in place.
+say "migrating the database"
+"$VENV/bin/zoe-migrate"
+
+# The api first (it answers the health check), then the services that consume commands
+# and facts; each declares the bus topology on start, so their order is otherwise free.
+for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
+    if is_running "$service"; then
+        say "$service already running (pid $(<"var/run/$service.pid"))"
+    else
+        say "starting $service (log var/log/$service.log)"
+        start_detached "$service" "$VENV/bin/$service"
+    fi
+done
+
+health_url="http://127.0.0.1:${ZOE_HTTP_PORT}/api/v1/health"
+api_healthy() {
+    is_running zoe-api || {
+        tail -n 30 var/log/zoe-api.log >&2 || true
+        die "zoe-api exited; the end of var/log/zoe-api.log is above"
+    }
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "$health_url" 2>/dev/null
+}
+say "waiting for $health_url"
+wait_until 60 "the API at $health_url" api_healthy
+
+for service in zoe-scheduler zoe-monitor zoe-executor; do
+    if ! is_running "$service"; then
+        tail -n 30 "var/log/$service.log" >&2 || true
+        die "$service exited; the end of var/log/$service.log is above"
+    fi
+done
+
+say "submitting the demo ZApp"
+"$VENV/bin/zoe" submit zapps/hello/hello.json --name hello-demo --wait
+"$VENV/bin/zoe" ls
+
+say "Zoe is up: API on http://127.0.0.1:${ZOE_HTTP_PORT}/, logs in var/log/, pids in var/run/"

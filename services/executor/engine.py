@@ -1,0 +1,493 @@
+"""The executor's port to a container engine, and its one real adapter: Docker.
+
+The handlers and loops of the executor only call `Engine`; a hollow engine (a fake node
+for scale benchmarks) implements the same protocol. An engine manages only the
+containers labelled with its deployment and node, so several executors can share one
+Docker engine. Every failure of the engine surfaces as `EngineError` carrying the
+engine's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+import structlog
+from aiodocker.events import DockerEvents
+from aiodocker.exceptions import DockerError
+
+from common.errors import ZoeError
+from services.executor.locks import KeyedLocks
+
+log = structlog.get_logger("executor.engine")
+
+LABEL_DEPLOYMENT = "zoe.deployment"
+LABEL_NODE = "zoe.node"
+LABEL_EXECUTION = "zoe.execution"
+LABEL_INSTANCE = "zoe.instance"
+LABEL_INSTANCE_ID = "zoe.instance_id"
+LABEL_PORT_PREFIX = "zoe.port."  # zoe.port.<name> = "8080/tcp"
+
+# Lines read when a caller wants "the whole tail": the bytes limit is applied after.
+_MAX_LOG_LINES = 10_000
+RUNNING_STATES = frozenset({"running", "paused", "restarting"})
+ENDED_STATES = frozenset({"exited", "dead"})
+
+
+class EngineError(ZoeError):
+    """The engine refused or failed a call; the message is the engine's own."""
+
+
+# ---- plain data crossing the port -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """A container port published on a random host port."""
+
+    name: str
+    number: int
+    protocol: str = "tcp"
+
+    @property
+    def key(self) -> str:
+        return f"{self.number}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """Everything needed to create one instance's container."""
+
+    name: str
+    image: str
+    network: str
+    network_labels: Mapping[str, str]
+    hostname: str  # also its alias in the network
+    labels: Mapping[str, str]
+    command: str | None = None  # run by ``sh -c``; None: the image's own command
+    environment: Mapping[str, str] = field(default_factory=dict)
+    work_dir: str | None = None
+    memory: int = 0
+    nano_cpus: int = 0
+    shm_size: int | None = None
+    ports: tuple[PortSpec, ...] = ()
+    binds: tuple[str, ...] = ()  # "source:path[:ro]", source a host path or a volume
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """What the engine says about one container.
+
+    ``exit_code`` and ``oom_killed`` are known only from an inspect (None/False in a
+    listing); ``host_ports`` maps "8080/tcp" to the published host port.
+    """
+
+    id: str
+    name: str
+    state: str  # created | running | paused | restarting | removing | exited | dead
+    labels: Mapping[str, str]
+    exit_code: int | None = None
+    oom_killed: bool = False
+    host_ports: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A container this engine stopped and removed: how it ended and what it printed."""
+
+    container_id: str
+    exit_code: int | None
+    oom_killed: bool
+    log: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    """A managed container died (``die``) or was removed (``destroy``)."""
+
+    action: str
+    container_id: str
+    name: str
+    labels: Mapping[str, str]
+    time: float  # seconds since the epoch, as the engine stamped it
+    exit_code: int | None = None
+
+
+class Engine(Protocol):
+    """The calls the executor makes on its node's container engine."""
+
+    async def ensure_image(self, ref: str) -> None:
+        """Make sure ``ref`` is present, building it locally if needed."""
+        ...
+
+    async def image_tags(self, prefix: str) -> list[str]:
+        """Tags of the local images that start with ``prefix``."""
+        ...
+
+    async def inspect(self, name_or_id: str) -> Container | None:
+        """The container, or None when it does not exist."""
+        ...
+
+    async def create_and_start(self, spec: ContainerSpec) -> Container:
+        """Create the network if missing, create and start the container; inspect it.
+
+        On failure nothing of the container is left behind.
+        """
+        ...
+
+    async def start(self, name: str) -> Container:
+        """Start an existing (created) container and inspect it; remove it if that fails."""
+        ...
+
+    async def stop_and_remove(self, name: str, *, timeout: float, log_bytes: int) -> Removed | None:
+        """Stop (``timeout`` seconds, then kill), read the log tail, remove; None if absent."""
+        ...
+
+    async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
+        """The end of a container's stdout and stderr; None when it does not exist."""
+        ...
+
+    async def list_managed(self) -> list[Container]:
+        """Every container of this deployment and node, in any state."""
+        ...
+
+    def events(self, *, since: float) -> AsyncIterator[ContainerEvent]:
+        """``die`` and ``destroy`` events of managed containers from ``since`` on.
+
+        Ends or raises `EngineError` when the stream breaks; close it with ``aclosing``.
+        """
+        ...
+
+    async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
+        """Remove an execution's network unless a container of it is left; True if removed."""
+        ...
+
+
+# ---- the Docker adapter -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn what aiodocker and aiohttp raise into `EngineError`."""
+    try:
+        yield
+    except DockerError as exc:
+        raise EngineError(exc.message) from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise EngineError(f"docker engine unreachable: {exc!r}") from exc
+
+
+class DockerEngine:
+    """`Engine` over a Docker engine (aiodocker)."""
+
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        *,
+        deployment: str,
+        node: str,
+        publish_host: str,
+        zapps_root: Path,
+    ) -> None:
+        self._docker = docker
+        self._deployment = deployment
+        self._node = node
+        self._publish_host = publish_host
+        self._zapps_root = zapps_root
+        self._image_locks = KeyedLocks()
+        # A network is created by a start and removed by a stop of the same execution:
+        # the check "is a container left?" and the removal must not interleave with a
+        # start that has created the network but not yet its container.
+        self._network_locks = KeyedLocks()
+
+    @property
+    def _managed_labels(self) -> list[str]:
+        return [f"{LABEL_DEPLOYMENT}={self._deployment}", f"{LABEL_NODE}={self._node}"]
+
+    # ---- images --------------------------------------------------------------------------
+
+    async def ensure_image(self, ref: str) -> None:
+        """Build a missing image with services/executor/images.py (one build per ref)."""
+        from services.executor import images  # another module, written alongside
+
+        async with self._image_locks(ref):
+            with engine_errors():
+                if await images.image_present(self._docker, ref):
+                    return
+                log.info("image.missing", image=ref)
+                await images.ensure_image(self._docker, ref, zapps_root=self._zapps_root)
+
+    async def image_tags(self, prefix: str) -> list[str]:
+        """Tags of local images starting with ``prefix``."""
+        with engine_errors():
+            images = await self._docker.images.list()
+        return sorted(
+            tag for image in images for tag in image.get("RepoTags") or () if tag.startswith(prefix)
+        )
+
+    # ---- containers ----------------------------------------------------------------------
+
+    async def inspect(self, name_or_id: str) -> Container | None:
+        """Inspect a container; None when it does not exist."""
+        with engine_errors():
+            try:
+                data = await self._docker.containers.container(name_or_id).show()
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        return _from_inspect(data)
+
+    async def create_and_start(self, spec: ContainerSpec) -> Container:
+        """Create (network first) and start a container; remove it again if that fails."""
+        async with self._network_locks(spec.network):
+            await self._ensure_network(spec.network, spec.network_labels)
+            with engine_errors():
+                container = await self._docker.containers.create(
+                    docker_config(spec, self._publish_host), name=spec.name
+                )
+        try:
+            with engine_errors():
+                await container.start()
+            info = await self.inspect(container.id)
+            if info is None:
+                raise EngineError(f"container {spec.name} vanished right after its start")
+            return info
+        except BaseException:
+            await self._remove_quietly(container.id)
+            raise
+
+    async def start(self, name: str) -> Container:
+        """Start an existing (created) container and inspect it; remove it if that fails."""
+        try:
+            with engine_errors():
+                await self._docker.containers.container(name).start()
+        except EngineError:
+            await self._remove_quietly(name)
+            raise
+        info = await self.inspect(name)
+        if info is None:
+            raise EngineError(f"container {name} vanished right after its start")
+        return info
+
+    async def stop_and_remove(self, name: str, *, timeout: float, log_bytes: int) -> Removed | None:
+        """Stop, inspect the exit, keep the log tail, force-remove; None when absent."""
+        container = self._docker.containers.container(name)
+        with engine_errors():
+            try:
+                await container.stop(t=max(0, math.ceil(timeout)))
+                data = await container.show()
+                text = await _log_tail(container, tail=None, max_bytes=log_bytes)
+                await container.delete(force=True)
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        state = data["State"]
+        return Removed(data["Id"], state.get("ExitCode"), bool(state.get("OOMKilled")), text)
+
+    async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
+        """The container's log tail (stdout and stderr); None when it does not exist."""
+        with engine_errors():
+            try:
+                container = self._docker.containers.container(name)
+                return await _log_tail(container, tail=tail, max_bytes=max_bytes)
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    async def list_managed(self) -> list[Container]:
+        """Containers labelled with this deployment and node (from the engine's listing)."""
+        with engine_errors():
+            found = await self._docker.containers.list(
+                all=True, filters={"label": self._managed_labels}
+            )
+        return [_from_summary(c._container) for c in found]
+
+    # ---- events --------------------------------------------------------------------------
+
+    async def events(self, *, since: float) -> AsyncIterator[ContainerEvent]:
+        """Stream ``die``/``destroy`` events of managed containers, replayed from ``since``.
+
+        aiodocker's `DockerEvents.subscribe()` would start its reader with a bare
+        ``ensure_future`` that nobody owns; here the reader is this generator's task,
+        cancelled when the generator closes, and its error is raised to the caller.
+        """
+        source = DockerEvents(self._docker)
+        subscriber = source.subscribe(create_task=False)
+        filters = {
+            "type": ["container"],
+            "event": ["die", "destroy"],
+            "label": self._managed_labels,
+        }
+        reader = asyncio.ensure_future(source.run(filters=filters, since=_timestamp(since)))
+        try:
+            while (raw := await subscriber.get()) is not None:  # None: the stream ended
+                event = _event(raw)
+                if event is not None:
+                    yield event
+            with engine_errors():
+                await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    # ---- networks ------------------------------------------------------------------------
+
+    async def _ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
+        with engine_errors():
+            try:
+                await self._docker.networks.get(name)
+                return
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+            config = {"Name": name, "Driver": "bridge", "Labels": dict(labels)}
+            config["CheckDuplicate"] = True
+            try:
+                await self._docker.networks.create(config)
+                log.info("network.created", network=name)
+            except DockerError as exc:
+                if exc.status != 409:  # another start created it meanwhile
+                    raise
+
+    async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
+        """Remove the execution's network when no container of it is left on this engine.
+
+        Containers of other nodes sharing this engine count too: they use the network.
+        """
+        labels = [f"{LABEL_DEPLOYMENT}={self._deployment}", f"{LABEL_EXECUTION}={execution_id}"]
+        async with self._network_locks(network):
+            with engine_errors():
+                left = await self._docker.containers.list(all=True, filters={"label": labels})
+                if left:
+                    return False
+                try:
+                    await aiodocker.networks.DockerNetwork(self._docker, network).delete()
+                except DockerError as exc:
+                    if exc.status in (403, 404, 409):  # in use, or already gone
+                        return False
+                    raise
+        log.info("network.removed", network=network)
+        return True
+
+    async def _remove_quietly(self, container_id: str) -> None:
+        try:
+            await self._docker.containers.container(container_id).delete(force=True)
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            log.warning("container.cleanup_failed", container_id=container_id, reason=str(exc))
+
+
+# ---- translations (pure) ----------------------------------------------------------------
+
+
+def docker_config(spec: ContainerSpec, publish_host: str) -> dict[str, Any]:
+    """The body of Docker's ``containers/create`` for ``spec``."""
+    host_config: dict[str, Any] = {
+        "Memory": spec.memory,
+        # No swap beyond the memory limit: the limit is what the scheduler reserved.
+        "MemorySwap": spec.memory if spec.memory else 0,
+        "NanoCpus": spec.nano_cpus,
+        "NetworkMode": spec.network,
+        "PortBindings": {p.key: [{"HostIp": publish_host, "HostPort": ""}] for p in spec.ports},
+        "Binds": list(spec.binds),
+    }
+    if spec.shm_size:
+        host_config["ShmSize"] = spec.shm_size
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in spec.environment.items()],
+        "Labels": dict(spec.labels),
+        "Hostname": spec.hostname,
+        "ExposedPorts": {p.key: {} for p in spec.ports},
+        "HostConfig": host_config,
+        "NetworkingConfig": {"EndpointsConfig": {spec.network: {"Aliases": [spec.hostname]}}},
+    }
+    if spec.command is not None:
+        config["Cmd"] = ["sh", "-c", spec.command]
+    if spec.work_dir:
+        config["WorkingDir"] = spec.work_dir
+    return config
+
+
+def _from_inspect(data: Mapping[str, Any]) -> Container:
+    state = data.get("State") or {}
+    ports = (data.get("NetworkSettings") or {}).get("Ports") or {}
+    host_ports = {key: int(b[0]["HostPort"]) for key, b in ports.items() if b and b[0]["HostPort"]}
+    return Container(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        state=state.get("Status", "unknown"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        host_ports=host_ports,
+    )
+
+
+def _from_summary(data: Mapping[str, Any]) -> Container:
+    host_ports = {
+        f"{p['PrivatePort']}/{p['Type']}": int(p["PublicPort"])
+        for p in data.get("Ports") or ()
+        if p.get("PublicPort")
+    }
+    names = data.get("Names") or [""]
+    return Container(
+        id=data["Id"],
+        name=names[0].lstrip("/"),
+        state=data.get("State", "unknown"),
+        labels=data.get("Labels") or {},
+        host_ports=host_ports,
+    )
+
+
+def _event(raw: Mapping[str, Any]) -> ContainerEvent | None:
+    actor = raw.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    action = raw.get("Action") or raw.get("status")
+    if action not in ("die", "destroy") or not actor.get("ID"):
+        return None
+    code = attributes.pop("exitCode", None)
+    name = attributes.pop("name", "")
+    attributes.pop("image", None)
+    return ContainerEvent(
+        action=action,
+        container_id=actor["ID"],
+        name=name,
+        labels=attributes,
+        time=int(raw.get("timeNano", 0)) / 1e9,
+        exit_code=int(code) if code is not None else None,
+    )
+
+
+def _timestamp(seconds: float) -> str:
+    """Docker's ``since`` format: seconds and nanoseconds."""
+    whole = math.floor(seconds)
+    return f"{whole}.{min(int((seconds - whole) * 1e9), 999_999_999):09d}"
+
+
+async def _log_tail(container: Any, *, tail: int | None, max_bytes: int) -> str:
+    lines = await container.log(
+        stdout=True, stderr=True, tail=tail if tail is not None else _MAX_LOG_LINES
+    )
+    data = "".join(lines).encode()
+    if len(data) > max_bytes:
+        data = data[-max_bytes:]
+    return data.decode(errors="ignore")

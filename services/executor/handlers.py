@@ -1,0 +1,151 @@
+"""The executor's command handlers: start, stop, logs.
+
+Each handler publishes its fact (with a broker confirm) before it returns, because the
+bus acks the command once the handler returns; a handler that raises gets its command
+redelivered. Commands about one container name are serialized (a start and a stop of
+the same container never interleave), and so are the event watcher's reports about it.
+
+A container name is never started again once stopped (the scheduler gives a restarted
+instance a new name), so a start redelivered after its stop is stale: it does not
+resurrect the container, it repeats that the container is gone. This executor
+remembers the names it stopped (the most recent ones, for its lifetime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from common import messages as m
+from common.bus import Bus
+from common.errors import ZoeError
+from common.settings import ExecutorSettings
+from services.executor import facts
+from services.executor.engine import Container, Engine, Removed
+from services.executor.locks import KeyedLocks, RecentIds
+
+log = structlog.get_logger("executor")
+
+
+@dataclass
+class Executor:
+    """What the handlers and loops of one node's executor share."""
+
+    settings: ExecutorSettings
+    engine: Engine
+    bus: Bus
+    locks: KeyedLocks = field(default_factory=KeyedLocks)  # one per container name
+    removed: RecentIds = field(default_factory=RecentIds)  # container ids removed here
+    stopped: RecentIds = field(default_factory=RecentIds)  # container names stopped here
+
+    @property
+    def node(self) -> str:
+        return self.settings.node_name
+
+    async def handle(
+        self, msg: m.StartInstance | m.StopInstance | m.LogsRequest
+    ) -> m.Message | None:
+        """The consumer of ``executor.<node>``: route a command to its handler."""
+        match msg:
+            case m.StartInstance():
+                await start_instance(self, msg)
+            case m.StopInstance():
+                await stop_instance(self, msg)
+            case m.LogsRequest():
+                return await read_logs(self, msg)
+        return None
+
+
+async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
+    """Make the instance's container run (idempotent) and publish what happened."""
+    with structlog.contextvars.bound_contextvars(
+        instance=msg.instance, container=msg.container_name
+    ):
+        async with ex.locks(msg.container_name):
+            if msg.container_name in ex.stopped:
+                fact: m.Message = _removed(ex, msg, None)
+                log.warning("instance.start_after_stop")
+            else:
+                fact = await _start(ex, msg)
+            await ex.bus.publish(fact)
+        if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged above
+            log.info("instance." + m.tag_of(fact).removeprefix("fact."))
+
+
+async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
+    try:
+        existing = await ex.engine.inspect(msg.container_name)
+        if existing is not None:
+            return await _resume(ex, existing)
+        await ex.engine.ensure_image(msg.image)
+        spec = facts.container_spec(msg, ex.settings)
+        container = await ex.engine.create_and_start(spec)
+    except ZoeError as exc:  # the engine's refusal, or an image that cannot be made
+        log.warning("instance.start_failed", reason=str(exc))
+        return m.InstanceStartFailed(
+            node=ex.node,
+            execution_id=msg.execution_id,
+            instance_id=msg.instance_id,
+            container_name=msg.container_name,
+            reason=str(exc),
+        )
+    return facts.started(ex.node, container, ex.settings.advertise_host)
+
+
+async def _resume(ex: Executor, container: Container) -> m.Message:
+    """A redelivered start: report the container as it is, starting it if only created."""
+    if container.state == "created":
+        container = await ex.engine.start(container.name)
+    if container.running:
+        return facts.started(ex.node, container, ex.settings.advertise_host)
+    if container.ended:
+        return facts.exited(ex.node, container)
+    # "removing": someone removes it right now; try again later, it will be gone.
+    raise RuntimeError(f"container {container.name} is {container.state}")
+
+
+async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
+    """Stop and remove the instance's container (idempotent), then its unused network."""
+    with structlog.contextvars.bound_contextvars(container=msg.container_name):
+        async with ex.locks(msg.container_name):
+            gone = await ex.engine.stop_and_remove(
+                msg.container_name,
+                timeout=ex.settings.stop_timeout,
+                log_bytes=ex.settings.log_keep_bytes,
+            )
+            if gone is not None:
+                ex.removed.add(gone.container_id)
+            ex.stopped.add(msg.container_name)
+            await ex.bus.publish(_removed(ex, msg, gone))
+        log.info("instance.removed", existed=gone is not None)
+        try:
+            await ex.engine.remove_network_if_unused(msg.network, msg.execution_id)
+        except ZoeError as exc:
+            log.warning("network.remove_failed", network=msg.network, reason=str(exc))
+
+
+def _removed(
+    ex: Executor, msg: m.StartInstance | m.StopInstance, gone: Removed | None
+) -> m.InstanceRemoved:
+    return m.InstanceRemoved(
+        node=ex.node,
+        execution_id=msg.execution_id,
+        instance_id=msg.instance_id,
+        container_name=msg.container_name,
+        exit_code=gone.exit_code if gone else None,
+        oom_killed=gone.oom_killed if gone else False,
+        log=gone.log if gone else "",
+    )
+
+
+async def read_logs(ex: Executor, msg: m.LogsRequest) -> m.LogsReply:
+    """The tail of a container's log, for a LogsRequest's reply."""
+    try:
+        text = await ex.engine.logs(
+            msg.container_name, tail=msg.tail, max_bytes=ex.settings.log_keep_bytes
+        )
+    except ZoeError as exc:
+        log.warning("logs.failed", container=msg.container_name, reason=str(exc))
+        return m.LogsReply(found=False, log=str(exc))
+    return m.LogsReply(found=text is not None, log=text or "")

@@ -1,0 +1,199 @@
+"""The executor's own activity besides commands: reconcile, engine events, heartbeats.
+
+- ``reconcile`` reports every managed container as it is now (running ones are adopted
+  with InstanceStarted, ended ones reported with InstanceExited). It runs at start and
+  again whenever the engine's event stream broke, because events may have been lost.
+- ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
+- ``heartbeat_loop`` publishes the node's capacity and inventory every interval, and
+  survives broker and engine outages (it logs and tries again on the next beat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+
+import structlog
+
+from common import messages as m
+from common.lifecycle import wait_or_stop
+from services.executor import facts
+from services.executor.engine import Container, ContainerEvent
+from services.executor.handlers import Executor
+
+log = structlog.get_logger("executor")
+
+IMAGE_PREFIX = "zoe/"
+# The event stream starts this much before "now": a death just before the start is
+# replayed rather than missed (reporting a fact twice is harmless).
+EVENTS_OVERLAP = 1.0
+# A stream that lasted this long was healthy: its break starts the backoff afresh.
+STABLE_STREAM = 10.0
+
+
+class Backoff:
+    """Doubling delays between ``first`` and ``cap`` seconds."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self._first, self._cap = first, cap
+        self._next = first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self._cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+def _fact_now(ex: Executor, container: Container | None) -> m.Message | None:
+    if container is None:
+        return None
+    if container.running:
+        return facts.started(ex.node, container, ex.settings.advertise_host)
+    if container.ended:
+        return facts.exited(ex.node, container)
+    return None  # created: a redelivered start will start it
+
+
+async def reconcile(ex: Executor) -> None:
+    """Report every managed container as it is now, one container lock at a time."""
+    reported: dict[str, int] = {}
+    for listed in await ex.engine.list_managed():
+        if listed.state == "created":
+            continue
+        async with ex.locks(listed.name):
+            fact = _fact_now(ex, await ex.engine.inspect(listed.id))
+            if fact is not None:
+                await ex.bus.publish(fact)
+                reported[m.tag_of(fact)] = reported.get(m.tag_of(fact), 0) + 1
+    log.info("executor.reconciled", reported=reported)
+
+
+# ---- engine events ----------------------------------------------------------------------
+
+
+async def watch_events(ex: Executor, stop: asyncio.Event, since: float) -> None:
+    """Report deaths and removals of managed containers until ``stop`` is set.
+
+    When the stream breaks (an engine restart), reconnect with backoff and reconcile,
+    replaying the engine's events from the last one seen.
+    """
+    backoff = Backoff()
+    stale = False  # events may have been lost: reconcile before trusting the stream again
+    async with asyncio.TaskGroup() as reports:
+        while not stop.is_set():
+            if stale:
+                stale = not await _try(reconcile(ex), "executor.reconcile_failed")
+            if not stale:
+                since = await _follow(ex, since, reports, backoff)
+                stale = True
+            if await wait_or_stop(stop, backoff.next()):
+                return
+
+
+async def _follow(
+    ex: Executor, since: float, reports: asyncio.TaskGroup, backoff: Backoff
+) -> float:
+    """Read the event stream until it breaks; returns the time of the last event seen."""
+    log.info("events.following", since=since)
+    started = time.monotonic()
+    try:
+        async with contextlib.aclosing(ex.engine.events(since=since)) as stream:
+            async for event in stream:
+                since = max(since, event.time)
+                backoff.reset()
+                reports.create_task(report_event(ex, event))
+        log.warning("events.ended")
+    except Exception as exc:  # the watcher must outlive any engine trouble
+        log.warning("events.broken", reason=str(exc) or repr(exc))
+    if time.monotonic() - started > STABLE_STREAM:
+        backoff.reset()
+    return since
+
+
+async def _try(work: Awaitable[object], event: str) -> bool:
+    try:
+        await work
+    except Exception as exc:
+        log.warning(event, reason=str(exc) or repr(exc))
+        return False
+    return True
+
+
+async def report_event(ex: Executor, event: ContainerEvent) -> None:
+    """Publish the fact behind one engine event (after any command on that container)."""
+    execution_id, instance_id = facts.ids_of(event.labels)
+    with structlog.contextvars.bound_contextvars(
+        execution_id=execution_id, instance_id=instance_id, container=event.name
+    ):
+        try:
+            async with ex.locks(event.name):
+                fact = await _event_fact(ex, event)
+                if fact is not None:
+                    await publish_until_confirmed(ex, fact)
+                    log.info("instance." + m.tag_of(fact).removeprefix("fact."), via=event.action)
+        except Exception:
+            log.exception("event.report_failed", action=event.action)
+
+
+async def _event_fact(ex: Executor, event: ContainerEvent) -> m.Message | None:
+    if event.action == "die":
+        container = await ex.engine.inspect(event.container_id)
+        # Gone: its destroy event tells. Running again: nothing ended.
+        if container is None or container.running:
+            return None
+        return facts.exited(ex.node, container)
+    if event.container_id in ex.removed:  # a StopInstance of ours already reported it
+        return None
+    return facts.removed_elsewhere(ex.node, event)
+
+
+async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:
+    """Publish a fact nobody will ask for again, retrying through a broker outage."""
+    backoff = Backoff(0.2, 5.0)
+    while True:
+        try:
+            await ex.bus.publish(fact)
+            return
+        except Exception as exc:
+            log.warning("fact.publish_failed", fact=m.tag_of(fact), reason=repr(exc))
+        await asyncio.sleep(backoff.next())
+
+
+# ---- heartbeats -------------------------------------------------------------------------
+
+
+async def heartbeat(ex: Executor, registered: bool) -> m.NodeHeartbeat:
+    """The node's capacity, its zoe/ images and the instances it holds."""
+    images, containers = await asyncio.gather(
+        ex.engine.image_tags(IMAGE_PREFIX), ex.engine.list_managed()
+    )
+    instances = sorted({facts.ids_of(c.labels)[1] for c in containers})
+    return m.NodeHeartbeat(
+        node=ex.node,
+        cores=ex.settings.cores,
+        memory=ex.settings.memory,
+        labels=list(ex.settings.labels),
+        images=images,
+        instances=instances,
+        registered=registered,
+        sent_at=time.time(),
+    )
+
+
+async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
+    """Publish a heartbeat every interval until ``stop``; the first one registers the node."""
+    registered = True
+    while True:
+        try:
+            # bounded: a half-restored connection can hold a publish until it recovers
+            async with asyncio.timeout(max(2 * ex.settings.heartbeat_interval, 1.0)):
+                await ex.bus.publish(await heartbeat(ex, registered))
+            registered = False
+        except Exception as exc:  # broker or engine away: the next beat tries again
+            log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
+        if await wait_or_stop(stop, ex.settings.heartbeat_interval):
+            return

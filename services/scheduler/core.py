@@ -1,0 +1,42 @@
+"""The pure scheduling core: one synchronous pass from a snapshot to decisions.
+
+No I/O, no asyncio, no clock reads: the caller passes the nodes, the active executions
+and the time, and applies the returned `Decisions` (stops first, then starts). The async
+service and the simulator call the same `schedule()`, so they make the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from .original import OriginalPass
+from .planner import Pass
+from .policies import InvalidPolicy, Policy
+
+__all__ = [
+    "Decisions",
+    "ExecutionState",
+    "InstanceReq",
+    "InvalidPolicy",
+    "NodeState",
+    "Policy",
+    "schedule",
+]
+
+
+def schedule(
+    nodes: Sequence[NodeState],
+    executions: Sequence[ExecutionState],
+    *,
+    now: float,
+    policy: Policy,
+) -> Decisions:
+    """Decide which pending instances start where, and which elastic ones to reclaim.
+
+    `executions` are all active executions (waiting or running, whatever they hold):
+    running ones matter for the room they hold and as reclaim candidates.
+    """
+    if policy.name == "flexible":
+        return OriginalPass(nodes, executions, now, policy).run()
+    return Pass(nodes, executions, now, policy).run()

@@ -1,0 +1,73 @@
+"""Plain data the scheduling core works on: nodes, instances, executions, decisions.
+
+Everything here is immutable input or output of `schedule()`; the core never keeps
+state between passes, so the async service and the simulator can feed it whatever they
+hold (rows from PostgreSQL, or the simulator's own bookkeeping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReq:
+    """One service instance to place: its reservation (the `min` resources) and labels.
+
+    `essential` instances of an execution start all together or not at all (a gang);
+    elastic ones are added one by one when resources allow and may be reclaimed.
+    """
+
+    id: int
+    execution_id: int
+    cores: float
+    memory: int
+    labels: frozenset[str]
+    essential: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A Docker host as the scheduler sees it: total capacity (not free) and labels.
+
+    An unavailable node (lost, draining) keeps what it holds but gets nothing new.
+    """
+
+    name: str
+    cores: float
+    memory: int
+    labels: frozenset[str]
+    available: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionState:
+    """An active execution: what it still waits for and what it currently holds.
+
+    `pending` lists the instances not placed yet: while essential ones are among them the
+    execution waits for its gang. `placed` lists the instances holding resources, with
+    their node name. `size` is the size hint (smaller runs first under SIZE policies);
+    `not_before` delays elastic instances after a death (backoff).
+    """
+
+    id: int
+    submitted_at: float
+    size: float
+    priority: int = 0
+    pending: tuple[InstanceReq, ...] = ()
+    placed: tuple[tuple[InstanceReq, str], ...] = ()
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """What one pass decided.
+
+    `starts` are (instance id, node name) pairs: essential sets first, then elastic
+    instances. `stops` are elastic instances to reclaim; they free room that some of the
+    `starts` rely on, so the caller applies the stops before the starts, and puts the
+    stopped instances back among their execution's pending ones.
+    """
+
+    starts: list[tuple[int, str]] = field(default_factory=list)
+    stops: list[int] = field(default_factory=list)

@@ -1,0 +1,223 @@
+"""Free capacity of the cluster during one pass, indexed so that finding a node is cheap.
+
+Cores are counted in integer millicores so that sums are exact and a node is never
+over-committed by rounding. Nodes are bucketed by label set; inside a bucket the nodes are
+kept in two sorted lists (by free cores and by free memory), so a request that fits
+nowhere is rejected in O(1) and best fit or worst fit is found by a bounded scan from a
+binary-search starting point instead of a scan of every node.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+
+from .model import NodeState
+
+MILLI = 1000
+
+Fit = tuple[float, int]
+
+
+def millicores(cores: float) -> int:
+    """Cores as integer millicores (the unit the core computes in)."""
+    return round(cores * MILLI)
+
+
+class Bucket:
+    """The available nodes sharing one label set, sorted by free cores and free memory."""
+
+    __slots__ = ("by_cores", "by_memory", "labels")
+
+    def __init__(self, labels: frozenset[str]) -> None:
+        self.labels = labels
+        self.by_cores: list[tuple[int, int, int]] = []
+        self.by_memory: list[tuple[int, int]] = []
+
+    def can_fit(self, cores: int, memory: int) -> bool:
+        """Whether some node of the bucket may hold the request (a quick necessary test)."""
+        return (
+            bool(self.by_cores)
+            and self.by_cores[-1][0] >= cores
+            and self.by_memory[-1][0] >= memory
+        )
+
+
+class Cluster:
+    """Free cores and memory per node for one pass, with a fitting index per label set."""
+
+    __slots__ = (
+        "_eligible",
+        "_wc",
+        "_wm",
+        "available",
+        "buckets",
+        "cap_c",
+        "cap_m",
+        "count",
+        "free_c",
+        "free_m",
+        "index",
+        "labels",
+        "names",
+        "node_bucket",
+    )
+
+    def __init__(self, nodes: Sequence[NodeState]) -> None:
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.cap_c: list[int] = []
+        self.cap_m: list[int] = []
+        self.available: list[bool] = []
+        self.labels: list[frozenset[str]] = []
+        for node in nodes:
+            if node.name in self.index:
+                continue
+            self.index[node.name] = len(self.names)
+            self.names.append(node.name)
+            self.cap_c.append(millicores(node.cores))
+            self.cap_m.append(node.memory)
+            self.available.append(node.available)
+            self.labels.append(node.labels)
+        self.free_c = list(self.cap_c)
+        self.free_m = list(self.cap_m)
+        self.count = [0] * len(self.names)
+        self.buckets: list[Bucket] = []
+        self.node_bucket: list[Bucket | None] = [None] * len(self.names)
+        self._eligible: dict[frozenset[str], list[Bucket]] = {}
+        # Weights that make a core and a byte comparable: a fraction of the largest node.
+        self._wc = 1.0 / max(self.cap_c, default=1) if any(self.cap_c) else 1.0
+        self._wm = 1.0 / max(self.cap_m, default=1) if any(self.cap_m) else 1.0
+
+    def hold(self, idx: int, cores: int, memory: int) -> None:
+        """Account an instance already placed before the index is built."""
+        self.free_c[idx] -= cores
+        self.free_m[idx] -= memory
+        self.count[idx] += 1
+
+    def build_index(self) -> None:
+        """Bucket the available nodes by label set once the existing holdings are in."""
+        by_labels: dict[frozenset[str], Bucket] = {}
+        for idx, labels in enumerate(self.labels):
+            if not self.available[idx]:
+                continue
+            bucket = by_labels.get(labels)
+            if bucket is None:
+                bucket = by_labels[labels] = Bucket(labels)
+                self.buckets.append(bucket)
+            bucket.by_cores.append((self.free_c[idx], self.free_m[idx], idx))
+            bucket.by_memory.append((self.free_m[idx], idx))
+            self.node_bucket[idx] = bucket
+        for bucket in self.buckets:
+            bucket.by_cores.sort()
+            bucket.by_memory.sort()
+
+    def eligible(self, labels: frozenset[str]) -> list[Bucket]:
+        """The buckets whose label set includes `labels`."""
+        found = self._eligible.get(labels)
+        if found is None:
+            found = [b for b in self.buckets if labels <= b.labels]
+            self._eligible[labels] = found
+        return found
+
+    def change(self, idx: int, cores: int, memory: int, containers: int) -> None:
+        """Take (positive) or give back (negative) resources on a node, keeping the index."""
+        bucket = self.node_bucket[idx]
+        old_c, old_m = self.free_c[idx], self.free_m[idx]
+        new_c, new_m = old_c - cores, old_m - memory
+        self.free_c[idx], self.free_m[idx] = new_c, new_m
+        self.count[idx] += containers
+        if bucket is None:
+            return
+        by_c, by_m = bucket.by_cores, bucket.by_memory
+        del by_c[bisect_left(by_c, (old_c, old_m, idx))]
+        insort(by_c, (new_c, new_m, idx))
+        if new_m != old_m:
+            del by_m[bisect_left(by_m, (old_m, idx))]
+            insort(by_m, (new_m, idx))
+
+    def fits(self, idx: int, cores: int, memory: int) -> bool:
+        """Whether node `idx` is available and has room for the request."""
+        return (
+            self.node_bucket[idx] is not None
+            and self.free_c[idx] >= cores
+            and self.free_m[idx] >= memory
+        )
+
+    # -- choosing a node -------------------------------------------------------------
+
+    def best_fit(self, cores: int, memory: int, labels: frozenset[str]) -> int:
+        """The fitting node left with the least room (cores and memory together), or -1.
+
+        Walks the free-cores order upwards one group of equal free cores at a time: in a
+        group the first node with enough memory is the group's best, and no group further
+        up can beat a score already below its leftover cores.
+        """
+        wc, wm = self._wc, self._wm
+        best, best_score = -1, float("inf")
+        for bucket in self.eligible(labels):
+            if not bucket.can_fit(cores, memory):
+                continue
+            by_c = bucket.by_cores
+            n = len(by_c)
+            i = bisect_left(by_c, (cores, memory))
+            while i < n:
+                fc, fm, idx = by_c[i]
+                dc = (fc - cores) * wc
+                if dc >= best_score:
+                    break
+                if fm >= memory:
+                    score = dc + (fm - memory) * wm
+                    if score < best_score:
+                        best, best_score = idx, score
+                    i = bisect_left(by_c, (fc + 1, memory), i + 1)
+                else:
+                    i = bisect_left(by_c, (fc, memory), i + 1)
+        return best
+
+    def worst_fit(self, cores: int, memory: int, labels: frozenset[str]) -> int:
+        """The fitting node left with the most room (cores and memory together), or -1.
+
+        Walks the free-cores order downwards one group of equal free cores at a time (the
+        last node of a group has its most memory).
+        """
+        wc, wm = self._wc, self._wm
+        best, best_score = -1, -1.0
+        for bucket in self.eligible(labels):
+            if not bucket.can_fit(cores, memory):
+                continue
+            by_c = bucket.by_cores
+            top_m = (bucket.by_memory[-1][0] - memory) * wm
+            i = len(by_c) - 1
+            while i >= 0:
+                fc, fm, idx = by_c[i]
+                if fc < cores:
+                    break
+                dc = (fc - cores) * wc
+                if dc + top_m <= best_score:
+                    break
+                if fm >= memory:
+                    score = dc + (fm - memory) * wm
+                    if score > best_score:
+                        best, best_score = idx, score
+                i = bisect_left(by_c, (fc,), 0, i) - 1
+        return best
+
+    def by_count(self, cores: int, memory: int, labels: frozenset[str], most: bool) -> int:
+        """The fitting node with the fewest (or most) containers: the original placement."""
+        best, best_count = -1, -1
+        for bucket in self.eligible(labels):
+            if not bucket.can_fit(cores, memory):
+                continue
+            for _fc, fm, idx in bucket.by_cores[bisect_left(bucket.by_cores, (cores,)) :]:
+                if fm < memory:
+                    continue
+                count = self.count[idx]
+                better = count > best_count if most else count < best_count
+                if best < 0 or better or (count == best_count and idx < best):
+                    best, best_count = idx, count
+        return best
+
+    def weights(self) -> tuple[float, float]:
+        """Per-millicore and per-byte weights that make cores and memory comparable."""
+        return self._wc, self._wm
