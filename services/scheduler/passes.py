@@ -55,6 +55,7 @@ async def load_snapshot(
         " FROM instances i JOIN executions e ON e.id = i.execution_id"
         " WHERE e.state IN ('queued', 'starting', 'running', 'cleaning_up')"
         " AND i.state IN ('created', 'placed', 'starting', 'running', 'stopping')"
+        " ORDER BY i.id"
     )
     pending: dict[int, list[InstanceReq]] = defaultdict(list)
     placed: dict[int, list[tuple[InstanceReq, str]]] = defaultdict(list)
