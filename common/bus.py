@@ -194,7 +194,9 @@ class Bus:
     async def consume(self, queue_name: str, inbox: Any, handler: Handler) -> None:
         """Deliver messages of ``queue_name``, decoded as ``inbox``, to ``handler``."""
         assert self._sub is not None
-        queue = await self._sub.get_queue(queue_name, ensure=False)
+        # Declared (not merely looked up) on the robust channel, so that aio-pika restores
+        # the queue and its consumer after a reconnect.
+        queue = await _declare_work_queue(self._sub, queue_name)
         decoder = m.decoder(inbox)
         consumer = _Consumer(queue, "")
 

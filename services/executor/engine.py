@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,7 +166,7 @@ class Engine(Protocol):
         """Every container of this deployment and node, in any state."""
         ...
 
-    def events(self, *, since: float) -> AsyncIterator[ContainerEvent]:
+    def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
         """``die`` and ``destroy`` events of managed containers from ``since`` on.
 
         Ends or raises `EngineError` when the stream breaks; close it with ``aclosing``.
@@ -322,7 +322,7 @@ class DockerEngine:
 
     # ---- events --------------------------------------------------------------------------
 
-    async def events(self, *, since: float) -> AsyncIterator[ContainerEvent]:
+    async def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
         """Stream ``die``/``destroy`` events of managed containers, replayed from ``since``.
 
         aiodocker's `DockerEvents.subscribe()` would start its reader with a bare
@@ -359,8 +359,12 @@ class DockerEngine:
             except DockerError as exc:
                 if exc.status != 404:
                     raise
-            config = {"Name": name, "Driver": "bridge", "Labels": dict(labels)}
-            config["CheckDuplicate"] = True
+            config: dict[str, Any] = {
+                "Name": name,
+                "Driver": "bridge",
+                "Labels": dict(labels),
+                "CheckDuplicate": True,
+            }
             try:
                 await self._docker.networks.create(config)
                 log.info("network.created", network=name)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 import structlog
 from aiodocker.exceptions import DockerError
 from yarl import URL
@@ -337,8 +338,12 @@ async def _tar_stream(root: Path) -> AsyncIterator[bytes]:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    while chunk := await proc.stdout.read(1 << 20):
-        yield chunk
+    try:
+        while chunk := await proc.stdout.read(1 << 20):
+            yield chunk
+    finally:
+        if proc.returncode is None and not proc.stdout.at_eof():
+            proc.kill()  # the upload was abandoned: do not leave tar behind
     if await proc.wait() != 0:
         stderr = await proc.stderr.read() if proc.stderr else b""
         raise RuntimeError(f"tar of {root} failed: {stderr.decode(errors='replace')}")
@@ -410,7 +415,7 @@ async def _ensure(
         log.info("image.making_base", ref=ref)
         try:
             await BASE_IMAGES[ref](docker, ref)
-        except (RuntimeError, OSError, DockerError) as e:
+        except (RuntimeError, OSError, DockerError, aiohttp.ClientError) as e:
             raise ImageBuildFailed(ref, str(e)) from e
         log.info("image.made", ref=ref)
         return

@@ -1,0 +1,587 @@
+"""The executor against the real Docker engine and RabbitMQ: commands in, facts out.
+
+Most tests run the executor in-process (``serve`` with a stop event); the restart test
+runs it as a separate process and SIGKILLs it. Facts are observed on a queue of our own
+bound to ``zoe.events``. Every container carries the session's deployment label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiodocker
+import pytest
+from structlog.testing import capture_logs
+
+from common import messages as m
+from common.bus import EVENTS, Bus
+from common.settings import ExecutorSettings
+from services.executor.service import serve
+from tests.conftest import TestEnv, wait_for
+
+BUSYBOX = "zoe/busybox:1"
+MIB = 1 << 20
+FACTS = m.InstanceStarted | m.InstanceStartFailed | m.InstanceExited | m.InstanceRemoved
+_ids = itertools.count(1)
+_nodes = itertools.count(1)
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+# ---- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def busybox(docker: aiodocker.Docker) -> str:
+    """The busybox base image, made locally unless present."""
+    from services.executor.images import ensure_image
+
+    await ensure_image(docker, BUSYBOX, zapps_root=Path("zapps"))
+    return BUSYBOX
+
+
+class Facts:
+    """Every fact and heartbeat published in the test vhost, in arrival order."""
+
+    def __init__(self) -> None:
+        self.items: list[m.Message] = []
+
+    def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
+        return [
+            x
+            for x in self.items
+            if isinstance(x, kind) and all(getattr(x, k) == v for k, v in match.items())
+        ]
+
+    async def wait(
+        self, kind: type[m.Message], count: int = 1, timeout: float = 20, **match: Any
+    ) -> Any:
+        """The ``count``-th fact of ``kind`` matching ``match``, once it arrived."""
+        found = await wait_for(
+            lambda: len(self.all(kind, **match)) >= count and self.all(kind, **match),
+            timeout=timeout,
+            what=f"{count} x {kind.__name__} {match}",
+        )
+        return found[count - 1]
+
+
+@pytest.fixture
+async def facts(test_env: TestEnv, bus: Bus) -> AsyncIterator[Facts]:
+    out = Facts()
+    decoder = m.decoder(FACTS | m.NodeHeartbeat)
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("fact.#", "node.heartbeat.#"):
+            await queue.bind(EVENTS, routing_key=key)
+
+        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            out.items.append(decoder.decode(message.body))
+
+        await queue.consume(collect, no_ack=True)
+        yield out
+    finally:
+        await connection.close()
+
+
+def node_name(test_env: TestEnv) -> str:
+    return f"{test_env.deployment}-node{next(_nodes)}"
+
+
+def executor_env(test_env: TestEnv, node: str, **extra: str) -> dict[str, str]:
+    return test_env.env(
+        ZOE_NODE_NAME=node,
+        ZOE_HEARTBEAT_INTERVAL="0.5",
+        ZOE_STOP_TIMEOUT="2",
+        ZOE_DRAIN_TIMEOUT="5",
+        ZOE_ZAPPS_ROOT="/nonexistent-zapps",
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def in_process_executor(settings: ExecutorSettings) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``serve`` in this event loop until the block ends (then stop and drain)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def node(
+    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> AsyncIterator[str]:
+    """An in-process executor for a fresh node; yields the node name once registered."""
+    name = node_name(test_env)
+    try:
+        async with in_process_executor(ExecutorSettings.from_env(executor_env(test_env, name))):
+            await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+            yield name
+    finally:
+        await remove_node_containers(docker, test_env, name)
+
+
+async def remove_node_containers(docker: aiodocker.Docker, test_env: TestEnv, node: str) -> None:
+    labels = [f"zoe.deployment={test_env.deployment}", f"zoe.node={node}"]
+    for c in await docker.containers.list(all=True, filters={"label": labels}):
+        await c.delete(force=True)
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def start_msg(
+    test_env: TestEnv,
+    command: str | None,
+    *,
+    image: str = BUSYBOX,
+    instance: str = "main",
+    memory: int = 64 * MIB,
+    cores: float = 0.5,
+    ports: list[m.PortRequest] | None = None,
+) -> m.StartInstance:
+    execution_id = next(_ids)
+    return m.StartInstance(
+        execution_id=execution_id,
+        instance_id=execution_id * 100 + 1,
+        instance=instance,
+        container_name=f"{test_env.deployment}-{execution_id}-{instance}",
+        network=f"{test_env.deployment}-{execution_id}",
+        image=image,
+        command=command,
+        environment={"GREETING": "hello-from-zoe"},
+        cores_limit=cores,
+        memory_limit=memory,
+        ports=ports or [],
+        labels={"zoe.test": "executor"},
+    )
+
+
+def stop_msg(start: m.StartInstance) -> m.StopInstance:
+    return m.StopInstance(
+        execution_id=start.execution_id,
+        instance_id=start.instance_id,
+        container_name=start.container_name,
+        network=start.network,
+    )
+
+
+async def stop_and_wait(bus: Bus, facts: Facts, node: str, start: m.StartInstance) -> Any:
+    await bus.publish(stop_msg(start), node=node)
+    return await facts.wait(m.InstanceRemoved, execution_id=start.execution_id)
+
+
+async def containers_named(docker: aiodocker.Docker, name: str) -> list[Any]:
+    found = await docker.containers.list(all=True, filters={"name": [name]})
+    return [c for c in found if f"/{name}" in c["Names"]]
+
+
+async def network_exists(docker: aiodocker.Docker, name: str) -> bool:
+    return any(n["Name"] == name for n in await docker.networks.list(filters={"name": [name]}))
+
+
+# A long-running command that exits with 7 soon after SIGTERM (PID 1 has no default
+# signal handlers, hence the trap; the short sleeps let the trap run promptly).
+LONG_RUNNING = "trap 'exit 7' TERM; echo $GREETING; while :; do sleep 0.1; done"
+
+
+class Proxy:
+    """A TCP or unix-socket relay a test can cut, to play a broker or engine outage.
+
+    ``cut()`` drops every relayed connection and refuses new ones until ``restore()``.
+    """
+
+    def __init__(self, upstream: Callable[[], Awaitable[Streams]]) -> None:
+        self._upstream = upstream
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.open = True
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        up_reader, up_writer = await self._upstream()
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.close()
+
+    def cut(self) -> None:
+        self.open = False
+        for w in list(self._writers):
+            w.transport.abort()
+
+    def restore(self) -> None:
+        self.open = True
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+# ---- tests ------------------------------------------------------------------------------
+
+
+async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, node: str
+) -> None:
+    start = start_msg(
+        test_env,
+        "httpd -p 8080 -h /tmp; " + LONG_RUNNING,
+        ports=[m.PortRequest(name="http", port_number=8080)],
+    )
+    await bus.publish(start, node=node)
+    fact = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    assert (fact.node, fact.instance_id, fact.container_name) == (
+        node,
+        start.instance_id,
+        start.container_name,
+    )
+
+    info = await docker.containers.container(start.container_name).show()
+    assert info["Id"] == fact.container_id
+    assert info["HostConfig"]["Memory"] == 64 * MIB
+    assert info["HostConfig"]["NanoCpus"] == 500_000_000
+    assert info["Config"]["Hostname"] == "main"
+    labels = info["Config"]["Labels"]
+    assert labels["zoe.deployment"] == test_env.deployment
+    assert labels["zoe.node"] == node
+    assert labels["zoe.execution"] == str(start.execution_id)
+    assert labels["zoe.instance"] == "main"
+    assert labels["zoe.instance_id"] == str(start.instance_id)
+    assert labels["zoe.test"] == "executor"
+    assert "main" in info["NetworkSettings"]["Networks"][start.network]["Aliases"]
+
+    # the endpoint is the published port, and something answers there
+    host, port = fact.endpoints["http"].rsplit(":", 1)
+    assert info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"] == port
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    assert (await reader.read(12)).startswith(b"HTTP/1.")
+    writer.close()
+
+    beat = await facts.wait(m.NodeHeartbeat, node=node, registered=False)
+    await wait_for(
+        lambda: start.instance_id in facts.all(m.NodeHeartbeat, node=node)[-1].instances,
+        what="the instance in a heartbeat",
+    )
+    assert BUSYBOX in beat.images
+
+    removed = await stop_and_wait(bus, facts, node, start)
+    assert removed.exit_code == 7
+    assert not removed.oom_killed
+    assert "hello-from-zoe" in removed.log
+    assert await containers_named(docker, start.container_name) == []
+    assert not await network_exists(docker, start.network)
+
+
+async def test_redelivered_commands_are_idempotent(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, node: str
+) -> None:
+    start = start_msg(test_env, LONG_RUNNING)
+    await bus.publish(start, node=node)
+    await bus.publish(start, node=node)  # the same message again, as a redelivery
+    first = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    second = await facts.wait(m.InstanceStarted, 2, execution_id=start.execution_id)
+    assert first.container_id == second.container_id
+    assert len(await containers_named(docker, start.container_name)) == 1
+    await stop_and_wait(bus, facts, node, start)
+    await bus.publish(stop_msg(start), node=node)  # a redelivered stop: still a fact
+    again = await facts.wait(m.InstanceRemoved, 2, execution_id=start.execution_id)
+    assert again.exit_code is None
+    await bus.publish(start, node=node)  # a start redelivered after its stop is stale
+    await facts.wait(m.InstanceRemoved, 3, execution_id=start.execution_id)
+    assert await containers_named(docker, start.container_name) == []
+    assert len(facts.all(m.InstanceStarted, execution_id=start.execution_id)) == 2
+
+
+async def test_container_exiting_by_itself_is_reported_with_its_code(
+    test_env: TestEnv, bus: Bus, facts: Facts, node: str
+) -> None:
+    start = start_msg(test_env, "echo bye; exit 3")
+    await bus.publish(start, node=node)
+    exited = await facts.wait(m.InstanceExited, execution_id=start.execution_id)
+    assert (exited.exit_code, exited.oom_killed) == (3, False)
+    started = facts.all(m.InstanceStarted, execution_id=start.execution_id)
+    assert len(started) == 1, "the start is reported before the death"
+    assert facts.items.index(started[0]) < facts.items.index(exited)
+    assert exited.container_id == started[0].container_id
+
+    await bus.publish(start, node=node)  # a late redelivered start does not restart it
+    again = await facts.wait(m.InstanceExited, 2, execution_id=start.execution_id)
+    assert again.exit_code == 3
+    removed = await stop_and_wait(bus, facts, node, start)
+    assert removed.exit_code == 3
+    assert "bye" in removed.log
+
+
+async def test_oom_killed_container_is_reported(
+    test_env: TestEnv, bus: Bus, facts: Facts, node: str
+) -> None:
+    # tail keeps the one endless "line" in memory: far beyond the 8 MiB limit
+    start = start_msg(test_env, "head -c 64m /dev/zero | tail", memory=8 * MIB)
+    await bus.publish(start, node=node)
+    exited = await facts.wait(m.InstanceExited, execution_id=start.execution_id)
+    assert exited.oom_killed
+    assert exited.exit_code == 137
+    removed = await stop_and_wait(bus, facts, node, start)
+    assert removed.oom_killed
+
+
+async def test_missing_image_that_cannot_be_built_fails_the_start(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, node: str
+) -> None:
+    start = start_msg(test_env, "true", image="zoe/no-such-image-zt:1")
+    await bus.publish(start, node=node)
+    failed = await facts.wait(m.InstanceStartFailed, execution_id=start.execution_id)
+    assert "zoe/no-such-image-zt:1" in failed.reason
+    assert failed.container_name == start.container_name
+    assert await containers_named(docker, start.container_name) == []
+    assert facts.all(m.InstanceStarted, execution_id=start.execution_id) == []
+
+
+async def test_logs_request_returns_the_container_output(
+    test_env: TestEnv, bus: Bus, facts: Facts, node: str
+) -> None:
+    start = start_msg(test_env, "echo line-one; echo line-two >&2; sleep 0.2; " + LONG_RUNNING)
+    await bus.publish(start, node=node)
+    await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    decoder = m.decoder(m.LogsReply)
+
+    async def logs(name: str, tail: int | None = None) -> m.LogsReply:
+        request = m.LogsRequest(container_name=name, tail=tail)
+        return decoder.decode(await bus.request(node, request, timeout=5))
+
+    async def all_lines() -> m.LogsReply | None:
+        reply = await logs(start.container_name)
+        return reply if "hello-from-zoe" in reply.log else None
+
+    reply = await wait_for(all_lines, what="the three lines in the log")
+    assert reply.found
+    # stdout and stderr are copied to the log separately: their interleaving may vary
+    assert sorted(reply.log.splitlines()) == ["hello-from-zoe", "line-one", "line-two"]
+    assert (await logs(start.container_name, tail=1)).log.strip() == "hello-from-zoe"
+    missing = await logs(f"{test_env.deployment}-no-such-container")
+    assert (missing.found, missing.log) == (False, "")
+    await stop_and_wait(bus, facts, node, start)
+
+
+async def test_container_removed_behind_the_executors_back_is_reported(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, node: str
+) -> None:
+    start = start_msg(test_env, LONG_RUNNING)
+    await bus.publish(start, node=node)
+    await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    await docker.containers.container(start.container_name).delete(force=True)
+    removed = await facts.wait(m.InstanceRemoved, execution_id=start.execution_id)
+    assert (removed.instance_id, removed.container_name) == (
+        start.instance_id,
+        start.container_name,
+    )
+    await stop_and_wait(bus, facts, node, start)  # the network goes with the stop
+
+
+# ---- the executor as a process ----------------------------------------------------------
+
+
+def spawn_executor(env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    with log_file.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.executor"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+
+async def stopped(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    await wait_for(lambda: proc.poll() is not None, timeout=timeout, what="process exit")
+    return proc.returncode
+
+
+async def test_killed_executor_adopts_its_running_container_on_restart(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    name = node_name(test_env)
+    env = executor_env(test_env, name)
+    log_file = tmp_path / "executor.log"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def registered(count: int) -> m.NodeHeartbeat:
+        return await facts.wait(m.NodeHeartbeat, count, node=name, registered=True, timeout=30)
+
+    try:
+        procs.append(spawn_executor(env, log_file))
+        await registered(1)
+        start = start_msg(test_env, LONG_RUNNING)
+        await bus.publish(start, node=name)
+        first = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+
+        os.kill(procs[0].pid, signal.SIGKILL)
+        assert await stopped(procs[0]) == -signal.SIGKILL
+        assert (await docker.containers.container(start.container_name).show())["State"]["Running"]
+
+        procs.append(spawn_executor(env, log_file))
+        adopted = await facts.wait(m.InstanceStarted, 2, execution_id=start.execution_id)
+        assert adopted.container_id == first.container_id
+        assert adopted.container_name == start.container_name
+        beat = await registered(2)
+        assert facts.items.index(adopted) < facts.items.index(beat), "reconcile, then register"
+        assert start.instance_id in beat.instances
+        assert len(await containers_named(docker, start.container_name)) == 1
+
+        removed = await stop_and_wait(bus, facts, name, start)
+        assert removed.exit_code == 7
+        procs[1].send_signal(signal.SIGTERM)
+        assert await stopped(procs[1]) == 0
+    except BaseException:
+        print(log_file.read_text()[-20_000:] if log_file.exists() else "no log")
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        await remove_node_containers(docker, test_env, name)
+
+
+# ---- outages ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def broker_proxy(test_env: TestEnv) -> AsyncIterator[tuple[Proxy, str]]:
+    """A cuttable relay to RabbitMQ; yields it with an AMQP URL through it."""
+    proxy = Proxy(lambda: asyncio.open_connection("127.0.0.1", 5672))
+    server = await asyncio.start_server(proxy.relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = test_env.amqp_url.replace(":5672/", f":{port}/") + "?reconnect_interval=0.2"
+    try:
+        yield proxy, url
+    finally:
+        proxy.cut()
+        server.close()
+
+
+async def test_heartbeats_survive_a_broker_outage(
+    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    name = node_name(test_env)
+    async with broker_proxy(test_env) as (proxy, url):
+        settings = ExecutorSettings.from_env(executor_env(test_env, name), amqp_url=url)
+        with capture_logs() as logs:
+            async with in_process_executor(settings) as task:
+                await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                proxy.cut()
+                await wait_for(
+                    lambda: any(e["event"] == "heartbeat.failed" for e in logs),
+                    what="a failed heartbeat",
+                )
+                beats = len(facts.all(m.NodeHeartbeat, node=name))
+                proxy.restore()
+                await facts.wait(m.NodeHeartbeat, beats + 1, node=name)
+                assert not task.done()
+
+
+async def test_commands_flow_again_after_a_broker_outage(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    name = node_name(test_env)
+    try:
+        async with broker_proxy(test_env) as (proxy, url):
+            settings = ExecutorSettings.from_env(executor_env(test_env, name), amqp_url=url)
+            async with in_process_executor(settings):
+                await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                proxy.cut()
+                start = start_msg(test_env, LONG_RUNNING)
+                await bus.publish(start, node=name)  # waits in the queue meanwhile
+                beats = len(facts.all(m.NodeHeartbeat, node=name))
+                proxy.restore()
+                await facts.wait(m.NodeHeartbeat, beats + 1, node=name)
+                await facts.wait(m.InstanceStarted, execution_id=start.execution_id, timeout=5)
+                await stop_and_wait(bus, facts, name, start)
+    finally:
+        await remove_node_containers(docker, test_env, name)
+
+
+async def test_death_during_an_engine_outage_is_reported_after_it(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    proxy = Proxy(lambda: asyncio.open_unix_connection("/var/run/docker.sock"))
+    socket_path = tmp_path / "docker.sock"
+    server = await asyncio.start_unix_server(proxy.relay, str(socket_path))
+    name = node_name(test_env)
+    settings = ExecutorSettings.from_env(
+        executor_env(test_env, name), docker_url=f"unix://{socket_path}"
+    )
+    try:
+        with capture_logs() as logs:
+            async with in_process_executor(settings):
+                await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                start = start_msg(test_env, LONG_RUNNING)
+                await bus.publish(start, node=name)
+                started = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+
+                proxy.cut()  # the executor loses its engine: the event stream breaks
+                await wait_for(
+                    lambda: (
+                        any(e["event"] == "events.broken" for e in logs)
+                        and any(e["event"] == "heartbeat.failed" for e in logs)
+                    ),
+                    what="the event stream and a heartbeat failing",
+                )
+                await docker.containers.container(started.container_id).kill(signal="SIGKILL")
+                await wait_for(
+                    lambda: (
+                        facts.all(m.InstanceExited, execution_id=start.execution_id) == []
+                        and _exited(docker, started.container_id)
+                    ),
+                    what="the container dead, unreported",
+                )
+                proxy.restore()
+                exited = await facts.wait(m.InstanceExited, execution_id=start.execution_id)
+                assert (exited.container_id, exited.exit_code) == (started.container_id, 137)
+                await stop_and_wait(bus, facts, name, start)
+    finally:
+        proxy.cut()
+        server.close()
+        await remove_node_containers(docker, test_env, name)
+
+
+async def _exited(docker: aiodocker.Docker, container_id: str) -> bool:
+    info = await docker.containers.container(container_id).show()
+    return info["State"]["Status"] == "exited"
