@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import aiodocker
@@ -97,6 +98,20 @@ async def _remove_containers(deployment: str) -> None:
 async def pool(test_env: TestEnv) -> AsyncIterator[asyncpg.Pool]:
     async with db.pool(test_env.database_url, max_size=5) as p:
         yield p
+
+
+@asynccontextmanager
+async def own_database(env: TestEnv, suffix: str) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated database of its own, for tests that must not share rows with a
+    running platform of the same session; dropped afterwards."""
+    name = f"{env.database}_{suffix}"
+    url = PG_BASE.rstrip("/") + "/" + name
+    await db.migrate(url)
+    try:
+        async with db.pool(url, max_size=5) as p:
+            yield p
+    finally:
+        await _drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,10 @@ def key_path(path: str, key: object) -> str:
     if isinstance(key, str) and _IDENTIFIER.fullmatch(key):
         name = shorten(key, _SHOWN_KEY)
         return f"{path}.{name}" if path else name
-    shown = shorten(repr(key), _SHOWN_KEY)
+    try:
+        shown = shorten(repr(key), _SHOWN_KEY)
+    except ValueError:  # an int too long to print
+        shown = f"<{type(key).__name__}>"
     return f"{path}[{shown}]"
 
 

@@ -6,7 +6,6 @@ name as alias, so the DNS name of an instance is its instance name (`spark-maste
 
 from __future__ import annotations
 
-from collections import ChainMap
 from collections.abc import Mapping
 
 import msgspec
@@ -20,6 +19,8 @@ DEFAULT_MEMORY = 256 * 1024 * 1024
 
 DEFAULT_CORES = 0.1
 """Cores reserved for an instance whose `resources.cores.min` is null."""
+
+_SELF = templates.DNS_PREFIX + templates.SELF
 
 
 class PortSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +84,8 @@ def expand(
     (= `deployment`), `ZOE_USER`, `SERVICE_NAME` (= its instance name) and `ZOE_WORKSPACE`,
     which win over variables of the same name in the description.
 
-    Raises `InvalidZApp` only for a description that `load_description` would refuse.
+    Raises `InvalidZApp` for a template that does not resolve, which only a description
+    that did not come from `load_description` can have.
     """
     values = {
         "user_name": user_name,
@@ -102,28 +104,20 @@ def expand(
     }
     specs: list[InstanceSpec] = []
     for position, service in enumerate(description.services):
-        for index in range(service.total_count):
-            specs.append(_instance(service, position, index, values, injected))
+        specs.extend(_instances(service, f"services[{position}]", values, injected))
     return specs
 
 
-def _instance(
-    service: Service,
-    position: int,
-    index: int,
-    values: dict[str, str],
-    injected: dict[str, str],
-) -> InstanceSpec:
-    name = f"{service.name}{index}"
-    scope = ChainMap({templates.DNS_PREFIX + templates.SELF: name}, values)
-    path = f"services[{position}]"
-    environment = {
-        variable: _resolve(value, scope, f"{path}.environment[{i}][1]")
+def _instances(
+    service: Service, path: str, values: dict[str, str], injected: dict[str, str]
+) -> list[InstanceSpec]:
+    # Templates are resolved once per service; only {dns_name#self} differs per instance.
+    environment = [
+        (variable, _prepare(value, values, f"{path}.environment[{i}][1]"))
         for i, (variable, value) in enumerate(service.environment)
-    }
-    environment.update(injected, SERVICE_NAME=name)
+    ]
     command = (
-        None if service.command is None else _resolve(service.command, scope, f"{path}.command")
+        None if service.command is None else _prepare(service.command, values, f"{path}.command")
     )
     memory, cores = service.resources.memory, service.resources.cores
     memory_reserved = memory.min
@@ -132,43 +126,50 @@ def _instance(
     cores_reserved = cores.min
     if cores_reserved is None:
         cores_reserved = DEFAULT_CORES if cores.max is None else min(DEFAULT_CORES, cores.max)
-    return InstanceSpec(
-        name=name,
-        service=service.name,
-        index=index,
-        essential=index < service.essential_count,
-        monitor=service.monitor,
-        startup_order=service.startup_order,
-        image=service.image,
-        command=command,
-        environment=environment,
-        cores_reserved=float(cores_reserved),
-        cores_limit=float(cores_reserved if cores.max is None else cores.max),
-        memory_reserved=memory_reserved,
-        memory_limit=memory_reserved if memory.max is None else memory.max,
-        shm_size=service.resources.shm,
-        ports=[
-            PortSpec(
-                name=port.name,
-                port_number=port.port_number,
-                protocol=port.protocol,
-                url_template=port.url_template,
-                proxy=port.proxy,
+    specs = []
+    for index, name in enumerate(service.instance_names()):
+        env = {variable: name.join(chunks) for variable, chunks in environment}
+        env.update(injected, SERVICE_NAME=name)
+        specs.append(
+            InstanceSpec(
+                name=name,
+                service=service.name,
+                index=index,
+                essential=index < service.essential_count,
+                monitor=service.monitor,
+                startup_order=service.startup_order,
+                image=service.image,
+                command=None if command is None else name.join(command),
+                environment=env,
+                cores_reserved=float(cores_reserved),
+                cores_limit=float(cores_reserved if cores.max is None else cores.max),
+                memory_reserved=memory_reserved,
+                memory_limit=memory_reserved if memory.max is None else memory.max,
+                shm_size=service.resources.shm,
+                ports=[
+                    PortSpec(
+                        name=port.name,
+                        port_number=port.port_number,
+                        protocol=port.protocol,
+                        url_template=port.url_template,
+                        proxy=port.proxy,
+                    )
+                    for port in service.ports
+                ],
+                volumes=[
+                    VolumeSpec(name=volume.name, path=volume.path, read_only=volume.read_only)
+                    for volume in service.volumes
+                ],
+                work_dir=service.work_dir,
+                labels=list(service.labels),
             )
-            for port in service.ports
-        ],
-        volumes=[
-            VolumeSpec(name=volume.name, path=volume.path, read_only=volume.read_only)
-            for volume in service.volumes
-        ],
-        work_dir=service.work_dir,
-        labels=list(service.labels),
-    )
+        )
+    return specs
 
 
-def _resolve(text: str, values: Mapping[str, str], path: str) -> str:
+def _prepare(text: str, values: Mapping[str, str], path: str) -> list[str]:
     try:
-        return templates.substitute(text, values)
+        return templates.split_on(text, values, _SELF)
     except templates.TemplateSyntaxError:
         message = templates.SYNTAX_MESSAGE
     except templates.UnknownVariable as exc:

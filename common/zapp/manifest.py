@@ -130,7 +130,13 @@ def _manifest(c: Collector, data: object) -> list[ManifestZApp] | None:
         return None
     if "version" in obj:
         check_int(
-            c, obj["version"], "version", lo=MANIFEST_VERSION, hi=MANIFEST_VERSION, rule="must be 1"
+            c,
+            obj["version"],
+            "version",
+            lo=MANIFEST_VERSION,
+            hi=MANIFEST_VERSION,
+            rule="must be 1",
+            hi_rule="must be 1",
         )
     if "zapps" not in obj:
         return None
@@ -251,7 +257,8 @@ def _parameter(c: Collector, value: object, path: str) -> Parameter | None:
         if obj.get(key) is None:
             continue
         if kind_type != INT:
-            c.error(sub(key), "only allowed for type int")
+            if kind_type == STRING:
+                c.error(sub(key), "only allowed for type int")
             continue
         floor = 1 if key == "step" else -MAX_PARAMETER_INT
         rule = "must be an integer >= 1" if key == "step" else _INT_RULE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from common.zapp import templates
 from common.zapp.checks import (
@@ -22,6 +24,8 @@ from common.zapp.checks import (
 from common.zapp.limits import MAX_CORES, MAX_MEMORY, MAX_PORTS, MAX_VOLUMES, MIN_MEMORY
 from common.zapp.model import CoresRange, MemoryRange, Port, Resources, Volume
 
+N = TypeVar("N", int, float)
+
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,254}")
 _RANGE_KEYS = ("min", "max")
 _MEMORY_RULE = f"must be an integer >= {MIN_MEMORY} or null"
@@ -36,71 +40,59 @@ _VOLUME_NAME_RULE = (
 )
 
 
-def _range(c: Collector, value: object, path: str) -> tuple[object, object] | None:
+def _bounds(
+    c: Collector,
+    value: object,
+    path: str,
+    check: Callable[[object, str], N | None],
+    name: str,
+) -> tuple[N | None, N | None] | None:
+    """The `{min, max}` object at `path`, each bound null or passing `check`, max >= min."""
+    mark = c.mark()
     obj = check_object(c, value, path, required=_RANGE_KEYS)
-    if obj is None or "min" not in obj or "max" not in obj:
+    if obj is None:
         return None
-    return obj["min"], obj["max"]
+    low, high = (
+        None if obj.get(key) is None else check(obj[key], key_path(path, key))
+        for key in _RANGE_KEYS
+    )
+    if low is not None and high is not None and high < low:
+        shown = f"{low:g}" if isinstance(low, float) else str(low)
+        c.error(key_path(path, "max"), f"must be >= {name}.min ({shown}) or null")
+    if c.failed_since(mark):
+        return None
+    return low, high
 
 
 def _memory(c: Collector, value: object, path: str) -> MemoryRange | None:
-    pair = _range(c, value, path)
-    if pair is None:
-        return None
-    mark = c.mark()
-    bounds: list[int | None] = []
-    for key, raw in zip(_RANGE_KEYS, pair, strict=True):
-        bounds.append(
-            None
-            if raw is None
-            else check_int(
-                c,
-                raw,
-                key_path(path, key),
-                lo=MIN_MEMORY,
-                hi=MAX_MEMORY,
-                rule=_MEMORY_RULE,
-                lo_rule=_MEMORY_LOW,
-                hi_rule=_MEMORY_HIGH,
-            )
+    def check(raw: object, at: str) -> int | None:
+        return check_int(
+            c,
+            raw,
+            at,
+            lo=MIN_MEMORY,
+            hi=MAX_MEMORY,
+            rule=_MEMORY_RULE,
+            lo_rule=_MEMORY_LOW,
+            hi_rule=_MEMORY_HIGH,
         )
-    low, high = bounds
-    if low is not None and high is not None and high < low:
-        c.error(key_path(path, "max"), f"must be >= memory.min ({low}) or null")
-    if c.failed_since(mark):
-        return None
-    return MemoryRange(min=low, max=high)
+
+    bounds = _bounds(c, value, path, check, "memory")
+    return None if bounds is None else MemoryRange(min=bounds[0], max=bounds[1])
 
 
 def _cores(c: Collector, value: object, path: str) -> CoresRange | None:
-    pair = _range(c, value, path)
-    if pair is None:
-        return None
-    mark = c.mark()
-    bounds: list[float | None] = []
-    for key, raw in zip(_RANGE_KEYS, pair, strict=True):
-        bounds.append(
-            None
-            if raw is None
-            else check_positive(
-                c,
-                raw,
-                key_path(path, key),
-                hi=MAX_CORES,
-                rule=_CORES_RULE,
-                lo_rule=_CORES_LOW,
-                hi_rule=_CORES_HIGH,
-            )
+    def check(raw: object, at: str) -> float | None:
+        return check_positive(
+            c, raw, at, hi=MAX_CORES, rule=_CORES_RULE, lo_rule=_CORES_LOW, hi_rule=_CORES_HIGH
         )
-    low, high = bounds
-    if low is not None and high is not None and high < low:
-        c.error(key_path(path, "max"), f"must be >= cores.min ({low:g}) or null")
-    if c.failed_since(mark):
-        return None
-    return CoresRange(min=low, max=high)
+
+    bounds = _bounds(c, value, path, check, "cores")
+    return None if bounds is None else CoresRange(min=bounds[0], max=bounds[1])
 
 
 def check_resources(c: Collector, value: object, path: str) -> Resources | None:
+    """The `resources` of a service: memory and cores ranges, and shm."""
     mark = c.mark()
     obj = check_object(c, value, path, required=("memory", "cores"), optional=("shm", "shm_size"))
     if obj is None:
@@ -131,6 +123,7 @@ def check_resources(c: Collector, value: object, path: str) -> Resources | None:
 
 
 def check_ports(c: Collector, value: object, path: str) -> list[Port] | None:
+    """The `ports` of a service; port numbers are unique within it."""
     items = check_array(c, value, path, max_items=MAX_PORTS)
     if items is None:
         return None
@@ -219,6 +212,7 @@ def _check_url_template(c: Collector, path: str, text: str) -> None:
 
 
 def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None:
+    """The `volumes` of a service; mount paths are unique within it."""
     items = check_array(c, value, path, max_items=MAX_VOLUMES)
     if items is None:
         return None

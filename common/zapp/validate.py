@@ -69,7 +69,13 @@ def _description(c: Collector, data: object) -> Description | None:
         c.warn("version", f"missing, assumed {FORMAT_VERSION}")
     else:
         check_int(
-            c, obj["version"], "version", lo=FORMAT_VERSION, hi=FORMAT_VERSION, rule="must be 3"
+            c,
+            obj["version"],
+            "version",
+            lo=FORMAT_VERSION,
+            hi=FORMAT_VERSION,
+            rule="must be 3",
+            hi_rule="must be 3",
         )
     size = None
     if "size" in obj:

@@ -188,11 +188,17 @@ async def logs(request: web.Request) -> web.Response:
     raise NotFound(f"no log for instance {request.match_info['instance']!r} yet")
 
 
+async def nodes(request: web.Request) -> web.Response:
+    """The cluster: every node that ever registered, with capacity and reservations."""
+    return web.json_response(await store.list_nodes(request.app[DEPS].pool))
+
+
 def make_app(deps: Deps) -> web.Application:
     """The aiohttp application with every route."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[DEPS] = deps
     app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/executions", submit)
     app.router.add_get("/api/v1/executions", list_executions)
     app.router.add_get("/api/v1/executions/{id}", get_execution)

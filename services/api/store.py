@@ -143,3 +143,21 @@ async def find_instance(pool: asyncpg.Pool, execution_id: int, name: str) -> asy
     if row is None:
         raise NotFound(f"execution {execution_id} has no service instance {name!r}")
     return row
+
+
+async def list_nodes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Nodes with their capacity, what is reserved on them, and their liveness."""
+    rows = await pool.fetch(
+        "SELECT n.name, n.cores, n.memory, n.labels, n.state, n.last_heartbeat,"
+        " coalesce(sum(i.cores), 0) AS cores_reserved,"
+        " coalesce(sum(i.memory), 0)::bigint AS memory_reserved, count(i.id) AS instances"
+        " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
+        "  AND i.state IN ('placed', 'starting', 'running', 'stopping')"
+        " GROUP BY n.name ORDER BY n.name"
+    )
+    out = []
+    for r in rows:
+        node = dict(r)
+        node["last_heartbeat"] = node["last_heartbeat"].isoformat()
+        out.append(node)
+    return out

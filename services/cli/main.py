@@ -128,6 +128,22 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
+    rows = client.call("GET", "/nodes")
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'NODE':<20} {'STATE':<6} {'CORES':>11} {'MEMORY GiB':>13} {'INSTANCES':>9}  LABELS")
+    for n in rows:
+        cores = f"{n['cores_reserved']:.1f}/{n['cores']:.1f}"
+        mem = f"{n['memory_reserved'] / 2**30:.1f}/{n['memory'] / 2**30:.1f}"
+        print(
+            f"{n['name'][:20]:<20} {n['state']:<6} {cores:>11} {mem:>13} {n['instances']:>9}"
+            f"  {','.join(n['labels'])}"
+        )
+    return 0
+
+
 def cmd_simulate(argv: list[str]) -> int:
     from services.scheduler.simulator import main as simulate
 
@@ -175,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance", help="instance name, e.g. spark-worker0")
     p.add_argument("--tail", type=int, help="only the last N lines")
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("nodes", help="list the cluster's nodes and what is reserved on them")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_nodes)
 
     sub.add_parser(
         "simulate",

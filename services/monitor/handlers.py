@@ -60,7 +60,7 @@ async def record_end(
         "UPDATE instances SET state = $2, exit_code = $3, reason = $4,"
         " removed = removed OR $5, updated_at = now() WHERE id = $1",
         instance_id,
-        "stopped" if reason == "stopped" else "died",
+        "stopped" if reason in ("stopped", "exited") else "died",
         exit_code,
         reason,
         removed,

@@ -159,6 +159,8 @@ async def _elastic_ended(
     if not inst["removed"] and inst["node"]:
         # remove the dead container; its replacement gets a new name
         await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
+    if msg.reason == "exited":
+        return  # it finished its part by itself: nothing to replace
     restarts = inst["restart_count"] + 1
     backoff = min(deps.restart_backoff * 2 ** (restarts - 1), deps.restart_backoff_max)
     await conn.execute(

@@ -23,7 +23,9 @@ def check_decisions(
     execution's essential set is placed and its backoff has passed.
     """
     problems: list[str] = []
-    by_node = {n.name: n for n in nodes}
+    by_node: dict[str, NodeState] = {}
+    for n in nodes:
+        by_node.setdefault(n.name, n)  # the first of duplicate names counts, as in a pass
     pending: dict[int, tuple[InstanceReq, ExecutionState]] = {}
     placed: dict[int, tuple[InstanceReq, str]] = {}
     for ex in executions:

@@ -25,19 +25,25 @@ def millicores(cores: float) -> int:
 
 
 class Bucket:
-    """The available nodes sharing one label set, sorted by free cores and free memory."""
+    """The available nodes sharing one label set, sorted by free cores and free memory.
 
-    __slots__ = ("by_cores", "by_memory", "labels")
+    A `closed` bucket is held for an execution that waited too long: nothing ranked
+    after it may take room there.
+    """
+
+    __slots__ = ("by_cores", "by_memory", "closed", "labels")
 
     def __init__(self, labels: frozenset[str]) -> None:
         self.labels = labels
         self.by_cores: list[tuple[int, int, int]] = []
         self.by_memory: list[tuple[int, int]] = []
+        self.closed = False
 
     def can_fit(self, cores: int, memory: int) -> bool:
         """Whether some node of the bucket may hold the request (a quick necessary test)."""
         return (
-            bool(self.by_cores)
+            not self.closed
+            and bool(self.by_cores)
             and self.by_cores[-1][0] >= cores
             and self.by_memory[-1][0] >= memory
         )
@@ -136,13 +142,31 @@ class Cluster:
             del by_m[bisect_left(by_m, (old_m, idx))]
             insort(by_m, (new_m, idx))
 
-    def fits(self, idx: int, cores: int, memory: int) -> bool:
-        """Whether node `idx` is available and has room for the request."""
-        return (
-            self.node_bucket[idx] is not None
-            and self.free_c[idx] >= cores
-            and self.free_m[idx] >= memory
-        )
+    def top(self) -> tuple[int, int]:
+        """The most free cores and the most free memory of any available node (maybe
+        not the same node); -1 when no node is available."""
+        top_c = top_m = -1
+        for bucket in self.buckets:
+            if bucket.by_cores and not bucket.closed:
+                top_c = max(top_c, bucket.by_cores[-1][0])
+                top_m = max(top_m, bucket.by_memory[-1][0])
+        return top_c, top_m
+
+    def open_to(self, idx: int) -> bool:
+        """Whether node `idx` may receive something new (available, bucket not closed)."""
+        bucket = self.node_bucket[idx]
+        return bucket is not None and not bucket.closed
+
+    def close(self, labels: frozenset[str]) -> bool:
+        """Close every bucket a request with `labels` could use; True if all are closed."""
+        for bucket in self.eligible(labels):
+            bucket.closed = True
+        return all(b.closed for b in self.buckets)
+
+    def reopen(self) -> None:
+        """Open every bucket again."""
+        for bucket in self.buckets:
+            bucket.closed = False
 
     # -- choosing a node -------------------------------------------------------------
 

@@ -51,8 +51,11 @@ class Policy:
     - ``lookahead``: how many blocked executions (whose essential set does not fit) a pass
       examines before it stops looking further down the queue: executions behind a
       blocked one may still start (backfilling), and the cap bounds the wasted work.
-    - ``reserve_after``: a blocked execution that has waited this long stops backfilling
-      behind it (and, without reclaiming, elastic growth behind it), so it cannot starve.
+    - ``scan``: how many waiting executions a pass examines at most after the first
+      blocked one, whatever they cost: the bound on a pass over a very long queue.
+    - ``reserve_after``: a blocked execution that has waited this long holds the nodes
+      its essential set could use: nothing ranked after it may start there (nor, without
+      reclaiming, grow there), so it cannot starve.
     """
 
     name: PolicyName = "dynsize"
@@ -62,7 +65,8 @@ class Policy:
     order: Order = "fifo"
     aging: float = 1800.0
     priority_aging: float = 3600.0
-    lookahead: int = 200
+    lookahead: int = 64
+    scan: int = 1000
     reserve_after: float = 7200.0
 
     def __post_init__(self) -> None:
@@ -74,8 +78,8 @@ class Policy:
             raise InvalidPolicy(f"unknown queue order {self.order!r}")
         if self.aging <= 0 or self.priority_aging <= 0:
             raise InvalidPolicy("aging periods must be positive")
-        if self.lookahead < 0 or self.reserve_after < 0:
-            raise InvalidPolicy("lookahead and reserve_after must not be negative")
+        if self.lookahead < 0 or self.scan < 0 or self.reserve_after < 0:
+            raise InvalidPolicy("lookahead, scan and reserve_after must not be negative")
 
     @property
     def queue_order(self) -> Order:
@@ -116,7 +120,7 @@ class Policy:
             parts.append("reclaim" if self.reclaim else "noreclaim")
         if not self.priorities:
             parts.append("nopriority")
-        for key in ("aging", "priority_aging", "lookahead", "reserve_after"):
+        for key in ("aging", "priority_aging", "lookahead", "scan", "reserve_after"):
             value = getattr(self, key)
             if value != getattr(default, key):
                 parts.append(f"{key}={value:g}")
@@ -133,6 +137,7 @@ _NUMBERS: dict[str, type] = {
     "aging": float,
     "priority_aging": float,
     "lookahead": int,
+    "scan": int,
     "reserve_after": float,
 }
 

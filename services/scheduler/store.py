@@ -85,7 +85,8 @@ async def begin_cleanup(
         execution_id,
     )
     rows = await conn.fetch(
-        "UPDATE instances SET state = CASE WHEN state = 'died' THEN 'died' ELSE 'stopping' END,"
+        "UPDATE instances SET state = CASE WHEN state IN ('died', 'stopped') THEN state"
+        " ELSE 'stopping' END,"
         " updated_at = now()"
         " WHERE execution_id = $1 AND (state = ANY($2::text[]) OR NOT removed)"
         " RETURNING id, node, container_name",

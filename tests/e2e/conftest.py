@@ -165,6 +165,16 @@ class Platform:
             return status == 200
 
         await wait_for(up, timeout=60, interval=0.2, what="api health")
+        await self.wait_node(self.node)
+
+    async def wait_node(self, name: str, state: str = "up") -> None:
+        """Wait until the scheduler knows the node (its executor consumes its queue)."""
+
+        async def known() -> bool:
+            _, nodes = await self.acall("GET", "/nodes")
+            return any(n["name"] == name and n["state"] == state for n in nodes)
+
+        await wait_for(known, timeout=60, interval=0.2, what=f"node {name} {state}")
 
 
 def service(

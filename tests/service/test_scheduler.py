@@ -4,6 +4,7 @@ what they publish is read from the outbox they write)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from services.api import store as api_store
 from services.scheduler import handlers, passes
 from services.scheduler.core import Policy
 from services.scheduler.service import acquire_leadership
-from tests.conftest import TestEnv
+from tests.conftest import TestEnv, own_database
 
 MiB = 1024 * 1024
 
@@ -45,6 +46,13 @@ def _app(total: int = 1, cores: float = 1.0) -> dict[str, Any]:
             }
         ],
     }
+
+
+@pytest.fixture
+async def pool(test_env: TestEnv) -> AsyncIterator[asyncpg.Pool]:
+    """A database of this module's own: no scheduler process touches its rows."""
+    async with own_database(test_env, "sched") as p:
+        yield p
 
 
 @pytest.fixture
