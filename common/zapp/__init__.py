@@ -24,7 +24,7 @@ from common.zapp.model import (
     Service,
     Volume,
 )
-from common.zapp.shop import ShopEntry, load_shop, render, visible_to
+from common.zapp.shop import ShopEntry, load_shop, render, scan_shop, visible_to
 from common.zapp.validate import load_description
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "load_description",
     "load_shop",
     "render",
+    "scan_shop",
     "url_for",
     "visible_to",
 ]

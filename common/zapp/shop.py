@@ -69,17 +69,24 @@ def load_shop(root: pathlib.Path) -> list[ShopEntry]:
     listing every problem of every folder, with paths such as
     `spark/manifest.json: zapps[0].parameters[1].min`. A missing `root` is an empty shop.
     """
+    entries, errors = scan_shop(root)
+    if errors:
+        raise InvalidZApp("invalid ZApp shop", errors=errors)
+    return entries
+
+
+def scan_shop(root: pathlib.Path) -> tuple[list[ShopEntry], list[FieldError]]:
+    """Like `load_shop`, but returns the valid entries and the problems of the others,
+    so that one broken folder does not hide the rest of the shop."""
     if not root.is_dir():
-        return []
+        return [], []
     entries: list[ShopEntry] = []
     errors: list[FieldError] = []
     for folder in sorted(root.iterdir()):
         if folder.name.startswith(".") or not (folder / MANIFEST).is_file():
             continue
         entries.extend(_load_folder(folder, errors))
-    if errors:
-        raise InvalidZApp("invalid ZApp shop", errors=errors)
-    return entries
+    return entries, errors
 
 
 def visible_to(entry: ShopEntry, role: str) -> bool:

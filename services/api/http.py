@@ -6,7 +6,6 @@ nothing is stored unless the whole request is valid. docs/api.md lists the route
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,9 @@ from aiohttp import web
 from common import messages as m
 from common.bus import Bus
 from common.errors import FieldError, InvalidRequest, NotFound, UserError
-from common.zapp import load_description
+from common.zapp import LoadedDescription, load_description
 from services.api import store
+from services.api.shop import SHOP, Shop, add_routes, json_object
 
 log = structlog.get_logger("api")
 
@@ -56,18 +56,6 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return web.json_response({"error": "internal error", "errors": []}, status=500)
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("request body is not valid JSON", [FieldError("", str(exc))]) from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest(
-            "request body must be a JSON object", [FieldError("", "must be an object")]
-        )
-    return body
-
-
 def _execution_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not raw.isdigit() or len(raw) > 18:
@@ -82,11 +70,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """Validate a ZApp description and create an execution of it."""
+    """Validate a ZApp (a description, or a shop entry with parameters) and create an
+    execution of it."""
     deps = request.app[DEPS]
-    body = await _json_body(request)
+    body = await json_object(request)
     errors: list[FieldError] = []
-    unknown = sorted(set(body) - {"name", "application", "priority"})
+    unknown = sorted(set(body) - {"name", "application", "zapp", "params", "resources", "priority"})
     errors += [FieldError(k, "unknown field") for k in unknown]
     name = body.get("name")
     if not isinstance(name, str) or not (1 <= len(name) <= NAME_MAX) or not name.isprintable():
@@ -96,15 +85,11 @@ async def submit(request: web.Request) -> web.Response:
     priority = body.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
         errors.append(FieldError("priority", "must be an integer from -100 to 100"))
-    if "application" not in body:
-        errors.append(FieldError("application", "is required"))
-        loaded = None
-    else:
-        try:
-            loaded = load_description(body["application"])
-        except InvalidRequest as exc:
-            errors += [FieldError(_join("application", e.path), e.message) for e in exc.errors]
-            loaded = None
+    loaded = None
+    try:
+        loaded = _description(request, body)
+    except InvalidRequest as exc:
+        errors += exc.errors
     if errors or loaded is None:
         raise InvalidRequest("invalid execution request", errors)
     execution_id = await store.create_execution(
@@ -118,6 +103,35 @@ async def submit(request: web.Request) -> web.Response:
     out = await store.get_execution(deps.pool, execution_id)
     out["warnings"] = list(loaded.warnings)
     return web.json_response(out, status=201)
+
+
+def _description(request: web.Request, body: dict[str, Any]) -> LoadedDescription:
+    """The description to run: ``application`` as given, or ``zapp`` from the shop."""
+    if ("application" in body) == ("zapp" in body):
+        raise InvalidRequest(
+            "invalid execution request",
+            [FieldError("application", "give exactly one of application or zapp")],
+        )
+    if "application" in body:
+        if "params" in body or "resources" in body:
+            raise InvalidRequest(
+                "invalid execution request",
+                [FieldError("params", "params and resources apply to a shop zapp only")],
+            )
+        try:
+            return load_description(body["application"])
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                exc.message,
+                [FieldError(_join("application", e.path), e.message) for e in exc.errors],
+            ) from exc
+    zapp_id = body["zapp"]
+    if not isinstance(zapp_id, str):
+        raise InvalidRequest("invalid execution request", [FieldError("zapp", "must be a string")])
+    try:
+        return request.app[SHOP].render(zapp_id, body.get("params"), body.get("resources"))
+    except NotFound as exc:
+        raise InvalidRequest(exc.message, [FieldError("zapp", exc.message)]) from exc
 
 
 def _join(prefix: str, path: str) -> str:
@@ -193,10 +207,11 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
-def make_app(deps: Deps) -> web.Application:
+def make_app(deps: Deps, shop: Shop) -> web.Application:
     """The aiohttp application with every route."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[DEPS] = deps
+    add_routes(app, shop)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/executions", submit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -13,6 +14,7 @@ from common.bus import Bus
 from common.outbox import Relay
 from common.settings import ApiSettings
 from services.api.http import Deps, make_app
+from services.api.shop import Shop
 
 log = structlog.get_logger("api")
 
@@ -23,7 +25,10 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(settings.database_url))
         bus = await stack.enter_async_context(Bus(settings.amqp_url, name="api"))
-        app = make_app(Deps(pool, bus, settings.deployment, settings.rpc_timeout))
+        app = make_app(
+            Deps(pool, bus, settings.deployment, settings.rpc_timeout),
+            Shop(Path(settings.zapps_root)),
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.client import ApiError, Client
+from services.cli.zapp import add_parser as add_zapp_parser
+from services.cli.zapp import parse_params
 
 FINAL = {"finished", "failed", "terminated", "error"}
 
@@ -30,21 +32,28 @@ def _row(execution: dict[str, Any]) -> str:
 
 
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    try:
-        application = json.loads(path.read_text())
-    except OSError as exc:
-        print(f"zoe: cannot read {path}: {exc.strerror}", file=sys.stderr)
+    if (args.file is None) == (args.zapp is None):
+        print("zoe: give a description FILE or --zapp NAME", file=sys.stderr)
         return 2
-    except json.JSONDecodeError as exc:
-        print(f"zoe: {path} is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    name = (
-        args.name
-        or (application.get("name") if isinstance(application, dict) else None)
-        or path.stem
-    )
-    execution = client.call("POST", "/executions", {"name": name, "application": application})
+    if args.zapp is not None:
+        body: dict[str, Any] = {
+            "name": args.name or args.zapp,
+            "zapp": args.zapp,
+            "params": parse_params(args.param),
+        }
+    else:
+        path = Path(args.file)
+        try:
+            application = json.loads(path.read_text())
+        except OSError as exc:
+            print(f"zoe: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except json.JSONDecodeError as exc:
+            print(f"zoe: {path} is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        default = application.get("name") if isinstance(application, dict) else None
+        body = {"name": args.name or default or path.stem, "application": application}
+    execution = client.call("POST", "/executions", body)
     for warning in execution.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     if args.wait:
@@ -158,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", help="submit a ZApp description (JSON file) for execution")
-    p.add_argument("file", help="the ZApp description, a JSON file")
+    p = sub.add_parser(
+        "submit", help="start an execution of a ZApp (a description file, or --zapp from the shop)"
+    )
+    p.add_argument("file", nargs="?", help="the ZApp description, a JSON file")
+    p.add_argument("--zapp", metavar="NAME", help="a ZApp of the shop (zoe zapp ls)")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a shop parameter"
+    )
     p.add_argument("--name", help="execution name (default: the ZApp's name)")
     p.add_argument(
         "--wait",
@@ -195,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nodes", help="list the cluster's nodes and what is reserved on them")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_nodes)
+
+    add_zapp_parser(sub)
 
     sub.add_parser(
         "simulate",
