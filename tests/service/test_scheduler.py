@@ -16,7 +16,7 @@ from services.api import store as api_store
 from services.scheduler import handlers, passes
 from services.scheduler.core import Policy
 from services.scheduler.service import acquire_leadership
-from tests.conftest import TestEnv, own_database
+from tests.conftest import PG_BASE, TestEnv, own_database
 
 MiB = 1024 * 1024
 
@@ -194,11 +194,13 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
     assert "worker0" in row["error"] and "oom" in row["error"]
 
 
-async def test_only_one_scheduler_is_active(test_env: TestEnv) -> None:
+async def test_only_one_scheduler_is_active(test_env: TestEnv, pool: asyncpg.Pool) -> None:
+    # the database of this module: the platform's scheduler holds the session database's lock
+    url = f"{PG_BASE.rstrip('/')}/{test_env.database}_sched"
     stop = asyncio.Event()
-    first = await acquire_leadership(test_env.database_url, stop)
+    first = await acquire_leadership(url, stop)
     assert first is not None
-    second = asyncio.create_task(acquire_leadership(test_env.database_url, stop))
+    second = asyncio.create_task(acquire_leadership(url, stop))
     await asyncio.sleep(0.3)
     assert not second.done()
     await first.close()  # the active one dies: the standby takes over
