@@ -7,6 +7,7 @@ nothing is stored unless the whole request is valid. docs/api.md lists the route
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from services.api.shop import SHOP, Shop, add_routes, json_object
 log = structlog.get_logger("api")
 
 MAX_BODY = 4 * 1024 * 1024
+WEB = Path(__file__).parent / "web"
 NAME_MAX = 128
 
 
@@ -207,11 +209,18 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
+async def index(_: web.Request) -> web.FileResponse:
+    """The web interface: the ZApp shop, executions and nodes."""
+    return web.FileResponse(WEB / "index.html")
+
+
 def make_app(deps: Deps, shop: Shop) -> web.Application:
     """The aiohttp application with every route."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[DEPS] = deps
     add_routes(app, shop)
+    app.router.add_get("/", index)
+    app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/executions", submit)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import aiodocker
 import pytest
@@ -113,3 +114,16 @@ async def test_cli_lists_shows_and_validates(
     assert "name:" in check.stdout and "services:" in check.stdout
     missing = await asyncio.to_thread(zoe, platform, "get", "987654321")
     assert missing.returncode == 1 and "987654321" in missing.stderr
+
+
+async def test_web_interface_is_served(platform: Platform) -> None:
+    base = platform.url.removesuffix("/api/v1")
+
+    def fetch(path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+
+    status, page = await asyncio.to_thread(fetch, "/")
+    assert status == 200 and "<title>Zoe</title>" in page
+    status, script = await asyncio.to_thread(fetch, "/ui/app.js")
+    assert status == 200 and "/api/v1" in script
