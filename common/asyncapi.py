@@ -32,12 +32,15 @@ CHANNELS: list[tuple[type[m.Message], str, str, str]] = [
     (m.StartInstance, "{node}", bus.COMMANDS, "scheduler"),
     (m.StopInstance, "{node}", bus.COMMANDS, "scheduler"),
     (m.LogsRequest, "{node}", bus.COMMANDS, "api"),
+    (m.SubmitRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
+    (m.TerminateRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
+    (m.GetRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
 ]
 
 
 def document() -> dict[str, Any]:
     """The AsyncAPI 3 document as plain data."""
-    types = [c[0] for c in CHANNELS] + [m.LogsReply]
+    types = [c[0] for c in CHANNELS] + [m.LogsReply, m.ApiReply]
     _, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -49,7 +52,9 @@ def document() -> dict[str, Any]:
             "address": address,
             "description": (cls.__doc__ or "").strip().splitlines()[0],
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-            "bindings": {
+            "bindings": _queue_binding(address)
+            if exchange == ""
+            else {
                 "amqp": {
                     "is": "routingKey",
                     "exchange": {
@@ -89,13 +94,25 @@ def document() -> dict[str, Any]:
                 "Messages between Zoe's services on RabbitMQ, and what other platforms may "
                 "bind to. Every message is JSON with a `type` tag, a unique `id` and a schema "
                 "version `v`; messages are persistent. Commands go to the direct exchange "
-                "`zoe.commands` with the node name as routing key (queue `executor.<node>`)."
+                "`zoe.commands` with the node name as routing key (queue `executor.<node>`). "
+                "Other platforms send requests to the queue `api.requests` (default exchange) "
+                "with `reply_to` and `correlation_id`, and get an `ApiReply`."
             ),
         },
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _queue_binding(queue: str) -> dict[str, Any]:
+    return {
+        "amqp": {
+            "is": "queue",
+            "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False},
+            "bindingVersion": "0.3.0",
+        }
     }
 
 

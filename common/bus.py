@@ -48,6 +48,7 @@ DEAD_LETTERS = "dead-letters"
 DELIVERY_LIMIT = 5
 
 SCHEDULER_QUEUE = "scheduler"
+API_QUEUE = "api.requests"  # the AMQP request interface; publish to the default exchange
 MONITOR_QUEUE = "monitor"
 
 # queue name -> routing keys bound on zoe.events
@@ -59,6 +60,7 @@ BINDINGS: dict[str, tuple[str, ...]] = {
         "verdict.*",
     ),
     MONITOR_QUEUE: ("fact.exited.*", "fact.removed.*", "fact.start_failed.*", "node.heartbeat.*"),
+    API_QUEUE: (),
 }
 
 
@@ -136,6 +138,12 @@ class Bus:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+    @property
+    def consumer_channel(self) -> AbstractChannel:
+        """The channel consumers use (robust: restored after a reconnect)."""
+        assert self._sub is not None
+        return self._sub
 
     # ---- publishing ---------------------------------------------------------------------
 

@@ -122,10 +122,17 @@ class StopInstance(Message, frozen=True, kw_only=True, tag="instance.stop"):
 
 
 class LogsRequest(Message, frozen=True, kw_only=True, tag="instance.logs"):
-    """Ask an executor for a live container's log; the reply goes to ``reply_to``."""
+    """Ask an executor for a live container's log; the reply goes to ``reply_to``.
+
+    To follow a log, ask with ``follow`` and then again and again with the ``cursor`` of
+    the previous reply: each reply carries only what was printed since (``tail`` applies
+    to the first request only).
+    """
 
     container_name: str
     tail: int | None = None
+    follow: bool = False
+    cursor: str = ""  # from the previous LogsReply of a follow; "" for the first
 
 
 # ---- container facts (executor -> monitor, scheduler) ----------------------------------
@@ -139,7 +146,7 @@ class InstanceStarted(Message, frozen=True, kw_only=True, tag="fact.started"):
     instance_id: int
     container_id: str
     container_name: str
-    endpoints: dict[str, str] = {}  # port name -> "host:port"
+    endpoints: dict[str, str] = {}  # port name -> its URL (the port's url_template filled)
 
 
 class InstanceStartFailed(Message, frozen=True, kw_only=True, tag="fact.start_failed"):
@@ -217,10 +224,50 @@ class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execu
 
 
 class LogsReply(Message, frozen=True, kw_only=True, tag="instance.logs_reply"):
-    """An executor's answer to a LogsRequest."""
+    """An executor's answer to a LogsRequest.
+
+    For a follow: ``cursor`` is where the next request continues, and ``running`` says
+    whether more may come (false once the container stopped: the follow is over).
+    """
 
     found: bool
     log: str = ""
+    cursor: str = ""
+    running: bool = False
+
+
+# ---- the AMQP request interface (other platforms -> api, reply to ``reply_to``) ---------
+
+
+class SubmitRequest(Message, frozen=True, kw_only=True, tag="api.submit"):
+    """Create an execution: ``application`` (a ZApp description) or a shop ``zapp`` with
+    ``params``. The message ``id`` is the idempotency key: a redelivery creates nothing."""
+
+    name: str
+    application: Any = None
+    zapp: str | None = None
+    params: dict[str, Any] | None = None
+    priority: int = 0
+
+
+class TerminateRequest(Message, frozen=True, kw_only=True, tag="api.terminate"):
+    """Terminate an execution."""
+
+    execution_id: int
+
+
+class GetRequest(Message, frozen=True, kw_only=True, tag="api.get"):
+    """Read an execution with its service instances."""
+
+    execution_id: int
+
+
+class ApiReply(Message, frozen=True, kw_only=True, tag="api.reply"):
+    """The answer to an api request: an HTTP-like ``status`` and the same ``body`` the
+    HTTP API would give (the execution, or ``{"error", "errors"}``)."""
+
+    status: int
+    body: Any = None
 
 
 SchedulerInbox = (
@@ -236,6 +283,7 @@ MonitorInbox = (
     InstanceStarted | InstanceStartFailed | InstanceExited | InstanceRemoved | NodeHeartbeat
 )
 ExecutorInbox = StartInstance | StopInstance | LogsRequest
+ApiInbox = SubmitRequest | TerminateRequest | GetRequest
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
     ExecutionSubmitted,
@@ -253,6 +301,10 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     NodeLost,
     ExecutionStateChanged,
     LogsReply,
+    SubmitRequest,
+    TerminateRequest,
+    GetRequest,
+    ApiReply,
 )
 
 _encoder = msgspec.json.Encoder()

@@ -6,6 +6,7 @@ nothing is stored unless the whole request is valid. docs/api.md lists the route
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,13 @@ from aiohttp import web
 from common import messages as m
 from common.bus import Bus
 from common.errors import FieldError, InvalidRequest, NotFound, UserError
-from common.zapp import LoadedDescription, load_description
-from services.api import store
+from services.api import actions, events, store
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
 log = structlog.get_logger("api")
 
 MAX_BODY = 4 * 1024 * 1024
 WEB = Path(__file__).parent / "web"
-NAME_MAX = 128
 
 
 @dataclass(frozen=True)
@@ -72,74 +71,21 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """Validate a ZApp (a description, or a shop entry with parameters) and create an
-    execution of it."""
+    """Create an execution of a ZApp (a description, or a shop entry with parameters).
+
+    An ``Idempotency-Key`` header makes a retried request return the first one's
+    execution (200) instead of creating another (201).
+    """
     deps = request.app[DEPS]
     body = await json_object(request)
-    errors: list[FieldError] = []
-    unknown = sorted(set(body) - {"name", "application", "zapp", "params", "resources", "priority"})
-    errors += [FieldError(k, "unknown field") for k in unknown]
-    name = body.get("name")
-    if not isinstance(name, str) or not (1 <= len(name) <= NAME_MAX) or not name.isprintable():
-        errors.append(
-            FieldError("name", f"must be a printable string of 1 to {NAME_MAX} characters")
-        )
-    priority = body.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
-        errors.append(FieldError("priority", "must be an integer from -100 to 100"))
-    loaded = None
-    try:
-        loaded = _description(request, body)
-    except InvalidRequest as exc:
-        errors += exc.errors
-    if errors or loaded is None:
-        raise InvalidRequest("invalid execution request", errors)
-    execution_id = await store.create_execution(
+    execution, created = await actions.submit(
         deps.pool,
-        name=str(name),
-        user_name="admin",
-        description=loaded.description,
-        deployment=deps.deployment,
-        priority=int(priority),
+        request.app[SHOP],
+        deps.deployment,
+        body,
+        request_id=request.headers.get("Idempotency-Key"),
     )
-    out = await store.get_execution(deps.pool, execution_id)
-    out["warnings"] = list(loaded.warnings)
-    return web.json_response(out, status=201)
-
-
-def _description(request: web.Request, body: dict[str, Any]) -> LoadedDescription:
-    """The description to run: ``application`` as given, or ``zapp`` from the shop."""
-    if ("application" in body) == ("zapp" in body):
-        raise InvalidRequest(
-            "invalid execution request",
-            [FieldError("application", "give exactly one of application or zapp")],
-        )
-    if "application" in body:
-        if "params" in body or "resources" in body:
-            raise InvalidRequest(
-                "invalid execution request",
-                [FieldError("params", "params and resources apply to a shop zapp only")],
-            )
-        try:
-            return load_description(body["application"])
-        except InvalidRequest as exc:
-            raise InvalidRequest(
-                exc.message,
-                [FieldError(_join("application", e.path), e.message) for e in exc.errors],
-            ) from exc
-    zapp_id = body["zapp"]
-    if not isinstance(zapp_id, str):
-        raise InvalidRequest("invalid execution request", [FieldError("zapp", "must be a string")])
-    try:
-        return request.app[SHOP].render(zapp_id, body.get("params"), body.get("resources"))
-    except NotFound as exc:
-        raise InvalidRequest(exc.message, [FieldError("zapp", exc.message)]) from exc
-
-
-def _join(prefix: str, path: str) -> str:
-    if not path:
-        return prefix
-    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+    return web.json_response(execution, status=201 if created else 200)
 
 
 async def list_executions(request: web.Request) -> web.Response:
@@ -177,25 +123,56 @@ async def endpoints(request: web.Request) -> web.Response:
     )
 
 
-async def logs(request: web.Request) -> web.Response:
-    """An instance's log: live from its executor, or the copy kept after removal."""
+async def logs(request: web.Request) -> web.StreamResponse:
+    """An instance's log: live from its executor, or the copy kept after removal.
+
+    ``?follow=1`` streams it (chunked text/plain) while the container runs: the api asks
+    the executor again and again with the cursor of its previous reply (a poll every
+    quarter second while nothing new came), and ends the response once the container
+    stopped, was removed, or its executor does not answer.
+    """
     deps = request.app[DEPS]
     execution_id = _execution_id(request)
     row = await store.find_instance(deps.pool, execution_id, request.match_info["instance"])
     tail_raw = request.query.get("tail")
     tail = int(tail_raw) if tail_raw and tail_raw.isdigit() else None
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     if row["node"] and row["container_name"] and not row["removed"]:
+        stream: web.StreamResponse | None = None
+        cursor = ""
         try:
-            body = await deps.bus.request(
-                row["node"],
-                m.LogsRequest(container_name=row["container_name"], tail=tail),
-                timeout=deps.rpc_timeout,
-            )
-            reply = m.decoder(m.LogsReply).decode(body)
-            if reply.found:
-                return web.Response(text=reply.log, content_type="text/plain")
+            while True:
+                ask = m.LogsRequest(
+                    container_name=row["container_name"], tail=tail, follow=follow, cursor=cursor
+                )
+                body = await deps.bus.request(row["node"], ask, timeout=deps.rpc_timeout)
+                reply = m.decoder(m.LogsReply).decode(body)
+                if not reply.found:
+                    break
+                if not follow:
+                    return web.Response(text=reply.log, content_type="text/plain")
+                if stream is None:
+                    stream = web.StreamResponse(
+                        headers={"Content-Type": "text/plain; charset=utf-8"}
+                    )
+                    stream.enable_chunked_encoding()
+                    await stream.prepare(request)
+                if reply.log:
+                    await stream.write(reply.log.encode())
+                if not reply.running:
+                    break
+                if reply.cursor == cursor:
+                    await asyncio.sleep(0.25)
+                cursor = reply.cursor
+        except ConnectionResetError:
+            if stream is None:
+                raise
+            return stream  # the follower went away
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("logs.unreachable", node=row["node"], error=repr(exc))
+        if stream is not None:
+            await stream.write_eof()
+            return stream
     if row["saved_log"] is not None:
         text: str = row["saved_log"]
         if tail is not None:
@@ -223,6 +200,7 @@ def make_app(deps: Deps, shop: Shop) -> web.Application:
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)
+    app.router.add_get("/api/v1/events", events.stream)
     app.router.add_post("/api/v1/executions", submit)
     app.router.add_get("/api/v1/executions", list_executions)
     app.router.add_get("/api/v1/executions/{id}", get_execution)

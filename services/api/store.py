@@ -24,19 +24,31 @@ async def create_execution(
     description: Description,
     deployment: str,
     priority: int = 0,
-) -> int:
-    """Store an execution with its expanded instances and queue its submission, atomically."""
+    request_id: str | None = None,
+) -> tuple[int, bool]:
+    """Store an execution with its expanded instances and queue its submission, atomically.
+
+    Returns the execution id and whether it was created now (False: ``request_id`` was
+    seen before and this is the execution it created).
+    """
     async with pool.acquire() as conn, conn.transaction():
-        execution_id: int = await conn.fetchval(
-            "INSERT INTO executions (name, user_name, description, will_end, size, priority)"
-            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        execution_id: int | None = await conn.fetchval(
+            "INSERT INTO executions (name, user_name, description, will_end, size, priority,"
+            " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id",
             name,
             user_name,
             msgspec.to_builtins(description),
             description.will_end,
             float(description.size),
             priority,
+            request_id,
         )
+        if execution_id is None:
+            existing: int = await conn.fetchval(
+                "SELECT id FROM executions WHERE request_id = $1", request_id
+            )
+            return existing, False
         specs = expand(
             description,
             execution_id=execution_id,
@@ -66,7 +78,7 @@ async def create_execution(
             ],
         )
         await enqueue(conn, [Outgoing(m.ExecutionSubmitted(execution_id=execution_id))])
-    return execution_id
+    return execution_id, True
 
 
 async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:

@@ -88,9 +88,10 @@ def _deps(pool: asyncpg.Pool, env: TestEnv) -> tuple[handlers.Deps, list[int]]:
 
 async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any]) -> int:
     loaded = load_description(app)
-    return await api_store.create_execution(
+    execution_id, _ = await api_store.create_execution(
         pool, name="t", user_name="u", description=loaded.description, deployment=env.deployment
     )
+    return execution_id
 
 
 async def _state(pool: asyncpg.Pool, execution_id: int) -> str:

@@ -1,0 +1,102 @@
+"""What users may ask, whichever way they ask it (HTTP or the AMQP request interface).
+
+Each action validates everything before storing anything and raises a ``UserError``
+naming every offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from common.errors import FieldError, InvalidRequest, NotFound
+from common.zapp import LoadedDescription, load_description
+from services.api import store
+from services.api.shop import Shop
+
+NAME_MAX = 128
+REQUEST_ID_MAX = 200
+SUBMIT_FIELDS = {"name", "application", "zapp", "params", "resources", "priority"}
+
+
+async def submit(
+    pool: asyncpg.Pool,
+    shop: Shop,
+    deployment: str,
+    body: dict[str, Any],
+    *,
+    request_id: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Create an execution from a request body; returns it and whether it is new.
+
+    ``request_id`` makes the request idempotent: the same id again returns the
+    execution the first one created.
+    """
+    errors: list[FieldError] = [
+        FieldError(k, "unknown field") for k in sorted(set(body) - SUBMIT_FIELDS)
+    ]
+    name = body.get("name")
+    if not isinstance(name, str) or not (1 <= len(name) <= NAME_MAX) or not name.isprintable():
+        errors.append(
+            FieldError("name", f"must be a printable string of 1 to {NAME_MAX} characters")
+        )
+    priority = body.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
+        errors.append(FieldError("priority", "must be an integer from -100 to 100"))
+    if request_id is not None and not (0 < len(request_id) <= REQUEST_ID_MAX):
+        errors.append(FieldError("request_id", f"must be 1 to {REQUEST_ID_MAX} characters"))
+    loaded = None
+    try:
+        loaded = description(shop, body)
+    except InvalidRequest as exc:
+        errors += exc.errors
+    if errors or loaded is None:
+        raise InvalidRequest("invalid execution request", errors)
+    execution_id, created = await store.create_execution(
+        pool,
+        name=str(name),
+        user_name="admin",
+        description=loaded.description,
+        deployment=deployment,
+        priority=int(priority),
+        request_id=request_id,
+    )
+    out = await store.get_execution(pool, execution_id)
+    out["warnings"] = list(loaded.warnings)
+    return out, created
+
+
+def description(shop: Shop, body: dict[str, Any]) -> LoadedDescription:
+    """The description to run: ``application`` as given, or ``zapp`` from the shop."""
+    if ("application" in body) == ("zapp" in body):
+        raise InvalidRequest(
+            "invalid execution request",
+            [FieldError("application", "give exactly one of application or zapp")],
+        )
+    if "application" in body:
+        if "params" in body or "resources" in body:
+            raise InvalidRequest(
+                "invalid execution request",
+                [FieldError("params", "params and resources apply to a shop zapp only")],
+            )
+        try:
+            return load_description(body["application"])
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                exc.message,
+                [FieldError(_join("application", e.path), e.message) for e in exc.errors],
+            ) from exc
+    zapp_id = body["zapp"]
+    if not isinstance(zapp_id, str):
+        raise InvalidRequest("invalid execution request", [FieldError("zapp", "must be a string")])
+    try:
+        return shop.render(zapp_id, body.get("params"), body.get("resources"))
+    except NotFound as exc:
+        raise InvalidRequest(exc.message, [FieldError("zapp", exc.message)]) from exc
+
+
+def _join(prefix: str, path: str) -> str:
+    if not path:
+        return prefix
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"

@@ -1,0 +1,90 @@
+"""Execution state changes streamed to HTTP clients as server-sent events.
+
+Each api process binds its own exclusive queue to ``state.execution.*`` and fans the
+events out to the clients connected to ``GET /api/v1/events`` (``?execution=ID`` to
+follow one execution). A client that reconnects should re-read the executions it cares
+about: events are not replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
+
+from common import messages as m
+from common.bus import EVENTS, Bus
+
+QUEUE_SIZE = 1000
+
+
+class Hub:
+    """Subscribers (one asyncio queue per HTTP client) of state-change events."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[m.ExecutionStateChanged]] = set()
+        self._decoder = m.decoder(m.ExecutionStateChanged)
+
+    async def attach(self, bus: Bus) -> None:
+        """Bind an exclusive queue of this process to the state events and consume it."""
+        channel = bus.consumer_channel
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(EVENTS, routing_key="state.execution.*")
+        await queue.consume(self._on_event, no_ack=True)
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = self._decoder.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)  # a client too slow to keep up misses events
+
+    def subscribe(self) -> asyncio.Queue[m.ExecutionStateChanged]:
+        q: asyncio.Queue[m.ExecutionStateChanged] = asyncio.Queue(QUEUE_SIZE)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Any]) -> None:
+        self._subscribers.discard(q)
+
+
+HUB = web.AppKey("hub", Hub)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/events``: ``event: state`` lines with the execution id and state."""
+    only = request.query.get("execution")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    hub = request.app[HUB]
+    q = hub.subscribe()
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(q.get(), 15)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if only is not None and str(event.execution_id) != only:
+                continue
+            data = msgspec.json.encode(
+                {"execution_id": event.execution_id, "state": event.state, "at": event.at}
+            )
+            await response.write(b"event: state\ndata: " + data + b"\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.unsubscribe(q)
+    return response
+
+
+__all__ = ["HUB", "Hub", "stream"]

@@ -1,0 +1,104 @@
+"""The AMQP request interface, idempotent submissions and the state-event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import aio_pika
+import aiohttp
+import pytest
+
+from common import messages as m
+from common.bus import API_QUEUE
+from tests.conftest import TestEnv
+from tests.e2e.conftest import Platform, service, zapp
+
+pytestmark = pytest.mark.e2e
+
+
+async def _ask(channel: aio_pika.abc.AbstractChannel, request: m.Message) -> m.ApiReply:
+    replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+    correlation = uuid.uuid4().hex
+    await channel.default_exchange.publish(
+        aio_pika.Message(m.encode(request), reply_to=replies.name, correlation_id=correlation),
+        routing_key=API_QUEUE,
+    )
+    async with replies.iterator(timeout=30) as it:
+        async for message in it:
+            await message.ack()
+            assert message.correlation_id == correlation
+            return m.decoder(m.ApiReply).decode(message.body)
+    raise AssertionError("no reply")
+
+
+async def test_amqp_requests_are_answered_and_idempotent(
+    platform: Platform, test_env: TestEnv
+) -> None:
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel()
+        submit = m.SubmitRequest(
+            name="via-amqp", application=zapp("amqp-app", service("job", "exit 0"))
+        )
+        first = await _ask(channel, submit)
+        assert first.status == 201, first.body
+        again = await _ask(channel, submit)  # the same message delivered twice
+        assert again.status == 200 and again.body["id"] == first.body["id"]
+        eid = first.body["id"]
+
+        got = await _ask(channel, m.GetRequest(execution_id=eid))
+        assert got.status == 200 and got.body["name"] == "via-amqp"
+        missing = await _ask(channel, m.GetRequest(execution_id=10**12))
+        assert missing.status == 404
+        bad = await _ask(channel, m.SubmitRequest(name="bad", application={"name": "x"}))
+        assert bad.status == 400
+        assert any(e["path"].startswith("application.") for e in bad.body["errors"])
+        await platform.wait_state(eid, "finished")
+        ended = await _ask(channel, m.TerminateRequest(execution_id=eid))
+        assert ended.status == 409
+    finally:
+        await connection.close()
+
+
+async def test_http_idempotency_key(platform: Platform) -> None:
+    body = {"name": "idem", "application": zapp("idem-app", service("job", "exit 0"))}
+    key = uuid.uuid4().hex
+
+    def post() -> tuple[int, dict[str, object]]:
+        import urllib.request
+
+        req = urllib.request.Request(
+            platform.url + "/executions",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+
+    s1, e1 = await asyncio.to_thread(post)
+    s2, e2 = await asyncio.to_thread(post)
+    assert (s1, s2) == (201, 200) and e1["id"] == e2["id"]
+    await platform.wait_state(int(e1["id"]), "finished")  # type: ignore[arg-type]
+
+
+async def test_state_changes_are_streamed(platform: Platform) -> None:
+    states: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            platform.url + "/events", timeout=aiohttp.ClientTimeout(total=90)
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.content.readline()).startswith(b": connected")
+            eid = (await platform.submit(zapp("streamed", service("job", "sleep 1; exit 0"))))["id"]
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[6:])
+                if event["execution_id"] == eid:
+                    states.append(event["state"])
+                    if event["state"] in ("finished", "failed"):
+                        break
+    assert states == ["queued", "starting", "running", "cleaning_up", "finished"]
