@@ -68,6 +68,23 @@ class Collector:
             raise InvalidZApp(message, errors=self.all_errors())
 
 
+class Unique:
+    """Reports every item of an array whose key an earlier item already had."""
+
+    def __init__(self, c: Collector, array: str) -> None:
+        self._c = c
+        self._array = array
+        self._seen: dict[object, int] = {}
+
+    def check(self, key: object, index: int, path: str, message: str) -> bool:
+        """Error at ``path`` with ``message`` if ``key`` was seen at an earlier index;
+        returns whether the key is new."""
+        other = self._seen.setdefault(key, index)
+        if other != index:
+            self._c.error(path, f"{message} (also {self._array}[{other}])")
+        return other == index
+
+
 def known(value: T | None) -> T:
     """Unwrap a value that validation has proved present (no error was recorded)."""
     if value is None:

@@ -9,6 +9,7 @@ import msgspec
 from common.zapp.checks import (
     Collector,
     TooManyErrors,
+    Unique,
     check_array,
     check_int,
     check_object,
@@ -215,17 +216,13 @@ def _parameters(c: Collector, value: object, path: str) -> list[Parameter] | Non
         return None
     mark = c.mark()
     parameters: list[Parameter] = []
-    seen: dict[str, int] = {}
+    unique = Unique(c, "parameters")
     for i, item in enumerate(items):
         parameter = _parameter(c, item, item_path(path, i))
         if parameter is None:
             continue
-        other = seen.setdefault(parameter.name, i)
-        if other != i:
-            c.error(
-                key_path(item_path(path, i), "name"),
-                f"duplicate parameter name (also parameters[{other}])",
-            )
+        name_path = key_path(item_path(path, i), "name")
+        unique.check(parameter.name, i, name_path, "duplicate parameter name")
         parameters.append(parameter)
     return None if c.failed_since(mark) else parameters
 

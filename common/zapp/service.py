@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from common.zapp import images, templates
 from common.zapp.checks import (
     Collector,
+    Unique,
     check_absolute_path,
     check_array,
     check_bool,
@@ -212,7 +213,7 @@ def _environment(
         return None
     mark = c.mark()
     pairs: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
+    unique = Unique(c, "environment")
     for i, item in enumerate(items):
         item_at = item_path(path, i)
         if not isinstance(item, list | tuple) or len(item) != 2:
@@ -226,10 +227,9 @@ def _environment(
             draft.template_texts.append((item_path(item_at, 1), text))
         if name is None or text is None:
             continue
-        other = seen.setdefault(name, i)
-        if other != i:
-            c.error(item_path(item_at, 0), f"duplicate variable {name} (also environment[{other}])")
-        elif name in templates.INJECTED_VARIABLES:
+        if not unique.check(name, i, item_path(item_at, 0), f"duplicate variable {name}"):
+            continue
+        if name in templates.INJECTED_VARIABLES:
             c.warn(item_path(item_at, 0), f"{name} is set by Zoe; this value is ignored")
         else:
             draft.text_size += len(name) + len(text)
@@ -243,7 +243,7 @@ def _labels(c: Collector, value: object, path: str) -> list[str] | None:
         return None
     mark = c.mark()
     labels: list[str] = []
-    seen: dict[str, int] = {}
+    unique = Unique(c, "labels")
     for i, item in enumerate(items):
         label = check_text(
             c,
@@ -256,8 +256,6 @@ def _labels(c: Collector, value: object, path: str) -> list[str] | None:
         )
         if label is None:
             continue
-        other = seen.setdefault(label, i)
-        if other != i:
-            c.error(item_path(path, i), f"duplicate label (also labels[{other}])")
+        unique.check(label, i, item_path(path, i), "duplicate label")
         labels.append(label)
     return None if c.failed_since(mark) else labels

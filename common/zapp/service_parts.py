@@ -9,6 +9,7 @@ from typing import TypeVar
 from common.zapp import templates
 from common.zapp.checks import (
     Collector,
+    Unique,
     check_absolute_path,
     check_array,
     check_bool,
@@ -129,17 +130,13 @@ def check_ports(c: Collector, value: object, path: str) -> list[Port] | None:
         return None
     mark = c.mark()
     ports: list[Port] = []
-    seen: dict[int, int] = {}
+    unique = Unique(c, "ports")
     for i, item in enumerate(items):
         port = _port(c, item, item_path(path, i))
         if port is None:
             continue
-        other = seen.setdefault(port.port_number, i)
-        if other != i:
-            c.error(
-                key_path(item_path(path, i), "port_number"),
-                f"duplicate port number {port.port_number} (also ports[{other}])",
-            )
+        number_path = key_path(item_path(path, i), "port_number")
+        unique.check(port.port_number, i, number_path, f"duplicate port number {port.port_number}")
         ports.append(port)
     return None if c.failed_since(mark) else ports
 
@@ -218,7 +215,7 @@ def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None
         return None
     mark = c.mark()
     volumes: list[Volume] = []
-    seen: dict[str, int] = {}
+    unique = Unique(c, "volumes")
     for i, item in enumerate(items):
         item_at = item_path(path, i)
         item_mark = c.mark()
@@ -241,9 +238,7 @@ def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None
         if "read_only" in obj:
             read_only = check_bool(c, obj["read_only"], key_path(item_at, "read_only"))
         if mount is not None:
-            other = seen.setdefault(mount, i)
-            if other != i:
-                c.error(key_path(item_at, "path"), f"duplicate mount path (also volumes[{other}])")
+            unique.check(mount, i, key_path(item_at, "path"), "duplicate mount path")
         if not c.failed_since(item_mark):
             volumes.append(Volume(name=known(name), path=known(mount), read_only=known(read_only)))
     return None if c.failed_since(mark) else volumes
