@@ -96,6 +96,7 @@ async def run_pass(
 ) -> tuple[Decisions, float | None]:
     """Run one pass; returns what was decided and when a backoff next expires."""
     now = time.time()
+    await dispatch_waiting(pool, deployment)
     async with pool.acquire() as conn:
         nodes, executions, next_wake = await load_snapshot(conn, now)
     if not nodes or not any(e.pending for e in executions):
@@ -105,6 +106,19 @@ async def run_pass(
         await apply(pool, deployment, decisions)
         log.info("pass.applied", starts=len(decisions.starts), stops=len(decisions.stops))
     return decisions, next_wake
+
+
+async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
+    """Start placed instances that waited for room on their node (a reclaimed instance
+    still stopping) or for their startup group; returns how many were started."""
+    started = 0
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT DISTINCT execution_id FROM instances WHERE state = 'placed'"
+        )
+        for r in rows:
+            started += await store.dispatch_ready(conn, deployment, r["execution_id"])
+    return started
 
 
 async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> None:
