@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -54,8 +55,19 @@ class TestEnv:
         return out
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+def _rabbitmqctl(*args: str, attempts: int = 4) -> None:
+    """Run rabbitmqctl; retried, since the shared broker may be restarting (a test of
+    broker outages restarts it)."""
+    for attempt in range(attempts):
+        try:
+            subprocess.run(
+                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+            )
+            return
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2 * (attempt + 1))
 
 
 @pytest.fixture(scope="session")
