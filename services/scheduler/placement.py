@@ -16,8 +16,6 @@ from .model import NodeState
 
 MILLI = 1000
 
-Fit = tuple[float, int]
-
 
 def millicores(cores: float) -> int:
     """Cores as integer millicores (the unit the core computes in)."""
@@ -141,16 +139,6 @@ class Cluster:
         if new_m != old_m:
             del by_m[bisect_left(by_m, (old_m, idx))]
             insort(by_m, (new_m, idx))
-
-    def top(self) -> tuple[int, int]:
-        """The most free cores and the most free memory of any available node (maybe
-        not the same node); -1 when no node is available."""
-        top_c = top_m = -1
-        for bucket in self.buckets:
-            if bucket.by_cores and not bucket.closed:
-                top_c = max(top_c, bucket.by_cores[-1][0])
-                top_m = max(top_m, bucket.by_memory[-1][0])
-        return top_c, top_m
 
     def open_to(self, idx: int) -> bool:
         """Whether node `idx` may receive something new (available, bucket not closed)."""

@@ -60,14 +60,29 @@ def render_table(workload: Workload, seed: int, results: Sequence[Result]) -> st
     return "\n".join(lines)
 
 
-def plot_turnarounds(results: Sequence[Result], path: str, *, title: str) -> None:
-    """Draw the distribution (CDF, log scale) of turnaround per policy into a PNG."""
+def plot_turnarounds(
+    results: Sequence[Result], path: str, *, title: str, floor: Sequence[float] = ()
+) -> None:
+    """Draw the distribution (CDF, log scale) of turnaround per policy into a PNG;
+    `floor`, the nominal runtimes, is drawn dashed: no policy can do better."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    if floor:
+        xs = sorted(max(1.0, t) for t in floor)
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="nominal runtime (lower bound)",
+        )
     for r in results:
         xs = sorted(max(1.0, t) for t in r.turnarounds)
         if not xs:

@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(render_table(workload, args.seed, results))
     if args.plot:
-        plot_turnarounds(results, args.plot, title=_title(workload, args.seed))
+        floor = [a.runtime for a in workload.apps]
+        plot_turnarounds(results, args.plot, title=_title(workload, args.seed), floor=floor)
     return 0
 
 
