@@ -88,9 +88,12 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     policy: str = "dynsize+pack"
     # A pass also runs on this period, to catch backoffs that expire.
     pass_interval: float = 1.0
-    # Seconds a died elastic instance waits before it is placed again, doubled per restart.
+    # Seconds a died instance waits before it is placed again, doubled per restart.
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
+    # Deaths (crash, OOM, lost node) of each essential instance of a long-running
+    # execution that are restarted before the execution fails; 0: the first one fails it.
+    essential_restarts: int = 0
 
 
 class ExecutorSettings(Settings, frozen=True, kw_only=True):
@@ -106,10 +109,21 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Bytes of a container's log kept after the container is removed.
     log_keep_bytes: int = 1 << 20
     zapps_root: str = "zapps"
-    # Host part of the endpoint URLs the executor reports ("host:port").
+    # Host part of the endpoint URLs the executor reports ({ip_port} = "host:port").
     advertise_host: str = "127.0.0.1"
     # Host address published container ports bind to.
     publish_host: str = "127.0.0.1"
+    # Host directories (and what is below them) a container may mount, e.g. /data,/srv.
+    # Empty: no host path at all, only named volumes.
+    host_paths: tuple[str, ...] = ()
+    # Mount the user's workspace volume (<deployment>-workspace-<user>) at /mnt/workspace.
+    workspace: bool = True
+    # Seconds between two samples of the containers' CPU and memory use (reported with
+    # the heartbeats); 0 turns sampling off.
+    usage_interval: float = 10.0
+    # "docker", or "hollow": a fake node that starts no container, for scale benchmarks
+    # only (services/executor/hollow.py).
+    engine: str = "docker"
 
 
 class MonitorSettings(Settings, frozen=True, kw_only=True):

@@ -129,11 +129,31 @@ def cmd_terminate(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    query = f"?tail={args.tail}" if args.tail is not None else ""
-    text = client.call(
-        "GET", f"/executions/{args.id}/services/{args.instance}/logs{query}", raw=True
-    )
-    sys.stdout.write(text)
+    params = [f"tail={args.tail}"] if args.tail is not None else []
+    path = f"/executions/{args.id}/services/{args.instance}/logs"
+    if not args.follow:
+        query = "?" + "&".join(params) if params else ""
+        sys.stdout.write(client.call("GET", path + query, raw=True))
+        return 0
+    # -f: the API streams the log while the container runs; print it as it comes
+    import codecs
+    import urllib.error
+    import urllib.request
+
+    url = client.base + path + "?" + "&".join([*params, "follow=1"])
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        with urllib.request.urlopen(url) as resp:  # no timeout: a quiet log is fine
+            while chunk := resp.read1(65536):
+                sys.stdout.write(decoder.decode(chunk))
+                sys.stdout.flush()
+    except urllib.error.HTTPError:
+        client.call("GET", path)  # the API's error, described as for any other call
+    except urllib.error.URLError as exc:
+        print(f"zoe: cannot reach the Zoe API at {client.base}: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -205,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("instance", help="instance name, e.g. spark-worker0")
     p.add_argument("--tail", type=int, help="only the last N lines")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing while the instance runs"
+    )
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("nodes", help="list the cluster's nodes and what is reserved on them")

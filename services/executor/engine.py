@@ -10,8 +10,10 @@ engine's own message.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import math
+import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ LABEL_EXECUTION = "zoe.execution"
 LABEL_INSTANCE = "zoe.instance"
 LABEL_INSTANCE_ID = "zoe.instance_id"
 LABEL_PORT_PREFIX = "zoe.port."  # zoe.port.<name> = "8080/tcp"
+LABEL_URL_PREFIX = "zoe.url."  # zoe.url.<name> = the port's url_template
 
 # Lines read when a caller wants "the whole tail": the bytes limit is applied after.
 _MAX_LOG_LINES = 10_000
@@ -55,6 +58,7 @@ class PortSpec:
     name: str
     number: int
     protocol: str = "tcp"
+    url_template: str | None = None
 
     @property
     def key(self) -> str:
@@ -79,6 +83,8 @@ class ContainerSpec:
     shm_size: int | None = None
     ports: tuple[PortSpec, ...] = ()
     binds: tuple[str, ...] = ()  # "source:path[:ro]", source a host path or a volume
+    # Named volumes among the binds' sources: made (labelled) before the container.
+    volumes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,32 @@ class Removed:
     exit_code: int | None
     oom_killed: bool
     log: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """Part of a log being followed: what was printed after a cursor, and the next cursor.
+
+    ``running`` is the container's state *before* the log was read: when false, the
+    chunk holds everything the container will ever print after the cursor.
+    """
+
+    text: str
+    cursor: str
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """One sample of a container's resource counters, as the engine reports them."""
+
+    cpu_ns: int  # CPU time the container used since it started
+    system_ns: int  # CPU time of the whole host (every core) at the same moment
+    online_cpus: int
+    memory_bytes: int  # in use, page cache that can be dropped excluded
+    # Docker's own previous sample, when it has one (0: none).
+    prev_cpu_ns: int = 0
+    prev_system_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +192,17 @@ class Engine(Protocol):
 
     async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
         """The end of a container's stdout and stderr; None when it does not exist."""
+        ...
+
+    async def follow_logs(
+        self, name: str, *, cursor: str, tail: int | None, max_bytes: int
+    ) -> LogChunk | None:
+        """What the container printed after ``cursor`` ("": its tail), at most
+        ``max_bytes`` of it; None when it does not exist."""
+        ...
+
+    async def stats(self, name_or_id: str) -> Stats | None:
+        """A sample of the container's CPU and memory counters; None when it is gone."""
         ...
 
     async def list_managed(self) -> list[Container]:
@@ -214,6 +257,7 @@ class DockerEngine:
         # the check "is a container left?" and the removal must not interleave with a
         # start that has created the network but not yet its container.
         self._network_locks = KeyedLocks()
+        self._volumes: set[str] = set()  # named volumes made (or found) by this engine
 
     @property
     def _managed_labels(self) -> list[str]:
@@ -255,6 +299,8 @@ class DockerEngine:
 
     async def create_and_start(self, spec: ContainerSpec) -> Container:
         """Create (network first) and start a container; remove it again if that fails."""
+        for volume in spec.volumes:
+            await self._ensure_volume(volume)
         async with self._network_locks(spec.network):
             await self._ensure_network(spec.network, spec.network_labels)
             with engine_errors():
@@ -312,6 +358,42 @@ class DockerEngine:
                     return None
                 raise
 
+    async def follow_logs(
+        self, name: str, *, cursor: str, tail: int | None, max_bytes: int
+    ) -> LogChunk | None:
+        """The log after ``cursor``, read with Docker's timestamps (see `after_cursor`)."""
+        container = self._docker.containers.container(name)
+        with engine_errors():
+            try:
+                info = await container.show()  # before the log: see LogChunk.running
+                params: dict[str, Any] = {"timestamps": True}
+                if cursor:
+                    params["since"] = cursor_since(cursor)
+                else:
+                    params["tail"] = tail if tail is not None else _MAX_LOG_LINES
+                entries = await container.log(stdout=True, stderr=True, **params)
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        running = (info.get("State") or {}).get("Status") in RUNNING_STATES
+        text, cursor = after_cursor(entries, cursor, max_bytes, keep_end=not cursor)
+        return LogChunk(text, cursor, running)
+
+    async def stats(self, name_or_id: str) -> Stats | None:
+        """One-shot stats: Docker answers at its next collection tick (up to a second),
+        so callers sample many containers concurrently, and seldom."""
+        with engine_errors():
+            try:
+                data = await self._docker._query_json(  # aiodocker has no one-shot flag
+                    f"containers/{name_or_id}/stats", params={"stream": "0", "one-shot": "1"}
+                )
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        return _stats(data)
+
     async def list_managed(self) -> list[Container]:
         """Containers labelled with this deployment and node (from the engine's listing)."""
         with engine_errors():
@@ -349,7 +431,18 @@ class DockerEngine:
             with contextlib.suppress(BaseException):
                 await reader
 
-    # ---- networks ------------------------------------------------------------------------
+    # ---- volumes and networks ------------------------------------------------------------
+
+    async def _ensure_volume(self, name: str) -> None:
+        """Create a named volume labelled with the deployment (so it can be found and
+        removed with it) unless this engine did already; creating it again is harmless."""
+        if name in self._volumes:
+            return
+        with engine_errors():
+            await self._docker.volumes.create(
+                {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+            )
+        self._volumes.add(name)
 
     async def _ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
         with engine_errors():
@@ -495,3 +588,75 @@ async def _log_tail(container: Any, *, tail: int | None, max_bytes: int) -> str:
     if len(data) > max_bytes:
         data = data[-max_bytes:]
     return data.decode(errors="ignore")
+
+
+def _stats(data: Mapping[str, Any]) -> Stats:
+    cpu = data.get("cpu_stats") or {}
+    pre = data.get("precpu_stats") or {}
+    mem = data.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    # as `docker stats` does: page cache that can be dropped is not "used"
+    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return Stats(
+        cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage", 0)),
+        system_ns=int(cpu.get("system_cpu_usage") or 0),
+        online_cpus=int(cpu.get("online_cpus") or 1),
+        memory_bytes=max(0, int(mem.get("usage") or 0) - int(inactive)),
+        prev_cpu_ns=int((pre.get("cpu_usage") or {}).get("total_usage", 0)),
+        prev_system_ns=int(pre.get("system_cpu_usage") or 0),
+    )
+
+
+# ---- log cursors (pure) -----------------------------------------------------------------
+#
+# A cursor is "<timestamp> <count>": the engine's RFC 3339 timestamp of the last entry
+# returned, and how many entries carrying exactly that timestamp were returned. The next
+# read asks the engine for entries since that timestamp (inclusive) and skips those.
+
+
+def cursor_since(cursor: str) -> str:
+    """Docker's ``since`` ("seconds.nanoseconds") for the timestamp of a cursor."""
+    stamp = cursor.split(" ", 1)[0]
+    return unix_nanos(stamp)
+
+
+def unix_nanos(stamp: str) -> str:
+    """An RFC 3339 UTC timestamp with up to nanoseconds, as "seconds.nanoseconds"."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return f"{seconds}.{(fraction + '000000000')[:9]}"
+
+
+def after_cursor(
+    entries: list[str], cursor: str, max_bytes: int, *, keep_end: bool
+) -> tuple[str, str]:
+    """The text of timestamped log entries that come after ``cursor``, and the new cursor.
+
+    At most ``max_bytes`` are returned: the first ones when following (the rest comes
+    with the next read), the last ones for an opening tail (``keep_end``).
+    """
+    last, _, seen_text = cursor.partition(" ")
+    seen = int(seen_text) if seen_text else 0
+    kept: list[tuple[str, str]] = []
+    for entry in entries:
+        stamp, _, text = entry.partition(" ")
+        if seen and stamp == last:
+            seen -= 1  # returned by an earlier read
+            continue
+        kept.append((stamp, text))
+    # whole entries only, and at least one, so that every read makes progress
+    order = range(len(kept) - 1, -1, -1) if keep_end else range(len(kept))
+    size = taken = 0
+    for i in order:
+        size += len(kept[i][1].encode())
+        if taken and size > max_bytes:
+            break
+        taken += 1
+    kept = kept[len(kept) - taken :] if keep_end else kept[:taken]
+    if not kept:
+        return "", cursor
+    stamp = kept[-1][0]
+    same = sum(1 for s, _ in kept if s == stamp)
+    if stamp == last:
+        same += int(seen_text or 0)
+    return "".join(t for _, t in kept), f"{stamp} {same}"

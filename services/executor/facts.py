@@ -7,10 +7,17 @@ adopted container (found after a restart) reads the same as a freshly started on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import posixpath
+import re
+from collections.abc import Callable, Mapping
 
 from common import messages as m
+from common.errors import ZoeError
 from common.settings import ExecutorSettings
+from common.zapp import templates
+from common.zapp.expand import PortSpec as PortTemplate
+from common.zapp.expand import url_for
 from services.executor.engine import (
     LABEL_DEPLOYMENT,
     LABEL_EXECUTION,
@@ -18,16 +25,34 @@ from services.executor.engine import (
     LABEL_INSTANCE_ID,
     LABEL_NODE,
     LABEL_PORT_PREFIX,
+    LABEL_URL_PREFIX,
     Container,
     ContainerEvent,
     ContainerSpec,
     PortSpec,
+    Stats,
 )
 
+WORKSPACE_PATH = templates.WORKSPACE_PATH  # also $ZOE_WORKSPACE in every container
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+")
 
-def container_spec(msg: m.StartInstance, settings: ExecutorSettings) -> ContainerSpec:
-    """The container a StartInstance asks for, labelled for this deployment and node."""
-    ports = tuple(PortSpec(p.name, p.port_number, p.protocol) for p in msg.ports)
+
+class VolumeRefused(ZoeError):
+    """A StartInstance asks to mount something this node does not allow."""
+
+
+def container_spec(
+    msg: m.StartInstance,
+    settings: ExecutorSettings,
+    resolve: Callable[[str], str] = posixpath.normpath,
+) -> ContainerSpec:
+    """The container a StartInstance asks for, labelled for this deployment and node.
+
+    ``resolve`` turns a host path into the one that would really be mounted (the
+    executor passes ``os.path.realpath``, so a symbolic link cannot lead out of an
+    allowed directory). Raises `VolumeRefused` for a mount this node does not allow.
+    """
+    ports = tuple(PortSpec(p.name, p.port_number, p.protocol, p.url_template) for p in msg.ports)
     labels = {
         **msg.labels,
         # ours last: a message cannot claim another node's or deployment's labels
@@ -37,10 +62,10 @@ def container_spec(msg: m.StartInstance, settings: ExecutorSettings) -> Containe
         LABEL_INSTANCE: msg.instance,
         LABEL_INSTANCE_ID: str(msg.instance_id),
         **{LABEL_PORT_PREFIX + p.name: p.key for p in ports},
+        # kept on the container, so an adopted container reports the same URLs
+        **{LABEL_URL_PREFIX + p.name: p.url_template for p in ports if p.url_template},
     }
-    binds = tuple(
-        f"{v.source}:{v.path}:ro" if v.read_only else f"{v.source}:{v.path}" for v in msg.volumes
-    )
+    binds, volumes = mounts(msg, settings, resolve)
     return ContainerSpec(
         name=msg.container_name,
         image=msg.image,
@@ -59,7 +84,63 @@ def container_spec(msg: m.StartInstance, settings: ExecutorSettings) -> Containe
         shm_size=msg.shm_size,
         ports=ports,
         binds=binds,
+        volumes=volumes,
     )
+
+
+def mounts(
+    msg: m.StartInstance, settings: ExecutorSettings, resolve: Callable[[str], str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The binds ("source:path[:ro]") of a start, and the named volumes among them.
+
+    - A named volume must belong to this deployment (``<deployment>-...``): a message
+      cannot mount another deployment's data.
+    - A host path (absolute) must lie in one of ``ZOE_HOST_PATHS`` once resolved.
+    - The user's workspace volume ``<deployment>-workspace-<user>`` is mounted at
+      /mnt/workspace, unless the instance mounts something there itself.
+    """
+    binds: list[str] = []
+    volumes: list[str] = []
+    for v in msg.volumes:
+        if v.source.startswith("/"):
+            source = host_path(v.source, settings.host_paths, resolve)
+        else:
+            source = v.source
+            if not _VOLUME_NAME.fullmatch(source):
+                raise VolumeRefused(f"volume {source!r} is neither a volume name nor a host path")
+            if not source.startswith(settings.deployment + "-"):
+                raise VolumeRefused(
+                    f"volume {source!r} does not belong to deployment {settings.deployment!r}"
+                )
+            volumes.append(source)
+        binds.append(f"{source}:{v.path}:ro" if v.read_only else f"{source}:{v.path}")
+    user = msg.environment.get("ZOE_USER")
+    targets = {posixpath.normpath(v.path) for v in msg.volumes}
+    if settings.workspace and user and WORKSPACE_PATH not in targets:
+        name = workspace_volume(settings.deployment, user)
+        volumes.append(name)
+        binds.append(f"{name}:{WORKSPACE_PATH}")
+    return tuple(binds), tuple(dict.fromkeys(volumes))
+
+
+def host_path(path: str, allowed: tuple[str, ...], resolve: Callable[[str], str]) -> str:
+    """``path`` resolved, if it is one of ``allowed`` or below one; else `VolumeRefused`."""
+    real = resolve(posixpath.normpath(path))
+    for root in allowed:
+        root = resolve(posixpath.normpath(root))
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            return real
+    shown = ", ".join(allowed) if allowed else "none"
+    raise VolumeRefused(f"host path {path} is not allowed on this node (ZOE_HOST_PATHS: {shown})")
+
+
+def workspace_volume(deployment: str, user: str) -> str:
+    """The Docker volume holding a user's workspace; a user name that is not a valid
+    volume name part is made one, with a hash so two such names never collide."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
+    if safe != user:
+        safe = f"{safe}_{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+    return f"{deployment}-workspace-{safe}"
 
 
 def ids_of(labels: Mapping[str, str]) -> tuple[int, int]:
@@ -68,14 +149,42 @@ def ids_of(labels: Mapping[str, str]) -> tuple[int, int]:
 
 
 def endpoints(container: Container, advertise_host: str) -> dict[str, str]:
-    """Port name -> "host:port" for the ports the container publishes."""
+    """Port name -> URL for the ports the container publishes: the port's url_template
+    with ``{ip_port}`` = "host:port" and ``{proxy_path}`` = "" (no proxy yet); the bare
+    "host:port" for a port without a template."""
     out = {}
     for label, value in container.labels.items():
         if label.startswith(LABEL_PORT_PREFIX) and value in container.host_ports:
-            out[label.removeprefix(LABEL_PORT_PREFIX)] = (
-                f"{advertise_host}:{container.host_ports[value]}"
-            )
+            name = label.removeprefix(LABEL_PORT_PREFIX)
+            template = container.labels.get(LABEL_URL_PREFIX + name)
+            out[name] = url(template, advertise_host, container.host_ports[value])
     return out
+
+
+def url(template: str | None, host: str, port: int) -> str:
+    """An endpoint URL (common.zapp's `url_for`: never fails, brackets an IPv6 host)."""
+    if not template:
+        return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    port_spec = PortTemplate(
+        name="", port_number=0, protocol="", url_template=template, proxy=False
+    )
+    return url_for(port_spec, host, port, proxy_path="")
+
+
+def cpu_percent(sample: Stats, previous: Stats | None) -> float:
+    """CPU use between two samples, in percent of one core (as ``docker stats``).
+
+    Docker's own previous sample is used when it has one, else ours; none: 0.
+    """
+    if sample.prev_system_ns:
+        cpu, system = sample.cpu_ns - sample.prev_cpu_ns, sample.system_ns - sample.prev_system_ns
+    elif previous is not None:
+        cpu, system = sample.cpu_ns - previous.cpu_ns, sample.system_ns - previous.system_ns
+    else:
+        return 0.0
+    if system <= 0 or cpu < 0:
+        return 0.0
+    return round(cpu / system * sample.online_cpus * 100.0, 2)
 
 
 def started(node: str, container: Container, advertise_host: str) -> m.InstanceStarted:

@@ -13,6 +13,7 @@ remembers the names it stopped (the most recent ones, for its lifetime).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import structlog
@@ -22,7 +23,7 @@ from common.bus import Bus
 from common.errors import ZoeError
 from common.settings import ExecutorSettings
 from services.executor import facts
-from services.executor.engine import Container, Engine, Removed
+from services.executor.engine import Container, Engine, Removed, Stats
 from services.executor.locks import KeyedLocks, RecentIds
 
 log = structlog.get_logger("executor")
@@ -38,6 +39,9 @@ class Executor:
     locks: KeyedLocks = field(default_factory=KeyedLocks)  # one per container name
     removed: RecentIds = field(default_factory=RecentIds)  # container ids removed here
     stopped: RecentIds = field(default_factory=RecentIds)  # container names stopped here
+    # the last usage sample of each running container (container id -> sample), sent
+    # with every heartbeat; refreshed every ``usage_interval`` by the usage loop
+    usage: dict[str, tuple[Stats, m.ContainerUsage]] = field(default_factory=dict)
 
     @property
     def node(self) -> str:
@@ -78,8 +82,9 @@ async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
         existing = await ex.engine.inspect(msg.container_name)
         if existing is not None:
             return await _resume(ex, existing)
+        # a refused mount fails the start before anything is made
+        spec = facts.container_spec(msg, ex.settings, resolve=os.path.realpath)
         await ex.engine.ensure_image(msg.image)
-        spec = facts.container_spec(msg, ex.settings)
         container = await ex.engine.create_and_start(spec)
     except ZoeError as exc:  # the engine's refusal, or an image that cannot be made
         log.warning("instance.start_failed", reason=str(exc))
@@ -140,8 +145,20 @@ def _removed(
 
 
 async def read_logs(ex: Executor, msg: m.LogsRequest) -> m.LogsReply:
-    """The tail of a container's log, for a LogsRequest's reply."""
+    """The tail of a container's log, or (following) what it printed since the cursor."""
     try:
+        if msg.follow:
+            chunk = await ex.engine.follow_logs(
+                msg.container_name,
+                cursor=msg.cursor,
+                tail=msg.tail,
+                max_bytes=ex.settings.log_keep_bytes,
+            )
+            if chunk is None:
+                return m.LogsReply(found=False)
+            return m.LogsReply(
+                found=True, log=chunk.text, cursor=chunk.cursor, running=chunk.running
+            )
         text = await ex.engine.logs(
             msg.container_name, tail=msg.tail, max_bytes=ex.settings.log_keep_bytes
         )

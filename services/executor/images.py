@@ -7,20 +7,23 @@ Two kinds of image exist on a Zoe host:
   Each is a root file system imported as a single-layer image.
 - **ZApp images**: `zapps/<zapp>/images/<name>/Dockerfile` builds `zoe/<name>:<tag>`,
   the tag read from the `TAG` file beside it. Its `FROM` image (a base or another ZApp
-  image) is made first.
+  image) is made first. An optional `CONTEXT` file beside them lists files to stage into
+  the build context from the host (a large wheel that lies on the host's disk, say), so
+  they need not live in the repository: see `read_context_file`.
 
 Every step checks first whether the image is already there, so a repeated call costs one
 inspect per image. A failed build leaves no tag: the engine tags only a finished build,
 and an import tags in the same request that creates the image.
 
-CLI: `python -m services.executor.images build REF... | build --zapp DIR | present REF`.
+CLI: `python -m services.executor.images build REF... | build --zapp DIR | build --all |
+present REF`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
+import glob
 import io
 import json
 import logging
@@ -32,6 +35,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,8 @@ _NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_MIRROR = os.environ.get("ZOE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+CONTEXT_FILE = "CONTEXT"
+_CHUNK = 1 << 20
 
 
 class ImageError(ZoeError):
@@ -155,6 +161,68 @@ def dockerfile_dependencies(text: str) -> list[str]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """One line of a `CONTEXT` file: what to stage into the folder `dest` of the context."""
+
+    kind: str  # "pip" or "copy"
+    dest: str
+    args: tuple[str, ...]
+
+
+def read_context_file(image_dir: Path) -> list[ContextEntry]:
+    """The staging entries of `image_dir/CONTEXT`; none when there is no such file.
+
+    One entry a line; `#` starts a comment. `DEST` is a folder inside the build context:
+
+    - `pip DEST REQUIREMENT [PIP-OPTION...]`: `pip download --no-deps` on the host, so the
+      host's pip configuration applies (its find-links and indexes), e.g.
+      `pip wheels torch==2.13.0+cpu` takes the CPU wheel that lies on the host's disk;
+    - `copy DEST PATH...`: host files (absolute paths or glob patterns, each must match).
+
+    Staged files exist only in the context sent to the engine, never in the repository;
+    a Dockerfile uses them with `COPY DEST/... ...`. Raises `ImageError` for a bad line.
+    """
+    path = image_dir / CONTEXT_FILE
+    if not path.is_file():
+        return []
+    ref = f"{ZAPP_REPO_PREFIX}{image_dir.name}"
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"{path}, line {number}"
+        if words[0] not in ("pip", "copy") or len(words) < 3:
+            raise ImageError(ref, f"{where}: expected 'pip DEST REQUIREMENT' or 'copy DEST PATH'")
+        dest = words[1].strip("/") or "."
+        if words[1].startswith("/") or ".." in Path(dest).parts:
+            raise ImageError(ref, f"{where}: DEST must be a folder inside the build context")
+        if words[0] == "copy" and not all(Path(w).is_absolute() for w in words[2:]):
+            raise ImageError(ref, f"{where}: copy takes absolute host paths")
+        entries.append(ContextEntry(words[0], dest, tuple(words[2:])))
+    return entries
+
+
+async def _stage(ref: str, entries: list[ContextEntry], into: Path) -> None:
+    """Put what `entries` name into the folder `into`, on the host."""
+    for entry in entries:
+        dest = into / entry.dest
+        dest.mkdir(parents=True, exist_ok=True)
+        if entry.kind == "pip":
+            log.info("image.staging", ref=ref, pip=" ".join(entry.args))
+            pip = (sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(dest))
+            await _run(*pip, *entry.args)
+            continue
+        for pattern in entry.args:
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise ImageBuildFailed(ref, f"{CONTEXT_FILE}: no host file matches {pattern}")
+            for source in found:
+                log.info("image.staging", ref=ref, copy=source)
+                await asyncio.to_thread(shutil.copy2, source, dest)
+
+
 # --------------------------------------------------------------------------- engine calls
 
 
@@ -175,12 +243,14 @@ async def _post_stream(
     query: list[tuple[str, str]],
     data: Any,
     content_type: str,
+    on_line: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """POST a body to a streaming endpoint (`build`, `images/create`) and read its lines.
 
     The query goes in the URL, because `images/create` takes `changes` more than once
     and aiodocker's parameters are a plain dict. aiodocker has no call for an import
     from a tarball (its `import_image` is `docker load`), hence the raw request.
+    `on_line` sees each line as it arrives (a build's progress).
     """
     url = URL(path).with_query(query)
     async with docker._query(
@@ -190,6 +260,8 @@ async def _post_stream(
         async for raw in response.content:
             if raw.strip():
                 lines.append(json.loads(raw))
+                if on_line is not None:
+                    on_line(lines[-1])
     return lines
 
 
@@ -215,18 +287,32 @@ async def _import_rootfs(
 
 
 async def _build_dockerfile(docker: aiodocker.Docker, ref: str, image_dir: Path) -> None:
-    """Build `image_dir` (its Dockerfile and files) and tag the result `ref`."""
-    context = await asyncio.to_thread(_tar_context, image_dir)
-    query = [
-        ("t", ref),
-        ("rm", "1"),
-        ("forcerm", "1"),  # no intermediate container is left behind, even on failure
-        ("pull", "0"),
-        # RUN steps reach package mirrors the way the host does (its resolver and hosts).
-        ("networkmode", "host"),
-        ("labels", json.dumps({"zoe.image.source": str(image_dir)})),
-    ]
-    lines = await _post_stream(docker, "build", query, context, "application/x-tar")
+    """Build `image_dir` (its Dockerfile, files and staged `CONTEXT`) and tag it `ref`."""
+    entries = read_context_file(image_dir)
+    with tempfile.TemporaryDirectory(prefix="zoe-build-") as tmp:
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        await _stage(ref, entries, staged)
+        context = Path(tmp) / "context.tar"
+        await asyncio.to_thread(_write_context, context, image_dir, staged)
+        query = [
+            ("t", ref),
+            ("rm", "1"),
+            ("forcerm", "1"),  # no intermediate container is left behind, even on failure
+            ("pull", "0"),
+            # RUN steps reach package mirrors the way the host does (its resolver and hosts).
+            ("networkmode", "host"),
+            ("labels", json.dumps({"zoe.image.source": str(image_dir)})),
+        ]
+
+        def progress(line: dict[str, Any]) -> None:
+            text = str(line.get("stream", ""))
+            if text.startswith("Step "):
+                log.info("image.step", ref=ref, step=text.strip()[:160])
+
+        lines = await _post_stream(
+            docker, "build", query, _file_chunks(context), "application/x-tar", progress
+        )
     error = _stream_error(lines)
     if error:
         output = "".join(line.get("stream", "") for line in lines).strip().splitlines()
@@ -234,12 +320,22 @@ async def _build_dockerfile(docker: aiodocker.Docker, ref: str, image_dir: Path)
         raise ImageBuildFailed(ref, f"build failed: {error}" + (f"\n{tail}" if tail else ""))
 
 
-def _tar_context(image_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w") as tar:
-            tar.add(image_dir, arcname=".")
-    return buf.getvalue()
+def _write_context(out: Path, image_dir: Path, staged: Path) -> None:
+    """A plain tar of the image folder with the staged files added (they win on a clash).
+
+    Not compressed: a large staged file is usually a compressed archive already, and the
+    engine reads the tar straight from a local socket.
+    """
+    with tarfile.open(out, mode="w") as tar:
+        tar.add(image_dir, arcname=".")
+        for entry in sorted(staged.iterdir()):
+            tar.add(entry, arcname=entry.name)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, _CHUNK):
+            yield chunk
 
 
 # --------------------------------------------------------------------------- base images
@@ -398,58 +494,147 @@ async def ensure_image(docker: aiodocker.Docker, ref: str, *, zapps_root: Path) 
     Raises UnknownImage when nothing defines `ref`, ImageBuildFailed when making it fails.
     Two callers racing on the same missing image both build it; the last tag wins and
     both get a working image, so callers that start many containers may want to
-    serialise calls per reference.
+    serialise calls per reference (within one call of `ensure_images` that is done).
     """
-    await _ensure(docker, ref, Path(zapps_root), chain=())
+    await _ensure(docker, ref, _Builds(Path(zapps_root), asyncio.Semaphore(1)), chain=())
+
+
+async def ensure_images(
+    docker: aiodocker.Docker,
+    refs: Iterable[str],
+    *,
+    zapps_root: Path,
+    jobs: int = 2,
+    check: bool = True,
+) -> dict[str, ImageError]:
+    """`ensure_image` for many references, building up to `jobs` images at once.
+
+    An image that several of them are built FROM is made once. Every reference is tried,
+    whatever happens to the others. Returns the failures by reference; with `check` (the
+    default) the first one is raised instead, the others logged.
+    """
+    builds = _Builds(Path(zapps_root), asyncio.Semaphore(max(1, jobs)))
+    wanted = list(dict.fromkeys(refs))
+    results = await asyncio.gather(
+        *(_ensure(docker, ref, builds, chain=()) for ref in wanted), return_exceptions=True
+    )
+    failures: dict[str, ImageError] = {}
+    for ref, result in zip(wanted, results, strict=True):
+        if isinstance(result, ImageError):
+            failures[ref] = result
+        elif isinstance(result, BaseException):  # a bug, or a cancellation: not a build error
+            raise result
+    if check and failures:
+        first, *others = failures.values()
+        for other in others:
+            log.error("image.failed", error=str(other))
+        raise first
+    return failures
+
+
+@dataclass
+class _Builds:
+    """What the builds of one call share: one build per reference, `slots` at once."""
+
+    zapps_root: Path
+    slots: asyncio.Semaphore
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
 
 async def _ensure(
-    docker: aiodocker.Docker, ref: str, zapps_root: Path, chain: tuple[str, ...]
+    docker: aiodocker.Docker, ref: str, builds: _Builds, chain: tuple[str, ...]
 ) -> None:
     if ref in chain:
         raise ImageBuildFailed(ref, f"FROM cycle: {' -> '.join((*chain, ref))}")
-    if await image_present(docker, ref):
-        log.debug("image.present", ref=ref)
-        return
-    if ref in BASE_IMAGES:
-        log.info("image.making_base", ref=ref)
+    # Locks are taken along a FROM chain, child before parent; the chain has no cycle
+    # (refused above), so two builds never wait on each other.
+    async with builds.locks.setdefault(ref, asyncio.Lock()):
+        if await image_present(docker, ref):
+            log.debug("image.present", ref=ref)
+            return
+        if ref in BASE_IMAGES:
+            log.info("image.making_base", ref=ref)
+            try:
+                async with builds.slots:
+                    await BASE_IMAGES[ref](docker, ref)
+            except (RuntimeError, OSError, DockerError, aiohttp.ClientError) as e:
+                raise ImageBuildFailed(ref, str(e)) from e
+            log.info("image.made", ref=ref)
+            return
+
+        image_dir = find_image_dir(ref, builds.zapps_root)
         try:
-            await BASE_IMAGES[ref](docker, ref)
-        except (RuntimeError, OSError, DockerError, aiohttp.ClientError) as e:
+            deps = dockerfile_dependencies((image_dir / "Dockerfile").read_text())
+        except ValueError as e:
+            raise ImageBuildFailed(ref, f"{image_dir / 'Dockerfile'}: {e}") from e
+        for dep in deps:
+            try:
+                await _ensure(docker, dep, builds, (*chain, ref))
+            except UnknownImage as e:
+                # Nothing pulls from a registry: a FROM image must be present or made here.
+                raise ImageBuildFailed(ref, f"cannot get {dep} it is built from: {e}") from e
+        log.info("image.building", ref=ref, source=str(image_dir))
+        started = asyncio.get_running_loop().time()
+        try:
+            async with builds.slots:
+                await _build_dockerfile(docker, ref, image_dir)
+        except DockerError as e:
+            raise ImageBuildFailed(ref, f"build failed: {e.message}") from e
+        except (RuntimeError, OSError) as e:  # staging its CONTEXT on the host failed
             raise ImageBuildFailed(ref, str(e)) from e
-        log.info("image.made", ref=ref)
-        return
+        seconds = round(asyncio.get_running_loop().time() - started, 1)
+        log.info("image.built", ref=ref, seconds=seconds)
 
-    image_dir = find_image_dir(ref, zapps_root)
+
+def zapp_used_images(zapp_dir: Path | str) -> list[str]:
+    """The images the descriptions of a ZApp folder's manifest run, in order of use.
+
+    A ZApp may run images that another folder of the library defines (one Spark image
+    for every Spark ZApp). A folder without `manifest.json` uses none. Raises
+    `ImageError` when the manifest or a description it names cannot be read as JSON.
+    """
+    zapp_dir = Path(zapp_dir)
+    manifest = zapp_dir / "manifest.json"
+    if not manifest.is_file():
+        return []
+    used: list[str] = []
     try:
-        deps = dockerfile_dependencies((image_dir / "Dockerfile").read_text())
-    except ValueError as e:
-        raise ImageBuildFailed(ref, f"{image_dir / 'Dockerfile'}: {e}") from e
-    for dep in deps:
-        try:
-            await _ensure(docker, dep, zapps_root, (*chain, ref))
-        except UnknownImage as e:
-            # Nothing pulls from a registry: a FROM image must be present or made here.
-            raise ImageBuildFailed(ref, f"cannot get {dep} it is built from: {e}") from e
-    log.info("image.building", ref=ref, source=str(image_dir))
-    try:
-        await _build_dockerfile(docker, ref, image_dir)
-    except DockerError as e:
-        raise ImageBuildFailed(ref, f"build failed: {e.message}") from e
-    log.info("image.built", ref=ref)
+        files = [z["description"] for z in json.loads(manifest.read_text())["zapps"]]
+        for name in files:
+            description = json.loads((zapp_dir / name).read_text())
+            used += [s["image"] for s in description["services"] if isinstance(s, dict)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ImageError(str(zapp_dir), f"cannot read the images its ZApps use: {e!r}") from e
+    return [ref for ref in dict.fromkeys(used) if isinstance(ref, str)]
 
 
-async def build_zapp(docker: aiodocker.Docker, zapp_dir: Path) -> list[str]:
-    """Make every image a ZApp folder defines (and their bases); return their references.
+async def build_zapp(docker: aiodocker.Docker, zapp_dir: Path, *, jobs: int = 1) -> list[str]:
+    """Make every image a ZApp folder defines or runs (and their bases); return them.
 
-    Images of other ZApps are found beside it, in `zapp_dir`'s parent.
+    Images of other ZApps are found beside it, in `zapp_dir`'s parent. The references
+    are those the folder defines (name order), then those only its descriptions name.
     """
     zapp_dir = Path(zapp_dir)
     if not zapp_dir.is_dir():
         raise UnknownImage(str(zapp_dir), "no such ZApp folder")
-    refs = zapp_image_refs(zapp_dir)
-    for ref in refs:
-        await ensure_image(docker, ref, zapps_root=zapp_dir.parent)
+    refs = list(dict.fromkeys([*zapp_image_refs(zapp_dir), *zapp_used_images(zapp_dir)]))
+    await ensure_images(docker, refs, zapps_root=zapp_dir.parent, jobs=jobs)
+    return refs
+
+
+def library_image_refs(zapps_root: Path | str) -> list[str]:
+    """Every image the ZApp folders under `zapps_root` define or run, without repeats."""
+    refs: list[str] = []
+    for folder in sorted(p for p in Path(zapps_root).iterdir() if p.is_dir()):
+        if not folder.name.startswith("."):
+            refs += [*zapp_image_refs(folder), *zapp_used_images(folder)]
+    return list(dict.fromkeys(refs))
+
+
+async def build_library(docker: aiodocker.Docker, zapps_root: Path, *, jobs: int = 2) -> list[str]:
+    """Make every image of every ZApp folder under `zapps_root`; return the references."""
+    refs = library_image_refs(zapps_root)
+    await ensure_images(docker, refs, zapps_root=Path(zapps_root), jobs=jobs)
     return refs
 
 
@@ -462,17 +647,21 @@ async def _cli(args: argparse.Namespace) -> int:
             present = await image_present(docker, args.ref)
             print(f"{args.ref}: {'present' if present else 'absent'}")
             return 0 if present else 1
-        for zapp in args.zapp:
-            for ref in await build_zapp(docker, Path(zapp)):
+        if args.all:
+            for ref in await build_library(docker, Path(args.zapps_root), jobs=args.jobs):
                 print(f"{ref}: ready")
-        for ref in args.refs:
-            await ensure_image(docker, ref, zapps_root=Path(args.zapps_root))
-            print(f"{ref}: ready")
+        for zapp in args.zapp:
+            for ref in await build_zapp(docker, Path(zapp), jobs=args.jobs):
+                print(f"{ref}: ready")
+        if args.refs:
+            await ensure_images(docker, args.refs, zapps_root=Path(args.zapps_root), jobs=args.jobs)
+            for ref in args.refs:
+                print(f"{ref}: ready")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`build REF...`, `build --zapp DIR`, or `present REF` (exit status 0 or 1)."""
+    """`build REF...`, `build --zapp DIR`, `build --all`, or `present REF` (exit 0 or 1)."""
     parser = argparse.ArgumentParser(prog="python -m services.executor.images")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="make images unless already present")
@@ -485,6 +674,12 @@ def main(argv: list[str] | None = None) -> int:
         help="make every image the ZApp folder DIR defines",
     )
     build.add_argument(
+        "--all", action="store_true", help="make every image of every ZApp in --zapps-root"
+    )
+    build.add_argument(
+        "--jobs", type=int, default=2, metavar="N", help="build up to N images at once (2)"
+    )
+    build.add_argument(
         "--zapps-root",
         default=os.environ.get("ZOE_ZAPPS_ROOT", "zapps"),
         help="where to look for ZApp Dockerfiles (default: $ZOE_ZAPPS_ROOT or zapps)",
@@ -492,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     present = sub.add_parser("present", help="exit 0 if REF is present, 1 if not")
     present.add_argument("ref", metavar="REF")
     args = parser.parse_args(argv)
-    if args.command == "build" and not (args.refs or args.zapp):
-        parser.error("build needs REF or --zapp DIR")
+    if args.command == "build" and not (args.refs or args.zapp or args.all):
+        parser.error("build needs REF, --zapp DIR or --all")
     if not structlog.is_configured():
         structlog.configure(
             logger_factory=structlog.PrintLoggerFactory(sys.stderr),

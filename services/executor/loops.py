@@ -6,6 +6,10 @@
 - ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
 - ``heartbeat_loop`` publishes the node's capacity and inventory every interval, and
   survives broker and engine outages (it logs and tries again on the next beat).
+- ``usage_loop`` samples the running containers' CPU and memory use every
+  ``usage_interval``; heartbeats carry the latest sample. It is a loop of its own
+  because a Docker stats call answers only at the engine's next collection tick (up
+  to a second): a heartbeat never waits for it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import structlog
 from common import messages as m
 from common.lifecycle import wait_or_stop
 from services.executor import facts
-from services.executor.engine import Container, ContainerEvent
+from services.executor.engine import Container, ContainerEvent, Stats
 from services.executor.handlers import Executor
 
 log = structlog.get_logger("executor")
@@ -31,6 +35,8 @@ IMAGE_PREFIX = "zoe/"
 EVENTS_OVERLAP = 1.0
 # A stream that lasted this long was healthy: its break starts the backoff afresh.
 STABLE_STREAM = 10.0
+# Stats calls in flight at once (each waits for the engine's collection tick).
+USAGE_CONCURRENCY = 64
 
 
 class Backoff:
@@ -172,6 +178,7 @@ async def heartbeat(ex: Executor, registered: bool) -> m.NodeHeartbeat:
         ex.engine.image_tags(IMAGE_PREFIX), ex.engine.list_managed()
     )
     instances = sorted({facts.ids_of(c.labels)[1] for c in containers})
+    usage = [ex.usage[c.id][1] for c in containers if c.running and c.id in ex.usage]
     return m.NodeHeartbeat(
         node=ex.node,
         cores=ex.settings.cores,
@@ -179,6 +186,7 @@ async def heartbeat(ex: Executor, registered: bool) -> m.NodeHeartbeat:
         labels=list(ex.settings.labels),
         images=images,
         instances=instances,
+        usage=sorted(usage, key=lambda u: u.instance_id),
         registered=registered,
         sent_at=time.time(),
     )
@@ -196,4 +204,52 @@ async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
         except Exception as exc:  # broker or engine away: the next beat tries again
             log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
         if await wait_or_stop(stop, ex.settings.heartbeat_interval):
+            return
+
+
+# ---- resource usage ---------------------------------------------------------------------
+
+
+async def sample_usage(ex: Executor) -> int:
+    """Sample every running managed container (concurrently); returns how many answered.
+
+    The CPU share is computed against this container's previous sample (or the engine's
+    own), so the first sample of a container may say 0 %.
+    """
+    running = [c for c in await ex.engine.list_managed() if c.running]
+    limit = asyncio.Semaphore(USAGE_CONCURRENCY)
+
+    async def one(container: Container) -> tuple[Container, Stats | None]:
+        async with limit:
+            try:
+                return container, await ex.engine.stats(container.id)
+            except Exception as exc:  # one container's trouble must not lose the others
+                log.debug("usage.sample_failed", container=container.name, reason=str(exc))
+                return container, None
+
+    fresh: dict[str, tuple[Stats, m.ContainerUsage]] = {}
+    for container, sample in await asyncio.gather(*(one(c) for c in running)):
+        if sample is None:
+            continue
+        previous = ex.usage.get(container.id)
+        fresh[container.id] = (
+            sample,
+            m.ContainerUsage(
+                instance_id=facts.ids_of(container.labels)[1],
+                cpu_percent=facts.cpu_percent(sample, previous[0] if previous else None),
+                memory_bytes=sample.memory_bytes,
+            ),
+        )
+    ex.usage = fresh
+    return len(fresh)
+
+
+async def usage_loop(ex: Executor, stop: asyncio.Event) -> None:
+    """Sample the containers' usage every ``usage_interval`` until ``stop``."""
+    while True:
+        try:
+            await sample_usage(ex)
+        except Exception as exc:  # engine away: the next round tries again
+            log.warning("usage.failed", reason=str(exc) or repr(exc))
+        if await wait_or_stop(stop, ex.settings.usage_interval):
             return

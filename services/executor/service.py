@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiodocker
@@ -22,36 +23,63 @@ from common.bus import Bus, declare_executor_queue
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
 from services.executor.handlers import Executor
-from services.executor.loops import EVENTS_OVERLAP, heartbeat_loop, reconcile, watch_events
+from services.executor.loops import (
+    EVENTS_OVERLAP,
+    heartbeat_loop,
+    reconcile,
+    usage_loop,
+    watch_events,
+)
 
 log = structlog.get_logger("executor")
 
 
 async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
-    """Run this node's executor over the Docker engine until ``stop`` is set."""
+    """Run this node's executor over its engine until ``stop`` is set.
+
+    The engine is Docker, unless ``ZOE_ENGINE=hollow`` asks for a fake node (scale
+    benchmarks only: services/executor/hollow.py).
+    """
+    if settings.engine not in ("docker", "hollow"):
+        raise ValueError(f"ZOE_ENGINE must be docker or hollow, not {settings.engine!r}")
     async with contextlib.AsyncExitStack() as stack:
-        docker = await stack.enter_async_context(aiodocker.Docker(url=settings.docker_url))
+        engine: Engine
+        if settings.engine == "hollow":
+            from services.executor.hollow import HollowEngine
+
+            log.warning("executor.hollow", note="a fake node: no container is started")
+            engine = HollowEngine(node=settings.node_name)
+        else:
+            docker = await stack.enter_async_context(aiodocker.Docker(url=settings.docker_url))
+            engine = DockerEngine(
+                docker,
+                deployment=settings.deployment,
+                node=settings.node_name,
+                publish_host=settings.publish_host,
+                zapps_root=Path(settings.zapps_root),
+            )
         bus = await stack.enter_async_context(
             Bus(
                 settings.amqp_url, name=f"executor.{settings.node_name}", prefetch=settings.prefetch
             )
         )
-        engine = DockerEngine(
-            docker,
-            deployment=settings.deployment,
-            node=settings.node_name,
-            publish_host=settings.publish_host,
-            zapps_root=Path(settings.zapps_root),
-        )
         await run_executor(settings, engine, bus, stop)
 
 
 async def run_executor(
-    settings: ExecutorSettings, engine: Engine, bus: Bus, stop: asyncio.Event
+    settings: ExecutorSettings,
+    engine: Engine,
+    bus: Bus,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Reconcile, then serve commands, watch the engine and beat until ``stop``.
 
     Engine-agnostic, so a hollow engine (scale benchmarks) runs the same executor.
+    ``on_ready`` is called once the node consumes its queue. Several executors may
+    share one bus (hollow nodes): each consumes its own queue, and at the stop the
+    first to stop consuming stops them all (they stop together).
     """
     ex = Executor(settings, engine, bus)
     structlog.contextvars.bind_contextvars(node=ex.node)
@@ -64,8 +92,12 @@ async def run_executor(
             tg.create_task(heartbeat_loop(ex, stop)),  # its first beat registers the node
             tg.create_task(watch_events(ex, stop, since)),
         ]
+        if settings.usage_interval > 0:
+            loops.append(tg.create_task(usage_loop(ex, stop)))
         await bus.consume(queue, m.ExecutorInbox, ex.handle)
         log.info("executor.ready", queue=queue)
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
         log.info("executor.stopping", drain_timeout=settings.drain_timeout)
         await bus.stop_consuming(settings.drain_timeout)

@@ -42,14 +42,22 @@ async def record_end(
     exit_code: int | None,
     oom_killed: bool,
     removed: bool,
+    container_id: str = "",
 ) -> bool:
-    """End an instance that was live; queue the verdicts. False if it had already ended."""
+    """End an instance that was live; queue the verdicts. False if it had already ended.
+
+    The fact must be about the instance's current container: a fact about an older
+    generation (a late or replayed one) names another container, or carries another
+    container id than the one that started, and changes nothing.
+    """
     row = await conn.fetchrow(
-        "SELECT i.state, i.monitor, e.state AS execution_state FROM instances i"
+        "SELECT i.state, i.monitor, e.state AS execution_state, e.will_end FROM instances i"
         " JOIN executions e ON e.id = i.execution_id"
-        " WHERE i.id = $1 AND ($2 = '' OR i.container_name = $2) FOR UPDATE OF i",
+        " WHERE i.id = $1 AND ($2 = '' OR i.container_name = $2)"
+        " AND ($3 = '' OR i.container_id IS NULL OR i.container_id = $3) FOR UPDATE OF i",
         instance_id,
         container_name,
+        container_id,
     )
     if row is None or row["state"] not in LIVE:
         return False
@@ -75,7 +83,12 @@ async def record_end(
             )
         )
     ]
-    if row["monitor"] and reason != "stopped" and row["execution_state"] in ("starting", "running"):
+    if (
+        row["monitor"]
+        and row["will_end"]  # a long-running execution's services never end it by exiting
+        and reason != "stopped"
+        and row["execution_state"] in ("starting", "running")
+    ):
         outcome = execution_outcome(exit_code)
         out.append(
             Outgoing(
@@ -102,6 +115,7 @@ async def on_exited(msg: m.InstanceExited, deps: Deps) -> None:
             exit_code=msg.exit_code,
             oom_killed=msg.oom_killed,
             removed=False,
+            container_id=msg.container_id,
         )
 
 
@@ -170,7 +184,14 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
 
 
 async def declare_lost(pool: asyncpg.Pool, node: str) -> int:
-    """A node went silent: it is lost, and every instance it held died (node-lost)."""
+    """A node went silent: it is lost, and every instance it held died (node-lost).
+
+    Its containers may well still run, out of reach: they are given up (counted as
+    removed, so cleanups do not wait for them) and recorded as the node's orphans, for
+    the scheduler to have them removed if the node comes back. A container that had
+    ended but was not removed yet is given up too (a ``removed`` verdict: a cleanup
+    waiting for it may finish). Returns how many instances died.
+    """
     async with pool.acquire() as conn, conn.transaction():
         lost = await conn.fetchval(
             "UPDATE nodes SET state = 'lost' WHERE name = $1 AND state = 'up' RETURNING name",
@@ -179,24 +200,60 @@ async def declare_lost(pool: asyncpg.Pool, node: str) -> int:
         if lost is None:
             return 0
         rows = await conn.fetch(
-            "UPDATE instances SET state = 'died', reason = 'node-lost', removed = true,"
-            " updated_at = now() WHERE node = $1 AND state = ANY($2::text[])"
-            " RETURNING id, execution_id",
+            "WITH held AS (SELECT id, state, container_name FROM instances"
+            "  WHERE node = $1 AND (state = ANY($2::text[]) OR NOT removed) FOR UPDATE)"
+            " UPDATE instances i SET removed = true, updated_at = now(),"
+            "  state = CASE WHEN held.state = ANY($2::text[]) THEN 'died' ELSE i.state END,"
+            "  reason = CASE WHEN held.state = ANY($2::text[]) THEN 'node-lost' ELSE i.reason END"
+            " FROM held WHERE i.id = held.id"
+            " RETURNING i.id, i.execution_id, held.state, held.container_name",
             node,
             LIVE,
+        )
+        # "placed": its start command was not sent yet, so no container of it exists
+        orphans = [r for r in rows if r["container_name"] and r["state"] != "placed"]
+        await conn.executemany(
+            "INSERT INTO orphans (node, container_name, execution_id, instance_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [(node, r["container_name"], r["execution_id"], r["id"]) for r in orphans],
         )
         out = [Outgoing(m.NodeLost(node=node))]
         out += [
             Outgoing(
                 m.InstanceEnded(
-                    execution_id=r["execution_id"], instance_id=r["id"], reason="node-lost"
+                    execution_id=r["execution_id"],
+                    instance_id=r["id"],
+                    reason="node-lost" if r["state"] in LIVE else "removed",
                 )
             )
             for r in rows
         ]
         await enqueue(conn, out)
-    log.warning("node.lost", node=node, instances=len(rows))
-    return len(rows)
+    died = sum(r["state"] in LIVE for r in rows)
+    log.warning("node.lost", node=node, instances=died, orphans=len(orphans))
+    return died
+
+
+async def check_nodes(pool: asyncpg.Pool, deps: Deps, timeout: float) -> list[str]:
+    """Declare lost every node silent for longer than ``timeout``; returns them."""
+    now = deps.clock()
+    lost = []
+    for node, seen in list(deps.last_seen.items()):
+        if now - seen <= timeout:
+            continue
+        await declare_lost(pool, node)
+        if deps.last_seen.get(node) == seen:  # no heartbeat came meanwhile
+            del deps.last_seen[node]
+        lost.append(node)
+    return lost
+
+
+def grant_grace(deps: Deps) -> None:
+    """Count every known node as just seen: after the monitor could not hear heartbeats
+    (its broker link was down), silence says nothing about the nodes."""
+    now = deps.clock()
+    for node in deps.last_seen:
+        deps.last_seen[node] = now
 
 
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {

@@ -2,7 +2,9 @@
 
 Node liveness is judged from the heartbeats the monitor itself receives (not from a
 column another service writes), so a stopped scheduler never makes nodes look lost.
-At start every known node gets a full timeout of grace.
+At start every known node gets a full timeout of grace, and so after the monitor's own
+link to the broker was down: heartbeats could not reach it, so their silence tells
+nothing about the nodes (a broker restart must not make every node look lost).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from services.monitor import handlers
 
 log = structlog.get_logger("monitor")
 
+PROBE_KEY = "zoe.monitor.probe"  # no queue has this name: probes are dropped
+
 
 async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     """Run the monitor until ``stop`` is set."""
@@ -43,7 +47,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         loops_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Relay(pool, bus).run(loops_stop))
-            tg.create_task(_watch_nodes(pool, deps, settings, loops_stop))
+            tg.create_task(_watch_nodes(pool, bus, deps, settings, loops_stop))
             await bus.consume(MONITOR_QUEUE, m.MonitorInbox, on_message)
             await stop.wait()
             await bus.stop_consuming(settings.drain_timeout)
@@ -51,16 +55,38 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
 
 
 async def _watch_nodes(
-    pool: asyncpg.Pool, deps: handlers.Deps, settings: MonitorSettings, stop: asyncio.Event
+    pool: asyncpg.Pool,
+    bus: Bus,
+    deps: handlers.Deps,
+    settings: MonitorSettings,
+    stop: asyncio.Event,
 ) -> None:
-    """Declare lost every node silent for longer than ``node_timeout``."""
+    """Declare lost every node silent for longer than ``node_timeout``, while the broker
+    answers; once it answers again after an outage, every node gets a fresh timeout."""
+    broker_up = True
     while not await wait_or_stop(stop, settings.check_interval):
-        now = deps.clock()
-        for node, seen in list(deps.last_seen.items()):
-            if now - seen <= settings.node_timeout:
-                continue
-            try:
-                await handlers.declare_lost(pool, node)
-                del deps.last_seen[node]
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("node.check_failed", node=node, error=repr(exc))
+        if not await _broker_answers(bus, timeout=max(settings.check_interval, 1.0)):
+            if broker_up:
+                log.warning("monitor.broker_unreachable")
+            broker_up = False
+            continue
+        if not broker_up:
+            log.info("monitor.broker_back", grace=settings.node_timeout)
+            handlers.grant_grace(deps)
+            broker_up = True
+            continue
+        try:
+            await handlers.check_nodes(pool, deps, settings.node_timeout)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("node.check_failed", error=repr(exc))
+
+
+async def _broker_answers(bus: Bus, *, timeout: float) -> bool:
+    """Whether the broker confirms a publish: a probe to the default exchange that no
+    queue is named after, so it goes nowhere."""
+    try:
+        async with asyncio.timeout(timeout):
+            await bus.publish_raw([("", PROBE_KEY, b"")])
+    except Exception:  # any failure of the link means the same: heartbeats cannot come
+        return False
+    return True

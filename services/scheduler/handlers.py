@@ -29,6 +29,8 @@ class Deps:
     request_pass: Callable[[], None]
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
+    # Deaths of essential instances of a long-running execution restarted before it fails.
+    essential_restarts: int = 0
 
 
 async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
@@ -47,30 +49,42 @@ async def on_terminate(msg: m.ExecutionTerminateRequested, deps: Deps) -> None:
 
 
 async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
-    """Keep the node's capacity and liveness; a new or returning node triggers a pass."""
-    async with deps.pool.acquire() as conn:
-        changed = await conn.fetchval(
+    """Keep the node's capacity and liveness; a new or returning node triggers a pass.
+
+    A node that comes back after it was declared lost first gets asked to remove the
+    containers given up when it was lost (its orphans): their instances were placed
+    again elsewhere, or their executions ended.
+    """
+    async with deps.pool.acquire() as conn, conn.transaction():
+        before: str | None = await conn.fetchval(
+            "SELECT state FROM nodes WHERE name = $1 FOR UPDATE", msg.node
+        )
+        await conn.execute(
             "INSERT INTO nodes AS n (name, cores, memory, labels, images, last_heartbeat)"
             " VALUES ($1, $2, $3, $4, $5, now())"
             " ON CONFLICT (name) DO UPDATE SET cores = $2, memory = $3, labels = $4,"
-            "  images = $5, last_heartbeat = now(), state = 'up'"
-            " RETURNING (xmax = 0) OR $6",  # xmax = 0: the row was inserted
+            "  images = $5, last_heartbeat = now(), state = 'up'",
             msg.node,
             msg.cores,
             msg.memory,
             msg.labels,
             msg.images,
-            msg.registered,
         )
-    if changed:
+        orphans = (
+            await store.stop_orphans(conn, deps.deployment, msg.node) if before == "lost" else 0
+        )
+    if before == "lost":
+        log.info("node.returned", orphans=orphans)
+    elif before is None or msg.registered:
         log.info("node.registered", cores=msg.cores, memory=msg.memory, labels=msg.labels)
+    if before != "up" or msg.registered:
         deps.request_pass()
 
 
 async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
-    """A lost node gets no new work until it sends heartbeats again."""
-    async with deps.pool.acquire() as conn:
-        await conn.execute("UPDATE nodes SET state = 'lost' WHERE name = $1", msg.node)
+    """The monitor declared a node lost (it marked the node, and sent a verdict for each
+    instance it held): the pass must not count on that node any more."""
+    log.warning("node.lost", node=msg.node)
     deps.request_pass()
 
 
@@ -100,48 +114,72 @@ async def on_started(msg: m.InstanceStarted, deps: Deps) -> None:
 
 
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
-    """Act on the monitor's verdict: finish a cleanup, fail on an essential death, or
-    place a dead or reclaimed elastic instance again."""
+    """Act on the monitor's verdict: finish a cleanup, end the execution on an essential
+    death, or place a dead or reclaimed instance again."""
     async with deps.pool.acquire() as conn, conn.transaction():
         state = await _lock_execution(conn, msg.execution_id)
         inst = await conn.fetchrow(
-            "SELECT name, essential, monitor, restart_count, node, container_name, removed, state"
-            " FROM instances WHERE id = $1",
+            "SELECT i.name, i.essential, i.monitor, i.restart_count, i.node, i.removed, i.state,"
+            " e.will_end FROM instances i JOIN executions e ON e.id = i.execution_id"
+            " WHERE i.id = $1",
             msg.instance_id,
         )
         if inst is None or state is None:
             return
-        if state == "cleaning_up":
+        if state not in store.ACTIVE:
+            # ending already (the monitor's ExecutionEnded came first): keep the reason
+            if inst["essential"] and msg.reason not in ("stopped", "exited", "removed"):
+                await store.note_error(conn, msg.execution_id, _ended(inst["name"], msg))
             await store.maybe_finish(conn, msg.execution_id)
             return
-        if state not in store.ACTIVE or msg.reason == "removed":
+        # The verdict is current only while the monitor's mark is there: once acted on,
+        # the instance was placed again or its execution ends (a redelivery does nothing).
+        if inst["state"] not in ("died", "stopped") or msg.reason == "removed":
             return
-        will_end = await conn.fetchval(
-            "SELECT will_end FROM executions WHERE id = $1", msg.execution_id
-        )
         if inst["essential"]:
-            await _essential_ended(conn, deps, msg, inst, will_end)
+            await _essential_ended(conn, deps, msg, inst)
         else:
             await _elastic_ended(conn, deps, msg, inst)
     deps.request_pass()
 
 
-async def _essential_ended(
-    conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any, will_end: bool
-) -> None:
-    if inst["monitor"] and msg.reason in ("exited", "crashed"):
-        return  # the monitor's ExecutionEnded verdict decides this execution's end
-    if will_end and msg.reason == "exited":
-        return  # a batch instance that finished its part
+DEATHS = ("crashed", "oom", "node-lost")  # ends an essential restart may follow
+
+
+def _ended(name: str, msg: m.InstanceEnded) -> str:
     code = f" (exit code {msg.exit_code})" if msg.exit_code is not None else ""
     code += f": {msg.detail}" if msg.detail else ""
+    return f"essential instance {name} ended: {msg.reason}{code}"
+
+
+async def _essential_ended(
+    conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any
+) -> None:
+    """An essential instance ended by itself.
+
+    Ephemeral executions: a clean exit finished its part; the monitor service's end is
+    the monitor's ExecutionEnded verdict (any other death fails the execution, with the
+    reason). Long-running ones: a death within the ``essential_restarts`` budget places
+    the instance again (its gang is itself alone); the monitor service exiting cleanly
+    finishes the execution; anything else fails it.
+    """
+    will_end = inst["will_end"]
+    if msg.reason == "exited" and (will_end or inst["monitor"]):
+        if not will_end:
+            await store.begin_cleanup(
+                conn, deps.deployment, msg.execution_id, "finished", exit_code=msg.exit_code
+            )
+        return
+    if not will_end and msg.reason in DEATHS and inst["restart_count"] < deps.essential_restarts:
+        await _restart(conn, deps, msg, inst)
+        return
     await store.begin_cleanup(
         conn,
         deps.deployment,
         msg.execution_id,
         "failed",
         exit_code=msg.exit_code,
-        error=f"essential instance {inst['name']} ended: {msg.reason}{code}",
+        error=_ended(inst["name"], msg),
     )
 
 
@@ -150,28 +188,34 @@ async def _elastic_ended(
 ) -> None:
     if msg.reason == "stopped":
         # reclaimed: back to pending, to be given back when capacity frees up
-        await conn.execute(
-            "UPDATE instances SET state = 'created', node = NULL, updated_at = now()"
-            " WHERE id = $1 AND state = 'stopped'",
-            msg.instance_id,
-        )
+        await store.requeue(conn, msg.instance_id, from_state="stopped")
         return
-    if not inst["removed"] and inst["node"]:
-        # remove the dead container; its replacement gets a new name
-        await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
     if msg.reason == "exited":
-        return  # it finished its part by itself: nothing to replace
+        # it finished its part by itself: nothing to replace, only its container to remove
+        if not inst["removed"] and inst["node"]:
+            await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
+        return
+    await _restart(conn, deps, msg, inst)
+
+
+async def _restart(conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any) -> None:
+    """Remove the dead container, and queue the instance again after its backoff."""
+    if not inst["removed"] and inst["node"]:
+        await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
     restarts = inst["restart_count"] + 1
-    backoff = min(deps.restart_backoff * 2 ** (restarts - 1), deps.restart_backoff_max)
-    await conn.execute(
-        "UPDATE instances SET state = 'created', node = NULL, restart_count = $2,"
-        " not_before = now() + make_interval(secs => $3), updated_at = now()"
-        " WHERE id = $1 AND state = 'died'",
-        msg.instance_id,
-        restarts,
-        backoff if restarts > 1 else 0.0,
+    backoff = store.restart_backoff(restarts, deps.restart_backoff, deps.restart_backoff_max)
+    moved = await store.requeue(
+        conn, msg.instance_id, from_state="died", restart=True, backoff=backoff
     )
-    log.info("instance.replaced", instance=inst["name"], restarts=restarts, reason=msg.reason)
+    if moved is not None:
+        log.info(
+            "instance.restarting",
+            instance=inst["name"],
+            essential=inst["essential"],
+            restarts=restarts,
+            backoff=backoff,
+            reason=msg.reason,
+        )
 
 
 async def on_execution_ended(msg: m.ExecutionEnded, deps: Deps) -> None:

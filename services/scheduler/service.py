@@ -70,6 +70,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             request_pass=wake.set,
             restart_backoff=settings.restart_backoff,
             restart_backoff_max=settings.restart_backoff_max,
+            essential_restarts=settings.essential_restarts,
         )
 
         async def on_message(msg: m.Message) -> None:

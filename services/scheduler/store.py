@@ -22,10 +22,16 @@ HOLDING = ("placed", "starting", "running", "stopping")  # instances that hold r
 FINAL = ("finished", "failed", "terminated", "error")
 
 
-def container_name(deployment: str, execution_id: int, instance: str, restart: int) -> str:
-    """Container names derive from deployment, execution, instance and restart count."""
+def container_name(deployment: str, execution_id: int, instance: str, generation: int) -> str:
+    """Container names derive from deployment, execution, instance and generation.
+
+    An instance's generation grows each time it goes back to the queue (a restart after
+    a death, or a reclaim), so a container name is started at most once: an executor
+    refuses to start again a name it stopped, and a late fact about an old generation's
+    container never matches the current one.
+    """
     base = f"{deployment}-{execution_id}-{instance}"
-    return f"{base}-r{restart}" if restart else base
+    return f"{base}-r{generation}" if generation else base
 
 
 def network_name(deployment: str, execution_id: int) -> str:
@@ -146,7 +152,7 @@ async def dispatch_ready(conn: asyncpg.Connection, deployment: str, execution_id
     over-committed.
     """
     rows = await conn.fetch(
-        "SELECT id, name, essential, startup_order, state, node, restart_count, spec, cores, memory"
+        "SELECT id, name, essential, startup_order, state, node, generation, spec, cores, memory"
         " FROM instances WHERE execution_id = $1 FOR UPDATE",
         execution_id,
     )
@@ -166,10 +172,11 @@ async def dispatch_ready(conn: asyncpg.Connection, deployment: str, execution_id
         if free is None or free[0] < r["cores"] - 1e-9 or free[1] < r["memory"]:
             continue
         room[r["node"]] = (free[0] - r["cores"], free[1] - r["memory"])
-        name = container_name(deployment, execution_id, r["name"], r["restart_count"])
+        name = container_name(deployment, execution_id, r["name"], r["generation"])
         await conn.execute(
-            "UPDATE instances SET state = 'starting', container_name = $2, removed = false,"
-            " updated_at = now() WHERE id = $1 AND state = 'placed'",
+            "UPDATE instances SET state = 'starting', container_name = $2, container_id = NULL,"
+            " endpoints = '{}', removed = false, updated_at = now()"
+            " WHERE id = $1 AND state = 'placed'",
             r["id"],
             name,
         )
@@ -238,3 +245,59 @@ async def enqueue_stop(
     )
     if row is not None and row["node"] and row["container_name"]:
         await enqueue(conn, [_stop(deployment, execution_id, row)])
+
+
+async def requeue(
+    conn: asyncpg.Connection,
+    instance_id: int,
+    *,
+    from_state: str,
+    restart: bool = False,
+    backoff: float = 0.0,
+) -> int | None:
+    """Put an ended instance back in the queue, as its next generation.
+
+    ``restart``: after a death, so its restart count grows and it waits ``backoff``
+    seconds before it may be placed again. Guarded: only an instance still in
+    ``from_state`` moves (a redelivered verdict finds it moved already). Returns the
+    new restart count, or None when nothing moved.
+    """
+    count: int | None = await conn.fetchval(
+        "UPDATE instances SET state = 'created', node = NULL, generation = generation + 1,"
+        " restart_count = restart_count + $3::int,"
+        " backoff = CASE WHEN $3::int = 1 THEN $4 ELSE backoff END,"
+        " not_before = CASE WHEN $3::int = 1 THEN now() + make_interval(secs => $4)"
+        "  ELSE not_before END,"
+        " updated_at = now() WHERE id = $1 AND state = $2 RETURNING restart_count",
+        instance_id,
+        from_state,
+        1 if restart else 0,
+        backoff,
+    )
+    return count
+
+
+def restart_backoff(restarts: int, first: float, cap: float) -> float:
+    """Seconds the ``restarts``-th restart waits: ``first``, doubled per restart, capped."""
+    return float(min(first * 2 ** max(restarts - 1, 0), cap))
+
+
+async def note_error(conn: asyncpg.Connection, execution_id: int, error: str) -> None:
+    """Say why a failing execution fails, unless a reason is recorded already."""
+    await conn.execute(
+        "UPDATE executions SET error = $2, updated_at = now()"
+        " WHERE id = $1 AND outcome = 'failed' AND error IS NULL",
+        execution_id,
+        error,
+    )
+
+
+async def stop_orphans(conn: asyncpg.Connection, deployment: str, node: str) -> int:
+    """Ask a node that came back to remove the containers given up when it was lost."""
+    rows = await conn.fetch(
+        "DELETE FROM orphans WHERE node = $1"
+        " RETURNING execution_id, instance_id AS id, container_name, node",
+        node,
+    )
+    await enqueue(conn, [_stop(deployment, r["execution_id"], r) for r in rows])
+    return len(rows)

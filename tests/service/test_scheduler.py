@@ -75,15 +75,24 @@ _ANY = (
     | m.ExecutionStateChanged
     | m.InstanceEnded
     | m.ExecutionEnded
+    | m.NodeLost
 )
 
 
-def _deps(pool: asyncpg.Pool, env: TestEnv) -> tuple[handlers.Deps, list[int]]:
+def _deps(pool: asyncpg.Pool, env: TestEnv, **settings: Any) -> tuple[handlers.Deps, list[int]]:
     passes_asked: list[int] = []
     deps = handlers.Deps(
-        pool=pool, deployment=env.deployment, request_pass=lambda: passes_asked.append(1)
+        pool=pool,
+        deployment=env.deployment,
+        request_pass=lambda: passes_asked.append(1),
+        **settings,
     )
     return deps, passes_asked
+
+
+async def _expire_backoffs(pool: asyncpg.Pool) -> None:
+    """Let the time of every restart backoff pass (the pass reads the clock)."""
+    await pool.execute("UPDATE instances SET not_before = now() - interval '1 second'")
 
 
 async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any]) -> int:
@@ -175,10 +184,13 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)
     row = await pool.fetchrow(
-        "SELECT state, restart_count FROM instances WHERE id = $1", elastic.instance_id
+        "SELECT state, restart_count, backoff FROM instances WHERE id = $1", elastic.instance_id
     )
-    assert (row["state"], row["restart_count"]) == ("created", 1)
-    await _outbox(pool)
+    assert (row["state"], row["restart_count"], row["backoff"]) == ("created", 1, 0.5)
+    # the dead container is removed, once
+    (stop,) = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert isinstance(stop, m.StopInstance) and stop.container_name == elastic.container_name
+    await _expire_backoffs(pool)
     await passes.run_pass(pool, test_env.deployment, policy)
     (again,) = [s for s in await _outbox(pool) if isinstance(s, m.StartInstance)]
     assert again.instance == "worker1"
@@ -208,3 +220,219 @@ async def test_only_one_scheduler_is_active(test_env: TestEnv, pool: asyncpg.Poo
     conn = await asyncio.wait_for(second, 10)
     assert conn is not None
     await conn.close()
+
+
+# ---- failures -------------------------------------------------------------------------
+
+
+async def _run(
+    pool: asyncpg.Pool, env: TestEnv, deps: handlers.Deps, app: dict[str, Any], node: str = "n1"
+) -> tuple[int, dict[str, m.StartInstance]]:
+    """Submit ``app``, place it, and report every container started: it runs."""
+    eid = await _submit(pool, env, app)
+    await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)
+    await passes.run_pass(pool, env.deployment, Policy.from_name("dynsize+pack"))
+    starts = {s.instance: s for s in await _outbox(pool) if isinstance(s, m.StartInstance)}
+    for s in starts.values():
+        await _started(deps, s, node)
+    assert await _state(pool, eid) == "running"
+    await _outbox(pool)
+    return eid, starts
+
+
+async def _started(deps: handlers.Deps, s: m.StartInstance, node: str = "n1") -> None:
+    fact = m.InstanceStarted(
+        node=node,
+        execution_id=s.execution_id,
+        instance_id=s.instance_id,
+        container_id=f"c-{s.container_name}",
+        container_name=s.container_name,
+    )
+    await handlers.on_started(fact, deps)
+
+
+async def _dies(
+    pool: asyncpg.Pool, deps: handlers.Deps, s: m.StartInstance, reason: str = "crashed"
+) -> None:
+    """The monitor's part (mark the instance died) and its verdict, delivered twice."""
+    await pool.execute(
+        "UPDATE instances SET state = 'died', reason = $2 WHERE id = $1", s.instance_id, reason
+    )
+    verdict = m.InstanceEnded(
+        execution_id=s.execution_id,
+        instance_id=s.instance_id,
+        reason=reason,  # type: ignore[arg-type]
+        exit_code=137,
+    )
+    await handlers.on_instance_ended(verdict, deps)
+    await handlers.on_instance_ended(verdict, deps)
+
+
+async def _replace(pool: asyncpg.Pool, env: TestEnv, deps: handlers.Deps) -> m.StartInstance:
+    """Once the backoff is over, the pass starts the instance again: its start command."""
+    await _expire_backoffs(pool)
+    await passes.run_pass(pool, env.deployment, Policy.from_name("dynsize+pack"))
+    (again,) = [s for s in await _outbox(pool) if isinstance(s, m.StartInstance)]
+    await _started(deps, again)
+    await _outbox(pool)
+    return again
+
+
+async def test_restart_backoff_doubles_up_to_its_cap_and_is_recorded(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env, restart_backoff=0.5, restart_backoff_max=1.5)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=2))
+    current = starts["worker1"]
+    seen = []
+    for restart in (1, 2, 3):
+        await _dies(pool, deps, current)
+        row = await pool.fetchrow(
+            "SELECT restart_count, backoff, generation, extract(epoch FROM not_before - now())"
+            " AS wait FROM instances WHERE id = $1",
+            current.instance_id,
+        )
+        seen.append((row["restart_count"], row["backoff"], row["generation"]))
+        assert 0 < row["wait"] <= row["backoff"]
+        # not before the backoff is over
+        decisions, wake = await passes.run_pass(
+            pool, test_env.deployment, Policy.from_name("dynsize+pack")
+        )
+        assert decisions.starts == [] and wake is not None
+        current = await _replace(pool, test_env, deps)
+        assert current.container_name == f"{test_env.deployment}-{eid}-worker1-r{restart}"
+    assert seen == [(1, 0.5, 1), (2, 1.0, 2), (3, 1.5, 3)]
+    assert await _state(pool, eid) == "running"
+
+
+async def test_stale_verdict_does_not_touch_the_next_generation(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    _, starts = await _run(pool, test_env, deps, _app(total=2))
+    old = starts["worker1"]
+    await _dies(pool, deps, old)
+    await _outbox(pool)
+    await _replace(pool, test_env, deps)
+    # the old verdict is delivered once more, after the replacement runs
+    late = m.InstanceEnded(
+        execution_id=old.execution_id, instance_id=old.instance_id, reason="crashed"
+    )
+    await handlers.on_instance_ended(late, deps)
+    assert await _outbox(pool) == []
+    row = await pool.fetchrow(
+        "SELECT state, restart_count FROM instances WHERE id = $1", old.instance_id
+    )
+    assert (row["state"], row["restart_count"]) == ("running", 1)
+
+
+async def test_reclaimed_instance_comes_back_under_a_new_name(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    """An executor refuses to start a name it stopped: given back, a reclaimed elastic
+    instance is a new generation (not a restart)."""
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=2))
+    s = starts["worker1"]
+    await pool.execute("UPDATE instances SET state = 'stopped' WHERE id = $1", s.instance_id)
+    verdict = m.InstanceEnded(execution_id=eid, instance_id=s.instance_id, reason="stopped")
+    await handlers.on_instance_ended(verdict, deps)
+    again = await _replace(pool, test_env, deps)
+    assert again.container_name == s.container_name + "-r1"
+    row = await pool.fetchrow(
+        "SELECT restart_count, generation FROM instances WHERE id = $1", s.instance_id
+    )
+    assert (row["restart_count"], row["generation"]) == (0, 1)
+
+
+async def test_essential_restarts_within_the_budget_of_a_long_running_execution(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env, essential_restarts=1)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=2))
+    await _dies(pool, deps, starts["worker0"], reason="oom")
+    assert await _state(pool, eid) == "running"
+    # placed again alone (its gang is itself): the elastic instance kept running
+    again = await _replace(pool, test_env, deps)
+    assert again.instance == "worker0" and again.container_name.endswith("-r1")
+    assert await _state(pool, eid) == "running"
+    # the budget is spent: the next death fails the execution, with the reason
+    await _dies(pool, deps, again, reason="crashed")
+    row = await pool.fetchrow("SELECT state, outcome, error FROM executions WHERE id = $1", eid)
+    assert (row["state"], row["outcome"]) == ("cleaning_up", "failed")
+    assert row["error"] == "essential instance worker0 ended: crashed (exit code 137)"
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert sorted(x.container_name for x in stops) == sorted(
+        [again.container_name, starts["worker1"].container_name]
+    )
+
+
+async def test_an_ephemeral_execution_gets_no_essential_restart(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env, essential_restarts=3)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    app = _app(total=2)
+    app["will_end"] = True
+    app["services"][0]["monitor"] = False
+    app["services"].append({**app["services"][0], "name": "job", "monitor": True, "total_count": 1})
+    eid, starts = await _run(pool, test_env, deps, app)
+    await _dies(pool, deps, starts["worker0"])
+    row = await pool.fetchrow("SELECT state, error FROM executions WHERE id = $1", eid)
+    assert row["state"] == "cleaning_up" and "worker0 ended: crashed" in row["error"]
+
+
+async def test_monitor_service_death_keeps_its_reason_whichever_verdict_comes_first(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    app = _app(total=1)
+    app["will_end"] = True
+    eid, starts = await _run(pool, test_env, deps, app)
+    s = starts["worker0"]
+    await pool.execute(
+        "UPDATE instances SET state = 'died', reason = 'oom' WHERE id = $1", s.instance_id
+    )
+    await handlers.on_execution_ended(
+        m.ExecutionEnded(execution_id=eid, outcome="failed", exit_code=137), deps
+    )
+    await handlers.on_instance_ended(
+        m.InstanceEnded(execution_id=eid, instance_id=s.instance_id, reason="oom", exit_code=137),
+        deps,
+    )
+    row = await pool.fetchrow("SELECT state, exit_code, error FROM executions WHERE id = $1", eid)
+    assert (row["state"], row["exit_code"]) == ("cleaning_up", 137)
+    assert row["error"] == "essential instance worker0 ended: oom (exit code 137)"
+
+
+async def test_returning_node_removes_its_orphans_and_takes_work_again(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, asked = _deps(pool, test_env)
+    beat = m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30)
+    await handlers.on_heartbeat(beat, deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=2), node="n2")
+    # the monitor declared n2 lost: its containers are orphans, its node is lost
+    from services.monitor.handlers import declare_lost
+
+    assert await declare_lost(pool, "n2") == 2
+    await _outbox(pool)
+    await handlers.on_node_lost(m.NodeLost(node="n2"), deps)
+    asked.clear()
+    await handlers.on_heartbeat(beat, deps)  # it is back
+    assert asked  # a pass: it takes work again
+    assert await pool.fetchval("SELECT state FROM nodes WHERE name = 'n2'") == "up"
+    stops = await _outbox(pool)
+    assert sorted((x.container_name, x.execution_id) for x in stops) == sorted(  # type: ignore[attr-defined]
+        (s.container_name, eid) for s in starts.values()
+    )
+    assert all(isinstance(x, m.StopInstance) for x in stops)
+    assert await pool.fetchval("SELECT count(*) FROM orphans") == 0
+    asked.clear()
+    await handlers.on_heartbeat(beat, deps)  # once only
+    assert await _outbox(pool) == [] and not asked

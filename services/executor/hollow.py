@@ -1,0 +1,325 @@
+"""A hollow node: an `Engine` that starts no container, for scale benchmarks only.
+
+Like Kubernetes' kubemark "hollow nodes", a hollow executor is the real executor (the
+same handlers, loops, queue, heartbeats and facts) over an engine that keeps its
+containers in memory: ``create_and_start`` returns a running container at once,
+``stop_and_remove`` removes it, and `HollowEngine.kill` plays a container's death
+through the event stream as Docker would. It proves nothing about containers; it lets
+one machine play a cluster of many nodes so the scheduler, monitor, api, bus and
+database can be measured at scale.
+
+Selected with ``ZOE_ENGINE=hollow`` (one node, ``python -m services.executor``), never
+by default. A thousand Python processes do not fit on a small machine, so
+``python -m services.executor.hollow --nodes 1000`` runs a thousand hollow executors in
+ONE process, sharing one AMQP connection (one consumer per node queue on a shared
+channel, and one confirming publisher channel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+
+from common import lifecycle
+from common.bus import Bus
+from common.settings import ExecutorSettings
+from services.executor.engine import (
+    Container,
+    ContainerEvent,
+    ContainerSpec,
+    EngineError,
+    LogChunk,
+    Removed,
+    Stats,
+)
+
+log = structlog.get_logger("executor.hollow")
+
+# Images a hollow node says it has (the base images of the ZApps in zapps/).
+HOLLOW_IMAGES = ("zoe/busybox:1", "zoe/hello:1", "zoe/debian:12")
+_EVENT_HISTORY = 1000  # events kept for a stream that starts in the past (``since``)
+_ports = itertools.count(20000)
+
+
+@dataclass
+class _Hollow:
+    """One fake container."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str  # running | exited
+    host_ports: dict[str, int]
+    memory: int
+    started: float
+    log: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+    def view(self) -> Container:
+        return Container(
+            id=self.id,
+            name=self.name,
+            state=self.state,
+            labels=dict(self.labels),
+            exit_code=self.exit_code if self.state != "running" else None,
+            oom_killed=self.oom_killed,
+            host_ports=dict(self.host_ports),
+        )
+
+
+class HollowEngine:
+    """`Engine` that keeps fake containers in memory (one node's worth)."""
+
+    def __init__(self, *, node: str, images: tuple[str, ...] = HOLLOW_IMAGES) -> None:
+        self._node = node
+        self._images = images
+        self._containers: dict[str, _Hollow] = {}  # by name
+        self._history: deque[ContainerEvent] = deque(maxlen=_EVENT_HISTORY)
+        self._subscribers: set[asyncio.Queue[ContainerEvent]] = set()
+
+    # ---- what a benchmark or a test plays -------------------------------------------------
+
+    def kill(self, name: str, *, exit_code: int = 137, oom_killed: bool = False) -> None:
+        """The container dies by itself (a crash, an OOM kill): a ``die`` event follows."""
+        c = self._get(name)
+        if c.state != "running":
+            return
+        c.state, c.exit_code, c.oom_killed = "exited", exit_code, oom_killed
+        c.log.append(f"hollow: {name} died with exit code {exit_code}\n")
+        self._emit("die", c)
+
+    def remove_behind_back(self, name: str) -> None:
+        """Someone else removes the container: a ``destroy`` event follows."""
+        c = self._get(name)
+        del self._containers[name]
+        self._emit("destroy", c)
+
+    def print(self, name: str, text: str) -> None:
+        """The container prints ``text`` (for log tests)."""
+        self._get(name).log.append(text)
+
+    @property
+    def running(self) -> list[str]:
+        """Names of the fake containers that run."""
+        return [c.name for c in self._containers.values() if c.state == "running"]
+
+    # ---- Engine ---------------------------------------------------------------------------
+
+    async def ensure_image(self, ref: str) -> None:
+        """Every image is present on a hollow node."""
+
+    async def image_tags(self, prefix: str) -> list[str]:
+        """The images a hollow node claims."""
+        return [tag for tag in self._images if tag.startswith(prefix)]
+
+    async def inspect(self, name_or_id: str) -> Container | None:
+        """The fake container, by name or id."""
+        c = self._find(name_or_id)
+        return c.view() if c is not None else None
+
+    async def create_and_start(self, spec: ContainerSpec) -> Container:
+        """A running fake container at once; a name in use is refused, as Docker does."""
+        if spec.name in self._containers:
+            raise EngineError(f'Conflict. The container name "/{spec.name}" is already in use')
+        c = _Hollow(
+            id=uuid.uuid4().hex + uuid.uuid4().hex,
+            name=spec.name,
+            labels=dict(spec.labels),
+            state="running",
+            host_ports={p.key: next(_ports) for p in spec.ports},
+            memory=spec.memory,
+            started=time.monotonic(),
+        )
+        c.log.append(f"hollow: {spec.name} started on {self._node}\n")
+        self._containers[spec.name] = c
+        return c.view()
+
+    async def start(self, name: str) -> Container:
+        """Hollow containers are never left created: they already run, or ended."""
+        c = self._get(name)
+        return c.view()
+
+    async def stop_and_remove(self, name: str, *, timeout: float, log_bytes: int) -> Removed | None:
+        """Remove the fake container; a running one ends with 0, as after a clean SIGTERM."""
+        c = self._containers.pop(name, None)
+        if c is None:
+            return None
+        if c.state == "running":
+            c.state, c.exit_code = "exited", 0
+            self._emit("die", c)
+        self._emit("destroy", c)
+        text = "".join(c.log).encode()[-log_bytes:].decode(errors="ignore")
+        return Removed(c.id, c.exit_code, c.oom_killed, text)
+
+    async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
+        """What the fake container printed."""
+        c = self._containers.get(name)
+        if c is None:
+            return None
+        lines = c.log[-tail:] if tail else ([] if tail == 0 else c.log)
+        return "".join(lines).encode()[-max_bytes:].decode(errors="ignore")
+
+    async def follow_logs(
+        self, name: str, *, cursor: str, tail: int | None, max_bytes: int
+    ) -> LogChunk | None:
+        """The entries after ``cursor`` (here: how many entries were returned so far)."""
+        c = self._containers.get(name)
+        if c is None:
+            return None
+        start = int(cursor) if cursor else max(0, len(c.log) - (tail or len(c.log)))
+        end = len(c.log)
+        return LogChunk("".join(c.log[start:end]), str(end), c.state == "running")
+
+    async def stats(self, name_or_id: str) -> Stats | None:
+        """Made-up counters: 1 % of a core since the start, a quarter of the limit used."""
+        c = self._find(name_or_id)
+        if c is None:
+            return None
+        elapsed_ns = int((time.monotonic() - c.started) * 1e9)
+        return Stats(
+            cpu_ns=elapsed_ns // 100,
+            system_ns=elapsed_ns,
+            online_cpus=1,
+            memory_bytes=c.memory // 4 if c.memory else 1 << 20,
+        )
+
+    async def list_managed(self) -> list[Container]:
+        """Every fake container of this node."""
+        return [c.view() for c in self._containers.values()]
+
+    async def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
+        """Deaths and removals, replayed from ``since`` out of a short history."""
+        queue: asyncio.Queue[ContainerEvent] = asyncio.Queue()
+        for past in self._history:
+            if past.time >= since:
+                queue.put_nowait(past)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
+        """Hollow nodes have no networks."""
+        return True
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _find(self, name_or_id: str) -> _Hollow | None:
+        c = self._containers.get(name_or_id)
+        if c is not None:
+            return c
+        return next((c for c in self._containers.values() if c.id == name_or_id), None)
+
+    def _get(self, name: str) -> _Hollow:
+        c = self._find(name)
+        if c is None:
+            raise EngineError(f"No such container: {name}")
+        return c
+
+    def _emit(self, action: str, c: _Hollow) -> None:
+        event = ContainerEvent(
+            action=action,
+            container_id=c.id,
+            name=c.name,
+            labels=dict(c.labels),
+            time=time.time(),
+            exit_code=c.exit_code,
+        )
+        self._history.append(event)
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+
+# ---- many hollow executors in one process -----------------------------------------------
+
+
+def node_names(prefix: str, count: int) -> list[str]:
+    """``<prefix>-0000`` ... : the names of a hollow cluster's nodes."""
+    width = max(4, len(str(count - 1)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+
+
+async def serve_many(
+    settings: ExecutorSettings,
+    stop: asyncio.Event,
+    *,
+    nodes: int,
+    prefix: str,
+    engines: dict[str, HollowEngine] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    setup_concurrency: int = 32,
+) -> None:
+    """Run ``nodes`` hollow executors on one bus connection until ``stop`` is set.
+
+    Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
+    time, so a thousand queue declarations do not all hit the broker at once.
+    ``engines``, when given, receives each node's engine (for a test to play deaths).
+    """
+    from services.executor.service import run_executor  # the one executor, as is
+
+    names = node_names(prefix, nodes)
+    gate = asyncio.Semaphore(setup_concurrency)
+    ready = 0
+    started = time.monotonic()
+
+    def node_ready() -> None:
+        nonlocal ready
+        gate.release()
+        ready += 1
+        if ready == nodes:
+            log.warning("hollow.ready", nodes=nodes, seconds=round(time.monotonic() - started, 1))
+            if on_ready is not None:
+                on_ready()
+
+    bus = Bus(settings.amqp_url, name=f"hollow.{prefix}", prefetch=settings.prefetch)
+    async with bus, asyncio.TaskGroup() as tg:
+        for name in names:
+            await gate.acquire()
+            if stop.is_set():
+                gate.release()
+                break
+            engine = HollowEngine(node=name)
+            if engines is not None:
+                engines[name] = engine
+            node_settings = replace_settings(settings, node_name=name)
+            tg.create_task(run_executor(node_settings, engine, bus, stop, on_ready=node_ready))
+
+
+def replace_settings(settings: ExecutorSettings, **changes: object) -> ExecutorSettings:
+    """``settings`` with some fields changed (they are frozen)."""
+    return msgspec.structs.replace(settings, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.executor.hollow --nodes N``: N hollow executors, one process."""
+    parser = argparse.ArgumentParser(prog="python -m services.executor.hollow")
+    parser.add_argument("--nodes", type=int, default=100, help="hollow nodes to run")
+    parser.add_argument(
+        "--prefix", default="hollow", help="node names are PREFIX-0000, PREFIX-0001, ..."
+    )
+    args = parser.parse_args(argv)
+    settings = ExecutorSettings.from_env(engine="hollow")
+
+    async def serve(s: ExecutorSettings, stop: asyncio.Event) -> None:
+        await serve_many(s, stop, nodes=args.nodes, prefix=args.prefix)
+
+    return lifecycle.run("executor.hollow", settings, serve)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,289 @@
+"""Hollow executors (fake nodes for scale benchmarks) against the real RabbitMQ.
+
+They run the real executor over `HollowEngine`: these tests check that such a node
+registers, starts, reports and stops fake instances through the bus like a real one,
+and that many of them share one process and one connection. They prove nothing about
+containers (tests/service/test_executor.py does, on Docker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import msgspec
+import pytest
+
+from common import messages as m
+from common.bus import EVENTS, Bus
+from common.settings import ExecutorSettings
+from services.executor.hollow import HollowEngine, node_names, serve_many
+from services.executor.service import serve
+from tests.conftest import TestEnv, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+_ids = itertools.count(1)
+_clusters = itertools.count(1)
+
+
+class Seen:
+    """Facts and heartbeats published in the test vhost."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
+        return [
+            x
+            for x in self.items
+            if isinstance(x, kind) and all(getattr(x, k) == v for k, v in match.items())
+        ]
+
+    async def wait(self, kind: type[m.Message], count: int = 1, **match: Any) -> Any:
+        found = await wait_for(
+            lambda: len(self.all(kind, **match)) >= count and self.all(kind, **match),
+            timeout=20,
+            what=f"{count} x {kind.__name__} {match}",
+        )
+        return found[count - 1]
+
+
+@pytest.fixture
+async def seen(test_env: TestEnv) -> AsyncIterator[Seen]:
+    out = Seen()
+    decoder = m.decoder(
+        m.InstanceStarted
+        | m.InstanceStartFailed
+        | m.InstanceExited
+        | m.InstanceRemoved
+        | m.NodeHeartbeat
+    )
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("fact.#", "node.heartbeat.#"):
+            await queue.bind(EVENTS, routing_key=key)
+
+        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            out.items.append(decoder.decode(message.body))
+
+        await queue.consume(collect, no_ack=True)
+        yield out
+    finally:
+        await connection.close()
+
+
+def settings_for(test_env: TestEnv, node: str = "unused", **extra: Any) -> ExecutorSettings:
+    env = test_env.env(
+        ZOE_NODE_NAME=node,
+        ZOE_ENGINE="hollow",
+        ZOE_HEARTBEAT_INTERVAL="0.3",
+        ZOE_USAGE_INTERVAL="0.3",
+        ZOE_CORES="16",
+        ZOE_MEMORY=str(64 << 30),
+    )
+    return msgspec.structs.replace(ExecutorSettings.from_env(env), **extra)
+
+
+def start_msg(prefix: str, **extra: Any) -> m.StartInstance:
+    execution_id = next(_ids)
+    return m.StartInstance(
+        execution_id=execution_id,
+        instance_id=execution_id * 10,
+        instance="worker0",
+        container_name=f"{prefix}-{execution_id}-worker0",
+        network=f"{prefix}-{execution_id}",
+        image="zoe/busybox:1",
+        cores_limit=1.0,
+        memory_limit=1 << 30,
+        environment={"ZOE_USER": "alice"},
+        **extra,
+    )
+
+
+def stop_msg(start: m.StartInstance) -> m.StopInstance:
+    return m.StopInstance(
+        execution_id=start.execution_id,
+        instance_id=start.instance_id,
+        container_name=start.container_name,
+        network=start.network,
+    )
+
+
+@contextlib.asynccontextmanager
+async def hollow_cluster(
+    test_env: TestEnv, nodes: int
+) -> AsyncIterator[tuple[str, dict[str, HollowEngine]]]:
+    """``nodes`` hollow executors in this process; yields their prefix and engines."""
+    prefix = f"{test_env.deployment}-hollow{next(_clusters)}"
+    engines: dict[str, HollowEngine] = {}
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve_many(
+            settings_for(test_env),
+            stop,
+            nodes=nodes,
+            prefix=prefix,
+            engines=engines,
+            on_ready=ready.set,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        yield prefix, engines
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_hollow_nodes_register_start_report_and_stop_fake_instances(
+    test_env: TestEnv, bus: Bus, seen: Seen
+) -> None:
+    async with hollow_cluster(test_env, nodes=5) as (prefix, engines):
+        names = node_names(prefix, 5)
+        assert sorted(engines) == names
+        for name in names:
+            beat = await seen.wait(m.NodeHeartbeat, node=name, registered=True)
+            assert (beat.cores, beat.memory) == (16.0, 64 << 30)
+
+        node = names[3]
+        start = start_msg(
+            prefix,
+            ports=[m.PortRequest(name="ui", port_number=8888, url_template="http://{ip_port}/")],
+        )
+        await bus.publish(start, node=node)
+        started = await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        assert (started.node, started.container_name) == (node, start.container_name)
+        assert started.endpoints["ui"].startswith("http://127.0.0.1:")
+        assert engines[node].running == [start.container_name]
+        assert all(not engines[n].running for n in names if n != node)
+
+        await bus.publish(start, node=node)  # redelivered: the same fake container
+        again = await seen.wait(m.InstanceStarted, 2, execution_id=start.execution_id)
+        assert again.container_id == started.container_id
+
+        # heartbeats list it, with (made-up) usage
+        beat = await wait_for(
+            lambda: next(
+                (
+                    b
+                    for b in reversed(seen.all(m.NodeHeartbeat, node=node))
+                    if b.usage and start.instance_id in b.instances
+                ),
+                None,
+            ),
+            what="a heartbeat with the instance and its usage",
+        )
+        assert beat.usage[0].instance_id == start.instance_id
+
+        await bus.publish(stop_msg(start), node=node)
+        removed = await seen.wait(m.InstanceRemoved, execution_id=start.execution_id)
+        assert (removed.exit_code, removed.node) == (0, node)
+        assert "started on" in removed.log
+        assert engines[node].running == []
+
+
+async def test_a_hollow_container_death_is_reported_like_a_real_one(
+    test_env: TestEnv, bus: Bus, seen: Seen
+) -> None:
+    async with hollow_cluster(test_env, nodes=2) as (prefix, engines):
+        node = node_names(prefix, 2)[1]
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        started = await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+
+        engines[node].kill(start.container_name, exit_code=137, oom_killed=True)
+        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
+        assert (exited.container_id, exited.exit_code, exited.oom_killed) == (
+            started.container_id,
+            137,
+            True,
+        )
+        await bus.publish(stop_msg(start), node=node)
+        removed = await seen.wait(m.InstanceRemoved, execution_id=start.execution_id)
+        assert removed.exit_code == 137
+
+        other = start_msg(prefix)
+        await bus.publish(other, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=other.execution_id)
+        engines[node].remove_behind_back(other.container_name)
+        gone = await seen.wait(m.InstanceRemoved, execution_id=other.execution_id)
+        assert gone.container_name == other.container_name
+
+
+async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Seen) -> None:
+    async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
+        node = node_names(prefix, 1)[0]
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        decoder = m.decoder(m.LogsReply)
+
+        async def read(cursor: str) -> m.LogsReply:
+            ask = m.LogsRequest(container_name=start.container_name, follow=True, cursor=cursor)
+            return decoder.decode(await bus.request(node, ask, timeout=5))
+
+        first = await read("")
+        assert first.running and "started on" in first.log
+        engines[node].print(start.container_name, "more\n")
+        second = await read(first.cursor)
+        assert (second.log, second.running) == ("more\n", True)
+        engines[node].kill(start.container_name, exit_code=0)
+        last = await read(second.cursor)
+        assert not last.running and "exit code 0" in last.log
+
+
+async def test_zoe_engine_hollow_selects_it_for_one_executor(
+    test_env: TestEnv, bus: Bus, seen: Seen
+) -> None:
+    node = f"{test_env.deployment}-hollow-single"
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings_for(test_env, node), stop))
+    try:
+        await seen.wait(m.NodeHeartbeat, node=node, registered=True)
+        start = start_msg(node)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        await bus.publish(stop_msg(start), node=node)
+        await seen.wait(m.InstanceRemoved, execution_id=start.execution_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def spawn(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    with log_file.open("ab") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def test_the_hollow_process_runs_many_nodes_and_stops_on_sigterm(
+    test_env: TestEnv, seen: Seen, tmp_path: Path
+) -> None:
+    prefix = f"{test_env.deployment}-hollowproc"
+    env = test_env.env(ZOE_HEARTBEAT_INTERVAL="1", ZOE_LOG_LEVEL="warning")
+    log_file = tmp_path / "hollow.log"
+    proc = spawn(
+        [sys.executable, "-m", "services.executor.hollow", "--nodes", "40", "--prefix", prefix],
+        env,
+        log_file,
+    )
+    try:
+        for name in node_names(prefix, 40):
+            await seen.wait(m.NodeHeartbeat, node=name, registered=True)
+        proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: proc.poll() is not None, timeout=30, what="the process to end")
+        assert proc.returncode == 0, log_file.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -1,0 +1,368 @@
+"""The monitor's handlers against the real PostgreSQL: facts in, verdicts out.
+
+The monitor must tell apart a stop Zoe asked for, a clean exit, a crash, an OOM kill and
+a lost node; say each verdict once however often a fact is delivered; and ignore facts
+about a container that is no longer the instance's current one. What it publishes is
+read from the outbox it writes (no broker needed). A database of its own: these tests
+truncate tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from common import messages as m
+from common.zapp import load_description
+from services.api import store as api_store
+from services.monitor import handlers
+from tests.conftest import TestEnv, own_database
+
+MiB = 1024 * 1024
+
+_VERDICTS = (
+    m.InstanceEnded | m.ExecutionEnded | m.NodeLost | m.ExecutionSubmitted | m.ExecutionStateChanged
+)
+
+
+def _service(name: str, *, monitor: bool, essential: int = 1, total: int = 1) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "zoe/busybox:1",
+        "monitor": monitor,
+        "essential_count": essential,
+        "total_count": total,
+        "startup_order": 0,
+        "command": "sleep 1000",
+        "environment": [],
+        "ports": [],
+        "volumes": [],
+        "resources": {
+            "cores": {"min": 0.1, "max": 0.1},
+            "memory": {"min": 16 * MiB, "max": 16 * MiB},
+        },
+    }
+
+
+def _app(*, will_end: bool) -> dict[str, Any]:
+    services = [
+        _service("main", monitor=True),
+        _service("worker", monitor=False, essential=1, total=2),
+    ]
+    return {"name": "mon-test", "version": 3, "will_end": will_end, "size": 1, "services": services}
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def pool(test_env: TestEnv) -> AsyncIterator[asyncpg.Pool]:
+    async with own_database(test_env, "mon") as p:
+        yield p
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def deps(pool: asyncpg.Pool, clock: Clock) -> handlers.Deps:
+    return handlers.Deps(pool=pool, last_seen={}, clock=clock)
+
+
+async def _running(pool: asyncpg.Pool, *, will_end: bool, node: str = "n1") -> dict[str, int]:
+    """An execution whose instances all run on ``node``: instance name -> id."""
+    description = load_description(_app(will_end=will_end)).description
+    eid, _ = await api_store.create_execution(
+        pool, name="t", user_name="u", description=description, deployment="zm"
+    )
+    await pool.execute(
+        "INSERT INTO nodes (name, cores, memory) VALUES ($1, 4, $2) ON CONFLICT DO NOTHING",
+        node,
+        1 << 30,
+    )
+    await pool.execute("UPDATE executions SET state = 'running' WHERE id = $1", eid)
+    await pool.execute(
+        "UPDATE instances SET state = 'running', node = $2, removed = false,"
+        " container_name = 'zm-' || execution_id || '-' || name, container_id = 'id-' || name"
+        " WHERE execution_id = $1",
+        eid,
+        node,
+    )
+    rows = await pool.fetch("SELECT id, name FROM instances WHERE execution_id = $1", eid)
+    await _verdicts(pool)
+    return {"eid": eid, **{r["name"]: r["id"] for r in rows}}
+
+
+async def _verdicts(pool: asyncpg.Pool) -> list[m.Message]:
+    rows = await pool.fetch("DELETE FROM outbox RETURNING id, body")
+    dec = m.decoder(_VERDICTS)
+    return [dec.decode(r["body"]) for r in sorted(rows, key=lambda r: r["id"])]
+
+
+async def _instance(pool: asyncpg.Pool, instance_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow(
+        "SELECT state, reason, exit_code, removed FROM instances WHERE id = $1", instance_id
+    )
+    assert row is not None
+    return row
+
+
+def _exited(ids: dict[str, int], name: str, code: int, *, oom: bool = False) -> m.InstanceExited:
+    return m.InstanceExited(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids[name],
+        container_id=f"id-{name}",
+        container_name=f"zm-{ids['eid']}-{name}",
+        exit_code=code,
+        oom_killed=oom,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stopping", "code", "oom", "state", "reason"),
+    [
+        (True, 143, False, "stopped", "stopped"),  # Zoe asked: whatever the code
+        (True, 137, True, "stopped", "stopped"),
+        (False, 0, False, "stopped", "exited"),  # ended by itself, cleanly
+        (False, 137, False, "died", "crashed"),  # docker kill
+        (False, 3, False, "died", "crashed"),
+        (False, 137, True, "died", "oom"),
+    ],
+)
+async def test_each_end_gets_its_reason_once(
+    pool: asyncpg.Pool,
+    deps: handlers.Deps,
+    stopping: bool,
+    code: int,
+    oom: bool,
+    state: str,
+    reason: str,
+) -> None:
+    ids = await _running(pool, will_end=False)
+    if stopping:
+        await pool.execute("UPDATE instances SET state = 'stopping' WHERE id = $1", ids["worker1"])
+    fact = _exited(ids, "worker1", code, oom=oom)
+    await handlers.on_exited(fact, deps)
+    await handlers.on_exited(fact, deps)  # redelivered: nothing more
+    row = await _instance(pool, ids["worker1"])
+    assert (row["state"], row["reason"], row["exit_code"]) == (state, reason, code)
+    assert not row["removed"]  # the container still exists: the scheduler removes it
+    (verdict,) = await _verdicts(pool)
+    assert isinstance(verdict, m.InstanceEnded)
+    assert (verdict.instance_id, verdict.reason, verdict.exit_code) == (
+        ids["worker1"],
+        reason,
+        code,
+    )
+
+    # then the container is removed: recorded, said to nobody (the instance had ended)
+    removed = m.InstanceRemoved(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_name=f"zm-{ids['eid']}-worker1",
+        exit_code=code,
+        log="bye\n",
+    )
+    await handlers.on_removed(removed, deps)
+    await handlers.on_removed(removed, deps)
+    assert (await _instance(pool, ids["worker1"]))["removed"]
+    assert [v.reason for v in await _verdicts(pool)] == ["removed"]  # type: ignore[attr-defined]
+    log = await pool.fetchval(
+        "SELECT log FROM instance_logs WHERE instance_id = $1", ids["worker1"]
+    )
+    assert log == "bye\n"
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(0, "finished"), (2, "failed")])
+async def test_monitor_service_ends_an_ephemeral_execution(
+    pool: asyncpg.Pool, deps: handlers.Deps, code: int, outcome: str
+) -> None:
+    ids = await _running(pool, will_end=True)
+    await handlers.on_exited(_exited(ids, "main0", code), deps)
+    ended, execution_ended = await _verdicts(pool)
+    assert isinstance(ended, m.InstanceEnded)
+    assert ended.reason == ("exited" if code == 0 else "crashed")
+    assert execution_ended == m.ExecutionEnded(
+        id=execution_ended.id, execution_id=ids["eid"], outcome=outcome, exit_code=code
+    )
+
+
+async def test_monitor_service_of_a_long_running_execution_is_an_instance_like_others(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    """A long-running execution never ends by a service exiting: the scheduler decides
+    (it may restart an essential instance), so no ExecutionEnded."""
+    ids = await _running(pool, will_end=False)
+    await handlers.on_exited(_exited(ids, "main0", 137), deps)
+    (verdict,) = await _verdicts(pool)
+    assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "crashed"
+
+
+async def test_stop_requested_for_the_monitor_service_ends_nothing(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    ids = await _running(pool, will_end=True)
+    await pool.execute("UPDATE instances SET state = 'stopping' WHERE id = $1", ids["main0"])
+    await handlers.on_exited(_exited(ids, "main0", 143), deps)
+    (verdict,) = await _verdicts(pool)
+    assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "stopped"
+
+
+async def test_facts_about_an_older_container_change_nothing(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    ids = await _running(pool, will_end=False)
+    # the instance runs its second generation; facts about the first come late
+    await pool.execute(
+        "UPDATE instances SET container_name = container_name || '-r1', container_id = 'new'"
+        " WHERE id = $1",
+        ids["worker1"],
+    )
+    await handlers.on_exited(_exited(ids, "worker1", 137), deps)  # names the old container
+    unnamed = m.InstanceExited(  # an older executor names no container: its id tells
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_id="id-worker1",
+        exit_code=137,
+    )
+    await handlers.on_exited(unnamed, deps)
+    old_removed = m.InstanceRemoved(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_name=f"zm-{ids['eid']}-worker1",
+    )
+    await handlers.on_removed(old_removed, deps)
+    failed = m.InstanceStartFailed(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_name=f"zm-{ids['eid']}-worker1",
+        reason="late",
+    )
+    await handlers.on_start_failed(failed, deps)
+    row = await _instance(pool, ids["worker1"])
+    assert (row["state"], row["removed"]) == ("running", False)
+    assert await _verdicts(pool) == []
+
+
+async def test_container_removed_behind_zoe_s_back_is_a_crash(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    ids = await _running(pool, will_end=False)
+    gone = m.InstanceRemoved(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_name=f"zm-{ids['eid']}-worker1",
+        exit_code=137,
+    )
+    await handlers.on_removed(gone, deps)
+    row = await _instance(pool, ids["worker1"])
+    assert (row["state"], row["reason"], row["removed"]) == ("died", "crashed", True)
+    (verdict,) = await _verdicts(pool)
+    assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "crashed"
+
+
+async def test_start_failure_is_a_verdict_with_the_engine_s_reason(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    ids = await _running(pool, will_end=False)
+    await pool.execute("UPDATE instances SET state = 'starting' WHERE id = $1", ids["worker1"])
+    failed = m.InstanceStartFailed(
+        node="n1",
+        execution_id=ids["eid"],
+        instance_id=ids["worker1"],
+        container_name=f"zm-{ids['eid']}-worker1",
+        reason="no such image",
+    )
+    await handlers.on_start_failed(failed, deps)
+    await handlers.on_start_failed(failed, deps)
+    row = await _instance(pool, ids["worker1"])
+    assert (row["state"], row["reason"], row["removed"]) == ("died", "start-failed", True)
+    (verdict,) = await _verdicts(pool)
+    assert isinstance(verdict, m.InstanceEnded)
+    assert (verdict.reason, verdict.detail) == ("start-failed", "no such image")
+
+
+async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
+    pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
+) -> None:
+    ids = await _running(pool, will_end=False, node="n1")
+    other = await _running(pool, will_end=False, node="n2")
+    # on n1: main0 runs, worker0 is starting, worker1 ended and waits for its removal
+    await pool.execute("UPDATE instances SET state = 'starting' WHERE id = $1", ids["worker0"])
+    await pool.execute(
+        "UPDATE instances SET state = 'died', reason = 'crashed' WHERE id = $1", ids["worker1"]
+    )
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+    clock.now += 2
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+    assert await handlers.check_nodes(pool, deps, timeout=3) == []
+    clock.now += 2  # n1 silent for 4 s, n2 for 2 s
+    assert await handlers.check_nodes(pool, deps, timeout=3) == ["n1"]
+    assert await handlers.check_nodes(pool, deps, timeout=3) == []  # said once
+
+    states = dict(await pool.fetch("SELECT name, state FROM nodes"))
+    assert states == {"n1": "lost", "n2": "up"}
+    rows = await pool.fetch(
+        "SELECT id, state, reason, removed FROM instances WHERE execution_id = $1", ids["eid"]
+    )
+    by_id = {r["id"]: r for r in rows}
+    for name in ("main0", "worker0"):
+        r = by_id[ids[name]]
+        assert (r["state"], r["reason"], r["removed"]) == ("died", "node-lost", True)
+    r = by_id[ids["worker1"]]  # it had ended already: only given up
+    assert (r["state"], r["reason"], r["removed"]) == ("died", "crashed", True)
+    verdicts = await _verdicts(pool)
+    assert verdicts[0] == m.NodeLost(id=verdicts[0].id, node="n1")
+    ended = {v.instance_id: v.reason for v in verdicts[1:]}  # type: ignore[attr-defined]
+    assert ended == {ids["main0"]: "node-lost", ids["worker0"]: "node-lost"} | {
+        ids["worker1"]: "removed"
+    }
+    orphans = await pool.fetch("SELECT node, container_name, instance_id FROM orphans")
+    assert sorted((o["node"], o["instance_id"]) for o in orphans) == sorted(
+        ("n1", ids[n]) for n in ("main0", "worker0", "worker1")
+    )
+    # n2's instances are untouched
+    assert {
+        r["state"]
+        for r in await pool.fetch(
+            "SELECT state FROM instances WHERE execution_id = $1", other["eid"]
+        )
+    } == {"running"}
+
+    # a declaration repeated (another monitor, a retry) changes nothing
+    assert await handlers.declare_lost(pool, "n1") == 0
+    assert await _verdicts(pool) == []
+    # n1 beats again: watched again, lost again after another silence
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    assert "n1" in deps.last_seen
+
+
+async def test_no_node_is_lost_while_the_monitor_could_not_hear(
+    pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
+) -> None:
+    await _running(pool, will_end=False, node="n1")
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    clock.now += 60  # the broker was down for a minute
+    handlers.grant_grace(deps)
+    assert await handlers.check_nodes(pool, deps, timeout=3) == []
+    clock.now += 4
+    assert await handlers.check_nodes(pool, deps, timeout=3) == ["n1"]
