@@ -8,7 +8,9 @@ platform nor another run; all three are removed at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -57,17 +59,28 @@ class TestEnv:
 
 def _rabbitmqctl(*args: str, attempts: int = 4) -> None:
     """Run rabbitmqctl; retried, since the shared broker may be restarting (a test of
-    broker outages restarts it)."""
+    broker outages restarts it). It runs in a session of its own so that a timeout
+    kills the whole CLI (it starts an Erlang VM under su), leaving nothing behind."""
     for attempt in range(attempts):
+        proc = subprocess.Popen(
+            ["rabbitmqctl", "-q", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
-            subprocess.run(
-                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
-            )
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            err, proc.returncode = b"timed out", -1
+        if proc.returncode == 0:
             return
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(2 * (attempt + 1))
+        if attempt == attempts - 1:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} failed: {err.decode(errors='replace')}"
+            )
+        time.sleep(2 * (attempt + 1))
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +93,8 @@ def test_env() -> Iterator[TestEnv]:
         yield env
     finally:
         asyncio.run(_remove_containers(env.deployment))
-        subprocess.run(
-            ["rabbitmqctl", "-q", "delete_vhost", env.vhost], capture_output=True, timeout=120
-        )
+        with contextlib.suppress(RuntimeError):
+            _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
         asyncio.run(_drop_database(env.database))
 
 
