@@ -100,6 +100,9 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
 
     from services.executor.images import build_zapp
 
+    from common.logging import configure
+
+    configure("zoe", "info", json=False)
     root = Path(os.environ.get("ZOE_ZAPPS_ROOT", "zapps"))
     folder = root / args.name
     if not folder.is_dir():
