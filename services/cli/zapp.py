@@ -98,9 +98,8 @@ def cmd_validate(_: Client, args: argparse.Namespace) -> int:
 def cmd_build(_: Client, args: argparse.Namespace) -> int:
     import aiodocker
 
-    from services.executor.images import build_zapp
-
     from common.logging import configure
+    from services.executor.images import build_zapp
 
     configure("zoe", "info", json=False)
     root = Path(os.environ.get("ZOE_ZAPPS_ROOT", "zapps"))

@@ -74,7 +74,7 @@ async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
                 fact = await _start(ex, msg)
             await ex.bus.publish(fact)
         if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged above
-            log.info("instance." + m.tag_of(fact).removeprefix("fact."))
+            log.info(facts.event_name(fact))
 
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:

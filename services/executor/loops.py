@@ -74,7 +74,8 @@ async def reconcile(ex: Executor) -> None:
             fact = _fact_now(ex, await ex.engine.inspect(listed.id))
             if fact is not None:
                 await ex.bus.publish(fact)
-                reported[m.tag_of(fact)] = reported.get(m.tag_of(fact), 0) + 1
+                name = facts.event_name(fact)
+                reported[name] = reported.get(name, 0) + 1
     log.info("executor.reconciled", reported=reported)
 
 
@@ -140,7 +141,7 @@ async def report_event(ex: Executor, event: ContainerEvent) -> None:
                 fact = await _event_fact(ex, event)
                 if fact is not None:
                     await publish_until_confirmed(ex, fact)
-                    log.info("instance." + m.tag_of(fact).removeprefix("fact."), via=event.action)
+                    log.info(facts.event_name(fact), via=event.action)
         except Exception:
             log.exception("event.report_failed", action=event.action)
 
@@ -165,7 +166,7 @@ async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:
             await ex.bus.publish(fact)
             return
         except Exception as exc:
-            log.warning("fact.publish_failed", fact=m.tag_of(fact), reason=repr(exc))
+            log.warning("fact.publish_failed", fact=facts.event_name(fact), reason=repr(exc))
         await asyncio.sleep(backoff.next())
 
 

@@ -146,9 +146,11 @@ class PrivateBroker:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.node, "stop"], capture_output=True, timeout=120
-        )
+        """Kill the node (its data is thrown away: a graceful stop of a thousand quorum
+        queues takes minutes) and delete its directory."""
+        for pid in pids_with_env(f"RABBITMQ_NODENAME={self.node}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

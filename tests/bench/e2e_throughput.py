@@ -21,7 +21,8 @@ until every execution runs.
   ``cpu_ms_per_instance`` the same per instance started, and
   ``cpu_bound_ceiling_per_s`` the rate the machine's cores would allow at that cost
   (a figure that holds better than the rate itself when other work shares the
-  machine).
+  machine). ``idle_cores``: what each process uses while the cluster does nothing
+  (heartbeats, polling), measured for ``--idle`` seconds before the run.
 
 ``--profile DIR`` runs every service under ``py-spy record`` (folded stacks in DIR).
 """
@@ -161,6 +162,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(1.0)  # let the warm-up's tail settle
 
             pg = await plat.pg_backends(pool)
+            # the cost of a cluster that does nothing (heartbeats, polls), for comparison
+            idle_start = plat.cpu_snapshot(pg)
+            await asyncio.sleep(args.idle)
+            idle = cpu_used(idle_start, plat.cpu_snapshot(pg))
             before = plat.cpu_snapshot(pg)
             started = time.time()
             submitted = await submit_all(
@@ -203,6 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "run_seconds": round(window, 2),
         "cpu_seconds": cpu,
         "cpu_ms_per_instance": {k: round(1000 * v / total, 2) for k, v in cpu.items()},
+        # CPU share (of one core) each process uses while the cluster is idle
+        "idle_cores": {k: round(v / args.idle, 3) for k, v in idle.items()},
         # what the machine could start per second if CPU were the only limit
         "cpu_bound_ceiling_per_s": round(
             (info["nproc"] or 1) * total / max(sum(cpu.values()), 1e-9), 1
@@ -235,6 +242,9 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="node heartbeat seconds")
     parser.add_argument("--pass-interval", type=float, default=1.0, help="ZOE_PASS_INTERVAL")
     parser.add_argument("--warmup", type=int, default=20, help="executions before measuring")
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of an idle cluster measured first"
+    )
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--profile", metavar="DIR", help="run the services under py-spy")
     parser.add_argument(

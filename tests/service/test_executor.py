@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,14 +21,20 @@ from typing import Any
 
 import aio_pika
 import aiodocker
+import aiohttp
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
 from common import messages as m
 from common.bus import EVENTS, Bus
 from common.settings import ExecutorSettings
+from services.executor import facts as translations
+from services.executor.engine import after_cursor, unix_nanos
 from services.executor.service import serve
-from tests.conftest import TestEnv, wait_for
+from tests.conftest import PG_BASE, TestEnv, own_database, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BUSYBOX = "zoe/busybox:1"
 MIB = 1 << 20
@@ -153,8 +160,10 @@ def start_msg(
     memory: int = 64 * MIB,
     cores: float = 0.5,
     ports: list[m.PortRequest] | None = None,
+    **extra: Any,
 ) -> m.StartInstance:
     execution_id = next(_ids)
+    extra["environment"] = {"GREETING": "hello-from-zoe", **extra.get("environment", {})}
     return m.StartInstance(
         execution_id=execution_id,
         instance_id=execution_id * 100 + 1,
@@ -163,11 +172,11 @@ def start_msg(
         network=f"{test_env.deployment}-{execution_id}",
         image=image,
         command=command,
-        environment={"GREETING": "hello-from-zoe"},
         cores_limit=cores,
         memory_limit=memory,
         ports=ports or [],
         labels={"zoe.test": "executor"},
+        **extra,
     )
 
 
@@ -252,7 +261,7 @@ async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
     start = start_msg(
         test_env,
         "httpd -p 8080 -h /tmp; " + LONG_RUNNING,
-        ports=[m.PortRequest(name="http", port_number=8080)],
+        ports=[m.PortRequest(name="http", port_number=8080, url_template="http://{ip_port}/x")],
     )
     await bus.publish(start, node=node)
     fact = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
@@ -276,8 +285,10 @@ async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
     assert labels["zoe.test"] == "executor"
     assert "main" in info["NetworkSettings"]["Networks"][start.network]["Aliases"]
 
-    # the endpoint is the published port, and something answers there
-    host, port = fact.endpoints["http"].rsplit(":", 1)
+    # the endpoint is the URL of the published port, and something answers there
+    url = fact.endpoints["http"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/x")
+    host, port = url.removeprefix("http://").removesuffix("/x").rsplit(":", 1)
     assert info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"] == port
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"GET / HTTP/1.0\r\n\r\n")
@@ -405,6 +416,287 @@ async def test_container_removed_behind_the_executors_back_is_reported(
     await stop_and_wait(bus, facts, node, start)  # the network goes with the stop
 
 
+async def test_work_dir_command_shm_and_labels_are_honoured(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, node: str
+) -> None:
+    start = start_msg(
+        test_env,
+        "pwd; df -k /dev/shm | tail -1; " + LONG_RUNNING,
+        work_dir="/tmp",
+        shm_size=96 * MIB,
+    )
+    await bus.publish(start, node=node)
+    await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    info = await docker.containers.container(start.container_name).show()
+    assert info["Config"]["WorkingDir"] == "/tmp"
+    assert info["Config"]["Cmd"] == ["sh", "-c", start.command]
+    assert info["HostConfig"]["ShmSize"] == 96 * MIB
+    assert info["Config"]["Labels"]["zoe.test"] == "executor"
+    removed = await stop_and_wait(bus, facts, node, start)
+    lines = removed.log.splitlines()
+    assert lines[0] == "/tmp"
+    assert lines[1].split()[1] == str(96 * 1024)  # the size of /dev/shm in KiB
+
+
+# ---- volumes ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def executor_with(
+    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, **settings: Any
+) -> AsyncIterator[str]:
+    """An in-process executor of a fresh node with some settings changed."""
+    name = node_name(test_env)
+    base = ExecutorSettings.from_env(executor_env(test_env, name))
+    try:
+        async with in_process_executor(msgspec.structs.replace(base, **settings)):
+            await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+            yield name
+    finally:
+        await remove_node_containers(docker, test_env, name)
+
+
+async def remove_volumes(docker: aiodocker.Docker, *names: str) -> None:
+    for name in names:
+        with contextlib.suppress(aiodocker.DockerError):
+            await aiodocker.volumes.DockerVolume(docker, name).delete()
+
+
+async def test_volumes_workspace_and_allowed_host_paths_are_mounted(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    allowed = tmp_path / "data"
+    (allowed / "in").mkdir(parents=True)
+    shared = f"{test_env.deployment}-shared"
+    workspace = f"{test_env.deployment}-workspace-alice"
+    start = start_msg(
+        test_env,
+        "echo from-host > /data/note; echo mine > /mnt/workspace/w; ls /ro; " + LONG_RUNNING,
+        environment={"ZOE_USER": "alice"},
+        volumes=[
+            m.VolumeRequest(source=str(allowed / "in"), path="/data"),
+            m.VolumeRequest(source=str(allowed), path="/ro", read_only=True),
+            m.VolumeRequest(source=shared, path="/shared"),
+        ],
+    )
+    try:
+        async with executor_with(test_env, facts, docker, host_paths=(str(allowed),)) as node:
+            await bus.publish(start, node=node)
+            await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+            info = await docker.containers.container(start.container_name).show()
+            mounts = {x["Destination"]: x for x in info["Mounts"]}
+            assert mounts["/data"]["Source"] == str(allowed / "in")
+            assert mounts["/ro"]["RW"] is False
+            assert (mounts["/shared"]["Type"], mounts["/shared"]["Name"]) == ("volume", shared)
+            assert mounts["/mnt/workspace"]["Name"] == workspace
+            volume = await aiodocker.volumes.DockerVolume(docker, workspace).show()
+            assert volume["Labels"]["zoe.deployment"] == test_env.deployment
+            await wait_for(lambda: (allowed / "in" / "note").exists(), what="the file on the host")
+            assert (allowed / "in" / "note").read_text() == "from-host\n"
+            removed = await stop_and_wait(bus, facts, node, start)
+            assert "in" in removed.log.split()  # /ro shows the allowed directory
+    finally:
+        await remove_volumes(docker, shared, workspace)
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("/etc", "host path /etc is not allowed"),
+        ("{allowed}/../outside", "is not allowed"),  # leaves the allowed directory
+        ("{allowed}/link", "is not allowed"),  # a symbolic link leading out of it
+        ("other-deployment-vol", "does not belong to deployment"),
+    ],
+)
+async def test_a_mount_outside_the_allow_list_fails_the_start(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+    source: str,
+    why: str,
+) -> None:
+    allowed = tmp_path / "data"
+    allowed.mkdir()
+    (allowed / "link").symlink_to("/etc")
+    start = start_msg(
+        test_env,
+        LONG_RUNNING,
+        volumes=[m.VolumeRequest(source=source.format(allowed=allowed), path="/x")],
+    )
+    async with executor_with(test_env, facts, docker, host_paths=(str(allowed),)) as node:
+        await bus.publish(start, node=node)
+        failed = await facts.wait(m.InstanceStartFailed, execution_id=start.execution_id)
+    assert why in failed.reason
+    assert await containers_named(docker, start.container_name) == []
+
+
+# ---- usage and logs ---------------------------------------------------------------------
+
+
+async def test_heartbeats_carry_the_containers_cpu_and_memory_use(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    busy = start_msg(test_env, "trap 'exit 0' TERM; while :; do :; done", cores=0.5)
+    idle = start_msg(test_env, LONG_RUNNING)
+    async with executor_with(test_env, facts, docker, usage_interval=0.5) as node:
+        for start in (busy, idle):
+            await bus.publish(start, node=node)
+            await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+
+        def usage_of(instance_id: int) -> m.ContainerUsage | None:
+            for beat in reversed(facts.all(m.NodeHeartbeat, node=node)):
+                for u in beat.usage:
+                    if u.instance_id == instance_id and u.cpu_percent > 0:
+                        return u
+            return None
+
+        hot = await wait_for(lambda: usage_of(busy.instance_id), what="the busy one's usage")
+        assert 20 <= hot.cpu_percent <= 70  # limited to half a core
+        assert hot.memory_bytes > 0
+        beat = facts.all(m.NodeHeartbeat, node=node)[-1]
+        assert {u.instance_id for u in beat.usage} <= {busy.instance_id, idle.instance_id}
+        for start in (busy, idle):
+            await stop_and_wait(bus, facts, node, start)
+
+
+async def test_following_a_log_returns_each_line_once_until_the_container_stops(
+    test_env: TestEnv, bus: Bus, facts: Facts, node: str
+) -> None:
+    start = start_msg(test_env, "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.3; done")
+    await bus.publish(start, node=node)
+    await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+    decoder = m.decoder(m.LogsReply)
+    received: list[str] = []
+    cursor, replies = "", 0
+    while True:
+        request = m.LogsRequest(container_name=start.container_name, follow=True, cursor=cursor)
+        reply = decoder.decode(await bus.request(node, request, timeout=5))
+        assert reply.found
+        received.append(reply.log)
+        replies += 1
+        if not reply.running:
+            break
+        cursor = reply.cursor
+        await asyncio.sleep(0.1)
+    assert "".join(received).splitlines() == [f"line-{i}" for i in range(1, 7)]
+    assert sum(1 for chunk in received if chunk) >= 2, "the log came in several pieces"
+    await stop_and_wait(bus, facts, node, start)
+
+
+async def test_api_and_cli_follow_a_log_while_the_container_runs(
+    test_env: TestEnv, bus: Bus, facts: Facts, node: str, tmp_path: Path
+) -> None:
+    """``GET .../logs?follow=1`` and ``zoe logs -f`` stream the log until the end."""
+    start = start_msg(test_env, "for i in 1 2 3 4 5; do echo line-$i; sleep 0.4; done")
+    port = _free_port()
+    api_log = tmp_path / "api.log"
+    async with own_database(test_env, "logs") as pool:
+        execution_id = await pool.fetchval(
+            "INSERT INTO executions (name, description, will_end, state)"
+            " VALUES ('logs', $1, true, 'running') RETURNING id",
+            {},
+        )
+        # where the instance runs, as the scheduler would have written it
+        await pool.execute(
+            "INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
+            " cores, memory, spec, state, node, container_name, removed)"
+            " VALUES ($1, 'main0', 'main', 0, true, true, 0.5, 1, $2, 'running', $3, $4, false)",
+            execution_id,
+            {},
+            node,
+            start.container_name,
+        )
+        env = test_env.env(
+            ZOE_DATABASE_URL=f"{PG_BASE.rstrip('/')}/{test_env.database}_logs",
+            ZOE_HTTP_PORT=str(port),
+            ZOE_ZAPPS_ROOT=str(ROOT / "zapps"),
+        )
+        api = spawn_service("services.api", env, api_log)
+        base = f"http://127.0.0.1:{port}"
+        url = f"{base}/api/v1/executions/{execution_id}/services/main0/logs?follow=1"
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def healthy() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"{base}/api/v1/health") as r:
+                            return r.status == 200
+                    return False
+
+                await wait_for(healthy, timeout=30, what="the api")
+                await bus.publish(start, node=node)
+                await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+                cli = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "services.cli.main",
+                    "logs",
+                    "-f",
+                    str(execution_id),
+                    "main0",
+                    env={**env, "ZOE_URL": base},
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                async with session.get(url) as response:
+                    assert response.status == 200
+                    assert response.headers["Transfer-Encoding"] == "chunked"
+                    chunks = [c async for c in response.content.iter_any()]
+                cli_out, _ = await asyncio.wait_for(cli.communicate(), 30)
+        except BaseException:
+            print(api_log.read_text()[-5000:])
+            raise
+        finally:
+            api.terminate()
+            api.wait(20)
+    expected = [f"line-{i}" for i in range(1, 6)]
+    assert b"".join(chunks).decode().splitlines() == expected
+    assert len(chunks) >= 2, "the lines came as they were printed"
+    assert cli.returncode == 0
+    assert cli_out.decode().splitlines() == expected
+    await stop_and_wait(bus, facts, node, start)
+
+
+def test_log_cursor_skips_what_was_returned_and_keeps_whole_entries() -> None:
+    t1, t2 = "2024-05-01T10:00:00.1Z", "2024-05-01T10:00:00.2Z"
+    entries = [f"{t1} a\n", f"{t1} b\n", f"{t2} c\n"]
+    assert after_cursor(entries, "", 1 << 20, keep_end=True) == ("a\nb\nc\n", f"{t2} 1")
+    # the engine returns entries from the cursor's timestamp on (inclusive)
+    assert after_cursor(entries[:2], "", 1 << 20, keep_end=True) == ("a\nb\n", f"{t1} 2")
+    assert after_cursor(entries, f"{t1} 2", 1 << 20, keep_end=False) == ("c\n", f"{t2} 1")
+    assert after_cursor(entries, f"{t1} 1", 1 << 20, keep_end=False) == ("b\nc\n", f"{t2} 1")
+    assert after_cursor(entries[2:], f"{t2} 1", 1 << 20, keep_end=False) == ("", f"{t2} 1")
+    # too much at once: the first entries when following, the last for an opening tail
+    assert after_cursor(entries, "", 4, keep_end=False) == ("a\nb\n", f"{t1} 2")
+    assert after_cursor(entries, "", 4, keep_end=True) == ("b\nc\n", f"{t2} 1")
+    assert after_cursor(entries, "", 1, keep_end=False) == ("a\n", f"{t1} 1")
+    assert unix_nanos("2024-05-01T10:00:00.1Z") == "1714557600.100000000"
+    assert unix_nanos("2024-05-01T10:00:00Z") == "1714557600.000000000"
+
+
+def test_endpoint_urls_fill_the_template() -> None:
+    assert translations.url("http://{ip_port}{proxy_path}/ui", "10.0.0.5", 32768) == (
+        "http://10.0.0.5:32768/ui"
+    )
+    assert translations.url(None, "10.0.0.5", 80) == "10.0.0.5:80"
+    assert translations.url("spark://{ip_port}", "fe80::1", 7077) == "spark://[fe80::1]:7077"
+
+
+def test_workspace_volume_names_are_valid_and_distinct() -> None:
+    assert translations.workspace_volume("zoe", "alice") == "zoe-workspace-alice"
+    odd = translations.workspace_volume("zoe", "al ice/é")
+    assert odd.startswith("zoe-workspace-al_ice__") and odd != translations.workspace_volume(
+        "zoe", "al_ice/é"
+    )
+
+
 # ---- the executor as a process ----------------------------------------------------------
 
 
@@ -417,6 +709,19 @@ def spawn_executor(env: dict[str, str], log_file: Path) -> subprocess.Popen[byte
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[2],
         )
+
+
+def spawn_service(module: str, env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    with log_file.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def stopped(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
