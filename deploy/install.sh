@@ -92,7 +92,9 @@ if ! port_open 5672; then
     # The package may have started it already; start it only if it still does not answer.
     if ! port_open 5672; then
         say "starting rabbitmq-server"
-        rabbitmq-server -detached
+        # Every quorum queue holds file handles: the default limit of 1024 runs out
+        # with a few hundred nodes' command queues.
+        (ulimit -n 65536 2>/dev/null || true; rabbitmq-server -detached)
     fi
     wait_until 90 "RabbitMQ on 127.0.0.1:5672" port_open 5672
 fi
