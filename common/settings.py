@@ -117,7 +117,8 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Empty: no host path at all, only named volumes.
     host_paths: tuple[str, ...] = ()
     # Mount the user's workspace volume (<deployment>-workspace-<user>) at /mnt/workspace.
-    workspace: bool = True
+    # (Not ZOE_WORKSPACE: that is the path Zoe gives every container in its environment.)
+    workspace_volume: bool = True
     # Seconds between two samples of the containers' CPU and memory use (reported with
     # the heartbeats); 0 turns sampling off.
     usage_interval: float = 10.0

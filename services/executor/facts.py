@@ -116,7 +116,7 @@ def mounts(
         binds.append(f"{source}:{v.path}:ro" if v.read_only else f"{source}:{v.path}")
     user = msg.environment.get("ZOE_USER")
     targets = {posixpath.normpath(v.path) for v in msg.volumes}
-    if settings.workspace and user and WORKSPACE_PATH not in targets:
+    if settings.workspace_volume and user and WORKSPACE_PATH not in targets:
         name = workspace_volume(settings.deployment, user)
         volumes.append(name)
         binds.append(f"{name}:{WORKSPACE_PATH}")

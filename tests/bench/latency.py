@@ -16,10 +16,12 @@ processes, in a vhost, database and deployment of their own):
 - ``kill``: one execution with essential instances and ``--samples`` elastic ones;
   each elastic instance's container is SIGKILLed in turn (Docker ``kill``), timed to
   the ``InstanceStarted`` fact of its replacement (a new container) on the bus.
-  Each elastic instance dies once: its restart is its first, which has no backoff.
+  Each elastic instance dies once: its restart is its first, which waits
+  ``ZOE_RESTART_BACKOFF`` (0.5 s by default) before it is placed again.
 
-``ZOE_PASS_INTERVAL`` and ``ZOE_RESTART_BACKOFF`` of the scheduler are reported (the
-defaults unless set in the environment of this script).
+``ZOE_PASS_INTERVAL`` and ``ZOE_RESTART_BACKOFF`` of the scheduler are reported: its
+defaults unless given (``--restart-backoff``, ``--pass-interval``) or set in the
+environment of this script.
 """
 
 from __future__ import annotations
@@ -236,13 +238,18 @@ async def alternate(count: int, kinds: dict[str, Callable[[], Awaitable[float]]]
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     info = machine()
-    sched = SchedulerSettings.from_env()
+    overrides = {}
+    if args.restart_backoff is not None:
+        overrides["ZOE_RESTART_BACKOFF"] = str(args.restart_backoff)
+    if args.pass_interval is not None:
+        overrides["ZOE_PASS_INTERVAL"] = str(args.pass_interval)
+    sched = SchedulerSettings.from_env({**os.environ, **overrides})
     plat = BenchPlatform("latency")
     try:
         await plat.create()
         async with aiodocker.Docker() as docker:
             await ensure_image(docker, IMAGE, zapps_root=ROOT / "zapps")
-            plat.start_core()
+            plat.start_core({"scheduler": overrides})
             plat.spawn(
                 "executor",
                 ["services.executor"],
@@ -266,6 +273,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             break
                     plat.check_alive()
                     await asyncio.sleep(0.2)
+                # labelled, so that the end of the bench removes it with the deployment
+                await docker.volumes.create(
+                    {
+                        "Name": f"{plat.deployment}-workspace-raw",
+                        "Labels": {"zoe.deployment": plat.deployment},
+                    }
+                )
                 # warm-up: first use of the image, the volume, the code paths
                 await zoe_sample(session, plat.api, events)
                 await raw_sample(docker, plat.deployment, like_zoe=True)
@@ -307,6 +321,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=20, help="samples of each kind")
+    parser.add_argument(
+        "--restart-backoff",
+        type=float,
+        help="ZOE_RESTART_BACKOFF of the scheduler (default: its own, 0.5 s)",
+    )
+    parser.add_argument(
+        "--pass-interval", type=float, help="ZOE_PASS_INTERVAL of the scheduler (default: 1 s)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON figures")
     args = parser.parse_args()
     figures = asyncio.run(run(args))

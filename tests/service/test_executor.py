@@ -689,6 +689,36 @@ def test_endpoint_urls_fill_the_template() -> None:
     assert translations.url("spark://{ip_port}", "fe80::1", 7077) == "spark://[fe80::1]:7077"
 
 
+def test_the_workspace_is_mounted_unless_turned_off_or_taken() -> None:
+    settings = ExecutorSettings(deployment="zoe", node_name="n1")
+    start = m.StartInstance(
+        execution_id=1,
+        instance_id=2,
+        instance="main0",
+        container_name="zoe-1-main0",
+        network="zoe-1",
+        image=BUSYBOX,
+        cores_limit=1.0,
+        memory_limit=MIB,
+        environment={"ZOE_USER": "bob"},
+    )
+    assert translations.mounts(start, settings, str) == (
+        ("zoe-workspace-bob:/mnt/workspace",),
+        ("zoe-workspace-bob",),
+    )
+    off = msgspec.structs.replace(settings, workspace_volume=False)
+    assert translations.mounts(start, off, str) == ((), ())
+    own = msgspec.structs.replace(
+        start, volumes=[m.VolumeRequest(source="zoe-data", path="/mnt/workspace/")]
+    )
+    assert translations.mounts(own, settings, str) == (
+        ("zoe-data:/mnt/workspace/",),
+        ("zoe-data",),
+    )
+    anonymous = msgspec.structs.replace(start, environment={})
+    assert translations.mounts(anonymous, settings, str) == ((), ())
+
+
 def test_workspace_volume_names_are_valid_and_distinct() -> None:
     assert translations.workspace_volume("zoe", "alice") == "zoe-workspace-alice"
     odd = translations.workspace_volume("zoe", "al ice/é")
