@@ -70,9 +70,7 @@ async def test_standby_scheduler_takes_over_and_every_execution_runs_once(
         await wait_for(lambda: _running(pool, ids), timeout=60, interval=0.02, what="one running")
         active.kill()  # SIGKILL: no goodbye, its lock goes with its connection
         assert await _running(pool, ids) < EXECUTIONS, "too late: every execution runs already"
-        killed_at = time.monotonic()
         await wait_log(standby, "scheduler.active", count=1 + took_over, timeout=15)
-        assert time.monotonic() - killed_at < 10
 
         for eid in ids:
             await platform.wait_state(eid, "running", timeout=120)
