@@ -9,6 +9,7 @@ checks the two agree).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any, Literal
 
@@ -323,6 +324,12 @@ def decoder(union: Any) -> msgspec.json.Decoder[Any]:
 def tag_of(message: Message | type[Message]) -> str:
     """The type tag, which is also the routing key's first part."""
     cls = message if isinstance(message, type) else type(message)
+    return _tag_of_class(cls)
+
+
+@functools.cache
+def _tag_of_class(cls: type[Message]) -> str:
+    # msgspec.inspect is slow (~250 us a call) and this runs for every message sent
     return str(msgspec.inspect.type_info(cls).tag)  # type: ignore[attr-defined]
 
 
