@@ -32,6 +32,7 @@ bench: install
 	@shopt -s nullglob; benches=(tests/bench/*.py); \
 	if (( $${#benches[@]} == 0 )); then echo "no benchmarks in tests/bench/"; fi; \
 	for bench in "$${benches[@]}"; do \
+		case "$$(basename "$$bench")" in _*) continue;; esac; \
 		echo "==> $$bench"; \
 		$(VENV)/bin/python "$$bench" --json | tee "var/bench/$$(basename "$$bench" .py).json"; \
 	done

@@ -111,6 +111,10 @@ async def _remove_containers(deployment: str) -> None:
         label = f"zoe.deployment={deployment}"
         for c in await docker.containers.list(all=True, filters={"label": [label]}):
             await c.delete(force=True)
+        volumes = await docker.volumes.list(filters={"label": [label]})
+        for v in volumes.get("Volumes") or []:
+            with contextlib.suppress(aiodocker.DockerError):
+                await aiodocker.volumes.DockerVolume(docker, v["Name"]).delete()
         for n in await docker.networks.list(filters={"label": [label]}):
             try:
                 await aiodocker.networks.DockerNetwork(docker, n["Id"]).delete()
