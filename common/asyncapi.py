@@ -93,7 +93,9 @@ def document() -> dict[str, Any]:
             "description": (
                 "Messages between Zoe's services on RabbitMQ, and what other platforms may "
                 "bind to. Every message is JSON with a `type` tag, a unique `id` and a schema "
-                "version `v`; messages are persistent. Commands go to the direct exchange "
+                "version `v`; messages are persistent, but heartbeats (`node.heartbeat.*`) and "
+                "state events (`state.*`), which are worth nothing a few seconds later. "
+                "Commands go to the direct exchange "
                 "`zoe.commands` with the node name as routing key (queue `executor.<node>`). "
                 "Other platforms send requests to the queue `api.requests` (default exchange) "
                 "with `reply_to` and `correlation_id`, and get an `ApiReply`."

@@ -8,6 +8,10 @@ Topology (declared by every service on start, and again by aio-pika after a reco
 - ``zoe.dlx``      fanout exchange -> queue ``dead-letters``: poison messages end here.
 - ``scheduler``, ``monitor``, ``executor.<node>``: durable quorum queues with a delivery
   limit, dead-lettering to ``zoe.dlx``.
+- ``scheduler.heartbeats``, ``monitor.heartbeats``: classic queues of heartbeats, which
+  are transient messages with a short time to live: a heartbeat is worth nothing a few
+  seconds later, so it is not written to disk (the most frequent message there is).
+  State events (``state.*``) are transient too: they feed live views only.
 
 Ack policy (``Bus.consume``): decode; a message that does not decode is rejected to the
 dead-letter queue at once; the handler runs; success -> ack (handlers commit before they
@@ -50,18 +54,24 @@ DELIVERY_LIMIT = 5
 SCHEDULER_QUEUE = "scheduler"
 API_QUEUE = "api.requests"  # the AMQP request interface; publish to the default exchange
 MONITOR_QUEUE = "monitor"
+HEARTBEATS = "node.heartbeat.*"
+HEARTBEAT_TTL_MS = 30_000  # a heartbeat older than this says nothing any more
+TRANSIENT_PREFIXES = ("node.heartbeat.", "state.")  # routing keys of transient messages
 
 # queue name -> routing keys bound on zoe.events
 BINDINGS: dict[str, tuple[str, ...]] = {
-    SCHEDULER_QUEUE: (
-        "execution.*",
-        "node.heartbeat.*",
-        "fact.started.*",
-        "verdict.*",
-    ),
-    MONITOR_QUEUE: ("fact.exited.*", "fact.removed.*", "fact.start_failed.*", "node.heartbeat.*"),
+    SCHEDULER_QUEUE: ("execution.*", "fact.started.*", "verdict.*"),
+    MONITOR_QUEUE: ("fact.exited.*", "fact.removed.*", "fact.start_failed.*"),
     API_QUEUE: (),
 }
+
+
+def heartbeat_queue(service_queue: str) -> str:
+    """The classic queue of heartbeats for the service that consumes ``service_queue``."""
+    return f"{service_queue}.heartbeats"
+
+
+HEARTBEAT_QUEUES = tuple(heartbeat_queue(q) for q in (SCHEDULER_QUEUE, MONITOR_QUEUE))
 
 
 def executor_queue(node: str) -> str:
@@ -128,7 +138,7 @@ class Bus:
         self._sub = await self._conn.channel()
         await self._sub.set_qos(prefetch_count=self._prefetch)
         await declare_topology(self._pub)
-        for name in (EVENTS, COMMANDS):
+        for name in (EVENTS, COMMANDS, DLX):
             self._exchanges[name] = await self._pub.get_exchange(name, ensure=False)
         self._exchanges[""] = self._pub.default_exchange
 
@@ -158,7 +168,10 @@ class Bus:
     async def publish_raw(self, items: Iterable[tuple[str, str, bytes]]) -> None:
         """Publish already-encoded bodies: (exchange, routing key, body) triples."""
         publishes = [
-            self._exchanges[exchange].publish(_amqp_message(body), routing_key=key)
+            self._exchanges[exchange].publish(
+                _amqp_message(body, persistent=not key.startswith(TRANSIENT_PREFIXES)),
+                routing_key=key,
+            )
             for exchange, key, body in items
         ]
         if publishes:
@@ -204,16 +217,32 @@ class Bus:
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
-        queue = await _declare_work_queue(self._sub, queue_name)
+        heartbeats = queue_name in HEARTBEAT_QUEUES
+        if heartbeats:
+            queue = await _declare_heartbeat_queue(self._sub, queue_name)
+        else:
+            queue = await _declare_work_queue(self._sub, queue_name)
         decoder = m.decoder(inbox)
         consumer = _Consumer(queue, "")
+
+        async def refuse(message: AbstractIncomingMessage) -> None:
+            if not heartbeats:
+                await message.reject(requeue=False)  # the queue dead-letters it
+                return
+            # A heartbeat queue dead-letters nothing itself (its messages expire, and
+            # expired ones would go there too): send the refused one on, then drop it.
+            await self._exchanges[DLX].publish(
+                aio_pika.Message(message.body, headers={"x-zoe-queue": queue_name}),
+                routing_key=queue_name,
+            )
+            await message.ack()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
             assert task is not None
             consumer.inflight.add(task)
             try:
-                await self._handle(message, decoder, handler)
+                await self._handle(message, decoder, handler, refuse)
             finally:
                 consumer.inflight.discard(task)
 
@@ -221,7 +250,11 @@ class Bus:
         self._consumers.append(consumer)
 
     async def _handle(
-        self, message: AbstractIncomingMessage, decoder: msgspec.json.Decoder[Any], handler: Handler
+        self,
+        message: AbstractIncomingMessage,
+        decoder: msgspec.json.Decoder[Any],
+        handler: Handler,
+        refuse: Callable[[AbstractIncomingMessage], Awaitable[None]],
     ) -> None:
         try:
             decoded = decoder.decode(message.body)
@@ -229,7 +262,7 @@ class Bus:
             log.warning(
                 "message.refused", reason=str(exc), body=message.body[:200].decode(errors="replace")
             )
-            await message.reject(requeue=False)
+            await refuse(message)
             return
         ids = {
             k: getattr(decoded, k)
@@ -243,7 +276,7 @@ class Bus:
                 raise  # neither ack nor reject: the broker redelivers it
             except UserError as exc:
                 log.warning("message.rejected", reason=exc.message)
-                await message.reject(requeue=False)
+                await refuse(message)
                 return
             except Exception:
                 log.exception("message.failed", redelivered=message.redelivered)
@@ -290,6 +323,17 @@ async def _declare_work_queue(channel: AbstractChannel, name: str) -> AbstractQu
     )
 
 
+async def _declare_heartbeat_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    return await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "classic",
+            "x-message-ttl": HEARTBEAT_TTL_MS,
+        },
+    )
+
+
 async def declare_topology(channel: AbstractChannel) -> None:
     """Declare every exchange and the shared queues with their bindings (idempotent)."""
     events = await channel.declare_exchange(EVENTS, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -301,6 +345,11 @@ async def declare_topology(channel: AbstractChannel) -> None:
         queue = await _declare_work_queue(channel, name)
         for key in keys:
             await queue.bind(events, routing_key=key)
+    for name in HEARTBEAT_QUEUES:
+        queue = await _declare_heartbeat_queue(channel, name)
+        await queue.bind(events, routing_key=HEARTBEATS)
+    for name in (SCHEDULER_QUEUE, MONITOR_QUEUE):  # where heartbeats went before
+        await (await channel.get_queue(name, ensure=False)).unbind(events, HEARTBEATS)
 
 
 async def declare_executor_queue(bus: Bus, node: str) -> str:

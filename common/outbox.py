@@ -3,14 +3,21 @@
 A handler calls ``enqueue(conn, ...)`` inside its transaction; ``Relay`` publishes the
 rows with pipelined confirms and deletes them. Any service's relay may publish any row
 (rows are taken with ``FOR UPDATE SKIP LOCKED``), so messages go out as long as one
-service runs. A crash between publish and delete publishes a row twice: consumers are
+service runs. A crash between publish and commit publishes a row twice: consumers are
 idempotent, as the bus is at-least-once anyway.
+
+Each process NOTIFYs a channel of its own, which only its own relay listens to: the
+writer's relay publishes at once (PostgreSQL delivers the notification on commit), and
+the other services' relays are not woken for rows they would not find (another relay
+took them). Every relay also polls, so rows of a process that died or has no relay go
+out within ``poll_interval``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterable
 
 import asyncpg
@@ -22,19 +29,33 @@ from common.lifecycle import wait_any, wait_or_stop
 
 log = structlog.get_logger("outbox")
 
-CHANNEL = "zoe_outbox"
+# this process's notification channel (see the module's docstring)
+CHANNEL = f"zoe_outbox_{uuid.uuid4().hex[:16]}"
 BATCH = 500
 
 
 async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
     """Add messages to the outbox in the caller's transaction (published on commit)."""
-    rows = [(o.exchange, o.routing_key, m.encode(o.message)) for o in items]
-    if not rows:
+    exchanges: list[str] = []
+    keys: list[str] = []
+    bodies: list[bytes] = []
+    for o in items:
+        exchanges.append(o.exchange)
+        keys.append(o.routing_key)
+        bodies.append(m.encode(o.message))
+    if not bodies:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (exchange, routing_key, body) VALUES ($1, $2, $3)", rows
+    # one round trip, whatever the number of rows: the rows, and the wake-up of this
+    # process's relay (a data-modifying WITH runs even though the SELECT ignores it)
+    await conn.execute(
+        "WITH rows AS (INSERT INTO outbox (exchange, routing_key, body)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))"
+        " SELECT pg_notify($4, '')",
+        exchanges,
+        keys,
+        bodies,
+        CHANNEL,
     )
-    await conn.execute(f"NOTIFY {CHANNEL}")
 
 
 class Relay:
@@ -74,17 +95,20 @@ class Relay:
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one batch of rows; returns how many were published."""
+        """Publish one batch of rows; returns how many were published.
+
+        The rows are deleted first and the deletion commits only once the broker
+        confirmed them all: a failed publish rolls it back, and the rows stay.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, exchange, routing_key, body FROM outbox"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, exchange, routing_key, body",
                 BATCH,
             )
             if not rows:
                 return 0
+            rows.sort(key=lambda r: r["id"])  # RETURNING keeps no order: publish in commit order
             await self._bus.publish_raw((r["exchange"], r["routing_key"], r["body"]) for r in rows)
-            await conn.execute(
-                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-            )
         return len(rows)

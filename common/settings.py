@@ -88,7 +88,8 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     policy: str = "dynsize+pack"
     # A pass also runs on this period, to catch backoffs that expire.
     pass_interval: float = 1.0
-    # Seconds a died instance waits before it is placed again, doubled per restart.
+    # A died instance is placed again at once the first time; the second restart waits
+    # this many seconds, doubled for each further one, up to the max.
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
     # Deaths (crash, OOM, lost node) of each essential instance of a long-running

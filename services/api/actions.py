@@ -53,7 +53,7 @@ async def submit(
         errors += exc.errors
     if errors or loaded is None:
         raise InvalidRequest("invalid execution request", errors)
-    execution_id, created = await store.create_execution(
+    out, created = await store.create_execution(
         pool,
         name=str(name),
         user_name="admin",
@@ -62,7 +62,6 @@ async def submit(
         priority=int(priority),
         request_id=request_id,
     )
-    out = await store.get_execution(pool, execution_id)
     out["warnings"] = list(loaded.warnings)
     return out, created
 

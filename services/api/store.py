@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import asyncpg
@@ -25,17 +27,19 @@ async def create_execution(
     deployment: str,
     priority: int = 0,
     request_id: str | None = None,
-) -> tuple[int, bool]:
-    """Store an execution with its expanded instances and queue its submission, atomically.
+) -> tuple[dict[str, Any], bool]:
+    """Store an execution, queued, with its expanded instances, and announce it, atomically.
 
-    Returns the execution id and whether it was created now (False: ``request_id`` was
-    seen before and this is the execution it created).
+    Returns the execution as ``get_execution`` shows it, and whether it was created now
+    (False: ``request_id`` was seen before and this is the execution it created). Three
+    statements whatever the number of instances.
     """
     async with pool.acquire() as conn, conn.transaction():
-        execution_id: int | None = await conn.fetchval(
+        row = await conn.fetchrow(
             "INSERT INTO executions (name, user_name, description, will_end, size, priority,"
-            " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id",
+            " request_id, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')"
+            " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
+            f" RETURNING {_EXEC_COLUMNS}",
             name,
             user_name,
             msgspec.to_builtins(description),
@@ -44,11 +48,12 @@ async def create_execution(
             priority,
             request_id,
         )
-        if execution_id is None:
+        if row is None:
             existing: int = await conn.fetchval(
                 "SELECT id FROM executions WHERE request_id = $1", request_id
             )
-            return existing, False
+            return await get_execution(conn, existing), False
+        execution_id: int = row["id"]
         specs = expand(
             description,
             execution_id=execution_id,
@@ -56,29 +61,37 @@ async def create_execution(
             user_name=user_name,
             deployment=deployment,
         )
-        await conn.executemany(
+        instances = await conn.fetch(
             "INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
             " startup_order, cores, memory, labels, spec)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            [
-                (
-                    execution_id,
-                    s.name,
-                    s.service,
-                    s.index,
-                    s.essential,
-                    s.monitor,
-                    s.startup_order,
-                    s.cores_reserved,
-                    s.memory_reserved,
-                    list(s.labels),
-                    msgspec.to_builtins(s),
-                )
-                for s in specs
-            ],
+            " SELECT $1, s.name, s.service, s.idx, s.essential, s.monitor, s.startup_order,"
+            "  s.cores, s.memory, ARRAY(SELECT jsonb_array_elements_text(s.labels::jsonb)),"
+            "  s.spec"
+            " FROM unnest($2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[], $7::int[],"
+            "  $8::float8[], $9::bigint[], $10::text[], $11::jsonb[])"
+            "  AS s(name, service, idx, essential, monitor, startup_order, cores, memory,"
+            "  labels, spec)"
+            f" RETURNING {_INSTANCE_COLUMNS}",
+            execution_id,
+            [s.name for s in specs],
+            [s.service for s in specs],
+            [s.index for s in specs],
+            [s.essential for s in specs],
+            [s.monitor for s in specs],
+            [s.startup_order for s in specs],
+            [s.cores_reserved for s in specs],
+            [s.memory_reserved for s in specs],
+            [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
+            [msgspec.to_builtins(s) for s in specs],
         )
-        await enqueue(conn, [Outgoing(m.ExecutionSubmitted(execution_id=execution_id))])
-    return execution_id, True
+        queued = m.ExecutionStateChanged(execution_id=execution_id, state="queued", at=time.time())
+        await enqueue(
+            conn,
+            [Outgoing(m.ExecutionSubmitted(execution_id=execution_id)), Outgoing(queued)],
+        )
+    out = _execution(row)
+    out["services"] = [_instance(r) for r in sorted(instances, key=lambda r: r["id"])]
+    return out, True
 
 
 async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
@@ -97,6 +110,10 @@ async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
 _EXEC_COLUMNS = (
     "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
     " submitted_at, started_at, finished_at"
+)
+_INSTANCE_COLUMNS = (
+    "id, name, service, essential, monitor, state, node, container_name, container_id,"
+    " exit_code, reason, restart_count, endpoints, cores, memory, updated_at"
 )
 
 
@@ -127,16 +144,14 @@ async def list_executions(
     return [_execution(r) for r in rows]
 
 
-async def get_execution(pool: asyncpg.Pool, execution_id: int) -> dict[str, Any]:
+async def get_execution(db: asyncpg.Pool | asyncpg.Connection, execution_id: int) -> dict[str, Any]:
     """One execution with its service instances."""
-    row = await pool.fetchrow(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = $1", execution_id)
+    row = await db.fetchrow(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = $1", execution_id)
     if row is None:
         raise NotFound(f"execution {execution_id} does not exist")
     out = _execution(row)
-    instances = await pool.fetch(
-        "SELECT id, name, service, essential, monitor, state, node, container_name,"
-        " container_id, exit_code, reason, restart_count, endpoints, cores, memory, updated_at"
-        " FROM instances WHERE execution_id = $1 ORDER BY id",
+    instances = await db.fetch(
+        f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE execution_id = $1 ORDER BY id",
         execution_id,
     )
     out["services"] = [_instance(r) for r in instances]

@@ -18,7 +18,7 @@ import structlog
 
 from common import db
 from common import messages as m
-from common.bus import MONITOR_QUEUE, Bus
+from common.bus import MONITOR_QUEUE, Bus, heartbeat_queue
 from common.lifecycle import wait_or_stop
 from common.outbox import Relay
 from common.settings import MonitorSettings
@@ -49,6 +49,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
             tg.create_task(Relay(pool, bus).run(loops_stop))
             tg.create_task(_watch_nodes(pool, bus, deps, settings, loops_stop))
             await bus.consume(MONITOR_QUEUE, m.MonitorInbox, on_message)
+            await bus.consume(heartbeat_queue(MONITOR_QUEUE), m.MonitorInbox, on_message)
             await stop.wait()
             await bus.stop_consuming(settings.drain_timeout)
             loops_stop.set()

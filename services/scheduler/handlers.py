@@ -7,8 +7,9 @@ capacity ask for a scheduling pass; passes run one at a time in the service loop
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -31,10 +32,18 @@ class Deps:
     restart_backoff_max: float = 30.0
     # Deaths of essential instances of a long-running execution restarted before it fails.
     essential_restarts: int = 0
+    # node -> (what its last stored heartbeat said, when it was stored; monotonic)
+    nodes_stored: dict[str, tuple[tuple[Any, ...], float]] = field(default_factory=dict)
+
+
+# An unchanged heartbeat is stored at most this often: liveness is the monitor's, so
+# the row only needs the node's capacity, and a recent enough ``last_heartbeat``.
+NODE_REFRESH = 30.0
 
 
 async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
-    """A stored execution enters the queue."""
+    """A new execution waits in the queue: time for a pass. The api stores executions
+    queued already; one stored ``submitted`` (by an older api) is queued here."""
     async with deps.pool.acquire() as conn, conn.transaction():
         await store.set_execution_state(conn, msg.execution_id, "queued", ["submitted"])
     deps.request_pass()
@@ -53,9 +62,16 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
 
     A node that is back after it was declared lost gets asked to remove the containers
     given up when it was lost (its orphans): their instances were placed again
-    elsewhere, or their executions ended. One statement in the common case: heartbeats
-    are the most frequent message there is.
+    elsewhere, or their executions ended. Heartbeats are the most frequent message there
+    is: one that says what the stored row says already costs nothing but every
+    ``NODE_REFRESH`` seconds, and one statement otherwise.
     """
+    said = (msg.cores, msg.memory, tuple(msg.labels), tuple(msg.images))
+    stored = deps.nodes_stored.get(msg.node)
+    now = time.monotonic()
+    if not msg.registered and stored is not None and stored[0] == said:
+        if now - stored[1] < NODE_REFRESH:
+            return
     async with deps.pool.acquire() as conn:
         row = await conn.fetchrow(
             "WITH old AS (SELECT state FROM nodes WHERE name = $1),"
@@ -76,6 +92,7 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
         if row["orphans"]:
             async with conn.transaction():
                 orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
+    deps.nodes_stored[msg.node] = (said, now)
     if before == "lost":
         log.info("node.returned", orphans=orphans)
     elif before is None or msg.registered:
@@ -88,6 +105,7 @@ async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
     """The monitor declared a node lost (it marked the node, and sent a verdict for each
     instance it held): the pass must not count on that node any more."""
     log.warning("node.lost", node=msg.node)
+    deps.nodes_stored.pop(msg.node, None)  # its next heartbeat marks it up again
     deps.request_pass()
 
 
@@ -113,7 +131,7 @@ async def on_started(msg: m.InstanceStarted, deps: Deps) -> None:
         )
         if all_essential_run:
             await store.set_execution_state(conn, msg.execution_id, "running", ["starting"])
-        await store.dispatch_ready(conn, deps.deployment, msg.execution_id)
+        await store.dispatch_ready(conn, deps.deployment, [msg.execution_id])
 
 
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:

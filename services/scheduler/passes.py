@@ -1,15 +1,15 @@
 """One scheduling pass: read the cluster from PostgreSQL, ask the core, apply its decisions.
 
 The core (``services.scheduler.core.schedule``) is pure; this module is the thin shell
-around it. Placements are applied per execution in a savepoint with guarded updates, so
-an execution's essential set is stored all together or not at all even when a message
-handler changed a row since the snapshot was read.
+around it. Placements are applied with guarded updates, so an execution's essential set
+is stored all together or not at all even when a message handler changed a row since
+the snapshot was read.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import asyncpg
 import structlog
@@ -25,10 +25,6 @@ from services.scheduler.core import (
 )
 
 log = structlog.get_logger("scheduler.pass")
-
-
-class _Conflict(Exception):
-    """A row moved since the snapshot: skip this execution's placements this pass."""
 
 
 async def load_snapshot(
@@ -111,51 +107,48 @@ async def run_pass(
 async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     """Start placed instances that waited for room on their node (a reclaimed instance
     still stopping) or for their startup group; returns how many were started."""
-    started = 0
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             "SELECT DISTINCT execution_id FROM instances WHERE state = 'placed'"
         )
-        for r in rows:
-            started += await store.dispatch_ready(conn, deployment, r["execution_id"])
-    return started
+        return await store.dispatch_ready(conn, deployment, [r["execution_id"] for r in rows])
 
 
 async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> None:
-    """Store placements and reclaims, and queue their commands, in one transaction."""
-    by_execution: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    """Store placements and reclaims, and queue their commands, in one transaction.
+
+    An execution's placements are stored all together or not at all: when a message
+    handler moved one of its instances since the snapshot was read, the others are put
+    back too, and the next pass decides again. Set-based: the statements are the same
+    few for one execution or a thousand.
+    """
     async with pool.acquire() as conn, conn.transaction():
         if decisions.stops:
             await store.stop_instances(conn, deployment, decisions.stops)
+        if not decisions.starts:
+            return
         ids = [i for i, _ in decisions.starts]
-        owners = dict(
+        owners: dict[int, int] = dict(
             await conn.fetch(
                 "SELECT id, execution_id FROM instances WHERE id = ANY($1::bigint[])", ids
             )
         )
-        for instance_id, node in decisions.starts:
-            if instance_id in owners:
-                by_execution[owners[instance_id]].append((instance_id, node))
-        for execution_id, placements in by_execution.items():
-            try:
-                async with conn.transaction():  # a savepoint: all of this execution or none
-                    await _place(conn, execution_id, placements)
-            except _Conflict:
-                log.info("pass.conflict", execution_id=execution_id)
-                continue
-            await store.dispatch_ready(conn, deployment, execution_id)
-
-
-async def _place(
-    conn: asyncpg.Connection, execution_id: int, placements: list[tuple[int, str]]
-) -> None:
-    result = await conn.fetch(
-        "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
-        " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
-        " WHERE i.id = p.id AND i.state = 'created' RETURNING i.id",
-        [i for i, _ in placements],
-        [n for _, n in placements],
-    )
-    if len(result) != len(placements):
-        raise _Conflict
-    await store.set_execution_state(conn, execution_id, "starting", ["queued"])
+        placed = await conn.fetch(
+            "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
+            " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
+            " WHERE i.id = p.id AND i.state = 'created' RETURNING i.id",
+            ids,
+            [n for _, n in decisions.starts],
+        )
+        wanted = Counter(owners[i] for i in ids if i in owners)
+        got = Counter(owners[r["id"]] for r in placed)
+        conflicts = {e for e, n in wanted.items() if got[e] != n}
+        if conflicts:
+            log.info("pass.conflict", executions=sorted(conflicts))
+            await conn.execute(
+                "UPDATE instances SET state = 'created', node = NULL WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in placed if owners[r["id"]] in conflicts],
+            )
+        executions = [e for e in wanted if e not in conflicts]
+        await store.set_executions_state(conn, executions, "starting", ["queued"])
+        await store.dispatch_ready(conn, deployment, executions)

@@ -21,7 +21,7 @@ import structlog
 
 from common import db
 from common import messages as m
-from common.bus import SCHEDULER_QUEUE, Bus
+from common.bus import SCHEDULER_QUEUE, Bus, heartbeat_queue
 from common.lifecycle import wait_any, wait_or_stop
 from common.outbox import Relay
 from common.settings import SchedulerSettings
@@ -82,6 +82,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             tg.create_task(_pass_loop(pool, settings, policy, wake, loops_stop))
             tg.create_task(_watch_leadership(leader, stop))
             await bus.consume(SCHEDULER_QUEUE, m.SchedulerInbox, on_message)
+            await bus.consume(heartbeat_queue(SCHEDULER_QUEUE), m.SchedulerInbox, on_message)
             await stop.wait()
             await bus.stop_consuming(settings.drain_timeout)
             loops_stop.set()

@@ -8,7 +8,7 @@ the outbox in the same transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -143,44 +143,87 @@ async def maybe_finish(conn: asyncpg.Connection, execution_id: int) -> bool:
     return await set_execution_state(conn, execution_id, row["outcome"], ["cleaning_up"])
 
 
-async def dispatch_ready(conn: asyncpg.Connection, deployment: str, execution_id: int) -> int:
+async def set_executions_state(
+    conn: asyncpg.Connection, execution_ids: Collection[int], new: str, allowed_from: Sequence[str]
+) -> list[int]:
+    """``set_execution_state`` for many executions in one statement; returns those moved."""
+    if not execution_ids:
+        return []
+    moved: list[int] = [
+        r["id"]
+        for r in await conn.fetch(
+            "UPDATE executions SET state = $2, updated_at = now(),"
+            " started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())"
+            "  ELSE started_at END"
+            " WHERE id = ANY($1::bigint[]) AND state = ANY($3::text[]) RETURNING id",
+            list(execution_ids),
+            new,
+            list(allowed_from),
+        )
+    ]
+    at = time.time()
+    await enqueue(
+        conn,
+        [Outgoing(m.ExecutionStateChanged(execution_id=i, state=new, at=at)) for i in moved],
+    )
+    return moved
+
+
+async def dispatch_ready(
+    conn: asyncpg.Connection, deployment: str, execution_ids: Collection[int]
+) -> int:
     """Send start commands for placed instances whose startup group may start now.
 
     Services start in ascending ``startup_order``: a group starts once every essential
     instance of the earlier groups runs. An instance also waits while its node still
     holds containers being stopped for it (reclaimed capacity), so a node is never
-    over-committed.
+    over-committed. Set-based: a handful of statements for any number of executions.
     """
+    if not execution_ids:
+        return 0
     rows = await conn.fetch(
-        "SELECT id, name, essential, startup_order, state, node, generation, spec, cores, memory"
-        " FROM instances WHERE execution_id = $1 FOR UPDATE",
-        execution_id,
+        "SELECT id, execution_id, name, essential, startup_order, state, node, generation,"
+        " cores, memory, CASE WHEN state = 'placed' THEN spec END AS spec"
+        " FROM instances WHERE execution_id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        list(execution_ids),
     )
-    waiting = [r["startup_order"] for r in rows if r["essential"] and r["state"] != "running"]
-    barrier = min(waiting) if waiting else None
+    barrier: dict[int, int] = {}  # execution -> its earliest group not running yet
+    for r in rows:
+        if r["essential"] and r["state"] != "running":
+            e = r["execution_id"]
+            barrier[e] = min(barrier.get(e, r["startup_order"]), r["startup_order"])
     ready = [
         r
         for r in rows
-        if r["state"] == "placed" and (barrier is None or r["startup_order"] <= barrier)
+        if r["state"] == "placed"
+        and (r["execution_id"] not in barrier or r["startup_order"] <= barrier[r["execution_id"]])
     ]
     if not ready:
         return 0
     room = await _node_room(conn, {r["node"] for r in ready})
+    ids: list[int] = []
+    names: list[str] = []
     out: list[Outgoing] = []
     for r in ready:
         free = room.get(r["node"])
         if free is None or free[0] < r["cores"] - 1e-9 or free[1] < r["memory"]:
             continue
         room[r["node"]] = (free[0] - r["cores"], free[1] - r["memory"])
+        execution_id = r["execution_id"]
         name = container_name(deployment, execution_id, r["name"], r["generation"])
-        await conn.execute(
-            "UPDATE instances SET state = 'starting', container_name = $2, container_id = NULL,"
-            " endpoints = '{}', removed = false, updated_at = now()"
-            " WHERE id = $1 AND state = 'placed'",
-            r["id"],
-            name,
-        )
+        ids.append(r["id"])
+        names.append(name)
         out.append(Outgoing(start_command(deployment, execution_id, r, name), node=r["node"]))
+    if not out:
+        return 0
+    await conn.execute(
+        "UPDATE instances i SET state = 'starting', container_name = s.name,"
+        " container_id = NULL, endpoints = '{}', removed = false, updated_at = now()"
+        " FROM unnest($1::bigint[], $2::text[]) AS s(id, name)"
+        " WHERE i.id = s.id AND i.state = 'placed'",
+        ids,
+        names,
+    )
     await enqueue(conn, out)
     return len(out)
 
@@ -278,8 +321,11 @@ async def requeue(
 
 
 def restart_backoff(restarts: int, first: float, cap: float) -> float:
-    """Seconds the ``restarts``-th restart waits: ``first``, doubled per restart, capped."""
-    return float(min(first * 2 ** max(restarts - 1, 0), cap))
+    """Seconds the ``restarts``-th restart waits: none for the first (a single death is
+    replaced at once), then ``first``, doubled per restart, capped (a crash loop)."""
+    if restarts <= 1:
+        return 0.0
+    return float(min(first * 2 ** (restarts - 2), cap))
 
 
 async def note_error(conn: asyncpg.Connection, execution_id: int, error: str) -> None:

@@ -25,6 +25,7 @@ async def test_malformed_messages_go_to_dead_letters(platform: Platform, test_en
             "scheduler": (events, "execution.submitted"),
             "monitor": (events, f"fact.exited.{platform.node}"),
             "executor": (commands, platform.node),
+            "heartbeats": (events, f"node.heartbeat.{platform.node}"),
         }
         for target, (exchange, key) in poison.items():
             body = (
@@ -41,7 +42,7 @@ async def test_malformed_messages_go_to_dead_letters(platform: Platform, test_en
                             seen.add(target)
             return seen == set(poison)
 
-        await wait_for(all_dead, timeout=30, what="three dead letters")
+        await wait_for(all_dead, timeout=30, what="a dead letter from each consumer")
         await channel.close()
 
     # every consumer still works: a ZApp still runs to its end

@@ -84,9 +84,10 @@ def deps(pool: asyncpg.Pool, clock: Clock) -> handlers.Deps:
 async def _running(pool: asyncpg.Pool, *, will_end: bool, node: str = "n1") -> dict[str, int]:
     """An execution whose instances all run on ``node``: instance name -> id."""
     description = load_description(_app(will_end=will_end)).description
-    eid, _ = await api_store.create_execution(
+    created, _ = await api_store.create_execution(
         pool, name="t", user_name="u", description=description, deployment="zm"
     )
+    eid = created["id"]
     await pool.execute(
         "INSERT INTO nodes (name, cores, memory) VALUES ($1, 4, $2) ON CONFLICT DO NOTHING",
         node,

@@ -14,7 +14,7 @@ from common import messages as m
 from common.zapp import load_description
 from services.api import store as api_store
 from services.scheduler import handlers, passes
-from services.scheduler.core import Policy
+from services.scheduler.core import Decisions, Policy
 from services.scheduler.service import acquire_leadership
 from tests.conftest import PG_BASE, TestEnv, own_database
 
@@ -97,10 +97,10 @@ async def _expire_backoffs(pool: asyncpg.Pool) -> None:
 
 async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any]) -> int:
     loaded = load_description(app)
-    execution_id, _ = await api_store.create_execution(
+    created, _ = await api_store.create_execution(
         pool, name="t", user_name="u", description=loaded.description, deployment=env.deployment
     )
-    return execution_id
+    return int(created["id"])
 
 
 async def _state(pool: asyncpg.Pool, execution_id: int) -> str:
@@ -116,11 +116,15 @@ async def test_gang_placement_dispatch_and_idempotent_facts(
         m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
     )
     eid = await _submit(pool, test_env, _app(total=3))
-    await _outbox(pool)
+    # the api stores it queued and says so
+    assert [type(x) for x in await _outbox(pool)] == [
+        m.ExecutionSubmitted,
+        m.ExecutionStateChanged,
+    ]
     await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)
     await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)  # duplicate
     assert await _state(pool, eid) == "queued"
-    assert [type(x) for x in await _outbox(pool)] == [m.ExecutionStateChanged]
+    assert await _outbox(pool) == []
 
     decisions, _ = await passes.run_pass(pool, test_env.deployment, policy)
     # 2 cores: the essential worker0 and one elastic worker fit, the third does not
@@ -186,11 +190,11 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
     row = await pool.fetchrow(
         "SELECT state, restart_count, backoff FROM instances WHERE id = $1", elastic.instance_id
     )
-    assert (row["state"], row["restart_count"], row["backoff"]) == ("created", 1, 0.5)
+    # a first death is placed again at once
+    assert (row["state"], row["restart_count"], row["backoff"]) == ("created", 1, 0.0)
     # the dead container is removed, once
     (stop,) = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
     assert isinstance(stop, m.StopInstance) and stop.container_name == elastic.container_name
-    await _expire_backoffs(pool)
     await passes.run_pass(pool, test_env.deployment, policy)
     (again,) = [s for s in await _outbox(pool) if isinstance(s, m.StartInstance)]
     assert again.instance == "worker1"
@@ -286,7 +290,7 @@ async def test_restart_backoff_doubles_up_to_its_cap_and_is_recorded(
     eid, starts = await _run(pool, test_env, deps, _app(total=2))
     current = starts["worker1"]
     seen = []
-    for restart in (1, 2, 3):
+    for restart in (1, 2, 3, 4):
         await _dies(pool, deps, current)
         row = await pool.fetchrow(
             "SELECT restart_count, backoff, generation, extract(epoch FROM not_before - now())"
@@ -294,15 +298,22 @@ async def test_restart_backoff_doubles_up_to_its_cap_and_is_recorded(
             current.instance_id,
         )
         seen.append((row["restart_count"], row["backoff"], row["generation"]))
-        assert 0 < row["wait"] <= row["backoff"]
-        # not before the backoff is over
-        decisions, wake = await passes.run_pass(
-            pool, test_env.deployment, Policy.from_name("dynsize+pack")
-        )
-        assert decisions.starts == [] and wake is not None
+        if restart == 1:  # placed again by the very next pass
+            decisions, _ = await passes.run_pass(
+                pool, test_env.deployment, Policy.from_name("dynsize+pack")
+            )
+            assert [i for i, _ in decisions.starts] == [current.instance_id]
+        else:
+            assert 0 < row["wait"] <= row["backoff"]
+            # not before the backoff is over
+            decisions, wake = await passes.run_pass(
+                pool, test_env.deployment, Policy.from_name("dynsize+pack")
+            )
+            assert decisions.starts == [] and wake is not None
         current = await _replace(pool, test_env, deps)
         assert current.container_name == f"{test_env.deployment}-{eid}-worker1-r{restart}"
-    assert seen == [(1, 0.5, 1), (2, 1.0, 2), (3, 1.5, 3)]
+    # the first death is replaced at once; a crash loop backs off
+    assert seen == [(1, 0.0, 1), (2, 0.5, 2), (3, 1.0, 3), (4, 1.5, 4)]
     assert await _state(pool, eid) == "running"
 
 
@@ -436,3 +447,58 @@ async def test_returning_node_removes_its_orphans_and_takes_work_again(
     asked.clear()
     await handlers.on_heartbeat(beat, deps)  # once only
     assert await _outbox(pool) == [] and not asked
+
+
+async def test_unchanged_heartbeats_are_stored_once_and_a_lost_node_comes_back(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, passes_asked = _deps(pool, test_env)
+
+    async def node() -> asyncpg.Record:
+        return await pool.fetchrow("SELECT cores, state, last_heartbeat FROM nodes")
+
+    beat = m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30)
+    await handlers.on_heartbeat(beat, deps)
+    first = await node()
+    await handlers.on_heartbeat(beat, deps)
+    assert await node() == first  # the same news again: nothing written
+    assert len(passes_asked) == 1  # the new node only
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=8, memory=1 << 30), deps)
+    changed = await node()
+    assert changed["cores"] == 8 and changed["last_heartbeat"] > first["last_heartbeat"]
+    # the monitor declared it lost; its next heartbeat marks it up again
+    await pool.execute("UPDATE nodes SET state = 'lost'")
+    await handlers.on_node_lost(m.NodeLost(node="n1"), deps)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=8, memory=1 << 30), deps)
+    assert (await node())["state"] == "up"
+    assert len(passes_asked) == 3  # and the pass counts on it again
+
+
+async def test_a_placement_that_lost_a_race_is_stored_for_none_of_its_instances(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=8, memory=1 << 30), deps)
+    raced = await _submit(pool, test_env, _app(total=3))
+    fine = await _submit(pool, test_env, _app(total=2))
+    for eid in (raced, fine):
+        await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)
+    ids = {
+        r["id"]: r["execution_id"]
+        for r in await pool.fetch("SELECT id, execution_id FROM instances ORDER BY id")
+    }
+    decisions = Decisions(starts=[(i, "n1") for i in ids])
+    # between the snapshot and the apply, one instance of `raced` moved on (terminated)
+    moved = min(i for i, e in ids.items() if e == raced)
+    await pool.execute("UPDATE instances SET state = 'stopped' WHERE id = $1", moved)
+    await _outbox(pool)
+    await passes.apply(pool, test_env.deployment, decisions)
+
+    rows = await pool.fetch("SELECT id, execution_id, state, node FROM instances ORDER BY id")
+    raced_rows = {(r["state"], r["node"]) for r in rows if r["execution_id"] == raced}
+    assert raced_rows == {("stopped", None), ("created", None)}  # none of it placed
+    assert {r["state"] for r in rows if r["execution_id"] == fine} == {"starting"}
+    assert await _state(pool, raced) == "queued"
+    assert await _state(pool, fine) == "starting"
+    sent = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
+    assert sorted(s.execution_id for s in sent) == [fine, fine]
