@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import asyncpg
@@ -28,7 +27,7 @@ async def create_execution(
     priority: int = 0,
     request_id: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Store an execution, queued, with its expanded instances, and announce it, atomically.
+    """Store an execution with its expanded instances and queue its submission, atomically.
 
     Returns the execution as ``get_execution`` shows it, and whether it was created now
     (False: ``request_id`` was seen before and this is the execution it created). Three
@@ -37,7 +36,7 @@ async def create_execution(
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO executions (name, user_name, description, will_end, size, priority,"
-            " request_id, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')"
+            " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
             f" RETURNING {_EXEC_COLUMNS}",
             name,
@@ -84,11 +83,7 @@ async def create_execution(
             [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
             [msgspec.to_builtins(s) for s in specs],
         )
-        queued = m.ExecutionStateChanged(execution_id=execution_id, state="queued", at=time.time())
-        await enqueue(
-            conn,
-            [Outgoing(m.ExecutionSubmitted(execution_id=execution_id)), Outgoing(queued)],
-        )
+        await enqueue(conn, [Outgoing(m.ExecutionSubmitted(execution_id=execution_id))])
     out = _execution(row)
     out["services"] = [_instance(r) for r in sorted(instances, key=lambda r: r["id"])]
     return out, True

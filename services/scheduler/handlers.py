@@ -42,10 +42,7 @@ NODE_REFRESH = 30.0
 
 
 async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
-    """A new execution waits in the queue: time for a pass. The api stores executions
-    queued already; one stored ``submitted`` (by an older api) is queued here."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        await store.set_execution_state(conn, msg.execution_id, "queued", ["submitted"])
+    """A new execution: the next pass takes it into the queue (all new ones at once)."""
     deps.request_pass()
 
 

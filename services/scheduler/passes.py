@@ -92,6 +92,7 @@ async def run_pass(
 ) -> tuple[Decisions, float | None]:
     """Run one pass; returns what was decided and when a backoff next expires."""
     now = time.time()
+    await admit_submitted(pool)
     await dispatch_waiting(pool, deployment)
     async with pool.acquire() as conn:
         nodes, executions, next_wake = await load_snapshot(conn, now)
@@ -102,6 +103,16 @@ async def run_pass(
         await apply(pool, deployment, decisions)
         log.info("pass.applied", starts=len(decisions.starts), stops=len(decisions.stops))
     return decisions, next_wake
+
+
+async def admit_submitted(pool: asyncpg.Pool) -> int:
+    """Take every new execution into the queue, in one statement; returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch("SELECT id FROM executions WHERE state = 'submitted'")
+        moved = await store.set_executions_state(
+            conn, [r["id"] for r in rows], "queued", ["submitted"]
+        )
+    return len(moved)
 
 
 async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:

@@ -117,7 +117,7 @@ async def test_scheduler_killed_between_submit_and_start_runs_once(
     platform["scheduler"].kill()
     app = zapp("once", service("server", SERVE_FOREVER, essential=1, total=2), will_end=False)
     eid = (await platform.submit(app))["id"]
-    assert (await platform.get(eid))["state"] == "queued"  # and waits for a scheduler
+    assert (await platform.get(eid))["state"] == "submitted"
     platform["scheduler"].start()
     running = await platform.wait_state(eid, "running")
     await wait_for(lambda: _all_running(platform, eid), timeout=30, what="both instances running")

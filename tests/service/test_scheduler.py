@@ -116,15 +116,14 @@ async def test_gang_placement_dispatch_and_idempotent_facts(
         m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
     )
     eid = await _submit(pool, test_env, _app(total=3))
-    # the api stores it queued and says so
-    assert [type(x) for x in await _outbox(pool)] == [
-        m.ExecutionSubmitted,
-        m.ExecutionStateChanged,
-    ]
+    await _outbox(pool)
     await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)
     await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)  # duplicate
+    assert await _state(pool, eid) == "submitted"  # until the pass takes it
+    assert await passes.admit_submitted(pool) == 1
+    assert await passes.admit_submitted(pool) == 0
     assert await _state(pool, eid) == "queued"
-    assert await _outbox(pool) == []
+    assert [type(x) for x in await _outbox(pool)] == [m.ExecutionStateChanged]
 
     decisions, _ = await passes.run_pass(pool, test_env.deployment, policy)
     # 2 cores: the essential worker0 and one elastic worker fit, the third does not
@@ -481,8 +480,7 @@ async def test_a_placement_that_lost_a_race_is_stored_for_none_of_its_instances(
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=8, memory=1 << 30), deps)
     raced = await _submit(pool, test_env, _app(total=3))
     fine = await _submit(pool, test_env, _app(total=2))
-    for eid in (raced, fine):
-        await handlers.on_submitted(m.ExecutionSubmitted(execution_id=eid), deps)
+    await passes.admit_submitted(pool)
     ids = {
         r["id"]: r["execution_id"]
         for r in await pool.fetch("SELECT id, execution_id FROM instances ORDER BY id")
