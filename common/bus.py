@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -80,6 +80,7 @@ def executor_queue(node: str) -> str:
 
 
 Handler = Callable[[Any], Awaitable[m.Message | None]]
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +213,21 @@ class Bus:
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
-    async def consume(self, queue_name: str, inbox: Any, handler: Handler) -> None:
-        """Deliver messages of ``queue_name``, decoded as ``inbox``, to ``handler``."""
+    async def consume(
+        self,
+        queue_name: str,
+        inbox: Any,
+        handler: Handler,
+        *,
+        batches: Mapping[type[m.Message], BatchHandler] | None = None,
+    ) -> None:
+        """Deliver messages of ``queue_name``, decoded as ``inbox``, to ``handler``.
+
+        ``batches``: message types whose handler takes a list. Messages of such a type
+        that arrive together (up to the prefetch) go to it at once and are acked
+        together once it returns; when it raises, they are handed to ``handler`` one by
+        one instead, so that one bad message is told apart from the others.
+        """
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
@@ -224,6 +238,7 @@ class Bus:
             queue = await _declare_work_queue(self._sub, queue_name)
         decoder = m.decoder(inbox)
         consumer = _Consumer(queue, "")
+        gathered: dict[type[m.Message], list[tuple[AbstractIncomingMessage, Any]]] = {}
 
         async def refuse(message: AbstractIncomingMessage) -> None:
             if not heartbeats:
@@ -237,14 +252,44 @@ class Bus:
             )
             await message.ack()
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            consumer.inflight.add(task)
+        async def flush(kind: type[m.Message], handle_many: BatchHandler) -> None:
+            await asyncio.sleep(0)  # deliveries read in the same go join the batch
+            batch = gathered.pop(kind)  # what arrives from now on makes the next batch
             try:
-                await self._handle(message, decoder, handler, refuse)
-            finally:
-                consumer.inflight.discard(task)
+                await handle_many([decoded for _, decoded in batch])
+            except asyncio.CancelledError:
+                raise  # none acked: all redelivered
+            except Exception as exc:
+                tag = m.tag_of(kind)
+                log.warning("batch.failed", msg=tag, size=len(batch), error=repr(exc))
+                for message, decoded in batch:
+                    await self._handle(message, decoded, handler, refuse)
+                return
+            for message, _ in batch:
+                await message.ack()
+
+        def track(task: asyncio.Task[Any]) -> None:
+            consumer.inflight.add(task)
+            task.add_done_callback(consumer.inflight.discard)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                decoded = decoder.decode(message.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                body = message.body[:200].decode(errors="replace")
+                log.warning("message.refused", reason=str(exc), body=body)
+                await refuse(message)
+                return
+            kind = type(decoded)
+            handle_many = batches.get(kind) if batches else None
+            if handle_many is None:
+                track(asyncio.current_task())  # type: ignore[arg-type]
+                await self._handle(message, decoded, handler, refuse)
+                return
+            waiting = gathered.setdefault(kind, [])
+            waiting.append((message, decoded))
+            if len(waiting) == 1:  # the first of a batch: its flush is not scheduled yet
+                track(asyncio.create_task(flush(kind, handle_many)))
 
         consumer.tag = await queue.consume(on_message)
         self._consumers.append(consumer)
@@ -252,18 +297,10 @@ class Bus:
     async def _handle(
         self,
         message: AbstractIncomingMessage,
-        decoder: msgspec.json.Decoder[Any],
+        decoded: Any,
         handler: Handler,
         refuse: Callable[[AbstractIncomingMessage], Awaitable[None]],
     ) -> None:
-        try:
-            decoded = decoder.decode(message.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning(
-                "message.refused", reason=str(exc), body=message.body[:200].decode(errors="replace")
-            )
-            await refuse(message)
-            return
         ids = {
             k: getattr(decoded, k)
             for k in ("execution_id", "instance_id", "node")

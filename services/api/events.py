@@ -1,9 +1,10 @@
 """Execution state changes streamed to HTTP clients as server-sent events.
 
-Each api process binds its own exclusive queue to ``state.execution.*`` and fans the
-events out to the clients connected to ``GET /api/v1/events`` (``?execution=ID`` to
-follow one execution). A client that reconnects should re-read the executions it cares
-about: events are not replayed.
+Each api process has its own exclusive queue, bound to ``state.execution.*`` while at
+least one client is connected to ``GET /api/v1/events`` (``?execution=ID`` to follow
+one execution), and fans the events out to them; with nobody listening, no event is
+delivered to the process. A client that reconnects should re-read the executions it
+cares about: events are not replayed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import contextlib
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
 
 from common import messages as m
 from common.bus import EVENTS, Bus
 
 QUEUE_SIZE = 1000
+STATE_EVENTS = "state.execution.*"
 
 
 class Hub:
@@ -28,13 +30,14 @@ class Hub:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[m.ExecutionStateChanged]] = set()
         self._decoder = m.decoder(m.ExecutionStateChanged)
+        self._queue: AbstractQueue | None = None
+        self._binding = asyncio.Lock()  # (un)binds one at a time
 
     async def attach(self, bus: Bus) -> None:
-        """Bind an exclusive queue of this process to the state events and consume it."""
+        """Declare the exclusive queue of this process and consume it (bound on demand)."""
         channel = bus.consumer_channel
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(EVENTS, routing_key="state.execution.*")
-        await queue.consume(self._on_event, no_ack=True)
+        self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._queue.consume(self._on_event, no_ack=True)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -45,13 +48,21 @@ class Hub:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)  # a client too slow to keep up misses events
 
-    def subscribe(self) -> asyncio.Queue[m.ExecutionStateChanged]:
+    async def subscribe(self) -> asyncio.Queue[m.ExecutionStateChanged]:
+        """A queue of the events from now on; the first subscriber binds the queue."""
         q: asyncio.Queue[m.ExecutionStateChanged] = asyncio.Queue(QUEUE_SIZE)
-        self._subscribers.add(q)
+        async with self._binding:
+            if not self._subscribers and self._queue is not None:
+                await self._queue.bind(EVENTS, routing_key=STATE_EVENTS)
+            self._subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[Any]) -> None:
-        self._subscribers.discard(q)
+    async def unsubscribe(self, q: asyncio.Queue[Any]) -> None:
+        """Forget a subscriber; the last one to leave unbinds the queue."""
+        async with self._binding:
+            self._subscribers.discard(q)
+            if not self._subscribers and self._queue is not None:
+                await self._queue.unbind(EVENTS, routing_key=STATE_EVENTS)
 
 
 HUB = web.AppKey("hub", Hub)
@@ -65,7 +76,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     hub = request.app[HUB]
-    q = hub.subscribe()
+    q = await hub.subscribe()
     try:
         await response.write(b": connected\n\n")
         while True:
@@ -83,7 +94,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        hub.unsubscribe(q)
+        await asyncio.shield(hub.unsubscribe(q))  # even when the client's task is cancelled
     return response
 
 

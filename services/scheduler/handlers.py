@@ -108,27 +108,49 @@ async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
 
 async def on_started(msg: m.InstanceStarted, deps: Deps) -> None:
     """A container runs: the instance runs; maybe the execution, maybe the next group."""
+    await on_started_many([msg], deps)
+
+
+async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
+    """``on_started`` for facts that arrived together: one transaction, set-based.
+
+    A fact counts only for the instance's current container, while it is placed or
+    starting (a redelivery finds it running already), and while its execution starts or
+    runs. The execution runs once every essential instance does.
+    """
+    execution_ids = sorted({x.execution_id for x in msgs})
     async with deps.pool.acquire() as conn, conn.transaction():
-        execution_state = await _lock_execution(conn, msg.execution_id)
-        updated = await conn.fetchval(
-            "UPDATE instances SET state = 'running', container_id = $3, endpoints = $4,"
-            " updated_at = now() WHERE id = $1 AND container_name = $2"
-            " AND state IN ('placed', 'starting') RETURNING id",
-            msg.instance_id,
-            msg.container_name,
-            msg.container_id,
-            msg.endpoints,
+        states = await _lock_executions(conn, execution_ids)
+        rows = await conn.fetch(
+            "UPDATE instances i SET state = 'running', container_id = f.container_id,"
+            " endpoints = f.endpoints, updated_at = now()"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[])"
+            "  AS f(id, container_name, container_id, endpoints)"
+            " WHERE i.id = f.id AND i.container_name = f.container_name"
+            " AND i.state IN ('placed', 'starting') RETURNING i.execution_id",
+            [x.instance_id for x in msgs],
+            [x.container_name for x in msgs],
+            [x.container_id for x in msgs],
+            [x.endpoints for x in msgs],
         )
-        if updated is None or execution_state not in ("starting", "running"):
+        changed = sorted(
+            {r["execution_id"] for r in rows} & {e for e, s in states.items() if s in LIVE}
+        )
+        if not changed:
             return
-        all_essential_run = await conn.fetchval(
-            "SELECT bool_and(state = 'running') FROM instances"
-            " WHERE execution_id = $1 AND essential",
-            msg.execution_id,
+        all_essential_run = await conn.fetch(
+            "SELECT e.id FROM executions e WHERE e.id = ANY($1::bigint[])"
+            " AND e.state = 'starting' AND NOT EXISTS (SELECT 1 FROM instances i"
+            "  WHERE i.execution_id = e.id AND i.essential AND i.state <> 'running')",
+            changed,
         )
-        if all_essential_run:
-            await store.set_execution_state(conn, msg.execution_id, "running", ["starting"])
-        await store.dispatch_ready(conn, deps.deployment, [msg.execution_id])
+        await store.set_executions_state(
+            conn, [r["id"] for r in all_essential_run], "running", ["starting"]
+        )
+        await store.dispatch_ready(conn, deps.deployment, changed)
+
+
+LIVE = ("starting", "running")  # execution states whose instances' starts count
 
 
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
@@ -244,6 +266,15 @@ async def on_execution_ended(msg: m.ExecutionEnded, deps: Deps) -> None:
             conn, deps.deployment, msg.execution_id, msg.outcome, exit_code=msg.exit_code
         )
     deps.request_pass()
+
+
+async def _lock_executions(conn: asyncpg.Connection, execution_ids: list[int]) -> dict[int, str]:
+    """``_lock_execution`` for several, in id order (so that two never deadlock)."""
+    rows = await conn.fetch(
+        "SELECT id, state FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        execution_ids,
+    )
+    return {r["id"]: r["state"] for r in rows}
 
 
 async def _lock_execution(conn: asyncpg.Connection, execution_id: int) -> str | None:

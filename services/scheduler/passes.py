@@ -119,10 +119,13 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     """Start placed instances that waited for room on their node (a reclaimed instance
     still stopping) or for their startup group; returns how many were started."""
     async with pool.acquire() as conn, conn.transaction():
+        # locked as the handlers lock them: executions first, in id order
         rows = await conn.fetch(
-            "SELECT DISTINCT execution_id FROM instances WHERE state = 'placed'"
+            "SELECT id FROM executions WHERE id IN"
+            " (SELECT execution_id FROM instances WHERE state = 'placed')"
+            " ORDER BY id FOR UPDATE"
         )
-        return await store.dispatch_ready(conn, deployment, [r["execution_id"] for r in rows])
+        return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
 
 
 async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> None:
@@ -133,17 +136,23 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
     back too, and the next pass decides again. Set-based: the statements are the same
     few for one execution or a thousand.
     """
+    ids = [i for i, _ in decisions.starts]
     async with pool.acquire() as conn, conn.transaction():
-        if decisions.stops:
-            await store.stop_instances(conn, deployment, decisions.stops)
-        if not decisions.starts:
-            return
-        ids = [i for i, _ in decisions.starts]
         owners: dict[int, int] = dict(
             await conn.fetch(
-                "SELECT id, execution_id FROM instances WHERE id = ANY($1::bigint[])", ids
+                "SELECT id, execution_id FROM instances WHERE id = ANY($1::bigint[])",
+                ids + list(decisions.stops),
             )
         )
+        # executions before their instances, in id order, as the handlers lock them
+        await conn.execute(
+            "SELECT 1 FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            sorted(set(owners.values())),
+        )
+        if decisions.stops:
+            await store.stop_instances(conn, deployment, decisions.stops)
+        if not ids:
+            return
         placed = await conn.fetch(
             "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
             " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"

@@ -13,6 +13,7 @@ finally the pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from contextlib import AsyncExitStack
 
@@ -81,7 +82,11 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             tg.create_task(Relay(pool, bus).run(loops_stop))
             tg.create_task(_pass_loop(pool, settings, policy, wake, loops_stop))
             tg.create_task(_watch_leadership(leader, stop))
-            await bus.consume(SCHEDULER_QUEUE, m.SchedulerInbox, on_message)
+            # facts of started containers come in bursts: handled together
+            started = functools.partial(handlers.on_started_many, deps=deps)
+            await bus.consume(
+                SCHEDULER_QUEUE, m.SchedulerInbox, on_message, batches={m.InstanceStarted: started}
+            )
             await bus.consume(heartbeat_queue(SCHEDULER_QUEUE), m.SchedulerInbox, on_message)
             await stop.wait()
             await bus.stop_consuming(settings.drain_timeout)

@@ -92,3 +92,49 @@ async def test_request_reply(test_env: TestEnv) -> None:
         assert reply.log == "log of c1"
         with pytest.raises(asyncio.TimeoutError):
             await client.request("nobody-listens", m.LogsRequest(container_name="x"), timeout=0.3)
+
+
+async def test_messages_arriving_together_are_handled_as_a_batch_and_a_bad_one_alone(
+    test_env: TestEnv,
+) -> None:
+    async with Bus(test_env.amqp_url, name="t-batches") as bus:
+        queue = f"test.batches.{test_env.run_id}"
+        await bus.declare_queue(queue, [("zoe.events", "test.batches")])
+        await _dead_letter_bodies(bus)
+        ex = bus._exchanges["zoe.events"]
+        for i in range(1, 41):  # all waiting before the consumer starts: they come together
+            msg = m.ExecutionSubmitted(execution_id=i)
+            await ex.publish(aio_pika.Message(m.encode(msg)), routing_key="test.batches")
+        batches: list[list[int]] = []
+        alone: list[int] = []
+
+        async def many(msgs: list[m.ExecutionSubmitted]) -> None:
+            ids = [x.execution_id for x in msgs]
+            batches.append(ids)
+            if 7 in ids:
+                raise RuntimeError("one bad message spoils its batch")
+
+        async def one(msg: m.ExecutionSubmitted) -> None:
+            if msg.execution_id == 7:
+                raise UserError("refused for good")
+            alone.append(msg.execution_id)
+
+        await bus.consume(queue, m.ExecutionSubmitted, one, batches={m.ExecutionSubmitted: many})
+
+        def handled() -> list[int]:
+            return sorted([i for b in batches if 7 not in b for i in b] + alone)
+
+        good = [i for i in range(1, 41) if i != 7]
+        await wait_for(lambda: handled() == good, what="every good message handled once")
+        assert max(len(b) for b in batches) > 1
+        (spoilt,) = [b for b in batches if 7 in b]
+        assert sorted(alone) == sorted(i for i in spoilt if i != 7)  # its others, one by one
+        dead: list[bytes] = []
+
+        async def dead_lettered() -> bool:
+            dead.extend(await _dead_letter_bodies(bus))
+            return any(b'"execution_id":7' in b for b in dead)
+
+        await wait_for(dead_lettered, what="the bad message dead-lettered")
+        await asyncio.sleep(0.5)  # nothing is redelivered after its ack
+        assert handled() == good
