@@ -34,8 +34,8 @@ CHANNEL = f"zoe_outbox_{uuid.uuid4().hex[:16]}"
 BATCH = 500
 
 
-async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
-    """Add messages to the outbox in the caller's transaction (published on commit)."""
+def columns(items: Iterable[Outgoing]) -> tuple[list[str], list[str], list[bytes]]:
+    """The outbox columns of ``items``: the three arrays ``INSERT_ROWS`` takes."""
     exchanges: list[str] = []
     keys: list[str] = []
     bodies: list[bytes] = []
@@ -43,14 +43,28 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
         exchanges.append(o.exchange)
         keys.append(o.routing_key)
         bodies.append(m.encode(o.message))
+    return exchanges, keys, bodies
+
+
+# The outbox insert, for a statement that stores a change and its messages at once:
+# ``{0}``, ``{1}``, ``{2}`` are the parameter numbers of the arrays of ``columns``.
+INSERT_ROWS = (
+    "INSERT INTO outbox (exchange, routing_key, body)"
+    " SELECT * FROM unnest(${0}::text[], ${1}::text[], ${2}::bytea[])"
+)
+# ... and the wake-up of this process's relay: ``{0}``, the parameter holding CHANNEL.
+NOTIFY = "pg_notify(${0}, '')"
+
+
+async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
+    """Add messages to the outbox in the caller's transaction (published on commit)."""
+    exchanges, keys, bodies = columns(items)
     if not bodies:
         return
     # one round trip, whatever the number of rows: the rows, and the wake-up of this
     # process's relay (a data-modifying WITH runs even though the SELECT ignores it)
     await conn.execute(
-        "WITH rows AS (INSERT INTO outbox (exchange, routing_key, body)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))"
-        " SELECT pg_notify($4, '')",
+        f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3)}) SELECT {NOTIFY.format(4)}",
         exchanges,
         keys,
         bodies,

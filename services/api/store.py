@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -9,12 +10,72 @@ import asyncpg
 import msgspec
 
 from common import messages as m
+from common import outbox
 from common.bus import Outgoing
 from common.errors import Conflict, NotFound
 from common.outbox import enqueue
 from common.zapp import Description, expand
 
 FINAL = ("finished", "failed", "terminated", "error")
+
+
+_EXEC_COLUMNS = (
+    "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
+    " submitted_at, started_at, finished_at"
+)
+_INSTANCE_COLUMNS = (
+    "id, name, service, essential, monitor, state, node, container_name, container_id,"
+    " exit_code, reason, restart_count, endpoints, cores, memory, updated_at"
+)
+
+
+class _Ids:
+    """Execution ids drawn from the sequence a block at a time (one round trip per
+    ``BLOCK`` submissions): unique, and increasing within one api process."""
+
+    BLOCK = 64
+
+    def __init__(self) -> None:
+        self._free: collections.deque[int] = collections.deque()
+
+    async def next(self, conn: asyncpg.Connection) -> int:
+        if not self._free:
+            self._free.extend(
+                await conn.fetchval(
+                    "SELECT array_agg(nextval(pg_get_serial_sequence('executions', 'id')))"
+                    " FROM generate_series(1, $1)",
+                    self.BLOCK,
+                )
+            )
+        return self._free.popleft()
+
+
+_ids = _Ids()
+
+# Stores an execution, its instances and its submission message in one statement;
+# returns one row per instance, each with the execution's columns too (e_*, i_*).
+# Nothing is stored when ``request_id`` was seen before (no row comes back).
+_CREATE = (
+    "WITH e AS (INSERT INTO executions (id, name, user_name, description, will_end, size,"
+    "  priority, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    "  ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
+    f"  RETURNING {_EXEC_COLUMNS}),"
+    " i AS (INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
+    "  startup_order, cores, memory, labels, spec)"
+    "  SELECT e.id, s.name, s.service, s.idx, s.essential, s.monitor, s.startup_order,"
+    "   s.cores, s.memory, ARRAY(SELECT jsonb_array_elements_text(s.labels::jsonb)), s.spec"
+    "  FROM e, unnest($9::text[], $10::text[], $11::int[], $12::bool[], $13::bool[],"
+    "   $14::int[], $15::float8[], $16::bigint[], $17::text[], $18::jsonb[])"
+    "   AS s(name, service, idx, essential, monitor, startup_order, cores, memory,"
+    "   labels, spec)"
+    f"  RETURNING {_INSTANCE_COLUMNS}),"
+    f" o AS ({outbox.INSERT_ROWS.format(19, 20, 21)} WHERE EXISTS (SELECT 1 FROM e))"
+    " SELECT "
+    + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"i.{c.strip()} AS i_{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
+    + f", {outbox.NOTIFY.format(22)} AS notified FROM e, i ORDER BY i.id"
+)
 
 
 async def create_execution(
@@ -30,29 +91,11 @@ async def create_execution(
     """Store an execution with its expanded instances and queue its submission, atomically.
 
     Returns the execution as ``get_execution`` shows it, and whether it was created now
-    (False: ``request_id`` was seen before and this is the execution it created). Three
-    statements whatever the number of instances.
+    (False: ``request_id`` was seen before and this is the execution it created). One
+    statement (one round trip, one commit) whatever the number of instances.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "INSERT INTO executions (name, user_name, description, will_end, size, priority,"
-            " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
-            f" RETURNING {_EXEC_COLUMNS}",
-            name,
-            user_name,
-            msgspec.to_builtins(description),
-            description.will_end,
-            float(description.size),
-            priority,
-            request_id,
-        )
-        if row is None:
-            existing: int = await conn.fetchval(
-                "SELECT id FROM executions WHERE request_id = $1", request_id
-            )
-            return await get_execution(conn, existing), False
-        execution_id: int = row["id"]
+    async with pool.acquire() as conn:
+        execution_id = await _ids.next(conn)
         specs = expand(
             description,
             execution_id=execution_id,
@@ -60,18 +103,17 @@ async def create_execution(
             user_name=user_name,
             deployment=deployment,
         )
-        instances = await conn.fetch(
-            "INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
-            " startup_order, cores, memory, labels, spec)"
-            " SELECT $1, s.name, s.service, s.idx, s.essential, s.monitor, s.startup_order,"
-            "  s.cores, s.memory, ARRAY(SELECT jsonb_array_elements_text(s.labels::jsonb)),"
-            "  s.spec"
-            " FROM unnest($2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[], $7::int[],"
-            "  $8::float8[], $9::bigint[], $10::text[], $11::jsonb[])"
-            "  AS s(name, service, idx, essential, monitor, startup_order, cores, memory,"
-            "  labels, spec)"
-            f" RETURNING {_INSTANCE_COLUMNS}",
+        submitted = Outgoing(m.ExecutionSubmitted(execution_id=execution_id))
+        rows = await conn.fetch(
+            _CREATE,
             execution_id,
+            name,
+            user_name,
+            msgspec.to_builtins(description),
+            description.will_end,
+            float(description.size),
+            priority,
+            request_id,
             [s.name for s in specs],
             [s.service for s in specs],
             [s.index for s in specs],
@@ -82,11 +124,21 @@ async def create_execution(
             [s.memory_reserved for s in specs],
             [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
             [msgspec.to_builtins(s) for s in specs],
+            *outbox.columns([submitted]),
+            outbox.CHANNEL,
         )
-        await enqueue(conn, [Outgoing(m.ExecutionSubmitted(execution_id=execution_id))])
-    out = _execution(row)
-    out["services"] = [_instance(r) for r in sorted(instances, key=lambda r: r["id"])]
+        if not rows:
+            existing: int = await conn.fetchval(
+                "SELECT id FROM executions WHERE request_id = $1", request_id
+            )
+            return await get_execution(conn, existing), False
+    out = _execution(_prefixed(rows[0], "e_"))
+    out["services"] = [_instance(_prefixed(r, "i_")) for r in rows]
     return out, True
+
+
+def _prefixed(row: asyncpg.Record, prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
 
 
 async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
@@ -100,16 +152,6 @@ async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
         msg = m.ExecutionTerminateRequested(execution_id=execution_id)
         await enqueue(conn, [Outgoing(msg)])
     return str(state)
-
-
-_EXEC_COLUMNS = (
-    "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
-    " submitted_at, started_at, finished_at"
-)
-_INSTANCE_COLUMNS = (
-    "id, name, service, essential, monitor, state, node, container_name, container_id,"
-    " exit_code, reason, restart_count, endpoints, cores, memory, updated_at"
-)
 
 
 def _execution(row: asyncpg.Record) -> dict[str, Any]:
