@@ -168,13 +168,18 @@ class Bus:
 
     async def publish_raw(self, items: Iterable[tuple[str, str, bytes]]) -> None:
         """Publish already-encoded bodies: (exchange, routing key, body) triples."""
-        publishes = [
-            self._exchanges[exchange].publish(
-                _amqp_message(body, persistent=not key.startswith(TRANSIENT_PREFIXES)),
-                routing_key=key,
+        publishes = []
+        for exchange, key, body in items:
+            persistent = not key.startswith(TRANSIENT_PREFIXES)
+            publishes.append(
+                self._exchanges[exchange].publish(
+                    _amqp_message(body, persistent=persistent),
+                    routing_key=key,
+                    # a transient message nobody listens to is dropped quietly, not
+                    # returned to the publisher
+                    mandatory=persistent,
+                )
             )
-            for exchange, key, body in items
-        ]
         if publishes:
             await asyncio.gather(*publishes)
 

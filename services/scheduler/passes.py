@@ -101,7 +101,12 @@ async def run_pass(
     decisions = schedule(nodes, executions, now=now, policy=policy)
     if decisions.starts or decisions.stops:
         await apply(pool, deployment, decisions)
-        log.info("pass.applied", starts=len(decisions.starts), stops=len(decisions.stops))
+        log.info(
+            "pass.applied",
+            starts=len(decisions.starts),
+            stops=len(decisions.stops),
+            ms=round(1000 * (time.time() - now), 1),
+        )
     return decisions, next_wake
 
 
