@@ -134,3 +134,5 @@ class MonitorSettings(Settings, frozen=True, kw_only=True):
     # A node that sent no heartbeat for this many seconds is lost.
     node_timeout: float = 10.0
     check_interval: float = 1.0
+    # Seconds between two writes of the containers' usage samples (from heartbeats).
+    usage_store_interval: float = 5.0

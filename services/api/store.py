@@ -162,9 +162,17 @@ def _execution(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-def _instance(row: asyncpg.Record) -> dict[str, Any]:
+def _instance(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["updated_at"] = out["updated_at"].isoformat()
+    # the latest usage sample of its container (None before the first one)
+    sampled_at = out.pop("sampled_at", None)
+    cpu, memory = out.pop("cpu_percent", None), out.pop("memory_bytes", None)
+    out["usage"] = (
+        {"cpu_percent": cpu, "memory_bytes": memory, "sampled_at": sampled_at.isoformat()}
+        if sampled_at is not None
+        else None
+    )
     return out
 
 
@@ -187,8 +195,11 @@ async def get_execution(db: asyncpg.Pool | asyncpg.Connection, execution_id: int
     if row is None:
         raise NotFound(f"execution {execution_id} does not exist")
     out = _execution(row)
+    columns = ", ".join(f"i.{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
     instances = await db.fetch(
-        f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE execution_id = $1 ORDER BY id",
+        f"SELECT {columns}, u.cpu_percent, u.memory_bytes, u.sampled_at"
+        " FROM instances i LEFT JOIN instance_usage u ON u.instance_id = i.id"
+        " WHERE i.execution_id = $1 ORDER BY i.id",
         execution_id,
     )
     out["services"] = [_instance(r) for r in instances]

@@ -112,6 +112,9 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
             extra.append(s["reason"])
         if s["restart_count"]:
             extra.append(f"restarts {s['restart_count']}")
+        if s.get("usage") and s["state"] == "running":
+            u = s["usage"]
+            extra.append(f"cpu {u['cpu_percent']:.0f}% mem {u['memory_bytes'] / 2**20:.0f} MiB")
         kind = "essential" if s["essential"] else "elastic"
         print(
             f"  {s['name']:<20} {kind:<9} {s['state']:<9} {s['node'] or '-':<12}"

@@ -8,7 +8,7 @@ so a redelivered fact finds the row already ended and says nothing twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -31,6 +31,9 @@ class Deps:
     pool: asyncpg.Pool
     last_seen: dict[str, float]
     clock: Callable[[], float]
+    # instance id -> its latest usage sample (cpu percent, memory bytes, sampled at),
+    # kept until ``store_usage`` writes it
+    usage: dict[int, tuple[float, int, float]] = field(default_factory=dict)
 
 
 async def record_end(
@@ -179,8 +182,32 @@ async def on_start_failed(msg: m.InstanceStartFailed, deps: Deps) -> None:
 
 
 async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
-    """Note that the node is alive."""
+    """Note that the node is alive, and the usage of its containers."""
     deps.last_seen[msg.node] = deps.clock()
+    for u in msg.usage:
+        deps.usage[u.instance_id] = (u.cpu_percent, u.memory_bytes, msg.sent_at)
+
+
+async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
+    """Write the usage samples received since the last call, in one statement; returns
+    how many. Samples of instances that no longer exist are dropped."""
+    samples, deps.usage = deps.usage, {}
+    if not samples:
+        return 0
+    ids = list(samples)
+    await pool.execute(
+        "INSERT INTO instance_usage (instance_id, cpu_percent, memory_bytes, sampled_at)"
+        " SELECT s.id, s.cpu, s.memory, to_timestamp(s.at)"
+        " FROM unnest($1::bigint[], $2::float8[], $3::bigint[], $4::float8[])"
+        "  AS s(id, cpu, memory, at) JOIN instances i ON i.id = s.id"
+        " ON CONFLICT (instance_id) DO UPDATE SET cpu_percent = excluded.cpu_percent,"
+        "  memory_bytes = excluded.memory_bytes, sampled_at = excluded.sampled_at",
+        ids,
+        [samples[i][0] for i in ids],
+        [samples[i][1] for i in ids],
+        [samples[i][2] for i in ids],
+    )
+    return len(ids)
 
 
 async def declare_lost(pool: asyncpg.Pool, node: str) -> int:

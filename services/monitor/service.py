@@ -48,6 +48,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Relay(pool, bus).run(loops_stop))
             tg.create_task(_watch_nodes(pool, bus, deps, settings, loops_stop))
+            tg.create_task(_store_usage(pool, deps, settings, loops_stop))
             await bus.consume(MONITOR_QUEUE, m.MonitorInbox, on_message)
             await bus.consume(heartbeat_queue(MONITOR_QUEUE), m.MonitorInbox, on_message)
             await stop.wait()
@@ -80,6 +81,17 @@ async def _watch_nodes(
             await handlers.check_nodes(pool, deps, settings.node_timeout)
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("node.check_failed", error=repr(exc))
+
+
+async def _store_usage(
+    pool: asyncpg.Pool, deps: handlers.Deps, settings: MonitorSettings, stop: asyncio.Event
+) -> None:
+    """Write the containers' usage that heartbeats brought, every ``usage_store_interval``."""
+    while not await wait_or_stop(stop, settings.usage_store_interval):
+        try:
+            await handlers.store_usage(pool, deps)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("usage.store_failed", error=repr(exc))
 
 
 async def _broker_answers(bus: Bus, *, timeout: float) -> bool:

@@ -367,3 +367,31 @@ async def test_no_node_is_lost_while_the_monitor_could_not_hear(
     assert await handlers.check_nodes(pool, deps, timeout=3) == []
     clock.now += 4
     assert await handlers.check_nodes(pool, deps, timeout=3) == ["n1"]
+
+
+async def test_usage_from_heartbeats_is_stored_and_shown_with_the_execution(
+    pool: asyncpg.Pool, deps: handlers.Deps
+) -> None:
+    ids = await _running(pool, will_end=False)
+    usage = [
+        m.ContainerUsage(instance_id=ids["main0"], cpu_percent=12.5, memory_bytes=3 * MiB),
+        m.ContainerUsage(instance_id=10**9, cpu_percent=1.0, memory_bytes=MiB),  # unknown
+    ]
+    beat = m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30, usage=usage, sent_at=1.7e9)
+    await handlers.on_heartbeat(beat, deps)
+    assert await handlers.store_usage(pool, deps) == 2
+    assert await handlers.store_usage(pool, deps) == 0  # each sample is written once
+    later = m.ContainerUsage(instance_id=ids["main0"], cpu_percent=50.0, memory_bytes=4 * MiB)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30, usage=[later], sent_at=1.7e9 + 10),
+        deps,
+    )
+    await handlers.store_usage(pool, deps)
+
+    shown = await api_store.get_execution(pool, ids["eid"])
+    by_name = {s["name"]: s["usage"] for s in shown["services"]}
+    assert by_name["worker0"] is None  # no sample yet
+    assert by_name["main0"]["cpu_percent"] == 50.0
+    assert by_name["main0"]["memory_bytes"] == 4 * MiB
+    assert by_name["main0"]["sampled_at"].startswith("2023-11-14T22:13:30")
+    assert await pool.fetchval("SELECT count(*) FROM instance_usage") == 1
