@@ -126,6 +126,9 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # "docker", or "hollow": a fake node that starts no container, for scale benchmarks
     # only (services/executor/hollow.py).
     engine: str = "docker"
+    # Spare networks kept made ahead, so that an execution's first start on this node
+    # does not wait for Docker to create its network; 0: each is made when needed.
+    network_pool: int = 2
 
 
 class MonitorSettings(Settings, frozen=True, kw_only=True):

@@ -42,6 +42,12 @@ if [[ $purge == yes ]] && "$DOCKER" info >/dev/null 2>&1; then
         # shellcheck disable=SC2086
         "$DOCKER" network rm $networks >/dev/null
     fi
+    # the executors' records of which network each execution uses (not the user data)
+    claims=$("$DOCKER" volume ls -q --filter "label=$label" --filter "label=zoe.network")
+    if [[ -n $claims ]]; then
+        # shellcheck disable=SC2086
+        "$DOCKER" volume rm $claims >/dev/null
+    fi
 fi
 
 if [[ $all == yes ]]; then

@@ -5,6 +5,19 @@ for scale benchmarks) implements the same protocol. An engine manages only the
 containers labelled with its deployment and node, so several executors can share one
 Docker engine. Every failure of the engine surfaces as `EngineError` carrying the
 engine's own message.
+
+Networks. An execution has a bridge network of its own on each engine it runs on: its
+instances reach each other there by their hostnames, also when several executors share
+the engine. Docker takes about as long to create a network as to start a container, so
+the executor keeps a few spare networks made ahead (``ZOE_NETWORK_POOL``) and an
+execution's first start on an engine takes one. Which network an execution uses is
+recorded in a *claim*: an empty volume named after the execution's network
+(``<network>.network``), labelled with the real network's name. Docker creates volumes
+one name at a time and answers the creation of an existing volume with that volume as it
+is, so creating the claim is an atomic create-or-get: when two executors start instances
+of one execution at once, the first claim wins and both use its network. The claim
+outlives the executor (a restarted one finds the network again) and is removed with the
+network when the execution's last container on the engine is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +27,8 @@ import calendar
 import contextlib
 import math
 import time
+import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +37,13 @@ from typing import Any, Protocol
 import aiodocker
 import aiohttp
 import structlog
+from aiodocker.containers import DockerContainer
 from aiodocker.events import DockerEvents
 from aiodocker.exceptions import DockerError
 
 from common.errors import ZoeError
+from common.lifecycle import wait_any
+from services.executor import images
 from services.executor.locks import KeyedLocks
 
 log = structlog.get_logger("executor.engine")
@@ -37,15 +55,31 @@ LABEL_INSTANCE = "zoe.instance"
 LABEL_INSTANCE_ID = "zoe.instance_id"
 LABEL_PORT_PREFIX = "zoe.port."  # zoe.port.<name> = "8080/tcp"
 LABEL_URL_PREFIX = "zoe.url."  # zoe.url.<name> = the port's url_template
+LABEL_POOL = "zoe.pool"  # on a spare network: the node whose executor made it
+LABEL_NETWORK = "zoe.network"  # on a network claim: the network the execution uses
+CLAIM_SUFFIX = ".network"  # a claim is the volume <execution's network name>.network
 
 # Lines read when a caller wants "the whole tail": the bytes limit is applied after.
 _MAX_LOG_LINES = 10_000
+# Spare networks: retry delays after a failure, how often a full pool is looked at, and
+# how long after a spare was taken another one is made.
+_RETRY_FIRST, _RETRY_CAP = 1.0, 30.0
+_IDLE_CHECK = 60.0
+_REFILL_DELAY = 0.5
 RUNNING_STATES = frozenset({"running", "paused", "restarting"})
 ENDED_STATES = frozenset({"exited", "dead"})
 
 
 class EngineError(ZoeError):
     """The engine refused or failed a call; the message is the engine's own."""
+
+
+class ContainerExists(EngineError):
+    """A container of that name exists already (made by an earlier delivery of a start)."""
+
+
+class _ImageMissing(Exception):
+    """The image of a container being created is not (or no longer) on the engine."""
 
 
 # ---- plain data crossing the port -------------------------------------------------------
@@ -163,10 +197,6 @@ class ContainerEvent:
 class Engine(Protocol):
     """The calls the executor makes on its node's container engine."""
 
-    async def ensure_image(self, ref: str) -> None:
-        """Make sure ``ref`` is present, building it locally if needed."""
-        ...
-
     async def image_tags(self, prefix: str) -> list[str]:
         """Tags of the local images that start with ``prefix``."""
         ...
@@ -176,9 +206,11 @@ class Engine(Protocol):
         ...
 
     async def create_and_start(self, spec: ContainerSpec) -> Container:
-        """Create the network if missing, create and start the container; inspect it.
+        """Make the image and the execution's network if missing, create and start the
+        container; inspect it.
 
-        On failure nothing of the container is left behind.
+        Raises `ContainerExists` when the name is taken. On failure nothing of the
+        container is left behind.
         """
         ...
 
@@ -220,6 +252,15 @@ class Engine(Protocol):
         """Remove an execution's network unless a container of it is left; True if removed."""
         ...
 
+    async def keep_spare_networks(self, stop: asyncio.Event) -> None:
+        """Keep networks made ahead for the executions to come until ``stop``, then remove
+        those left; an engine without networks just waits."""
+        ...
+
+    async def adopt_networks(self) -> None:
+        """Find again the networks of the executions already running (at a start)."""
+        ...
+
 
 # ---- the Docker adapter -----------------------------------------------------------------
 
@@ -246,6 +287,7 @@ class DockerEngine:
         node: str,
         publish_host: str,
         zapps_root: Path,
+        network_pool: int = 0,
     ) -> None:
         self._docker = docker
         self._deployment = deployment
@@ -253,11 +295,16 @@ class DockerEngine:
         self._publish_host = publish_host
         self._zapps_root = zapps_root
         self._image_locks = KeyedLocks()
-        # A network is created by a start and removed by a stop of the same execution:
-        # the check "is a container left?" and the removal must not interleave with a
-        # start that has created the network but not yet its container.
+        self._images: set[str] = set()  # images seen present: not checked before a create
+        # An execution's network is claimed by a start and removed by a stop of the same
+        # execution (locked by the execution's network name): the check "is a container
+        # left?" and the removal must not interleave with a start that has claimed the
+        # network but not yet created its container.
         self._network_locks = KeyedLocks()
         self._volumes: set[str] = set()  # named volumes made (or found) by this engine
+        self._pool_size = network_pool
+        self._spares: deque[str] = deque()  # networks made ahead, claimed by no execution
+        self._spares_wanted = asyncio.Event()  # a spare was taken: make another
 
     @property
     def _managed_labels(self) -> list[str]:
@@ -267,14 +314,12 @@ class DockerEngine:
 
     async def ensure_image(self, ref: str) -> None:
         """Build a missing image with services/executor/images.py (one build per ref)."""
-        from services.executor import images  # another module, written alongside
-
         async with self._image_locks(ref):
             with engine_errors():
-                if await images.image_present(self._docker, ref):
-                    return
-                log.info("image.missing", image=ref)
-                await images.ensure_image(self._docker, ref, zapps_root=self._zapps_root)
+                if not await images.image_present(self._docker, ref):
+                    log.info("image.missing", image=ref)
+                    await images.ensure_image(self._docker, ref, zapps_root=self._zapps_root)
+        self._images.add(ref)
 
     async def image_tags(self, prefix: str) -> list[str]:
         """Tags of local images starting with ``prefix``."""
@@ -298,25 +343,54 @@ class DockerEngine:
         return _from_inspect(data)
 
     async def create_and_start(self, spec: ContainerSpec) -> Container:
-        """Create (network first) and start a container; remove it again if that fails."""
-        for volume in spec.volumes:
-            await self._ensure_volume(volume)
-        async with self._network_locks(spec.network):
-            await self._ensure_network(spec.network, spec.network_labels)
-            with engine_errors():
-                container = await self._docker.containers.create(
-                    docker_config(spec, self._publish_host), name=spec.name
-                )
+        """Create (network first) and start a container; remove it again if that fails.
+
+        The name is not looked up first: a create refused for a name in use raises
+        `ContainerExists`. An image seen present before is not checked again: a create
+        that finds it gone makes it, then creates again.
+        """
         try:
+            for volume in spec.volumes:
+                await self._ensure_volume(volume)
+            if spec.image not in self._images:
+                await self.ensure_image(spec.image)
+            try:
+                container = await self._create(spec)
+            except _ImageMissing:
+                self._images.discard(spec.image)
+                await self.ensure_image(spec.image)
+                container = await self._create(spec)
+            try:
+                with engine_errors():
+                    await container.start()
+                info = await self.inspect(container.id)
+                if info is None:
+                    raise EngineError(f"container {spec.name} vanished right after its start")
+                return info
+            except BaseException:
+                await self._remove_quietly(container.id)
+                raise
+        finally:
+            # asked for only now (and made a moment later): see keep_spare_networks
+            if len(self._spares) < self._pool_size:
+                self._spares_wanted.set()
+
+    async def _create(self, spec: ContainerSpec) -> DockerContainer:
+        async with self._network_locks(spec.network):
+            network = await self._network_for(spec)
             with engine_errors():
-                await container.start()
-            info = await self.inspect(container.id)
-            if info is None:
-                raise EngineError(f"container {spec.name} vanished right after its start")
-            return info
-        except BaseException:
-            await self._remove_quietly(container.id)
-            raise
+                try:
+                    return await self._docker.containers.create(
+                        docker_config(spec, self._publish_host, network), name=spec.name
+                    )
+                except DockerError as exc:
+                    if exc.status == 409:
+                        raise ContainerExists(exc.message) from exc
+                    if exc.status == 404 and not await images.image_present(
+                        self._docker, spec.image
+                    ):
+                        raise _ImageMissing(spec.image) from exc
+                    raise
 
     async def start(self, name: str) -> Container:
         """Start an existing (created) container and inspect it; remove it if that fails."""
@@ -444,6 +518,90 @@ class DockerEngine:
             )
         self._volumes.add(name)
 
+    async def _network_for(self, spec: ContainerSpec) -> str:
+        """The network the execution uses on this engine: the one its claim names, else
+        a spare (made now if none is left), claimed for it.
+
+        Called under the execution's network lock. A network is always made before a
+        claim names it, under a name of its own: Docker does not keep two networks
+        created at once from taking the same name.
+        """
+        if self._spares:
+            spare = self._spares.popleft()
+        else:
+            network = await self._claimed(spec.network)
+            if network is not None:
+                await self._ensure_network(network, spec.network_labels)
+                return network
+            spare = await self._make_spare()
+        try:
+            network = await self._claim(spec, spare)
+        except BaseException:
+            await self._give_back(spare)
+            raise
+        if network == spare:
+            log.info("network.claimed", network=network, execution_network=spec.network)
+        else:
+            await self._give_back(spare)  # the execution has a network already
+        # Made again if missing: removed behind our back (a network prune, a purge).
+        await self._ensure_network(network, spec.network_labels)
+        return network
+
+    async def _give_back(self, spare: str) -> None:
+        """Return a spare not used after all to the pool, or remove it if that is full."""
+        if len(self._spares) < self._pool_size:
+            self._spares.appendleft(spare)
+        else:
+            await self._remove_spare(spare)
+
+    async def _claim(self, spec: ContainerSpec, network: str) -> str:
+        """Claim ``network`` for the execution of ``spec`` unless it has one already;
+        returns the network its claim names (see the module's docstring)."""
+        return await self._claim_for(spec.network, spec.network_labels, network)
+
+    async def _claim_for(self, name: str, labels: Mapping[str, str], network: str) -> str:
+        body = {"Name": name + CLAIM_SUFFIX, "Labels": {**labels, LABEL_NETWORK: network}}
+        with engine_errors():
+            # aiodocker's volumes.create drops the answer: its labels are the point here
+            data = await self._docker._query_json("volumes/create", method="POST", data=body)
+        return str((data.get("Labels") or {}).get(LABEL_NETWORK) or name)
+
+    async def _claimed_networks(self) -> set[str]:
+        """The networks named by the claims of this deployment on the engine."""
+        with engine_errors():
+            claims = await self._docker.volumes.list(
+                filters={"label": [f"{LABEL_DEPLOYMENT}={self._deployment}", LABEL_NETWORK]}
+            )
+        named = ((v.get("Labels") or {}).get(LABEL_NETWORK) for v in claims.get("Volumes") or ())
+        return {str(n) for n in named if n}
+
+    async def adopt_networks(self) -> None:
+        """Claim the execution networks an executor made before claims existed (named
+        after the execution's network), so that the instances started from now on join
+        them rather than a network of their own."""
+        labels = [f"{LABEL_DEPLOYMENT}={self._deployment}", LABEL_EXECUTION]
+        with engine_errors():
+            found = await self._docker.networks.list(filters={"label": labels})
+        claimed = await self._claimed_networks()
+        for network in found:
+            name = network["Name"]
+            if name not in claimed:
+                execution = (network.get("Labels") or {})[LABEL_EXECUTION]
+                owner = {LABEL_DEPLOYMENT: self._deployment, LABEL_EXECUTION: execution}
+                await self._claim_for(name, owner, name)
+                log.info("network.adopted", network=name)
+
+    async def _claimed(self, network: str) -> str | None:
+        """The network the claim of an execution's network names; None without a claim."""
+        with engine_errors():
+            try:
+                data = await self._docker._query_json(f"volumes/{network}{CLAIM_SUFFIX}")
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        return str((data.get("Labels") or {}).get(LABEL_NETWORK) or network)
+
     async def _ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
         with engine_errors():
             try:
@@ -452,21 +610,25 @@ class DockerEngine:
             except DockerError as exc:
                 if exc.status != 404:
                     raise
-            config: dict[str, Any] = {
-                "Name": name,
-                "Driver": "bridge",
-                "Labels": dict(labels),
-                "CheckDuplicate": True,
-            }
             try:
-                await self._docker.networks.create(config)
-                log.info("network.created", network=name)
+                await self._create_network(name, labels)
             except DockerError as exc:
                 if exc.status != 409:  # another start created it meanwhile
                     raise
 
+    async def _create_network(self, name: str, labels: Mapping[str, str]) -> None:
+        config: dict[str, Any] = {
+            "Name": name,
+            "Driver": "bridge",
+            "Labels": dict(labels),
+            "CheckDuplicate": True,
+        }
+        await self._docker.networks.create(config)
+        log.info("network.created", network=name)
+
     async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
-        """Remove the execution's network when no container of it is left on this engine.
+        """Remove the execution's network, and its claim, when no container of the
+        execution is left on this engine.
 
         Containers of other nodes sharing this engine count too: they use the network.
         """
@@ -476,14 +638,101 @@ class DockerEngine:
                 left = await self._docker.containers.list(all=True, filters={"label": labels})
                 if left:
                     return False
+                used = await self._claimed(network)
                 try:
-                    await aiodocker.networks.DockerNetwork(self._docker, network).delete()
+                    await aiodocker.networks.DockerNetwork(self._docker, used or network).delete()
                 except DockerError as exc:
-                    if exc.status in (403, 404, 409):  # in use, or already gone
+                    if exc.status in (403, 409):  # in use
                         return False
-                    raise
-        log.info("network.removed", network=network)
+                    if exc.status != 404:  # already gone: its claim goes all the same
+                        raise
+                    used = None
+                # after the network: while its removal is refused, the claim still names it
+                await self._delete_volume(network + CLAIM_SUFFIX)
+        if used is None:
+            return False
+        log.info("network.removed", network=used, execution_network=network)
         return True
+
+    # ---- spare networks ------------------------------------------------------------------
+
+    async def keep_spare_networks(self, stop: asyncio.Event) -> None:
+        """Keep ``network_pool`` spare networks until ``stop``, then remove those left.
+
+        Spares are labelled with the deployment (removed with it) and with this node,
+        so that a restarted executor takes back those its killed predecessor left.
+        A spare is made again shortly after a start took one.
+        """
+        if self._pool_size <= 0:
+            await stop.wait()
+            return
+        adopted = False
+        backoff = _RETRY_FIRST
+        try:
+            while not stop.is_set():
+                self._spares_wanted.clear()
+                delay: float | None = None
+                try:
+                    if not adopted:
+                        await self._adopt_spares()
+                        adopted = True
+                    while len(self._spares) < self._pool_size and not stop.is_set():
+                        self._spares.append(await self._make_spare())
+                    backoff = _RETRY_FIRST
+                except Exception as exc:  # engine away, out of address pools: try later
+                    log.warning("network.spare_failed", reason=str(exc) or repr(exc))
+                    delay, backoff = backoff, min(2 * backoff, _RETRY_CAP)
+                await wait_any(self._spares_wanted, stop, timeout=delay or _IDLE_CHECK)
+                # A moment later: creating a network keeps Docker (and its iptables runs)
+                # busy, which would slow the starts that come with the one that took a
+                # spare, and the handling of the start just reported.
+                await wait_any(stop, timeout=_REFILL_DELAY)
+        finally:
+            await self._remove_spares()
+
+    async def _make_spare(self) -> str:
+        name = f"{self._deployment}-net-{uuid.uuid4().hex[:12]}"
+        labels = {LABEL_DEPLOYMENT: self._deployment, LABEL_POOL: self._node}
+        with engine_errors():
+            await self._create_network(name, labels)
+        return name
+
+    async def _adopt_spares(self) -> None:
+        """Take back this node's spares that no claim names (left by a killed executor)."""
+        with engine_errors():
+            mine = await self._docker.networks.list(
+                filters={
+                    "label": [
+                        f"{LABEL_DEPLOYMENT}={self._deployment}",
+                        f"{LABEL_POOL}={self._node}",
+                    ]
+                }
+            )
+        claimed = await self._claimed_networks()
+        for found in mine:
+            name = found["Name"]
+            if name not in claimed and name not in self._spares:
+                self._spares.append(name)
+                log.info("network.spare_adopted", network=name)
+
+    async def _remove_spares(self) -> None:
+        spares, self._spares = list(self._spares), deque()
+        for name in spares:
+            await self._remove_spare(name)
+
+    async def _remove_spare(self, name: str) -> None:
+        try:
+            with engine_errors():
+                await aiodocker.networks.DockerNetwork(self._docker, name).delete()
+        except EngineError as exc:
+            log.warning("network.spare_remove_failed", network=name, reason=str(exc))
+
+    async def _delete_volume(self, name: str) -> None:
+        try:
+            await aiodocker.volumes.DockerVolume(self._docker, name).delete()
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
 
     async def _remove_quietly(self, container_id: str) -> None:
         try:
@@ -495,14 +744,18 @@ class DockerEngine:
 # ---- translations (pure) ----------------------------------------------------------------
 
 
-def docker_config(spec: ContainerSpec, publish_host: str) -> dict[str, Any]:
-    """The body of Docker's ``containers/create`` for ``spec``."""
+def docker_config(
+    spec: ContainerSpec, publish_host: str, network: str | None = None
+) -> dict[str, Any]:
+    """The body of Docker's ``containers/create`` for ``spec``, attached to ``network``
+    (the execution's network as the engine found it; by default ``spec.network``)."""
+    network = network or spec.network
     host_config: dict[str, Any] = {
         "Memory": spec.memory,
         # No swap beyond the memory limit: the limit is what the scheduler reserved.
         "MemorySwap": spec.memory if spec.memory else 0,
         "NanoCpus": spec.nano_cpus,
-        "NetworkMode": spec.network,
+        "NetworkMode": network,
         "PortBindings": {p.key: [{"HostIp": publish_host, "HostPort": ""}] for p in spec.ports},
         "Binds": list(spec.binds),
     }
@@ -515,7 +768,7 @@ def docker_config(spec: ContainerSpec, publish_host: str) -> dict[str, Any]:
         "Hostname": spec.hostname,
         "ExposedPorts": {p.key: {} for p in spec.ports},
         "HostConfig": host_config,
-        "NetworkingConfig": {"EndpointsConfig": {spec.network: {"Aliases": [spec.hostname]}}},
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.hostname]}}},
     }
     if spec.command is not None:
         config["Cmd"] = ["sh", "-c", spec.command]

@@ -23,7 +23,7 @@ from common.bus import Bus
 from common.errors import ZoeError
 from common.settings import ExecutorSettings
 from services.executor import facts
-from services.executor.engine import Container, Engine, Removed, Stats
+from services.executor.engine import Container, ContainerExists, Engine, Removed, Stats
 from services.executor.locks import KeyedLocks, RecentIds
 
 log = structlog.get_logger("executor")
@@ -79,13 +79,17 @@ async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
     try:
-        existing = await ex.engine.inspect(msg.container_name)
-        if existing is not None:
-            return await _resume(ex, existing)
         # a refused mount fails the start before anything is made
         spec = facts.container_spec(msg, ex.settings, resolve=os.path.realpath)
-        await ex.engine.ensure_image(msg.image)
-        container = await ex.engine.create_and_start(spec)
+        try:
+            # No lookup first: a start is almost never a redelivery, and the name is
+            # what makes a second container impossible.
+            container = await ex.engine.create_and_start(spec)
+        except ContainerExists:
+            existing = await ex.engine.inspect(msg.container_name)
+            if existing is None:  # removed meanwhile: try again with the redelivery
+                raise RuntimeError(f"container {msg.container_name} went while starting") from None
+            return await _resume(ex, existing)
     except ZoeError as exc:  # the engine's refusal, or an image that cannot be made
         log.warning("instance.start_failed", reason=str(exc))
         return m.InstanceStartFailed(

@@ -37,6 +37,7 @@ from common.settings import ExecutorSettings
 from services.executor.engine import (
     Container,
     ContainerEvent,
+    ContainerExists,
     ContainerSpec,
     EngineError,
     LogChunk,
@@ -117,9 +118,6 @@ class HollowEngine:
 
     # ---- Engine ---------------------------------------------------------------------------
 
-    async def ensure_image(self, ref: str) -> None:
-        """Every image is present on a hollow node."""
-
     async def image_tags(self, prefix: str) -> list[str]:
         """The images a hollow node claims."""
         return [tag for tag in self._images if tag.startswith(prefix)]
@@ -132,7 +130,7 @@ class HollowEngine:
     async def create_and_start(self, spec: ContainerSpec) -> Container:
         """A running fake container at once; a name in use is refused, as Docker does."""
         if spec.name in self._containers:
-            raise EngineError(f'Conflict. The container name "/{spec.name}" is already in use')
+            raise ContainerExists(f'Conflict. The container name "/{spec.name}" is already in use')
         c = _Hollow(
             id=uuid.uuid4().hex + uuid.uuid4().hex,
             name=spec.name,
@@ -215,6 +213,13 @@ class HollowEngine:
     async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
         """Hollow nodes have no networks."""
         return True
+
+    async def keep_spare_networks(self, stop: asyncio.Event) -> None:
+        """Hollow nodes have no networks: nothing to keep."""
+        await stop.wait()
+
+    async def adopt_networks(self) -> None:
+        """Hollow nodes have no networks."""
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The executor's own activity besides commands: reconcile, engine events, heartbeats.
 
 - ``reconcile`` reports every managed container as it is now (running ones are adopted
-  with InstanceStarted, ended ones reported with InstanceExited). It runs at start and
-  again whenever the engine's event stream broke, because events may have been lost.
+  with InstanceStarted, ended ones reported with InstanceExited), after the engine has
+  found its executions' networks again. It runs at start and again whenever the
+  engine's event stream broke, because events may have been lost.
 - ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
 - ``heartbeat_loop`` publishes the node's capacity and inventory every interval, and
   survives broker and engine outages (it logs and tries again on the next beat).
@@ -66,6 +67,7 @@ def _fact_now(ex: Executor, container: Container | None) -> m.Message | None:
 
 async def reconcile(ex: Executor) -> None:
     """Report every managed container as it is now, one container lock at a time."""
+    await ex.engine.adopt_networks()
     reported: dict[str, int] = {}
     for listed in await ex.engine.list_managed():
         if listed.state == "created":

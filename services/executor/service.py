@@ -57,6 +57,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 node=settings.node_name,
                 publish_host=settings.publish_host,
                 zapps_root=Path(settings.zapps_root),
+                network_pool=settings.network_pool,
             )
         bus = await stack.enter_async_context(
             Bus(
@@ -92,6 +93,8 @@ async def run_executor(
             tg.create_task(heartbeat_loop(ex, stop)),  # its first beat registers the node
             tg.create_task(watch_events(ex, stop, since)),
         ]
+        # not cancelled: at the stop it removes the spare networks it keeps, then ends
+        tg.create_task(engine.keep_spare_networks(stop))
         if settings.usage_interval > 0:
             loops.append(tg.create_task(usage_loop(ex, stop)))
         await bus.consume(queue, m.ExecutorInbox, ex.handle)

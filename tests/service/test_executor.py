@@ -30,7 +30,13 @@ from common import messages as m
 from common.bus import EVENTS, Bus
 from common.settings import ExecutorSettings
 from services.executor import facts as translations
-from services.executor.engine import after_cursor, unix_nanos
+from services.executor.engine import (
+    CLAIM_SUFFIX,
+    LABEL_NETWORK,
+    LABEL_POOL,
+    after_cursor,
+    unix_nanos,
+)
 from services.executor.service import serve
 from tests.conftest import PG_BASE, TestEnv, own_database, wait_for
 
@@ -283,7 +289,9 @@ async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
     assert labels["zoe.instance"] == "main"
     assert labels["zoe.instance_id"] == str(start.instance_id)
     assert labels["zoe.test"] == "executor"
-    assert "main" in info["NetworkSettings"]["Networks"][start.network]["Aliases"]
+    network = await claimed_network(docker, start)  # a spare, or one named start.network
+    assert network is not None
+    assert "main" in info["NetworkSettings"]["Networks"][network]["Aliases"]
 
     # the endpoint is the URL of the published port, and something answers there
     url = fact.endpoints["http"]
@@ -307,7 +315,7 @@ async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
     assert not removed.oom_killed
     assert "hello-from-zoe" in removed.log
     assert await containers_named(docker, start.container_name) == []
-    assert not await network_exists(docker, start.network)
+    await wait_for(lambda: _gone(docker, network, start), what="the network removed")
 
 
 async def test_redelivered_commands_are_idempotent(
@@ -920,3 +928,226 @@ async def test_death_during_an_engine_outage_is_reported_after_it(
 async def _exited(docker: aiodocker.Docker, container_id: str) -> bool:
     info = await docker.containers.container(container_id).show()
     return info["State"]["Status"] == "exited"
+
+
+# ---- executions' networks --------------------------------------------------------------
+#
+# An executor keeps spare networks made ahead; an execution's first start on an engine
+# claims one (services/executor/engine.py says how), and the network goes with the
+# execution's last container on the engine.
+
+
+def instance_of(
+    start: m.StartInstance, instance: str, number: int, command: str | None = None
+) -> m.StartInstance:
+    """Another instance of the execution of ``start`` (its own command if given)."""
+    return msgspec.structs.replace(
+        start,
+        instance_id=start.instance_id + number,
+        instance=instance,
+        container_name=start.container_name.removesuffix(start.instance) + instance,
+        command=command or start.command,
+    )
+
+
+async def spares(docker: aiodocker.Docker, test_env: TestEnv, node: str) -> set[str]:
+    """The networks made ahead by ``node``'s executor (claimed ones included)."""
+    labels = [f"zoe.deployment={test_env.deployment}", f"{LABEL_POOL}={node}"]
+    return {n["Name"] for n in await docker.networks.list(filters={"label": labels})}
+
+
+async def claimed_network(docker: aiodocker.Docker, start: m.StartInstance) -> str | None:
+    """The network the claim of ``start``'s execution names; None without a claim."""
+    try:
+        claim = await docker._query_json(f"volumes/{start.network}{CLAIM_SUFFIX}")
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return str(claim["Labels"][LABEL_NETWORK])
+
+
+async def networks_of(docker: aiodocker.Docker, container: str) -> dict[str, Any]:
+    info = await docker.containers.container(container).show()
+    return dict(info["NetworkSettings"]["Networks"])
+
+
+@contextlib.asynccontextmanager
+async def executor(
+    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, **extra: str
+) -> AsyncIterator[str]:
+    """An in-process executor of a fresh node, registered; yields its name."""
+    name = node_name(test_env)
+    settings = ExecutorSettings.from_env(executor_env(test_env, name, **extra))
+    try:
+        async with in_process_executor(settings):
+            await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+            yield name
+    finally:
+        await remove_node_containers(docker, test_env, name)
+
+
+async def test_instances_share_a_spare_network_that_goes_with_the_last_of_them(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    async with executor(test_env, facts, docker, ZOE_NETWORK_POOL="2") as node:
+        ready = await wait_for(
+            lambda: _two(spares(docker, test_env, node)), what="two spare networks"
+        )
+        main = start_msg(test_env, LONG_RUNNING)
+        # the worker reaches the main instance by its name in the execution's network
+        reach = "until ping -c1 -W1 main; do sleep 0.1; done; "
+        worker = instance_of(main, "worker", 1, reach + LONG_RUNNING)
+        await asyncio.gather(bus.publish(main, node=node), bus.publish(worker, node=node))
+        for start in (main, worker):
+            await facts.wait(m.InstanceStarted, instance_id=start.instance_id)
+
+        network = await claimed_network(docker, main)
+        assert network in ready, "the execution took a spare"
+        for start in (main, worker):
+            attached = await networks_of(docker, start.container_name)
+            assert list(attached) == [network]
+            assert start.instance in attached[network]["Aliases"]
+        logs = await docker.containers.container(worker.container_name).log(stdout=True)
+        assert any("bytes from" in line for line in logs), logs
+
+        # the spare taken is made again, once the starts are done
+        now = await wait_for(lambda: _count(spares(docker, test_env, node), 3), what="a new spare")
+        assert ready < now
+
+        await stop_and_wait(bus, facts, node, worker)
+        assert await network_exists(docker, network), "the main instance still uses it"
+        await bus.publish(stop_msg(main), node=node)
+        await facts.wait(m.InstanceRemoved, instance_id=main.instance_id)
+        await wait_for(
+            lambda: _gone(docker, network, main), what="the network and its claim removed"
+        )
+    # a stopped executor removes its spares
+    assert await spares(docker, test_env, node) == set()
+
+
+async def test_executors_sharing_an_engine_give_an_execution_one_network(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    # one of them keeps no spares: its on-demand networks obey the claims all the same
+    async with (
+        executor(test_env, facts, docker, ZOE_NETWORK_POOL="2") as one,
+        executor(test_env, facts, docker, ZOE_NETWORK_POOL="0") as other,
+    ):
+        await wait_for(lambda: _two(spares(docker, test_env, one)), what="two spares")
+        for _ in range(3):
+            first = start_msg(test_env, LONG_RUNNING)
+            second = instance_of(first, "second", 1)
+            # both nodes start an instance of the execution at the same moment
+            await asyncio.gather(bus.publish(first, node=one), bus.publish(second, node=other))
+            for start in (first, second):
+                await facts.wait(m.InstanceStarted, instance_id=start.instance_id)
+            network = await claimed_network(docker, first)
+            assert network is not None
+            for start in (first, second):
+                assert list(await networks_of(docker, start.container_name)) == [network]
+            await stop_and_wait(bus, facts, one, first)
+            assert await network_exists(docker, network), "the other node still uses it"
+            await bus.publish(stop_msg(second), node=other)
+            await facts.wait(m.InstanceRemoved, instance_id=second.instance_id)
+            await wait_for(
+                lambda n=network, s=first: _gone(docker, n, s), what="the network removed"
+            )
+        assert await spares(docker, test_env, other) == set()
+
+
+async def test_a_restarted_executor_finds_the_network_and_takes_back_its_spares(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    name = node_name(test_env)
+    env = executor_env(test_env, name, ZOE_NETWORK_POOL="2")
+    log_file = tmp_path / "executor.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(spawn_executor(env, log_file))
+        await facts.wait(m.NodeHeartbeat, node=name, registered=True, timeout=30)
+        await wait_for(lambda: _two(spares(docker, test_env, name)), what="two spares")
+        main = start_msg(test_env, LONG_RUNNING)
+        await bus.publish(main, node=name)
+        await facts.wait(m.InstanceStarted, instance_id=main.instance_id)
+        network = await claimed_network(docker, main)
+        made = await wait_for(lambda: _count(spares(docker, test_env, name), 3), what="refill")
+
+        os.kill(procs[0].pid, signal.SIGKILL)
+        await stopped(procs[0])
+        procs.append(spawn_executor(env, log_file))
+        await facts.wait(m.NodeHeartbeat, 2, node=name, registered=True, timeout=30)
+
+        # a later instance of the execution joins the network of the first
+        worker = instance_of(main, "worker", 1)
+        await bus.publish(worker, node=name)
+        await facts.wait(m.InstanceStarted, instance_id=worker.instance_id)
+        assert list(await networks_of(docker, worker.container_name)) == [network]
+        # the spares the killed executor left are used again, none made meanwhile
+        assert await spares(docker, test_env, name) == made
+
+        await stop_and_wait(bus, facts, name, main)
+        await bus.publish(stop_msg(worker), node=name)
+        await facts.wait(m.InstanceRemoved, instance_id=worker.instance_id)
+        await wait_for(lambda: _gone(docker, network, main), what="the network removed")
+        procs[1].send_signal(signal.SIGTERM)
+        assert await stopped(procs[1]) == 0
+        assert await spares(docker, test_env, name) == set()
+    except BaseException:
+        print(log_file.read_text()[-20_000:] if log_file.exists() else "no log")
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        await remove_node_containers(docker, test_env, name)
+
+
+async def test_a_network_made_before_claims_existed_is_joined(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    main = start_msg(test_env, LONG_RUNNING)
+    # as an executor without claims made it: named after the execution's network
+    labels = {"zoe.deployment": test_env.deployment, "zoe.execution": str(main.execution_id)}
+    await docker.networks.create({"Name": main.network, "Driver": "bridge", "Labels": labels})
+    async with executor(test_env, facts, docker, ZOE_NETWORK_POOL="2") as node:
+        await bus.publish(main, node=node)
+        await facts.wait(m.InstanceStarted, instance_id=main.instance_id)
+        assert list(await networks_of(docker, main.container_name)) == [main.network]
+        await stop_and_wait(bus, facts, node, main)
+        await wait_for(lambda: _gone(docker, main.network, main), what="the network removed")
+
+
+@pytest.mark.parametrize("pool", ["0", "2"])
+async def test_a_start_redelivered_during_its_first_delivery_makes_one_container(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str, pool: str
+) -> None:
+    async with executor(test_env, facts, docker, ZOE_NETWORK_POOL=pool) as node:
+        start = start_msg(test_env, LONG_RUNNING)
+        await asyncio.gather(*(bus.publish(start, node=node) for _ in range(3)))
+        started = await facts.wait(m.InstanceStarted, 3, execution_id=start.execution_id)
+        assert {
+            f.container_id for f in facts.all(m.InstanceStarted, execution_id=start.execution_id)
+        } == {started.container_id}
+        await stop_and_wait(bus, facts, node, start)
+
+
+async def _two(found: Any) -> set[str] | None:
+    return await _count(found, 2)
+
+
+async def _count(found: Any, count: int) -> set[str] | None:
+    names: set[str] = await found
+    return names if len(names) == count else None
+
+
+async def _gone(docker: aiodocker.Docker, network: str, start: m.StartInstance) -> bool:
+    return (
+        not await network_exists(docker, network) and await claimed_network(docker, start) is None
+    )
