@@ -16,8 +16,8 @@ processes, in a vhost, database and deployment of their own):
 - ``kill``: one execution with essential instances and ``--samples`` elastic ones;
   each elastic instance's container is SIGKILLed in turn (Docker ``kill``), timed to
   the ``InstanceStarted`` fact of its replacement (a new container) on the bus.
-  Each elastic instance dies once: its restart is its first, which waits
-  ``ZOE_RESTART_BACKOFF`` (0.5 s by default) before it is placed again.
+  Each elastic instance dies once: its restart is its first, which is placed again at
+  once (``ZOE_RESTART_BACKOFF`` delays the second and later restarts only).
 
 ``ZOE_PASS_INTERVAL`` and ``ZOE_RESTART_BACKOFF`` of the scheduler are reported: its
 defaults unless given (``--restart-backoff``, ``--pass-interval``) or set in the
@@ -324,7 +324,8 @@ def main() -> int:
     parser.add_argument(
         "--restart-backoff",
         type=float,
-        help="ZOE_RESTART_BACKOFF of the scheduler (default: its own, 0.5 s)",
+        help="ZOE_RESTART_BACKOFF of the scheduler (default: its own, 0.5 s; the first"
+        " restart of an instance does not wait)",
     )
     parser.add_argument(
         "--pass-interval", type=float, help="ZOE_PASS_INTERVAL of the scheduler (default: 1 s)"
