@@ -93,8 +93,10 @@ def document() -> dict[str, Any]:
             "description": (
                 "Messages between Zoe's services on RabbitMQ, and what other platforms may "
                 "bind to. Every message is JSON with a `type` tag, a unique `id` and a schema "
-                "version `v`; messages are persistent, but heartbeats (`node.heartbeat.*`) and "
-                "state events (`state.*`), which are worth nothing a few seconds later. "
+                "version `v`; messages are persistent, except heartbeats "
+                "(`node.heartbeat.*`), which are transient (worth nothing a few seconds "
+                "later). Heartbeats and state events (`state.*`) are dropped when no queue "
+                "is bound to them. "
                 "Commands go to the direct exchange "
                 "`zoe.commands` with the node name as routing key (queue `executor.<node>`). "
                 "Other platforms send requests to the queue `api.requests` (default exchange) "

@@ -9,14 +9,16 @@ Topology (declared by every service on start, and again by aio-pika after a reco
 - ``scheduler``, ``monitor``, ``executor.<node>``: durable quorum queues with a delivery
   limit, dead-lettering to ``zoe.dlx``.
 - ``scheduler.heartbeats``, ``monitor.heartbeats``: classic queues of heartbeats, which
-  are transient messages with a short time to live: a heartbeat is worth nothing a few
-  seconds later, so it is not written to disk (the most frequent message there is).
-  State events (``state.*``) are transient too: they feed live views only.
+  are transient (not persistent) messages with a time to live: a heartbeat is worth
+  nothing a few seconds later, so it is not written to disk (it is the most frequent
+  message there is), and the next one replaces a lost one. The one exception to
+  "every message is persistent".
 
 Ack policy (``Bus.consume``): decode; a message that does not decode is rejected to the
 dead-letter queue at once; the handler runs; success -> ack (handlers commit before they
 return); an exception -> requeue, which counts against the delivery limit so a message
-that always fails is dead-lettered; cancellation -> neither, so it is redelivered.
+that always fails is dead-lettered (a heartbeat whose handler fails is dropped instead:
+the next one comes within seconds); cancellation -> neither, so it is redelivered.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ SCHEDULER_QUEUE = "scheduler"
 API_QUEUE = "api.requests"  # the AMQP request interface; publish to the default exchange
 MONITOR_QUEUE = "monitor"
 HEARTBEATS = "node.heartbeat.*"
-HEARTBEAT_TTL_MS = 30_000  # a heartbeat older than this says nothing any more
-TRANSIENT_PREFIXES = ("node.heartbeat.", "state.")  # routing keys of transient messages
+# A heartbeat older than this says nothing any more (it is the default ZOE_NODE_TIMEOUT:
+# a late heartbeat must not make a node the monitor has declared lost look alive).
+HEARTBEAT_TTL_MS = 10_000
+TRANSIENT_PREFIXES = ("node.heartbeat.",)  # routing keys of transient messages
+OPTIONAL_PREFIXES = ("node.heartbeat.", "state.")  # may go unrouted: nobody listens
 
 # queue name -> routing keys bound on zoe.events
 BINDINGS: dict[str, tuple[str, ...]] = {
@@ -66,9 +71,12 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+HEARTBEAT_SUFFIX = ".heartbeats"  # a queue so named is a (classic) heartbeat queue
+
+
 def heartbeat_queue(service_queue: str) -> str:
     """The classic queue of heartbeats for the service that consumes ``service_queue``."""
-    return f"{service_queue}.heartbeats"
+    return service_queue + HEARTBEAT_SUFFIX
 
 
 HEARTBEAT_QUEUES = tuple(heartbeat_queue(q) for q in (SCHEDULER_QUEUE, MONITOR_QUEUE))
@@ -170,14 +178,12 @@ class Bus:
         """Publish already-encoded bodies: (exchange, routing key, body) triples."""
         publishes = []
         for exchange, key, body in items:
-            persistent = not key.startswith(TRANSIENT_PREFIXES)
             publishes.append(
                 self._exchanges[exchange].publish(
-                    _amqp_message(body, persistent=persistent),
+                    _amqp_message(body, persistent=not key.startswith(TRANSIENT_PREFIXES)),
                     routing_key=key,
-                    # a transient message nobody listens to is dropped quietly, not
-                    # returned to the publisher
-                    mandatory=persistent,
+                    # dropped quietly when no queue is bound, not returned to the publisher
+                    mandatory=not key.startswith(OPTIONAL_PREFIXES),
                 )
             )
         if publishes:
@@ -212,9 +218,13 @@ class Bus:
     # ---- consuming ----------------------------------------------------------------------
 
     async def declare_queue(self, name: str, bindings: Iterable[tuple[str, str]] = ()) -> None:
-        """Declare a durable quorum queue dead-lettering to ``zoe.dlx``, with bindings."""
+        """Declare a durable quorum queue dead-lettering to ``zoe.dlx`` (or a heartbeat
+        queue, for a name ending in ``.heartbeats``), with bindings."""
         assert self._pub is not None
-        queue = await _declare_work_queue(self._pub, name)
+        if name.endswith(HEARTBEAT_SUFFIX):
+            queue = await _declare_heartbeat_queue(self._pub, name)
+        else:
+            queue = await _declare_work_queue(self._pub, name)
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
@@ -236,7 +246,7 @@ class Bus:
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
-        heartbeats = queue_name in HEARTBEAT_QUEUES
+        heartbeats = queue_name.endswith(HEARTBEAT_SUFFIX)
         if heartbeats:
             queue = await _declare_heartbeat_queue(self._sub, queue_name)
         else:
@@ -268,7 +278,7 @@ class Bus:
                 tag = m.tag_of(kind)
                 log.warning("batch.failed", msg=tag, size=len(batch), error=repr(exc))
                 for message, decoded in batch:
-                    await self._handle(message, decoded, handler, refuse)
+                    await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
                 return
             for message, _ in batch:
                 await message.ack()
@@ -289,7 +299,7 @@ class Bus:
             handle_many = batches.get(kind) if batches else None
             if handle_many is None:
                 track(asyncio.current_task())  # type: ignore[arg-type]
-                await self._handle(message, decoded, handler, refuse)
+                await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
                 return
             waiting = gathered.setdefault(kind, [])
             waiting.append((message, decoded))
@@ -305,6 +315,8 @@ class Bus:
         decoded: Any,
         handler: Handler,
         refuse: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        *,
+        heartbeat: bool = False,
     ) -> None:
         ids = {
             k: getattr(decoded, k)
@@ -322,7 +334,10 @@ class Bus:
                 return
             except Exception:
                 log.exception("message.failed", redelivered=message.redelivered)
-                await message.reject(requeue=True)
+                if heartbeat:
+                    await message.ack()  # no delivery limit on its queue: the next replaces it
+                else:
+                    await message.reject(requeue=True)
                 return
             if reply is not None and message.reply_to:
                 out = _amqp_message(m.encode(reply), persistent=False)

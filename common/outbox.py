@@ -88,6 +88,9 @@ class Relay:
             await listener.add_listener(CHANNEL, self._on_notify)
             backoff = 0.1
             while not stop.is_set():
+                # cleared before the rows are read: a wake-up for a row committed while
+                # this batch is published is kept for the next round
+                self._wake.clear()
                 try:
                     published = await self.publish_once()
                     backoff = 0.1
@@ -98,7 +101,6 @@ class Relay:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 if published < BATCH:
-                    self._wake.clear()
                     await wait_any(stop, self._wake, timeout=self._poll)
         finally:
             with contextlib.suppress(Exception):
@@ -123,6 +125,6 @@ class Relay:
             )
             if not rows:
                 return 0
-            rows.sort(key=lambda r: r["id"])  # RETURNING keeps no order: publish in commit order
+            rows.sort(key=lambda r: r["id"])  # RETURNING keeps no order: publish in id order
             await self._bus.publish_raw((r["exchange"], r["routing_key"], r["body"]) for r in rows)
         return len(rows)

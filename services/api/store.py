@@ -31,7 +31,8 @@ _INSTANCE_COLUMNS = (
 
 class _Ids:
     """Execution ids drawn from the sequence a block at a time (one round trip per
-    ``BLOCK`` submissions): unique, and increasing within one api process."""
+    ``BLOCK`` submissions): unique, and increasing within one api process (lists are
+    ordered by submission time, not id, for several api processes)."""
 
     BLOCK = 64
 
@@ -50,7 +51,15 @@ class _Ids:
         return self._free.popleft()
 
 
-_ids = _Ids()
+# one block per pool (so per database); the pool is kept so that its id stays its own
+_ids: dict[int, tuple[asyncpg.Pool, _Ids]] = {}
+
+
+def _ids_of(pool: asyncpg.Pool) -> _Ids:
+    if id(pool) not in _ids:
+        _ids[id(pool)] = (pool, _Ids())
+    return _ids[id(pool)][1]
+
 
 # Stores an execution, its instances and its submission message in one statement;
 # returns one row per instance, each with the execution's columns too (e_*, i_*).
@@ -95,7 +104,7 @@ async def create_execution(
     statement (one round trip, one commit) whatever the number of instances.
     """
     async with pool.acquire() as conn:
-        execution_id = await _ids.next(conn)
+        execution_id = await _ids_of(pool).next(conn)
         specs = expand(
             description,
             execution_id=execution_id,
@@ -182,7 +191,7 @@ async def list_executions(
     """Executions, newest first, optionally only those in ``state``."""
     rows = await pool.fetch(
         f"SELECT {_EXEC_COLUMNS} FROM executions WHERE ($1::text IS NULL OR state = $1)"
-        " ORDER BY id DESC LIMIT $2",
+        " ORDER BY submitted_at DESC, id DESC LIMIT $2",
         state,
         limit,
     )

@@ -57,7 +57,7 @@ async def record_end(
         "SELECT i.state, i.monitor, e.state AS execution_state, e.will_end FROM instances i"
         " JOIN executions e ON e.id = i.execution_id"
         " WHERE i.id = $1 AND ($2 = '' OR i.container_name = $2)"
-        " AND ($3 = '' OR i.container_id IS NULL OR i.container_id = $3) FOR UPDATE OF i",
+        " AND ($3 = '' OR i.container_id IS NULL OR i.container_id = $3) FOR NO KEY UPDATE OF i",
         instance_id,
         container_name,
         container_id,
@@ -194,7 +194,7 @@ async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
     samples, deps.usage = deps.usage, {}
     if not samples:
         return 0
-    ids = list(samples)
+    ids = sorted(samples)  # rows locked in id order, as everywhere
     await pool.execute(
         "INSERT INTO instance_usage (instance_id, cpu_percent, memory_bytes, sampled_at)"
         " SELECT s.id, s.cpu, s.memory, to_timestamp(s.at)"
@@ -228,7 +228,8 @@ async def declare_lost(pool: asyncpg.Pool, node: str) -> int:
             return 0
         rows = await conn.fetch(
             "WITH held AS (SELECT id, state, container_name FROM instances"
-            "  WHERE node = $1 AND (state = ANY($2::text[]) OR NOT removed) FOR UPDATE)"
+            "  WHERE node = $1 AND (state = ANY($2::text[]) OR NOT removed)"
+            "  ORDER BY id FOR NO KEY UPDATE)"
             " UPDATE instances i SET removed = true, updated_at = now(),"
             "  state = CASE WHEN held.state = ANY($2::text[]) THEN 'died' ELSE i.state END,"
             "  reason = CASE WHEN held.state = ANY($2::text[]) THEN 'node-lost' ELSE i.reason END"

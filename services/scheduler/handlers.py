@@ -34,6 +34,9 @@ class Deps:
     essential_restarts: int = 0
     # node -> (what its last stored heartbeat said, when it was stored; monotonic)
     nodes_stored: dict[str, tuple[tuple[Any, ...], float]] = field(default_factory=dict)
+    # node -> how many times it was declared lost (a heartbeat stored while that
+    # happened must not be remembered as stored)
+    nodes_lost: dict[str, int] = field(default_factory=dict)
 
 
 # An unchanged heartbeat is stored at most this often: liveness is the monitor's, so
@@ -69,6 +72,7 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
     if not msg.registered and stored is not None and stored[0] == said:
         if now - stored[1] < NODE_REFRESH:
             return
+    losses = deps.nodes_lost.get(msg.node, 0)
     async with deps.pool.acquire() as conn:
         row = await conn.fetchrow(
             "WITH old AS (SELECT state FROM nodes WHERE name = $1),"
@@ -89,7 +93,8 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
         if row["orphans"]:
             async with conn.transaction():
                 orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
-    deps.nodes_stored[msg.node] = (said, now)
+    if deps.nodes_lost.get(msg.node, 0) == losses:  # not lost meanwhile: the row is current
+        deps.nodes_stored[msg.node] = (said, now)
     if before == "lost":
         log.info("node.returned", orphans=orphans)
     elif before is None or msg.registered:
@@ -103,6 +108,7 @@ async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
     instance it held): the pass must not count on that node any more."""
     log.warning("node.lost", node=msg.node)
     deps.nodes_stored.pop(msg.node, None)  # its next heartbeat marks it up again
+    deps.nodes_lost[msg.node] = deps.nodes_lost.get(msg.node, 0) + 1
     deps.request_pass()
 
 
@@ -269,9 +275,13 @@ async def on_execution_ended(msg: m.ExecutionEnded, deps: Deps) -> None:
 
 
 async def _lock_executions(conn: asyncpg.Connection, execution_ids: list[int]) -> dict[int, str]:
-    """``_lock_execution`` for several, in id order (so that two never deadlock)."""
+    """``_lock_execution`` for several, in id order (so that two never deadlock).
+
+    NO KEY UPDATE, here as wherever the scheduler locks rows: no key changes, and it
+    does not block the key-share locks of inserts that refer to the row (the monitor's
+    usage samples, an instance's saved log)."""
     rows = await conn.fetch(
-        "SELECT id, state FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        "SELECT id, state FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
         execution_ids,
     )
     return {r["id"]: r["state"] for r in rows}
@@ -280,7 +290,7 @@ async def _lock_executions(conn: asyncpg.Connection, execution_ids: list[int]) -
 async def _lock_execution(conn: asyncpg.Connection, execution_id: int) -> str | None:
     """Serialise handlers of one execution; returns its state (None if unknown)."""
     state: str | None = await conn.fetchval(
-        "SELECT state FROM executions WHERE id = $1 FOR UPDATE", execution_id
+        "SELECT state FROM executions WHERE id = $1 FOR NO KEY UPDATE", execution_id
     )
     return state
 

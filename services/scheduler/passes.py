@@ -128,7 +128,7 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
         rows = await conn.fetch(
             "SELECT id FROM executions WHERE id IN"
             " (SELECT execution_id FROM instances WHERE state = 'placed')"
-            " ORDER BY id FOR UPDATE"
+            " ORDER BY id FOR NO KEY UPDATE"
         )
         return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
 
@@ -151,7 +151,7 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
         )
         # executions before their instances, in id order, as the handlers lock them
         await conn.execute(
-            "SELECT 1 FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            "SELECT 1 FROM executions WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
             sorted(set(owners.values())),
         )
         if decisions.stops:

@@ -184,7 +184,7 @@ async def dispatch_ready(
     rows = await conn.fetch(
         "SELECT id, execution_id, name, essential, startup_order, state, node, generation,"
         " cores, memory, CASE WHEN state = 'placed' THEN spec END AS spec"
-        " FROM instances WHERE execution_id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        " FROM instances WHERE execution_id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
         list(execution_ids),
     )
     barrier: dict[int, int] = {}  # execution -> its earliest group not running yet

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from common.bus import COMMANDS, DEAD_LETTERS, EVENTS, Bus
+from common.bus import COMMANDS, DEAD_LETTERS, EVENTS, HEARTBEAT_QUEUES, Bus
 from tests.conftest import TestEnv, wait_for
 from tests.e2e.conftest import Platform, service, zapp
 
@@ -34,13 +34,19 @@ async def test_malformed_messages_go_to_dead_letters(platform: Platform, test_en
             await exchange.publish(aio_pika.Message(body), routing_key=key)
         seen: set[str] = set()
 
+        # the heartbeat goes to the scheduler's and the monitor's heartbeat queues, and
+        # each refuses it (they name themselves in a header)
+        heartbeat_queues: set[str] = set()
+
         async def all_dead() -> bool:
             while (msg := await dead.get(fail=False, no_ack=True)) is not None:
                 if marker in msg.body:
                     for target in poison:
                         if f'"target": "{target}"'.encode() in msg.body:
                             seen.add(target)
-            return seen == set(poison)
+                    if b'"target": "heartbeats"' in msg.body:
+                        heartbeat_queues.add(str((msg.headers or {}).get("x-zoe-queue")))
+            return seen == set(poison) and heartbeat_queues == set(HEARTBEAT_QUEUES)
 
         await wait_for(all_dead, timeout=30, what="a dead letter from each consumer")
         await channel.close()

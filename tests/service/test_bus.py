@@ -8,7 +8,7 @@ import aio_pika
 import pytest
 
 from common import messages as m
-from common.bus import DEAD_LETTERS, Bus
+from common.bus import DEAD_LETTERS, Bus, heartbeat_queue
 from common.errors import UserError
 from tests.conftest import TestEnv, wait_for
 
@@ -138,3 +138,35 @@ async def test_messages_arriving_together_are_handled_as_a_batch_and_a_bad_one_a
         await wait_for(dead_lettered, what="the bad message dead-lettered")
         await asyncio.sleep(0.5)  # nothing is redelivered after its ack
         assert handled() == good
+
+
+async def test_a_heartbeat_whose_handler_fails_is_dropped_not_redelivered(
+    test_env: TestEnv,
+) -> None:
+    async with Bus(test_env.amqp_url, name="t-heartbeats") as bus:
+        node = f"t-beat-{test_env.run_id}"
+        calls: list[str] = []
+        ok: list[str] = []
+
+        async def handler(msg: m.NodeHeartbeat) -> None:
+            if msg.node != node:
+                return  # a heartbeat of some other test's node
+            calls.append(msg.id)
+            if len(calls) == 1:
+                raise RuntimeError("the database is down")
+            ok.append(msg.id)
+
+        # a heartbeat queue of its own: the scheduler of a running platform may share
+        # the session's broker
+        queue = heartbeat_queue(f"test.{test_env.run_id}")
+        await bus.declare_queue(queue, [("zoe.events", f"node.heartbeat.{node}")])
+        await bus.consume(queue, m.NodeHeartbeat, handler)
+        failing = m.NodeHeartbeat(node=node, cores=1, memory=1 << 20)
+        await bus.publish(failing)
+        await wait_for(lambda: calls, what="the first heartbeat handled")
+        later = m.NodeHeartbeat(node=node, cores=1, memory=1 << 20)
+        await bus.publish(later)
+        await wait_for(lambda: ok, what="the next heartbeat handled")
+        # handled in order on one queue: had the failed one been requeued, it would
+        # have come again before the next
+        assert calls == [failing.id, later.id] and ok == [later.id]

@@ -1,0 +1,67 @@
+"""The outbox relay against the real PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import asyncpg
+
+from common import messages as m
+from common.bus import EVENTS, Bus, Outgoing
+from common.outbox import Relay, enqueue
+from tests.conftest import TestEnv, own_database, wait_for
+
+
+def _event(execution_id: int) -> m.ExecutionStateChanged:
+    return m.ExecutionStateChanged(execution_id=execution_id, state="queued", at=0.0)
+
+
+class _Relay(Relay):
+    """A relay during whose first publish another transaction commits a row."""
+
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, late: m.Message) -> None:
+        super().__init__(pool, bus, poll_interval=600)  # a missed wake-up would show
+        self.late: m.Message | None = late
+
+    async def publish_once(self) -> int:
+        published = await super().publish_once()
+        if published and self.late is not None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await enqueue(conn, [Outgoing(self.late)])
+            self.late = None
+            await asyncio.wait_for(self._wake.wait(), 10)  # its NOTIFY came meanwhile
+        return published
+
+
+async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the_poll(
+    test_env: TestEnv,
+) -> None:
+    async with (
+        own_database(test_env, "outbox") as pool,
+        Bus(test_env.amqp_url, name="t-outbox") as bus,
+    ):
+        channel = await bus._conn.channel()  # type: ignore[union-attr]
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        first, late = _event(10**9 + 1), _event(10**9 + 2)
+        for event in (first, late):
+            await queue.bind(EVENTS, routing_key=m.routing_key(event))
+        got: list[int] = []
+
+        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
+
+        await queue.consume(received, no_ack=True)
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, [Outgoing(first)])
+        stop = asyncio.Event()
+        relay = asyncio.create_task(_Relay(pool, bus, late).run(stop))
+        try:
+            # the poll is 10 minutes away: only the kept wake-up can publish the late row
+            await wait_for(lambda: len(got) == 2, timeout=20, what="both rows published")
+        finally:
+            stop.set()
+            await relay
+        assert got == [first.execution_id, late.execution_id]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        await channel.close()
