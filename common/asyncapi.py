@@ -30,6 +30,7 @@ CHANNELS: list[tuple[type[m.Message], str, str, str]] = [
     (m.NodeLost, "verdict.node_lost", bus.EVENTS, "monitor"),
     (m.ExecutionStateChanged, "state.execution.{execution_id}", bus.EVENTS, "scheduler"),
     (m.StartInstance, "{node}", bus.COMMANDS, "scheduler"),
+    (m.StartInstances, "{node}", bus.COMMANDS, "scheduler"),
     (m.StopInstance, "{node}", bus.COMMANDS, "scheduler"),
     (m.LogsRequest, "{node}", bus.COMMANDS, "api"),
     (m.SubmitRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),

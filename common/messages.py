@@ -113,6 +113,13 @@ class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
     labels: dict[str, str] = {}
 
 
+class StartInstances(Message, frozen=True, kw_only=True, tag="instance.start_many"):
+    """Several starts for one node that one scheduling pass placed there, sent together:
+    each is handled as the StartInstance it carries (and reported by its own fact)."""
+
+    starts: list[StartInstance]
+
+
 class StopInstance(Message, frozen=True, kw_only=True, tag="instance.stop"):
     """Stop and remove the container of one instance (idempotent)."""
 
@@ -283,7 +290,7 @@ SchedulerInbox = (
 MonitorInbox = (
     InstanceStarted | InstanceStartFailed | InstanceExited | InstanceRemoved | NodeHeartbeat
 )
-ExecutorInbox = StartInstance | StopInstance | LogsRequest
+ExecutorInbox = StartInstance | StartInstances | StopInstance | LogsRequest
 ApiInbox = SubmitRequest | TerminateRequest | GetRequest
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
@@ -291,6 +298,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ExecutionTerminateRequested,
     NodeHeartbeat,
     StartInstance,
+    StartInstances,
     StopInstance,
     LogsRequest,
     InstanceStarted,

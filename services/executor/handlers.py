@@ -13,6 +13,7 @@ remembers the names it stopped (the most recent ones, for its lifetime).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 
@@ -48,12 +49,14 @@ class Executor:
         return self.settings.node_name
 
     async def handle(
-        self, msg: m.StartInstance | m.StopInstance | m.LogsRequest
+        self, msg: m.StartInstance | m.StartInstances | m.StopInstance | m.LogsRequest
     ) -> m.Message | None:
         """The consumer of ``executor.<node>``: route a command to its handler."""
         match msg:
             case m.StartInstance():
                 await start_instance(self, msg)
+            case m.StartInstances():
+                await start_instances(self, msg)
             case m.StopInstance():
                 await stop_instance(self, msg)
             case m.LogsRequest():
@@ -75,6 +78,23 @@ async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
             await ex.bus.publish(fact)
         if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged above
             log.info(facts.event_name(fact))
+
+
+async def start_instances(ex: Executor, msg: m.StartInstances) -> None:
+    """Start several instances at once. One that fails unexpectedly is sent again to this
+    node alone, as a plain StartInstance: it is retried (and dead-lettered if it keeps
+    failing) by itself, while the others, started, are not held back by it."""
+    results = await asyncio.gather(
+        *(start_instance(ex, start) for start in msg.starts), return_exceptions=True
+    )
+    for start, result in zip(msg.starts, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # a cancellation: the whole command is redelivered
+            log.warning(
+                "instance.start_retried", container=start.container_name, error=repr(result)
+            )
+            await ex.bus.publish(start, node=ex.node)
 
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:

@@ -8,6 +8,7 @@ the outbox in the same transaction.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -203,7 +204,7 @@ async def dispatch_ready(
     room = await _node_room(conn, {r["node"] for r in ready})
     ids: list[int] = []
     names: list[str] = []
-    out: list[Outgoing] = []
+    starts: dict[str, list[m.StartInstance]] = defaultdict(list)  # node -> its starts
     for r in ready:
         free = room.get(r["node"])
         if free is None or free[0] < r["cores"] - 1e-9 or free[1] < r["memory"]:
@@ -213,8 +214,8 @@ async def dispatch_ready(
         name = container_name(deployment, execution_id, r["name"], r["generation"])
         ids.append(r["id"])
         names.append(name)
-        out.append(Outgoing(start_command(deployment, execution_id, r, name), node=r["node"]))
-    if not out:
+        starts[r["node"]].append(start_command(deployment, execution_id, r, name))
+    if not ids:
         return 0
     await conn.execute(
         "UPDATE instances i SET state = 'starting', container_name = s.name,"
@@ -224,8 +225,15 @@ async def dispatch_ready(
         ids,
         names,
     )
-    await enqueue(conn, out)
-    return len(out)
+    # one command per node: a pass often places many instances on one node
+    await enqueue(
+        conn,
+        [
+            Outgoing(cmds[0] if len(cmds) == 1 else m.StartInstances(starts=cmds), node=node)
+            for node, cmds in starts.items()
+        ],
+    )
+    return len(ids)
 
 
 async def _node_room(conn: asyncpg.Connection, nodes: set[str]) -> dict[str, tuple[float, int]]:

@@ -287,3 +287,30 @@ async def test_the_hollow_process_runs_many_nodes_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+async def test_starts_sent_together_run_and_one_that_fails_is_retried_alone(
+    test_env: TestEnv, bus: Bus, seen: Seen
+) -> None:
+    async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        engine = engines[node]
+        good, bad = start_msg(prefix), start_msg(prefix)
+        attempts: list[str] = []
+        create = engine.create_and_start
+
+        async def failing_once(spec: Any) -> Any:  # the engine fails once on ``bad``
+            attempts.append(spec.name)
+            if spec.name == bad.container_name and attempts.count(spec.name) == 1:
+                raise RuntimeError("the engine hiccuped")
+            return await create(spec)
+
+        engine.create_and_start = failing_once  # type: ignore[method-assign]
+        await bus.publish(m.StartInstances(starts=[good, bad]), node=node)
+        for start in (good, bad):
+            await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        assert sorted(engine.running) == sorted([good.container_name, bad.container_name])
+        # the failed one was sent again alone: the good one was not started twice
+        assert attempts.count(bad.container_name) == 2
+        assert attempts.count(good.container_name) == 1
+        assert len(seen.all(m.InstanceStarted, execution_id=good.execution_id)) == 1

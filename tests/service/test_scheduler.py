@@ -62,15 +62,25 @@ async def clean(pool: asyncpg.Pool) -> None:
 
 
 async def _outbox(pool: asyncpg.Pool) -> list[m.Message]:
-    rows = await pool.fetch("DELETE FROM outbox RETURNING body")
+    """What the scheduler sent (taken away), the starts sent together one by one."""
+    out: list[m.Message] = []
+    for msg in await _sent(pool):
+        out.extend(msg.starts if isinstance(msg, m.StartInstances) else [msg])
+    return out
+
+
+async def _sent(pool: asyncpg.Pool) -> list[m.Message]:
+    """The messages in the outbox, as they are (taken away)."""
+    rows = await pool.fetch("DELETE FROM outbox RETURNING id, body")
     dec = m.decoder(_ANY)
-    return [dec.decode(r["body"]) for r in rows]
+    return [dec.decode(r["body"]) for r in sorted(rows, key=lambda r: r["id"])]
 
 
 _ANY = (
     m.ExecutionSubmitted
     | m.ExecutionTerminateRequested
     | m.StartInstance
+    | m.StartInstances
     | m.StopInstance
     | m.ExecutionStateChanged
     | m.InstanceEnded
@@ -500,3 +510,23 @@ async def test_a_placement_that_lost_a_race_is_stored_for_none_of_its_instances(
     assert await _state(pool, fine) == "starting"
     sent = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
     assert sorted(s.execution_id for s in sent) == [fine, fine]
+
+
+async def test_starts_placed_on_one_node_by_a_pass_go_in_one_command(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    for node in ("n1", "n2"):
+        await handlers.on_heartbeat(m.NodeHeartbeat(node=node, cores=3, memory=1 << 30), deps)
+    eids = [await _submit(pool, test_env, _app(total=2)) for _ in range(3)]
+    await _sent(pool)
+    decisions, _ = await passes.run_pass(
+        pool, test_env.deployment, Policy.from_name("dynsize+pack")
+    )
+    assert len(decisions.starts) == 6
+    commands = [x for x in await _sent(pool) if isinstance(x, m.StartInstance | m.StartInstances)]
+    # 6 instances of 1 core on two nodes of 3 cores: one command for each node
+    assert [type(c) for c in commands] == [m.StartInstances, m.StartInstances]
+    starts = [s for c in commands if isinstance(c, m.StartInstances) for s in c.starts]
+    assert sorted(s.execution_id for s in starts) == sorted(eids * 2)
+    assert len({s.instance_id for s in starts}) == 6

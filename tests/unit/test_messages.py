@@ -21,6 +21,10 @@ def _sample(cls: type[m.Message]) -> m.Message:
         str: "node-a",
         bool: True,
     }
+    if cls is m.StartInstances:
+        start = _sample(m.StartInstance)
+        assert isinstance(start, m.StartInstance)
+        return m.StartInstances(starts=[start, start])
     kwargs = {}
     for f in msgspec.structs.fields(cls):
         if f.required:
