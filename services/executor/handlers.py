@@ -84,9 +84,13 @@ async def start_instances(ex: Executor, msg: m.StartInstances) -> None:
     """Start several instances at once. One that fails unexpectedly is sent again to this
     node alone, as a plain StartInstance: it is retried (and dead-lettered if it keeps
     failing) by itself, while the others, started, are not held back by it."""
-    results = await asyncio.gather(
-        *(start_instance(ex, start) for start in msg.starts), return_exceptions=True
-    )
+    gate = asyncio.Semaphore(ex.settings.prefetch)  # as many at once as single commands
+
+    async def start(one: m.StartInstance) -> None:
+        async with gate:
+            await start_instance(ex, one)
+
+    results = await asyncio.gather(*(start(one) for one in msg.starts), return_exceptions=True)
     for start, result in zip(msg.starts, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
