@@ -79,7 +79,12 @@ class Platform:
             "scheduler": ServiceProcess(
                 "scheduler", "services.scheduler", env.env(**common), log_dir
             ),
-            "monitor": ServiceProcess("monitor", "services.monitor", env.env(**common), log_dir),
+            "monitor": ServiceProcess(
+                "monitor",
+                "services.monitor",
+                env.env(**common, ZOE_USAGE_STORE_INTERVAL="1"),
+                log_dir,
+            ),
             "executor": ServiceProcess(
                 "executor",
                 "services.executor",
@@ -87,6 +92,7 @@ class Platform:
                     **common,
                     ZOE_NODE_NAME=node,
                     ZOE_HEARTBEAT_INTERVAL="0.5",
+                    ZOE_USAGE_INTERVAL="1",
                     ZOE_STOP_TIMEOUT="2",
                     **executor_env,
                 ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiodocker
 import pytest
 
@@ -37,6 +39,11 @@ async def test_long_running_zapp_runs_with_limits_and_terminates(
     # a network of the execution's own (a spare made ahead), where it has its name
     (network,) = info["NetworkSettings"]["Networks"].values()
     assert "server0" in network["Aliases"]
+    # its CPU and memory use, sampled by the executor and stored by the monitor
+    usage = await wait_for(
+        lambda: _usage(platform, eid), timeout=30, what="the container's usage shown"
+    )
+    assert 0 < usage["memory_bytes"] <= 64 * MiB and usage["cpu_percent"] >= 0
 
     status, _ = await platform.acall("POST", f"/executions/{eid}/terminate")
     assert status == 202
@@ -139,3 +146,10 @@ async def test_scheduler_killed_between_submit_and_start_runs_once(
 async def _all_running(platform: Platform, eid: int) -> bool:
     execution = await platform.get(eid)
     return all(s["state"] == "running" for s in execution["services"])
+
+
+async def _usage(platform: Platform, eid: int) -> dict[str, Any] | None:
+    status, execution = await platform.acall("GET", f"/executions/{eid}")
+    assert status == 200
+    usage: dict[str, Any] | None = execution["services"][0]["usage"]
+    return usage
