@@ -762,6 +762,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _log_tail(log_file: Path) -> str:
+    return log_file.read_text()[-20_000:] if log_file.exists() else "no log"
+
+
+@contextlib.asynccontextmanager
+async def executor_processes(
+    docker: aiodocker.Docker, test_env: TestEnv, node: str, env: dict[str, str], log_file: Path
+) -> AsyncIterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Executors of ``node`` as processes: ``spawn()`` starts one more. Their log is
+    printed when the test fails; they and their containers are gone afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        procs.append(spawn_executor(env, log_file))
+        return procs[-1]
+
+    try:
+        yield spawn
+    except BaseException:
+        print(_log_tail(log_file))
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        await remove_node_containers(docker, test_env, node)
+
+
 async def stopped(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     await wait_for(lambda: proc.poll() is not None, timeout=timeout, what="process exit")
     return proc.returncode
@@ -778,23 +807,22 @@ async def test_killed_executor_adopts_its_running_container_on_restart(
     name = node_name(test_env)
     env = executor_env(test_env, name)
     log_file = tmp_path / "executor.log"
-    procs: list[subprocess.Popen[bytes]] = []
 
     async def registered(count: int) -> m.NodeHeartbeat:
         return await facts.wait(m.NodeHeartbeat, count, node=name, registered=True, timeout=30)
 
-    try:
-        procs.append(spawn_executor(env, log_file))
+    async with executor_processes(docker, test_env, name, env, log_file) as spawn:
+        first_process = spawn()
         await registered(1)
         start = start_msg(test_env, LONG_RUNNING)
         await bus.publish(start, node=name)
         first = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
 
-        os.kill(procs[0].pid, signal.SIGKILL)
-        assert await stopped(procs[0]) == -signal.SIGKILL
+        os.kill(first_process.pid, signal.SIGKILL)
+        assert await stopped(first_process) == -signal.SIGKILL
         assert (await docker.containers.container(start.container_name).show())["State"]["Running"]
 
-        procs.append(spawn_executor(env, log_file))
+        second_process = spawn()
         adopted = await facts.wait(m.InstanceStarted, 2, execution_id=start.execution_id)
         assert adopted.container_id == first.container_id
         assert adopted.container_name == start.container_name
@@ -805,17 +833,8 @@ async def test_killed_executor_adopts_its_running_container_on_restart(
 
         removed = await stop_and_wait(bus, facts, name, start)
         assert removed.exit_code == 7
-        procs[1].send_signal(signal.SIGTERM)
-        assert await stopped(procs[1]) == 0
-    except BaseException:
-        print(log_file.read_text()[-20_000:] if log_file.exists() else "no log")
-        raise
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        await remove_node_containers(docker, test_env, name)
+        second_process.send_signal(signal.SIGTERM)
+        assert await stopped(second_process) == 0
 
 
 # ---- outages ----------------------------------------------------------------------------
@@ -1067,9 +1086,8 @@ async def test_a_restarted_executor_finds_the_network_and_takes_back_its_spares(
     name = node_name(test_env)
     env = executor_env(test_env, name, ZOE_NETWORK_POOL="2")
     log_file = tmp_path / "executor.log"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(spawn_executor(env, log_file))
+    async with executor_processes(docker, test_env, name, env, log_file) as spawn:
+        first_process = spawn()
         await facts.wait(m.NodeHeartbeat, node=name, registered=True, timeout=30)
         await wait_for(lambda: _two(spares(docker, test_env, name)), what="two spares")
         main = start_msg(test_env, LONG_RUNNING)
@@ -1078,9 +1096,9 @@ async def test_a_restarted_executor_finds_the_network_and_takes_back_its_spares(
         network = await claimed_network(docker, main)
         made = await wait_for(lambda: _count(spares(docker, test_env, name), 3), what="refill")
 
-        os.kill(procs[0].pid, signal.SIGKILL)
-        await stopped(procs[0])
-        procs.append(spawn_executor(env, log_file))
+        os.kill(first_process.pid, signal.SIGKILL)
+        await stopped(first_process)
+        second_process = spawn()
         await facts.wait(m.NodeHeartbeat, 2, node=name, registered=True, timeout=30)
 
         # a later instance of the execution joins the network of the first
@@ -1095,18 +1113,9 @@ async def test_a_restarted_executor_finds_the_network_and_takes_back_its_spares(
         await bus.publish(stop_msg(worker), node=name)
         await facts.wait(m.InstanceRemoved, instance_id=worker.instance_id)
         await wait_for(lambda: _gone(docker, network, main), what="the network removed")
-        procs[1].send_signal(signal.SIGTERM)
-        assert await stopped(procs[1]) == 0
+        second_process.send_signal(signal.SIGTERM)
+        assert await stopped(second_process) == 0
         assert await spares(docker, test_env, name) == set()
-    except BaseException:
-        print(log_file.read_text()[-20_000:] if log_file.exists() else "no log")
-        raise
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        await remove_node_containers(docker, test_env, name)
 
 
 async def test_a_network_made_before_claims_existed_is_joined(
