@@ -19,6 +19,7 @@ down:
 # Needs the engine, broker and database (install starts them), not a running platform.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy common services
 	$(VENV)/bin/pytest -p no:cacheprovider
 
 lint: install

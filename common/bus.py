@@ -221,10 +221,7 @@ class Bus:
         """Declare a durable quorum queue dead-lettering to ``zoe.dlx`` (or a heartbeat
         queue, for a name ending in ``.heartbeats``), with bindings."""
         assert self._pub is not None
-        if name.endswith(HEARTBEAT_SUFFIX):
-            queue = await _declare_heartbeat_queue(self._pub, name)
-        else:
-            queue = await _declare_work_queue(self._pub, name)
+        queue = await _declare_queue(self._pub, name)
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
@@ -247,10 +244,7 @@ class Bus:
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
         heartbeats = queue_name.endswith(HEARTBEAT_SUFFIX)
-        if heartbeats:
-            queue = await _declare_heartbeat_queue(self._sub, queue_name)
-        else:
-            queue = await _declare_work_queue(self._sub, queue_name)
+        queue = await _declare_queue(self._sub, queue_name)
         decoder = m.decoder(inbox)
         consumer = _Consumer(queue, "")
         gathered: dict[type[m.Message], list[tuple[AbstractIncomingMessage, Any]]] = {}
@@ -368,27 +362,20 @@ def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:
     )
 
 
-async def _declare_work_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
-    return await channel.declare_queue(
-        name,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": DLX,
-        },
-    )
+def _queue_arguments(name: str) -> dict[str, Any]:
+    """How a queue is declared, by its name: a heartbeat queue is classic with a message
+    time to live; every other one is quorum with a delivery limit and dead-lettering."""
+    if name.endswith(HEARTBEAT_SUFFIX):
+        return {"x-queue-type": "classic", "x-message-ttl": HEARTBEAT_TTL_MS}
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DLX,
+    }
 
 
-async def _declare_heartbeat_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
-    return await channel.declare_queue(
-        name,
-        durable=True,
-        arguments={
-            "x-queue-type": "classic",
-            "x-message-ttl": HEARTBEAT_TTL_MS,
-        },
-    )
+async def _declare_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    return await channel.declare_queue(name, durable=True, arguments=_queue_arguments(name))
 
 
 async def declare_topology(channel: AbstractChannel) -> None:
@@ -399,11 +386,11 @@ async def declare_topology(channel: AbstractChannel) -> None:
     dead = await channel.declare_queue(DEAD_LETTERS, durable=True)
     await dead.bind(dlx)
     for name, keys in BINDINGS.items():
-        queue = await _declare_work_queue(channel, name)
+        queue = await _declare_queue(channel, name)
         for key in keys:
             await queue.bind(events, routing_key=key)
     for name in HEARTBEAT_QUEUES:
-        queue = await _declare_heartbeat_queue(channel, name)
+        queue = await _declare_queue(channel, name)
         await queue.bind(events, routing_key=HEARTBEATS)
     for name in (SCHEDULER_QUEUE, MONITOR_QUEUE):  # where heartbeats went before
         await (await channel.get_queue(name, ensure=False)).unbind(events, HEARTBEATS)

@@ -16,14 +16,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import quote
 
+import aio_pika
 import aiodocker
 import asyncpg
 import pytest
 
 from common import db
-from common.bus import Bus
+from common import messages as m
+from common.bus import EVENTS, Bus
 
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP_BASE = os.environ.get("ZOE_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
@@ -169,3 +172,55 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class Facts:
+    """Every fact and heartbeat published in the test vhost, in arrival order."""
+
+    def __init__(self) -> None:
+        self.items: list[m.Message] = []
+
+    def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
+        return [
+            x
+            for x in self.items
+            if isinstance(x, kind) and all(getattr(x, k) == v for k, v in match.items())
+        ]
+
+    async def wait(
+        self, kind: type[m.Message], count: int = 1, timeout: float = 20, **match: Any
+    ) -> Any:
+        """The ``count``-th fact of ``kind`` matching ``match``, once it arrived."""
+        found = await wait_for(
+            lambda: len(self.all(kind, **match)) >= count and self.all(kind, **match),
+            timeout=timeout,
+            what=f"{count} x {kind.__name__} {match}",
+        )
+        return found[count - 1]
+
+
+@asynccontextmanager
+async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
+    """Collect every fact and heartbeat published in the session's vhost from now on."""
+    out = Facts()
+    decoder = m.decoder(
+        m.InstanceStarted
+        | m.InstanceStartFailed
+        | m.InstanceExited
+        | m.InstanceRemoved
+        | m.NodeHeartbeat
+    )
+    connection = await aio_pika.connect(env.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("fact.#", "node.heartbeat.#"):
+            await queue.bind(EVENTS, routing_key=key)
+
+        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            out.items.append(decoder.decode(message.body))
+
+        await queue.consume(collect, no_ack=True)
+        yield out
+    finally:
+        await connection.close()

@@ -535,7 +535,7 @@ class DockerEngine:
                 return network
             spare = await self._make_spare()
         try:
-            network = await self._claim(spec, spare)
+            network = await self._claim(spec.network, spec.network_labels, spare)
         except BaseException:
             await self._give_back(spare)
             raise
@@ -554,12 +554,9 @@ class DockerEngine:
         else:
             await self._remove_spare(spare)
 
-    async def _claim(self, spec: ContainerSpec, network: str) -> str:
-        """Claim ``network`` for the execution of ``spec`` unless it has one already;
-        returns the network its claim names (see the module's docstring)."""
-        return await self._claim_for(spec.network, spec.network_labels, network)
-
-    async def _claim_for(self, name: str, labels: Mapping[str, str], network: str) -> str:
+    async def _claim(self, name: str, labels: Mapping[str, str], network: str) -> str:
+        """Claim ``network`` for the execution whose network is called ``name``, unless it
+        has one already; returns the network its claim names (see the module's docstring)."""
         body = {"Name": name + CLAIM_SUFFIX, "Labels": {**labels, LABEL_NETWORK: network}}
         with engine_errors():
             # aiodocker's volumes.create drops the answer: its labels are the point here
@@ -588,7 +585,7 @@ class DockerEngine:
             if name not in claimed:
                 execution = (network.get("Labels") or {})[LABEL_EXECUTION]
                 owner = {LABEL_DEPLOYMENT: self._deployment, LABEL_EXECUTION: execution}
-                await self._claim_for(name, owner, name)
+                await self._claim(name, owner, name)
                 log.info("network.adopted", network=name)
 
     async def _claimed(self, network: str) -> str | None:

@@ -86,19 +86,17 @@ async def start_instances(ex: Executor, msg: m.StartInstances) -> None:
     failing) by itself, while the others, started, are not held back by it."""
     gate = asyncio.Semaphore(ex.settings.prefetch)  # as many at once as single commands
 
-    async def start(one: m.StartInstance) -> None:
+    async def gated(one: m.StartInstance) -> None:
         async with gate:
             await start_instance(ex, one)
 
-    results = await asyncio.gather(*(start(one) for one in msg.starts), return_exceptions=True)
-    for start, result in zip(msg.starts, results, strict=True):
+    results = await asyncio.gather(*(gated(one) for one in msg.starts), return_exceptions=True)
+    for one, result in zip(msg.starts, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
                 raise result  # a cancellation: the whole command is redelivered
-            log.warning(
-                "instance.start_retried", container=start.container_name, error=repr(result)
-            )
-            await ex.bus.publish(start, node=ex.node)
+            log.warning("instance.start_retried", container=one.container_name, error=repr(result))
+            await ex.bus.publish(one, node=ex.node)
 
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:

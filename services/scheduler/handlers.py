@@ -289,10 +289,7 @@ async def _lock_executions(conn: asyncpg.Connection, execution_ids: list[int]) -
 
 async def _lock_execution(conn: asyncpg.Connection, execution_id: int) -> str | None:
     """Serialise handlers of one execution; returns its state (None if unknown)."""
-    state: str | None = await conn.fetchval(
-        "SELECT state FROM executions WHERE id = $1 FOR NO KEY UPDATE", execution_id
-    )
-    return state
+    return (await _lock_executions(conn, [execution_id])).get(execution_id)
 
 
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {

@@ -392,3 +392,40 @@ def timer() -> Iterator[list[float]]:
         yield out
     finally:
         out.append(time.perf_counter() - start)
+
+
+def busybox_service(
+    name: str,
+    *,
+    command: str,
+    monitor: bool,
+    essential: int,
+    total: int,
+    min_cores: float,
+    min_memory: int,
+) -> dict[str, Any]:
+    """A service of ``zoe/busybox:1`` that publishes one HTTP port, for the benchmarks'
+    ZApps (at most half a core and 64 MiB)."""
+    return {
+        "name": name,
+        "image": "zoe/busybox:1",
+        "monitor": monitor,
+        "essential_count": essential,
+        "total_count": total,
+        "startup_order": 0,
+        "command": command,
+        "environment": [],
+        "ports": [
+            {
+                "name": "http",
+                "port_number": 8080,
+                "protocol": "tcp",
+                "url_template": "http://{ip_port}/",
+            }
+        ],
+        "volumes": [],
+        "resources": {
+            "cores": {"min": min_cores, "max": 0.5},
+            "memory": {"min": min_memory, "max": 64 << 20},
+        },
+    }

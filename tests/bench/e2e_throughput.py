@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from common import db
 from tests.bench._platform import (
     BenchPlatform,
+    busybox_service,
     cpu_used,
     machine,
     percentile,
@@ -52,37 +53,16 @@ from tests.bench._platform import (
 
 def application(instances: int) -> dict[str, Any]:
     """A long-running ZApp of one service with ``instances`` essential instances."""
-    return {
-        "name": "bench",
-        "version": 3,
-        "will_end": False,
-        "size": 1,
-        "services": [
-            {
-                "name": "svc",
-                "image": "zoe/busybox:1",
-                "monitor": True,
-                "essential_count": instances,
-                "total_count": instances,
-                "startup_order": 0,
-                "command": "sleep 3600",
-                "environment": [],
-                "ports": [
-                    {
-                        "name": "http",
-                        "port_number": 8080,
-                        "protocol": "tcp",
-                        "url_template": "http://{ip_port}/",
-                    }
-                ],
-                "volumes": [],
-                "resources": {
-                    "cores": {"min": 0.1, "max": 0.5},
-                    "memory": {"min": 32 << 20, "max": 64 << 20},
-                },
-            }
-        ],
-    }
+    svc = busybox_service(
+        "svc",
+        command="sleep 3600",
+        monitor=True,
+        essential=instances,
+        total=instances,
+        min_cores=0.1,
+        min_memory=32 << 20,
+    )
+    return {"name": "bench", "version": 3, "will_end": False, "size": 1, "services": [svc]}
 
 
 async def submit_all(

@@ -47,7 +47,7 @@ from common import messages as m
 from common.bus import EVENTS
 from common.settings import SchedulerSettings
 from services.executor.images import ensure_image
-from tests.bench._platform import ROOT, BenchPlatform, machine, percentile
+from tests.bench._platform import ROOT, BenchPlatform, busybox_service, machine, percentile
 
 IMAGE = "zoe/busybox:1"
 # ends promptly on SIGTERM (sh as PID 1 ignores it without a trap)
@@ -55,29 +55,15 @@ SERVE = "trap 'exit 0' TERM; while :; do sleep 1; done"
 
 
 def _service(name: str, *, monitor: bool, essential: int, total: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": IMAGE,
-        "monitor": monitor,
-        "essential_count": essential,
-        "total_count": total,
-        "startup_order": 0,
-        "command": SERVE,
-        "environment": [],
-        "ports": [
-            {
-                "name": "http",
-                "port_number": 8080,
-                "protocol": "tcp",
-                "url_template": "http://{ip_port}/",
-            }
-        ],
-        "volumes": [],
-        "resources": {
-            "cores": {"min": 0.05, "max": 0.5},
-            "memory": {"min": 16 << 20, "max": 64 << 20},
-        },
-    }
+    return busybox_service(
+        name,
+        command=SERVE,
+        monitor=monitor,
+        essential=essential,
+        total=total,
+        min_cores=0.05,
+        min_memory=16 << 20,
+    )
 
 
 def application(elastic: int = 0) -> dict[str, Any]:

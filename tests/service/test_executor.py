@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiodocker
 import aiohttp
 import msgspec
@@ -27,7 +26,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from common import messages as m
-from common.bus import EVENTS, Bus
+from common.bus import Bus
 from common.settings import ExecutorSettings
 from services.executor import facts as translations
 from services.executor.engine import (
@@ -38,13 +37,12 @@ from services.executor.engine import (
     unix_nanos,
 )
 from services.executor.service import serve
-from tests.conftest import PG_BASE, TestEnv, own_database, wait_for
+from tests.conftest import PG_BASE, Facts, TestEnv, node_facts, own_database, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 BUSYBOX = "zoe/busybox:1"
 MIB = 1 << 20
-FACTS = m.InstanceStarted | m.InstanceStartFailed | m.InstanceExited | m.InstanceRemoved
 _ids = itertools.count(1)
 _nodes = itertools.count(1)
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -62,49 +60,10 @@ async def busybox(docker: aiodocker.Docker) -> str:
     return BUSYBOX
 
 
-class Facts:
-    """Every fact and heartbeat published in the test vhost, in arrival order."""
-
-    def __init__(self) -> None:
-        self.items: list[m.Message] = []
-
-    def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
-        return [
-            x
-            for x in self.items
-            if isinstance(x, kind) and all(getattr(x, k) == v for k, v in match.items())
-        ]
-
-    async def wait(
-        self, kind: type[m.Message], count: int = 1, timeout: float = 20, **match: Any
-    ) -> Any:
-        """The ``count``-th fact of ``kind`` matching ``match``, once it arrived."""
-        found = await wait_for(
-            lambda: len(self.all(kind, **match)) >= count and self.all(kind, **match),
-            timeout=timeout,
-            what=f"{count} x {kind.__name__} {match}",
-        )
-        return found[count - 1]
-
-
 @pytest.fixture
 async def facts(test_env: TestEnv, bus: Bus) -> AsyncIterator[Facts]:
-    out = Facts()
-    decoder = m.decoder(FACTS | m.NodeHeartbeat)
-    connection = await aio_pika.connect(test_env.amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("fact.#", "node.heartbeat.#"):
-            await queue.bind(EVENTS, routing_key=key)
-
-        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            out.items.append(decoder.decode(message.body))
-
-        await queue.consume(collect, no_ack=True)
+    async with node_facts(test_env) as out:
         yield out
-    finally:
-        await connection.close()
 
 
 def node_name(test_env: TestEnv) -> str:

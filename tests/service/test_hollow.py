@@ -18,68 +18,25 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import msgspec
 import pytest
 
 from common import messages as m
-from common.bus import EVENTS, Bus
+from common.bus import Bus
 from common.settings import ExecutorSettings
 from services.executor.hollow import HollowEngine, node_names, serve_many
 from services.executor.service import serve
-from tests.conftest import TestEnv, wait_for
+from tests.conftest import Facts, TestEnv, node_facts, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
 _clusters = itertools.count(1)
 
 
-class Seen:
-    """Facts and heartbeats published in the test vhost."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
-        return [
-            x
-            for x in self.items
-            if isinstance(x, kind) and all(getattr(x, k) == v for k, v in match.items())
-        ]
-
-    async def wait(self, kind: type[m.Message], count: int = 1, **match: Any) -> Any:
-        found = await wait_for(
-            lambda: len(self.all(kind, **match)) >= count and self.all(kind, **match),
-            timeout=20,
-            what=f"{count} x {kind.__name__} {match}",
-        )
-        return found[count - 1]
-
-
 @pytest.fixture
-async def seen(test_env: TestEnv) -> AsyncIterator[Seen]:
-    out = Seen()
-    decoder = m.decoder(
-        m.InstanceStarted
-        | m.InstanceStartFailed
-        | m.InstanceExited
-        | m.InstanceRemoved
-        | m.NodeHeartbeat
-    )
-    connection = await aio_pika.connect(test_env.amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("fact.#", "node.heartbeat.#"):
-            await queue.bind(EVENTS, routing_key=key)
-
-        async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            out.items.append(decoder.decode(message.body))
-
-        await queue.consume(collect, no_ack=True)
+async def seen(test_env: TestEnv) -> AsyncIterator[Facts]:
+    async with node_facts(test_env) as out:
         yield out
-    finally:
-        await connection.close()
 
 
 def settings_for(test_env: TestEnv, node: str = "unused", **extra: Any) -> ExecutorSettings:
@@ -147,7 +104,7 @@ async def hollow_cluster(
 
 
 async def test_hollow_nodes_register_start_report_and_stop_fake_instances(
-    test_env: TestEnv, bus: Bus, seen: Seen
+    test_env: TestEnv, bus: Bus, seen: Facts
 ) -> None:
     async with hollow_cluster(test_env, nodes=5) as (prefix, engines):
         names = node_names(prefix, 5)
@@ -194,7 +151,7 @@ async def test_hollow_nodes_register_start_report_and_stop_fake_instances(
 
 
 async def test_a_hollow_container_death_is_reported_like_a_real_one(
-    test_env: TestEnv, bus: Bus, seen: Seen
+    test_env: TestEnv, bus: Bus, seen: Facts
 ) -> None:
     async with hollow_cluster(test_env, nodes=2) as (prefix, engines):
         node = node_names(prefix, 2)[1]
@@ -221,7 +178,7 @@ async def test_a_hollow_container_death_is_reported_like_a_real_one(
         assert gone.container_name == other.container_name
 
 
-async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Seen) -> None:
+async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Facts) -> None:
     async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
         node = node_names(prefix, 1)[0]
         start = start_msg(prefix)
@@ -244,7 +201,7 @@ async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: S
 
 
 async def test_zoe_engine_hollow_selects_it_for_one_executor(
-    test_env: TestEnv, bus: Bus, seen: Seen
+    test_env: TestEnv, bus: Bus, seen: Facts
 ) -> None:
     node = f"{test_env.deployment}-hollow-single"
     stop = asyncio.Event()
@@ -267,7 +224,7 @@ def spawn(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Po
 
 
 async def test_the_hollow_process_runs_many_nodes_and_stops_on_sigterm(
-    test_env: TestEnv, seen: Seen, tmp_path: Path
+    test_env: TestEnv, seen: Facts, tmp_path: Path
 ) -> None:
     prefix = f"{test_env.deployment}-hollowproc"
     env = test_env.env(ZOE_HEARTBEAT_INTERVAL="1", ZOE_LOG_LEVEL="warning")
@@ -290,7 +247,7 @@ async def test_the_hollow_process_runs_many_nodes_and_stops_on_sigterm(
 
 
 async def test_starts_sent_together_run_and_one_that_fails_is_retried_alone(
-    test_env: TestEnv, bus: Bus, seen: Seen
+    test_env: TestEnv, bus: Bus, seen: Facts
 ) -> None:
     async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
         (node,) = node_names(prefix, 1)
