@@ -1,4 +1,5 @@
-"""Generate docs/asyncapi.yaml (AsyncAPI 3) from the message types in common/messages.py.
+"""Generate docs/asyncapi.yaml (AsyncAPI 3) from the route table (common/routes.py) and
+the message types (common/messages.py).
 
 ``python -m common.asyncapi > docs/asyncapi.yaml`` regenerates it; a unit test checks
 that the committed document matches the code.
@@ -13,35 +14,16 @@ from typing import Any
 
 import msgspec
 
-from common import bus
 from common import messages as m
+from common import routes
 
-# message -> (channel address, exchange, who sends it, summary)
-CHANNELS: list[tuple[type[m.Message], str, str, str]] = [
-    (m.ExecutionSubmitted, "execution.submitted", bus.EVENTS, "api"),
-    (m.ExecutionTerminateRequested, "execution.terminate", bus.EVENTS, "api"),
-    (m.NodeHeartbeat, "node.heartbeat.{node}", bus.EVENTS, "executor"),
-    (m.InstanceStarted, "fact.started.{node}", bus.EVENTS, "executor"),
-    (m.InstanceStartFailed, "fact.start_failed.{node}", bus.EVENTS, "executor"),
-    (m.InstanceExited, "fact.exited.{node}", bus.EVENTS, "executor"),
-    (m.InstanceRemoved, "fact.removed.{node}", bus.EVENTS, "executor"),
-    (m.InstanceEnded, "verdict.instance_ended", bus.EVENTS, "monitor"),
-    (m.ExecutionEnded, "verdict.execution_ended", bus.EVENTS, "monitor"),
-    (m.NodeLost, "verdict.node_lost", bus.EVENTS, "monitor"),
-    (m.ExecutionStateChanged, "state.execution.{execution_id}", bus.EVENTS, "scheduler"),
-    (m.StartInstance, "{node}", bus.COMMANDS, "scheduler"),
-    (m.StartInstances, "{node}", bus.COMMANDS, "scheduler"),
-    (m.StopInstance, "{node}", bus.COMMANDS, "scheduler"),
-    (m.LogsRequest, "{node}", bus.COMMANDS, "api"),
-    (m.SubmitRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
-    (m.TerminateRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
-    (m.GetRequest, bus.API_QUEUE, "", "other platforms (reply: ApiReply)"),
-]
+# message -> (channel address, exchange, who sends it): from the route table
+CHANNELS: list[tuple[type[m.Message], str, str, str]] = routes.described()
 
 
 def document() -> dict[str, Any]:
     """The AsyncAPI 3 document as plain data."""
-    types = [c[0] for c in CHANNELS] + [m.LogsReply, m.ApiReply]
+    types = [c[0] for c in CHANNELS] + list(routes.REPLIES)
     _, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -60,7 +42,7 @@ def document() -> dict[str, Any]:
                     "is": "routingKey",
                     "exchange": {
                         "name": exchange,
-                        "type": "direct" if exchange == bus.COMMANDS else "topic",
+                        "type": "direct" if exchange == routes.COMMANDS else "topic",
                         "durable": True,
                         "autoDelete": False,
                         "vhost": "/",

@@ -1,24 +1,15 @@
 """The bus: one place for RabbitMQ topology, publishing and the ack policy.
 
-Topology (declared by every service on start, and again by aio-pika after a reconnect):
-
-- ``zoe.events``   topic exchange: requests, facts, verdicts, heartbeats, state events;
-  routing key = the message's tag, then its node or execution (``fact.started.node1``).
-- ``zoe.commands`` direct exchange: routing key = node name -> queue ``executor.<node>``.
-- ``zoe.dlx``      fanout exchange -> queue ``dead-letters``: poison messages end here.
-- ``scheduler``, ``monitor``, ``executor.<node>``: durable quorum queues with a delivery
-  limit, dead-lettering to ``zoe.dlx``.
-- ``scheduler.heartbeats``, ``monitor.heartbeats``: classic queues of heartbeats, which
-  are transient (not persistent) messages with a time to live: a heartbeat is worth
-  nothing a few seconds later, so it is not written to disk (it is the most frequent
-  message there is), and the next one replaces a lost one. The one exception to
-  "every message is persistent".
+Which queues exist, how each is declared, what is bound to it and how each message is
+delivered (persistent or transient, mandatory or optional) all come from the route
+table in common/routes.py; this module only carries it out.
 
 Ack policy (``Bus.consume``): decode; a message that does not decode is rejected to the
-dead-letter queue at once; the handler runs; success -> ack (handlers commit before they
-return); an exception -> requeue, which counts against the delivery limit so a message
-that always fails is dead-lettered (a heartbeat whose handler fails is dropped instead:
-the next one comes within seconds); cancellation -> neither, so it is redelivered.
+dead-letter queue at once; the handler runs (within ``handler_timeout``); success -> ack
+(handlers commit before they return); a user error -> dead-lettered; any other exception
+-> requeue, which counts against the delivery limit so a message that always fails is
+dead-lettered (a heartbeat whose handler fails is dropped instead: the next one comes
+within seconds); cancellation -> neither, so it is redelivered.
 """
 
 from __future__ import annotations
@@ -43,49 +34,11 @@ from aio_pika.abc import (
 )
 
 from common import messages as m
+from common import routes
 from common.errors import UserError
+from common.routes import COMMANDS, DEAD_LETTERS, DLX, EVENTS
 
 log = structlog.get_logger("bus")
-
-EVENTS = "zoe.events"
-COMMANDS = "zoe.commands"
-DLX = "zoe.dlx"
-DEAD_LETTERS = "dead-letters"
-DELIVERY_LIMIT = 5
-
-SCHEDULER_QUEUE = "scheduler"
-API_QUEUE = "api.requests"  # the AMQP request interface; publish to the default exchange
-MONITOR_QUEUE = "monitor"
-HEARTBEATS = "node.heartbeat.*"
-# A heartbeat older than this says nothing any more (it is the default ZOE_NODE_TIMEOUT:
-# a late heartbeat must not make a node the monitor has declared lost look alive).
-HEARTBEAT_TTL_MS = 10_000
-TRANSIENT_PREFIXES = ("node.heartbeat.",)  # routing keys of transient messages
-OPTIONAL_PREFIXES = ("node.heartbeat.", "state.")  # may go unrouted: nobody listens
-
-# queue name -> routing keys bound on zoe.events
-BINDINGS: dict[str, tuple[str, ...]] = {
-    SCHEDULER_QUEUE: ("execution.*", "fact.started.*", "verdict.*"),
-    MONITOR_QUEUE: ("fact.exited.*", "fact.removed.*", "fact.start_failed.*"),
-    API_QUEUE: (),
-}
-
-
-HEARTBEAT_SUFFIX = ".heartbeats"  # a queue so named is a (classic) heartbeat queue
-
-
-def heartbeat_queue(service_queue: str) -> str:
-    """The classic queue of heartbeats for the service that consumes ``service_queue``."""
-    return service_queue + HEARTBEAT_SUFFIX
-
-
-HEARTBEAT_QUEUES = tuple(heartbeat_queue(q) for q in (SCHEDULER_QUEUE, MONITOR_QUEUE))
-
-
-def executor_queue(node: str) -> str:
-    """The command queue of one node's executor."""
-    return f"executor.{node}"
-
 
 Handler = Callable[[Any], Awaitable[m.Message | None]]
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
@@ -104,7 +57,7 @@ class Outgoing:
 
     @property
     def routing_key(self) -> str:
-        return self.node if self.node is not None else m.routing_key(self.message)
+        return routes.routing_key(self.message, self.node)
 
 
 @dataclass
@@ -178,12 +131,13 @@ class Bus:
         """Publish already-encoded bodies: (exchange, routing key, body) triples."""
         publishes = []
         for exchange, key, body in items:
+            how = routes.delivery(exchange, key)
             publishes.append(
                 self._exchanges[exchange].publish(
-                    _amqp_message(body, persistent=not key.startswith(TRANSIENT_PREFIXES)),
+                    _amqp_message(body, persistent=how.persistent),
                     routing_key=key,
-                    # dropped quietly when no queue is bound, not returned to the publisher
-                    mandatory=not key.startswith(OPTIONAL_PREFIXES),
+                    # an optional one is dropped quietly when no queue is bound
+                    mandatory=how.mandatory,
                 )
             )
         if publishes:
@@ -217,23 +171,34 @@ class Bus:
 
     # ---- consuming ----------------------------------------------------------------------
 
-    async def declare_queue(self, name: str, bindings: Iterable[tuple[str, str]] = ()) -> None:
-        """Declare a durable quorum queue dead-lettering to ``zoe.dlx`` (or a heartbeat
-        queue, for a name ending in ``.heartbeats``), with bindings."""
+    async def declare_queue(
+        self,
+        name: str,
+        bindings: Iterable[tuple[str, str]] = (),
+        *,
+        kind: routes.QueueKind | None = None,
+    ) -> None:
+        """Declare a queue as its kind in the route table says (or ``kind``, for a queue
+        the table does not have), with bindings."""
         assert self._pub is not None
-        queue = await _declare_queue(self._pub, name)
+        queue = await _declare_queue(self._pub, name, kind)
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
     async def consume(
         self,
         queue_name: str,
-        inbox: Any,
         handler: Handler,
         *,
         batches: Mapping[type[m.Message], BatchHandler] | None = None,
+        timeout: float | None = None,
+        inbox: Any = None,
+        kind: routes.QueueKind | None = None,
     ) -> None:
-        """Deliver messages of ``queue_name``, decoded as ``inbox``, to ``handler``.
+        """Deliver messages of ``queue_name``, decoded as the route table says it
+        receives them, to ``handler``; a handler running longer than ``timeout``
+        seconds fails (and its message is requeued, as for any failure). ``inbox`` and
+        ``kind``: the message types and the kind of a queue the table does not have.
 
         ``batches``: message types whose handler takes a list. Messages of such a type
         that arrive together (up to the prefetch) go to it at once and are acked
@@ -243,9 +208,13 @@ class Bus:
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
-        heartbeats = queue_name.endswith(HEARTBEAT_SUFFIX)
-        queue = await _declare_queue(self._sub, queue_name)
-        decoder = m.decoder(inbox)
+        kind = kind or routes.queue(queue_name).kind
+        heartbeats = kind == "heartbeats"
+        queue = await _declare_queue(self._sub, queue_name, kind)
+        decoder = m.decoder(inbox if inbox is not None else routes.inbox(queue_name))
+        if timeout is not None:
+            handler = _bounded(handler, timeout)
+            batches = {k: _bounded(h, timeout) for k, h in (batches or {}).items()}
         consumer = _Consumer(queue, "")
         gathered: dict[type[m.Message], list[tuple[AbstractIncomingMessage, Any]]] = {}
 
@@ -362,20 +331,31 @@ def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:
     )
 
 
-def _queue_arguments(name: str) -> dict[str, Any]:
-    """How a queue is declared, by its name: a heartbeat queue is classic with a message
+def _bounded(handler: Callable[[Any], Awaitable[Any]], seconds: float) -> Any:
+    async def bounded(arg: Any) -> Any:
+        async with asyncio.timeout(seconds):
+            return await handler(arg)
+
+    return bounded
+
+
+def _queue_arguments(kind: routes.QueueKind) -> dict[str, Any]:
+    """How a queue of a kind is declared: a heartbeat queue is classic with a message
     time to live; every other one is quorum with a delivery limit and dead-lettering."""
-    if name.endswith(HEARTBEAT_SUFFIX):
-        return {"x-queue-type": "classic", "x-message-ttl": HEARTBEAT_TTL_MS}
+    if kind == "heartbeats":
+        return {"x-queue-type": "classic", "x-message-ttl": routes.HEARTBEAT_TTL_MS}
     return {
         "x-queue-type": "quorum",
-        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-delivery-limit": routes.DELIVERY_LIMIT,
         "x-dead-letter-exchange": DLX,
     }
 
 
-async def _declare_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
-    return await channel.declare_queue(name, durable=True, arguments=_queue_arguments(name))
+async def _declare_queue(
+    channel: AbstractChannel, name: str, kind: routes.QueueKind | None = None
+) -> AbstractQueue:
+    arguments = _queue_arguments(kind or routes.queue(name).kind)
+    return await channel.declare_queue(name, durable=True, arguments=arguments)
 
 
 async def declare_topology(channel: AbstractChannel) -> None:
@@ -385,19 +365,18 @@ async def declare_topology(channel: AbstractChannel) -> None:
     dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.FANOUT, durable=True)
     dead = await channel.declare_queue(DEAD_LETTERS, durable=True)
     await dead.bind(dlx)
-    for name, keys in BINDINGS.items():
+    for name, keys in routes.bindings().items():
         queue = await _declare_queue(channel, name)
-        for key in keys:
-            await queue.bind(events, routing_key=key)
-    for name in HEARTBEAT_QUEUES:
-        queue = await _declare_queue(channel, name)
-        await queue.bind(events, routing_key=HEARTBEATS)
-    for name in (SCHEDULER_QUEUE, MONITOR_QUEUE):  # where heartbeats went before
-        await (await channel.get_queue(name, ensure=False)).unbind(events, HEARTBEATS)
+        for exchange, key in keys:
+            await queue.bind(exchange if exchange != EVENTS else events, routing_key=key)
+    current = {(q, k) for q, keys in routes.bindings().items() for _, k in keys}
+    for name, key in routes.FORMER_BINDINGS:
+        if (name, key) not in current:
+            await (await channel.get_queue(name, ensure=False)).unbind(events, key)
 
 
 async def declare_executor_queue(bus: Bus, node: str) -> str:
     """Declare ``executor.<node>`` bound to the commands exchange; returns its name."""
-    name = executor_queue(node)
+    name = routes.executor_queue(node)
     await bus.declare_queue(name, [(COMMANDS, node)])
     return name

@@ -3,17 +3,19 @@
 Each message carries a type tag (``"type"``), a unique ``id`` and a schema version ``v``.
 Decoders are built once per consumer from the union of what that consumer accepts; a
 message that does not decode is refused with the reason and dead-lettered.
-docs/asyncapi.yaml describes these for outside platforms (tests/unit/test_messages.py
-checks the two agree).
+Where each goes, who sends it and who consumes it is declared once, in common/routes.py;
+docs/asyncapi.yaml is generated from both (tests/unit/test_messages.py checks they agree).
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
+
+from common.states import EndReason
 
 SCHEMA_VERSION = 1
 
@@ -193,25 +195,23 @@ class InstanceRemoved(Message, frozen=True, kw_only=True, tag="fact.removed"):
 
 # ---- verdicts (monitor -> scheduler) ---------------------------------------------------
 
-EndReason = Literal["stopped", "exited", "crashed", "oom", "node-lost", "start-failed", "removed"]
-
 
 class InstanceEnded(Message, frozen=True, kw_only=True, tag="verdict.instance_ended"):
-    """An instance is no longer running, and why. ``exited``: code 0 by itself."""
+    """The container of an instance ended, and how: ``exited`` (code 0 by itself),
+    ``crashed``, ``oom``, ``start-failed`` (``detail``: the engine's reason) or
+    ``node-lost``; ``gone``: the container no longer exists either. Self-contained: the
+    scheduler alone decides what it means (a stop it had asked for, a restart, the end
+    of the execution), and it applies only to the container it names (``""``: the
+    instance's current one)."""
 
     execution_id: int
     instance_id: int
     reason: EndReason
     exit_code: int | None = None
     detail: str = ""
-
-
-class ExecutionEnded(Message, frozen=True, kw_only=True, tag="verdict.execution_ended"):
-    """The monitor service of an ephemeral execution ended: the execution is over."""
-
-    execution_id: int
-    outcome: Literal["finished", "failed"]
-    exit_code: int | None = None
+    container_name: str = ""
+    container_id: str = ""
+    gone: bool = False
 
 
 class NodeLost(Message, frozen=True, kw_only=True, tag="verdict.node_lost"):
@@ -278,44 +278,6 @@ class ApiReply(Message, frozen=True, kw_only=True, tag="api.reply"):
     body: Any = None
 
 
-SchedulerInbox = (
-    ExecutionSubmitted
-    | ExecutionTerminateRequested
-    | NodeHeartbeat
-    | InstanceStarted
-    | InstanceEnded
-    | ExecutionEnded
-    | NodeLost
-)
-MonitorInbox = (
-    InstanceStarted | InstanceStartFailed | InstanceExited | InstanceRemoved | NodeHeartbeat
-)
-ExecutorInbox = StartInstance | StartInstances | StopInstance | LogsRequest
-ApiInbox = SubmitRequest | TerminateRequest | GetRequest
-
-ALL_MESSAGES: tuple[type[Message], ...] = (
-    ExecutionSubmitted,
-    ExecutionTerminateRequested,
-    NodeHeartbeat,
-    StartInstance,
-    StartInstances,
-    StopInstance,
-    LogsRequest,
-    InstanceStarted,
-    InstanceStartFailed,
-    InstanceExited,
-    InstanceRemoved,
-    InstanceEnded,
-    ExecutionEnded,
-    NodeLost,
-    ExecutionStateChanged,
-    LogsReply,
-    SubmitRequest,
-    TerminateRequest,
-    GetRequest,
-    ApiReply,
-)
-
 _encoder = msgspec.json.Encoder()
 
 
@@ -339,14 +301,3 @@ def tag_of(message: Message | type[Message]) -> str:
 def _tag_of_class(cls: type[Message]) -> str:
     # msgspec.inspect is slow (~250 us a call) and this runs for every message sent
     return str(msgspec.inspect.type_info(cls).tag)  # type: ignore[attr-defined]
-
-
-def routing_key(message: Message) -> str:
-    """Where an event goes on the topic exchange: its tag, then its node or execution."""
-    key = tag_of(message)
-    node = getattr(message, "node", None)
-    if node is not None and not isinstance(message, NodeLost):
-        return f"{key}.{node}"
-    if isinstance(message, ExecutionStateChanged):
-        return f"{key}.{message.execution_id}"
-    return key

@@ -26,6 +26,7 @@ import structlog
 from common import messages as m
 from common.bus import Bus, Outgoing
 from common.lifecycle import wait_any, wait_or_stop
+from common.retry import Backoff, report_failure
 
 log = structlog.get_logger("outbox")
 
@@ -86,19 +87,17 @@ class Relay:
         listener = await self._pool.acquire()
         try:
             await listener.add_listener(CHANNEL, self._on_notify)
-            backoff = 0.1
+            backoff = Backoff(0.1, 5.0)
             while not stop.is_set():
                 # cleared before the rows are read: a wake-up for a row committed while
                 # this batch is published is kept for the next round
                 self._wake.clear()
                 try:
                     published = await self.publish_once()
-                    backoff = 0.1
-                except (asyncpg.PostgresError, OSError, ConnectionError, RuntimeError) as exc:
-                    log.warning("outbox.retry", error=repr(exc), backoff=backoff)
-                    published = 0
-                    await wait_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff.reset()
+                except Exception as exc:  # the relay outlives any failure: it tries again
+                    report_failure("outbox.retry", exc)
+                    await wait_or_stop(stop, backoff.next())
                     continue
                 if published < BATCH:
                     await wait_any(stop, self._wake, timeout=self._poll)

@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prefetch: int = 64
     # How long a stopping service waits for in-flight messages before cancelling them.
     drain_timeout: float = 10.0
+    # Longest one message's handler may run; past it, it fails (and is redelivered).
+    handler_timeout: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -100,6 +102,8 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
 class ExecutorSettings(Settings, frozen=True, kw_only=True):
     """One executor per Docker host; the node's identity and capacity."""
 
+    # A start may build a missing image first (minutes for a large one).
+    handler_timeout: float = 1800.0
     node_name: str = msgspec.field(default_factory=socket.gethostname)
     cores: float = msgspec.field(default_factory=lambda: float(os.cpu_count() or 1))
     memory: int = msgspec.field(default_factory=_memory_bytes)

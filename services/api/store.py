@@ -14,9 +14,10 @@ from common import outbox
 from common.bus import Outgoing
 from common.errors import Conflict, NotFound
 from common.outbox import enqueue
+from common.states import EXECUTION_FINAL, INSTANCE_HOLDING, sql_list
 from common.zapp import Description, expand
 
-FINAL = ("finished", "failed", "terminated", "error")
+_HOLDING = sql_list(INSTANCE_HOLDING)
 
 
 _EXEC_COLUMNS = (
@@ -156,7 +157,7 @@ async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
         state = await conn.fetchval("SELECT state FROM executions WHERE id = $1", execution_id)
         if state is None:
             raise NotFound(f"execution {execution_id} does not exist")
-        if state in FINAL:
+        if state in EXECUTION_FINAL:
             raise Conflict(f"execution {execution_id} has already ended ({state})")
         msg = m.ExecutionTerminateRequested(execution_id=execution_id)
         await enqueue(conn, [Outgoing(msg)])
@@ -236,7 +237,7 @@ async def list_nodes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         " coalesce(sum(i.cores), 0) AS cores_reserved,"
         " coalesce(sum(i.memory), 0)::bigint AS memory_reserved, count(i.id) AS instances"
         " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
-        "  AND i.state IN ('placed', 'starting', 'running', 'stopping')"
+        f"  AND i.state IN {_HOLDING}"
         " GROUP BY n.name ORDER BY n.name"
     )
     out = []

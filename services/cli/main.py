@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.states import EXECUTION_FINAL
 from services.cli.client import ApiError, Client
 from services.cli.zapp import add_parser as add_zapp_parser
 from services.cli.zapp import parse_params
-
-FINAL = {"finished", "failed", "terminated", "error"}
 
 
 def _print_json(value: Any) -> None:
@@ -77,7 +76,7 @@ def _wait(client: Client, execution_id: int, until: str, timeout: float, *, quie
         if state != last and not quiet:
             print(f"execution {execution_id}: {state}", file=sys.stderr)
             last = state
-        if state in FINAL or (until == "running" and state == "running"):
+        if state in EXECUTION_FINAL or (until == "running" and state == "running"):
             return execution
         if time.monotonic() > deadline:
             raise ApiError(0, f"execution {execution_id} still {state} after {timeout:.0f}s")

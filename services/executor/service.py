@@ -18,7 +18,6 @@ from pathlib import Path
 import aiodocker
 import structlog
 
-from common import messages as m
 from common.bus import Bus, declare_executor_queue
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
@@ -97,7 +96,7 @@ async def run_executor(
         tg.create_task(engine.keep_spare_networks(stop))
         if settings.usage_interval > 0:
             loops.append(tg.create_task(usage_loop(ex, stop)))
-        await bus.consume(queue, m.ExecutorInbox, ex.handle)
+        await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
         log.info("executor.ready", queue=queue)
         if on_ready is not None:
             on_ready()

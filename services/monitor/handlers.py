@@ -1,8 +1,11 @@
-"""The monitor's handlers: record what happened to an instance and say it as a verdict.
+"""The monitor's handlers: say what happened to a container as a verdict, and watch nodes.
 
-The monitor writes the instance's end (state died or stopped, exit code, reason) with a
-guarded update, and publishes the verdict through the outbox in the same transaction,
-so a redelivered fact finds the row already ended and says nothing twice.
+The monitor writes no row of the scheduler's (executions, instances, nodes): it turns
+each fact into one self-contained verdict (services/monitor/verdicts.py), published
+through the outbox, and the scheduler alone decides what it means, with guarded
+writes, so a redelivered fact changes nothing twice. What the monitor keeps is its own:
+the logs of removed containers, the containers' usage samples, and when it last heard
+each node.
 """
 
 from __future__ import annotations
@@ -17,11 +20,9 @@ import structlog
 from common import messages as m
 from common.bus import Outgoing
 from common.outbox import enqueue
-from services.monitor.verdicts import end_reason, execution_outcome
+from services.monitor import verdicts
 
 log = structlog.get_logger("monitor")
-
-LIVE = ["placed", "starting", "running", "stopping"]
 
 
 @dataclass
@@ -36,94 +37,14 @@ class Deps:
     usage: dict[int, tuple[float, int, float]] = field(default_factory=dict)
 
 
-async def record_end(
-    conn: asyncpg.Connection,
-    *,
-    execution_id: int,
-    instance_id: int,
-    container_name: str,
-    exit_code: int | None,
-    oom_killed: bool,
-    removed: bool,
-    container_id: str = "",
-) -> bool:
-    """End an instance that was live; queue the verdicts. False if it had already ended.
-
-    The fact must be about the instance's current container: a fact about an older
-    generation (a late or replayed one) names another container, or carries another
-    container id than the one that started, and changes nothing.
-    """
-    row = await conn.fetchrow(
-        "SELECT i.state, i.monitor, e.state AS execution_state, e.will_end FROM instances i"
-        " JOIN executions e ON e.id = i.execution_id"
-        " WHERE i.id = $1 AND ($2 = '' OR i.container_name = $2)"
-        " AND ($3 = '' OR i.container_id IS NULL OR i.container_id = $3) FOR NO KEY UPDATE OF i",
-        instance_id,
-        container_name,
-        container_id,
-    )
-    if row is None or row["state"] not in LIVE:
-        return False
-    reason = end_reason(
-        requested_stop=row["state"] == "stopping", exit_code=exit_code, oom_killed=oom_killed
-    )
-    await conn.execute(
-        "UPDATE instances SET state = $2, exit_code = $3, reason = $4,"
-        " removed = removed OR $5, updated_at = now() WHERE id = $1",
-        instance_id,
-        "stopped" if reason in ("stopped", "exited") else "died",
-        exit_code,
-        reason,
-        removed,
-    )
-    out = [
-        Outgoing(
-            m.InstanceEnded(
-                execution_id=execution_id,
-                instance_id=instance_id,
-                reason=reason,
-                exit_code=exit_code,
-            )
-        )
-    ]
-    if (
-        row["monitor"]
-        and row["will_end"]  # a long-running execution's services never end it by exiting
-        and reason != "stopped"
-        and row["execution_state"] in ("starting", "running")
-    ):
-        outcome = execution_outcome(exit_code)
-        out.append(
-            Outgoing(
-                m.ExecutionEnded(
-                    execution_id=execution_id,
-                    outcome=outcome,  # type: ignore[arg-type]
-                    exit_code=exit_code,
-                )
-            )
-        )
-    await enqueue(conn, out)
-    log.info("instance.ended", reason=reason, exit_code=exit_code)
-    return True
-
-
 async def on_exited(msg: m.InstanceExited, deps: Deps) -> None:
-    """A container stopped running."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        await record_end(
-            conn,
-            execution_id=msg.execution_id,
-            instance_id=msg.instance_id,
-            container_name=msg.container_name,
-            exit_code=msg.exit_code,
-            oom_killed=msg.oom_killed,
-            removed=False,
-            container_id=msg.container_id,
-        )
+    """A container stopped running: say how."""
+    async with deps.pool.acquire() as conn:
+        await enqueue(conn, [Outgoing(verdicts.exited(msg))])
 
 
 async def on_removed(msg: m.InstanceRemoved, deps: Deps) -> None:
-    """A container is gone: keep its log, mark it removed, end the instance if needed."""
+    """A container is gone: keep its log, and say so (in one transaction)."""
     async with deps.pool.acquire() as conn, conn.transaction():
         if msg.log:
             await conn.execute(
@@ -132,53 +53,14 @@ async def on_removed(msg: m.InstanceRemoved, deps: Deps) -> None:
                 msg.instance_id,
                 msg.log,
             )
-        ended = await record_end(
-            conn,
-            execution_id=msg.execution_id,
-            instance_id=msg.instance_id,
-            container_name=msg.container_name,
-            exit_code=msg.exit_code,
-            oom_killed=msg.oom_killed,
-            removed=True,
-        )
-        if ended:
-            return
-        marked = await conn.fetchval(
-            "UPDATE instances SET removed = true, updated_at = now()"
-            " WHERE id = $1 AND container_name = $2 AND NOT removed RETURNING id",
-            msg.instance_id,
-            msg.container_name,
-        )
-        if marked is not None:
-            verdict = m.InstanceEnded(
-                execution_id=msg.execution_id,
-                instance_id=msg.instance_id,
-                reason="removed",
-                exit_code=msg.exit_code,
-            )
-            await enqueue(conn, [Outgoing(verdict)])
+        await enqueue(conn, [Outgoing(verdicts.removed(msg))])
 
 
 async def on_start_failed(msg: m.InstanceStartFailed, deps: Deps) -> None:
-    """A container could not start: the instance died of it, with the engine's reason."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            "UPDATE instances SET state = 'died', reason = 'start-failed', removed = true,"
-            " updated_at = now() WHERE id = $1 AND container_name = $2"
-            " AND state IN ('placed', 'starting') RETURNING id",
-            msg.instance_id,
-            msg.container_name,
-        )
-        if updated is None:
-            return
-        verdict = m.InstanceEnded(
-            execution_id=msg.execution_id,
-            instance_id=msg.instance_id,
-            reason="start-failed",
-            detail=msg.reason,
-        )
-        await enqueue(conn, [Outgoing(verdict)])
-        log.warning("instance.start_failed", reason=msg.reason)
+    """A container could not start: say so, with the engine's reason."""
+    log.warning("instance.start_failed", reason=msg.reason)
+    async with deps.pool.acquire() as conn:
+        await enqueue(conn, [Outgoing(verdicts.start_failed(msg))])
 
 
 async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
@@ -210,56 +92,11 @@ async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
     return len(ids)
 
 
-async def declare_lost(pool: asyncpg.Pool, node: str) -> int:
-    """A node went silent: it is lost, and every instance it held died (node-lost).
-
-    Its containers may well still run, out of reach: they are given up (counted as
-    removed, so cleanups do not wait for them) and recorded as the node's orphans, for
-    the scheduler to have them removed if the node comes back. A container that had
-    ended but was not removed yet is given up too (a ``removed`` verdict: a cleanup
-    waiting for it may finish). Returns how many instances died.
-    """
-    async with pool.acquire() as conn, conn.transaction():
-        lost = await conn.fetchval(
-            "UPDATE nodes SET state = 'lost' WHERE name = $1 AND state = 'up' RETURNING name",
-            node,
-        )
-        if lost is None:
-            return 0
-        rows = await conn.fetch(
-            "WITH held AS (SELECT id, state, container_name FROM instances"
-            "  WHERE node = $1 AND (state = ANY($2::text[]) OR NOT removed)"
-            "  ORDER BY id FOR NO KEY UPDATE)"
-            " UPDATE instances i SET removed = true, updated_at = now(),"
-            "  state = CASE WHEN held.state = ANY($2::text[]) THEN 'died' ELSE i.state END,"
-            "  reason = CASE WHEN held.state = ANY($2::text[]) THEN 'node-lost' ELSE i.reason END"
-            " FROM held WHERE i.id = held.id"
-            " RETURNING i.id, i.execution_id, held.state, held.container_name",
-            node,
-            LIVE,
-        )
-        # "placed": its start command was not sent yet, so no container of it exists
-        orphans = [r for r in rows if r["container_name"] and r["state"] != "placed"]
-        await conn.executemany(
-            "INSERT INTO orphans (node, container_name, execution_id, instance_id)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            [(node, r["container_name"], r["execution_id"], r["id"]) for r in orphans],
-        )
-        out = [Outgoing(m.NodeLost(node=node))]
-        out += [
-            Outgoing(
-                m.InstanceEnded(
-                    execution_id=r["execution_id"],
-                    instance_id=r["id"],
-                    reason="node-lost" if r["state"] in LIVE else "removed",
-                )
-            )
-            for r in rows
-        ]
-        await enqueue(conn, out)
-    died = sum(r["state"] in LIVE for r in rows)
-    log.warning("node.lost", node=node, instances=died, orphans=len(orphans))
-    return died
+async def declare_lost(pool: asyncpg.Pool, node: str) -> None:
+    """A node went silent: say it is lost (the scheduler ends what it held)."""
+    async with pool.acquire() as conn:
+        await enqueue(conn, [Outgoing(m.NodeLost(node=node))])
+    log.warning("node.lost", node=node)
 
 
 async def check_nodes(pool: asyncpg.Pool, deps: Deps, timeout: float) -> list[str]:

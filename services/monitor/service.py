@@ -10,17 +10,16 @@ nothing about the nodes (a broker restart must not make every node look lost).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from contextlib import AsyncExitStack
 
 import asyncpg
 import structlog
 
-from common import db
 from common import messages as m
-from common.bus import MONITOR_QUEUE, Bus, heartbeat_queue
-from common.lifecycle import wait_or_stop
-from common.outbox import Relay
+from common import routes
+from common.bus import Bus
+from common.runtime import Runtime
 from common.settings import MonitorSettings
 from services.monitor import handlers
 
@@ -31,12 +30,9 @@ PROBE_KEY = "zoe.monitor.probe"  # no queue has this name: probes are dropped
 
 async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     """Run the monitor until ``stop`` is set."""
-    await db.migrate(settings.database_url)
-    async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(db.pool(settings.database_url))
-        bus = await stack.enter_async_context(
-            Bus(settings.amqp_url, name="monitor", prefetch=settings.prefetch)
-        )
+    async with Runtime("monitor", settings, stop) as rt:
+        pool = await rt.open_pool()
+        bus = await rt.open_bus()
         deps = handlers.Deps(pool=pool, last_seen={}, clock=time.monotonic)
         for row in await pool.fetch("SELECT name FROM nodes WHERE state = 'up'"):
             deps.last_seen[row["name"]] = deps.clock()
@@ -44,54 +40,41 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         async def on_message(msg: m.Message) -> None:
             await handlers.HANDLERS[type(msg)](msg, deps)
 
-        loops_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(Relay(pool, bus).run(loops_stop))
-            tg.create_task(_watch_nodes(pool, bus, deps, settings, loops_stop))
-            tg.create_task(_store_usage(pool, deps, settings, loops_stop))
-            await bus.consume(MONITOR_QUEUE, m.MonitorInbox, on_message)
-            await bus.consume(heartbeat_queue(MONITOR_QUEUE), m.MonitorInbox, on_message)
-            await stop.wait()
-            await bus.stop_consuming(settings.drain_timeout)
-            loops_stop.set()
+        await rt.run_relay(pool, bus)
+        watch = NodeWatch(pool, bus, deps, settings)
+        await rt.every("nodes.check", settings.check_interval, watch.check)
+        store = functools.partial(handlers.store_usage, pool, deps)
+        await rt.every("usage.store", settings.usage_store_interval, store)
+        await rt.consume(routes.MONITOR, on_message)
+        await rt.consume(routes.MONITOR_HEARTBEATS, on_message)
+        await rt.serve()
 
 
-async def _watch_nodes(
-    pool: asyncpg.Pool,
-    bus: Bus,
-    deps: handlers.Deps,
-    settings: MonitorSettings,
-    stop: asyncio.Event,
-) -> None:
-    """Declare lost every node silent for longer than ``node_timeout``, while the broker
-    answers; once it answers again after an outage, every node gets a fresh timeout."""
-    broker_up = True
-    while not await wait_or_stop(stop, settings.check_interval):
-        if not await _broker_answers(bus, timeout=max(settings.check_interval, 1.0)):
-            if broker_up:
+class NodeWatch:
+    """Declares lost every node silent for longer than ``node_timeout``, while the
+    broker answers; once it answers again after an outage, every node gets a fresh
+    timeout."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, bus: Bus, deps: handlers.Deps, settings: MonitorSettings
+    ) -> None:
+        self._pool, self._bus, self._deps, self._settings = pool, bus, deps, settings
+        self._broker_up = True
+
+    async def check(self) -> None:
+        """One round of the watch (every ``check_interval``)."""
+        interval = self._settings.check_interval
+        if not await _broker_answers(self._bus, timeout=max(interval, 1.0)):
+            if self._broker_up:
                 log.warning("monitor.broker_unreachable")
-            broker_up = False
-            continue
-        if not broker_up:
-            log.info("monitor.broker_back", grace=settings.node_timeout)
-            handlers.grant_grace(deps)
-            broker_up = True
-            continue
-        try:
-            await handlers.check_nodes(pool, deps, settings.node_timeout)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("node.check_failed", error=repr(exc))
-
-
-async def _store_usage(
-    pool: asyncpg.Pool, deps: handlers.Deps, settings: MonitorSettings, stop: asyncio.Event
-) -> None:
-    """Write the containers' usage that heartbeats brought, every ``usage_store_interval``."""
-    while not await wait_or_stop(stop, settings.usage_store_interval):
-        try:
-            await handlers.store_usage(pool, deps)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("usage.store_failed", error=repr(exc))
+            self._broker_up = False
+            return
+        if not self._broker_up:
+            log.info("monitor.broker_back", grace=self._settings.node_timeout)
+            handlers.grant_grace(self._deps)
+            self._broker_up = True
+            return
+        await handlers.check_nodes(self._pool, self._deps, self._settings.node_timeout)
 
 
 async def _broker_answers(bus: Bus, *, timeout: float) -> bool:

@@ -1,25 +1,44 @@
-"""Pure rules that turn container facts into verdicts."""
+"""Pure rules that turn container facts into verdicts: one self-contained verdict per
+fact, which the scheduler (the only writer of instance state) acts on."""
 
 from __future__ import annotations
 
-from common.messages import EndReason
+from common import messages as m
+from common.states import end_reason
 
 
-def end_reason(*, requested_stop: bool, exit_code: int | None, oom_killed: bool) -> EndReason:
-    """Why an instance stopped running.
-
-    A stop Zoe asked for is ``stopped`` whatever the exit code (SIGTERM/SIGKILL give 143
-    or 137); otherwise an OOM kill, a clean exit (code 0) or a crash.
-    """
-    if requested_stop:
-        return "stopped"
-    if oom_killed:
-        return "oom"
-    if exit_code == 0:
-        return "exited"
-    return "crashed"
+def exited(fact: m.InstanceExited) -> m.InstanceEnded:
+    """A container stopped running: how it ended (its container still exists)."""
+    return m.InstanceEnded(
+        execution_id=fact.execution_id,
+        instance_id=fact.instance_id,
+        reason=end_reason(exit_code=fact.exit_code, oom_killed=fact.oom_killed),
+        exit_code=fact.exit_code,
+        container_name=fact.container_name,
+        container_id=fact.container_id,
+    )
 
 
-def execution_outcome(exit_code: int | None) -> str:
-    """An ephemeral execution ends with its monitor service: finished on 0, else failed."""
-    return "finished" if exit_code == 0 else "failed"
+def removed(fact: m.InstanceRemoved) -> m.InstanceEnded:
+    """A container is gone: it ended (if it had not yet) and no longer exists. Removed
+    behind Zoe's back while it ran, it counts as a crash."""
+    return m.InstanceEnded(
+        execution_id=fact.execution_id,
+        instance_id=fact.instance_id,
+        reason=end_reason(exit_code=fact.exit_code, oom_killed=fact.oom_killed),
+        exit_code=fact.exit_code,
+        container_name=fact.container_name,
+        gone=True,
+    )
+
+
+def start_failed(fact: m.InstanceStartFailed) -> m.InstanceEnded:
+    """A container could not be created or started: the engine's reason goes along."""
+    return m.InstanceEnded(
+        execution_id=fact.execution_id,
+        instance_id=fact.instance_id,
+        reason="start-failed",
+        detail=fact.reason,
+        container_name=fact.container_name,
+        gone=True,
+    )

@@ -7,7 +7,9 @@ capacity ask for a scheduling pass; passes run one at a time in the service loop
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,8 @@ import asyncpg
 import structlog
 
 from common import messages as m
-from services.scheduler import store
+from common import states as st
+from services.scheduler import ends, store
 
 log = structlog.get_logger("scheduler")
 
@@ -34,10 +37,20 @@ class Deps:
     essential_restarts: int = 0
     # node -> (what its last stored heartbeat said, when it was stored; monotonic)
     nodes_stored: dict[str, tuple[tuple[Any, ...], float]] = field(default_factory=dict)
-    # node -> how many times it was declared lost (a heartbeat stored while that
-    # happened must not be remembered as stored)
-    nodes_lost: dict[str, int] = field(default_factory=dict)
+    # One handler at a time per node: a heartbeat and the node's loss never interleave,
+    # so what ``nodes_stored`` remembers is what the row says.
+    node_locks: defaultdict[str, asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock)
+    )
 
+    @property
+    def rules(self) -> ends.Rules:
+        return ends.Rules(
+            self.deployment, self.restart_backoff, self.restart_backoff_max, self.essential_restarts
+        )
+
+
+_TO_RUNNING = st.sql_list(st.moving_to(st.INSTANCE_TRANSITIONS, st.InstanceState.RUNNING))
 
 # An unchanged heartbeat is stored at most this often: liveness is the monitor's, so
 # the row only needs the node's capacity, and a recent enough ``last_heartbeat``.
@@ -72,8 +85,7 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
     if not msg.registered and stored is not None and stored[0] == said:
         if now - stored[1] < NODE_REFRESH:
             return
-    losses = deps.nodes_lost.get(msg.node, 0)
-    async with deps.pool.acquire() as conn:
+    async with deps.node_locks[msg.node], deps.pool.acquire() as conn:
         row = await conn.fetchrow(
             "WITH old AS (SELECT state FROM nodes WHERE name = $1),"
             " beat AS (INSERT INTO nodes AS n (name, cores, memory, labels, images,"
@@ -93,7 +105,6 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
         if row["orphans"]:
             async with conn.transaction():
                 orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
-    if deps.nodes_lost.get(msg.node, 0) == losses:  # not lost meanwhile: the row is current
         deps.nodes_stored[msg.node] = (said, now)
     if before == "lost":
         log.info("node.returned", orphans=orphans)
@@ -104,12 +115,14 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
 
 
 async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
-    """The monitor declared a node lost (it marked the node, and sent a verdict for each
-    instance it held): the pass must not count on that node any more."""
-    log.warning("node.lost", node=msg.node)
-    deps.nodes_stored.pop(msg.node, None)  # its next heartbeat marks it up again
-    deps.nodes_lost[msg.node] = deps.nodes_lost.get(msg.node, 0) + 1
-    deps.request_pass()
+    """The monitor declared a node lost: mark it, end every instance it held (and act on
+    each end), keep its containers as orphans; the pass no longer counts on it."""
+    async with deps.node_locks[msg.node]:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            held = await ends.lose_node(conn, deps.rules, msg.node)
+        deps.nodes_stored.pop(msg.node, None)  # its next heartbeat marks it up again
+    if held is not None:
+        deps.request_pass()
 
 
 async def on_started(msg: m.InstanceStarted, deps: Deps) -> None:
@@ -133,15 +146,14 @@ async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
             " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[])"
             "  AS f(id, container_name, container_id, endpoints)"
             " WHERE i.id = f.id AND i.container_name = f.container_name"
-            " AND i.state IN ('placed', 'starting') RETURNING i.execution_id",
+            f" AND i.state IN {_TO_RUNNING} RETURNING i.execution_id",
             [x.instance_id for x in msgs],
             [x.container_name for x in msgs],
             [x.container_id for x in msgs],
             [x.endpoints for x in msgs],
         )
-        changed = sorted(
-            {r["execution_id"] for r in rows} & {e for e, s in states.items() if s in LIVE}
-        )
+        underway = {e for e, state in states.items() if state in st.EXECUTION_UNDERWAY}
+        changed = sorted({r["execution_id"] for r in rows} & underway)
         if not changed:
             return
         all_essential_run = await conn.fetch(
@@ -156,122 +168,20 @@ async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
         await store.dispatch_ready(conn, deps.deployment, changed)
 
 
-LIVE = ("starting", "running")  # execution states whose instances' starts count
-
-
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
-    """Act on the monitor's verdict: finish a cleanup, end the execution on an essential
-    death, or place a dead or reclaimed instance again."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        state = await _lock_execution(conn, msg.execution_id)
-        inst = await conn.fetchrow(
-            "SELECT i.name, i.essential, i.monitor, i.restart_count, i.node, i.removed, i.state,"
-            " e.will_end FROM instances i JOIN executions e ON e.id = i.execution_id"
-            " WHERE i.id = $1",
-            msg.instance_id,
-        )
-        if inst is None or state is None:
-            return
-        if state not in store.ACTIVE:
-            # ending already (the monitor's ExecutionEnded came first): keep the reason
-            if inst["essential"] and msg.reason not in ("stopped", "exited", "removed"):
-                await store.note_error(conn, msg.execution_id, _ended(inst["name"], msg))
-            await store.maybe_finish(conn, msg.execution_id)
-            return
-        # The verdict is current only while the monitor's mark is there: once acted on,
-        # the instance was placed again or its execution ends (a redelivery does nothing).
-        if inst["state"] not in ("died", "stopped") or msg.reason == "removed":
-            return
-        if inst["essential"]:
-            await _essential_ended(conn, deps, msg, inst)
-        else:
-            await _elastic_ended(conn, deps, msg, inst)
-    deps.request_pass()
-
-
-DEATHS = ("crashed", "oom", "node-lost")  # ends an essential restart may follow
-
-
-def _ended(name: str, msg: m.InstanceEnded) -> str:
-    code = f" (exit code {msg.exit_code})" if msg.exit_code is not None else ""
-    code += f": {msg.detail}" if msg.detail else ""
-    return f"essential instance {name} ended: {msg.reason}{code}"
-
-
-async def _essential_ended(
-    conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any
-) -> None:
-    """An essential instance ended by itself.
-
-    Ephemeral executions: a clean exit finished its part; the monitor service's end is
-    the monitor's ExecutionEnded verdict (any other death fails the execution, with the
-    reason). Long-running ones: a death within the ``essential_restarts`` budget places
-    the instance again (its gang is itself alone); the monitor service exiting cleanly
-    finishes the execution; anything else fails it.
-    """
-    will_end = inst["will_end"]
-    if msg.reason == "exited" and (will_end or inst["monitor"]):
-        if not will_end:
-            await store.begin_cleanup(
-                conn, deps.deployment, msg.execution_id, "finished", exit_code=msg.exit_code
-            )
-        return
-    if not will_end and msg.reason in DEATHS and inst["restart_count"] < deps.essential_restarts:
-        await _restart(conn, deps, msg, inst)
-        return
-    await store.begin_cleanup(
-        conn,
-        deps.deployment,
-        msg.execution_id,
-        "failed",
+    """Act on the monitor's verdict about one container (services/scheduler/ends.py)."""
+    end = st.End(
+        reason=msg.reason,
         exit_code=msg.exit_code,
-        error=_ended(inst["name"], msg),
+        container_name=msg.container_name,
+        container_id=msg.container_id,
+        gone=msg.gone,
+        detail=msg.detail,
     )
-
-
-async def _elastic_ended(
-    conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any
-) -> None:
-    if msg.reason == "stopped":
-        # reclaimed: back to pending, to be given back when capacity frees up
-        await store.requeue(conn, msg.instance_id, from_state="stopped")
-        return
-    if msg.reason == "exited":
-        # it finished its part by itself: nothing to replace, only its container to remove
-        if not inst["removed"] and inst["node"]:
-            await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
-        return
-    await _restart(conn, deps, msg, inst)
-
-
-async def _restart(conn: asyncpg.Connection, deps: Deps, msg: m.InstanceEnded, inst: Any) -> None:
-    """Remove the dead container, and queue the instance again after its backoff."""
-    if not inst["removed"] and inst["node"]:
-        await store.enqueue_stop(conn, deps.deployment, msg.execution_id, msg.instance_id)
-    restarts = inst["restart_count"] + 1
-    backoff = store.restart_backoff(restarts, deps.restart_backoff, deps.restart_backoff_max)
-    moved = await store.requeue(
-        conn, msg.instance_id, from_state="died", restart=True, backoff=backoff
-    )
-    if moved is not None:
-        log.info(
-            "instance.restarting",
-            instance=inst["name"],
-            essential=inst["essential"],
-            restarts=restarts,
-            backoff=backoff,
-            reason=msg.reason,
-        )
-
-
-async def on_execution_ended(msg: m.ExecutionEnded, deps: Deps) -> None:
-    """The monitor service ended: clean the execution up and end it with that outcome."""
     async with deps.pool.acquire() as conn, conn.transaction():
-        await _lock_execution(conn, msg.execution_id)
-        await store.begin_cleanup(
-            conn, deps.deployment, msg.execution_id, msg.outcome, exit_code=msg.exit_code
-        )
-    deps.request_pass()
+        changed = await ends.apply_ends(conn, deps.rules, [(msg.instance_id, end)])
+    if changed:
+        deps.request_pass()
 
 
 async def _lock_executions(conn: asyncpg.Connection, execution_ids: list[int]) -> dict[int, str]:
@@ -299,5 +209,4 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.NodeLost: on_node_lost,
     m.InstanceStarted: on_started,
     m.InstanceEnded: on_instance_ended,
-    m.ExecutionEnded: on_execution_ended,
 }

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import asyncpg
 import structlog
 
+from common import states as st
 from services.scheduler import store
 from services.scheduler.core import (
     Decisions,
@@ -25,6 +26,9 @@ from services.scheduler.core import (
 )
 
 log = structlog.get_logger("scheduler.pass")
+
+_EXECUTIONS = st.sql_list(st.EXECUTION_SCHEDULED)
+_INSTANCES = st.sql_list(st.INSTANCE_SCHEDULED)
 
 
 async def load_snapshot(
@@ -43,14 +47,13 @@ async def load_snapshot(
     ]
     execs = await conn.fetch(
         "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state"
-        " FROM executions WHERE state IN ('queued', 'starting', 'running', 'cleaning_up')"
+        f" FROM executions WHERE state IN {_EXECUTIONS}"
     )
     rows = await conn.fetch(
         "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
         " i.node, extract(epoch FROM i.not_before) AS not_before"
         " FROM instances i JOIN executions e ON e.id = i.execution_id"
-        " WHERE e.state IN ('queued', 'starting', 'running', 'cleaning_up')"
-        " AND i.state IN ('created', 'placed', 'starting', 'running', 'stopping')"
+        f" WHERE e.state IN {_EXECUTIONS} AND i.state IN {_INSTANCES}"
         " ORDER BY i.id"
     )
     pending: dict[int, list[InstanceReq]] = defaultdict(list)
@@ -87,27 +90,53 @@ async def load_snapshot(
     return nodes, executions, next_wake
 
 
+class ClusterView:
+    """The scheduler's view of the cluster, from which each pass decides.
+
+    Each pass reads it afresh from PostgreSQL (``load_snapshot``). The scheduler is the
+    only writer of execution, instance and node state, so the view could instead live
+    in memory between passes, updated by what the handlers and passes write: that change
+    stays inside this class (``snapshot``), the core and ``apply`` are unaffected.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, deployment: str, policy: Policy) -> None:
+        self.pool = pool
+        self.deployment = deployment
+        self.policy = policy
+
+    async def snapshot(
+        self, now: float
+    ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
+        """Nodes, active executions, and the next time a backoff expires (if any)."""
+        async with self.pool.acquire() as conn:
+            return await load_snapshot(conn, now)
+
+    async def run_pass(self) -> tuple[Decisions, float | None]:
+        """Run one pass; returns what was decided and when a backoff next expires."""
+        now = time.time()
+        await admit_submitted(self.pool)
+        await dispatch_waiting(self.pool, self.deployment)
+        nodes, executions, next_wake = await self.snapshot(now)
+        if not nodes or not any(e.pending for e in executions):
+            return Decisions(), next_wake
+        decisions = schedule(nodes, executions, now=now, policy=self.policy)
+        if decisions.starts or decisions.stops:
+            await apply(self.pool, self.deployment, decisions)
+            log.info(
+                "pass.applied",
+                starts=len(decisions.starts),
+                stops=len(decisions.stops),
+                ms=round(1000 * (time.time() - now), 1),
+            )
+        return decisions, next_wake
+
+
 async def run_pass(
     pool: asyncpg.Pool, deployment: str, policy: Policy
 ) -> tuple[Decisions, float | None]:
-    """Run one pass; returns what was decided and when a backoff next expires."""
-    now = time.time()
-    await admit_submitted(pool)
-    await dispatch_waiting(pool, deployment)
-    async with pool.acquire() as conn:
-        nodes, executions, next_wake = await load_snapshot(conn, now)
-    if not nodes or not any(e.pending for e in executions):
-        return Decisions(), next_wake
-    decisions = schedule(nodes, executions, now=now, policy=policy)
-    if decisions.starts or decisions.stops:
-        await apply(pool, deployment, decisions)
-        log.info(
-            "pass.applied",
-            starts=len(decisions.starts),
-            stops=len(decisions.stops),
-            ms=round(1000 * (time.time() - now), 1),
-        )
-    return decisions, next_wake
+    """Run one pass over a view read afresh; returns what was decided and when a backoff
+    next expires."""
+    return await ClusterView(pool, deployment, policy).run_pass()
 
 
 async def admit_submitted(pool: asyncpg.Pool) -> int:

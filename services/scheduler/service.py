@@ -5,9 +5,9 @@ a dedicated connection for as long as it lives. A standby waits for the lock; wh
 active process dies its connection drops, the lock is released and the standby takes
 over. All state lives in PostgreSQL, so taking over needs nothing but the lock.
 
-Shutdown order matters: stop consuming and drain in-flight handlers first (their
-commits complete), then stop the pass loop and the outbox relay, then close the bus and
-finally the pool.
+Shutdown is the runtime's (common/runtime.py): consumers drain first (their commits
+complete), then the pass loop and the outbox relay stop, then the bus, the pool and at
+last the leadership connection close.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from contextlib import AsyncExitStack
 
 import asyncpg
 import structlog
 
-from common import db
+from common import db, routes
 from common import messages as m
-from common.bus import SCHEDULER_QUEUE, Bus, heartbeat_queue
 from common.lifecycle import wait_any, wait_or_stop
-from common.outbox import Relay
+from common.retry import Backoff, report_failure
+from common.runtime import Runtime
 from common.settings import SchedulerSettings
 from services.scheduler import handlers, passes
 from services.scheduler.core import Policy
@@ -57,12 +56,10 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     if leader is None:
         return
     log.info("scheduler.active", policy=settings.policy)
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(leader.close)
-        pool = await stack.enter_async_context(db.pool(settings.database_url))
-        bus = await stack.enter_async_context(
-            Bus(settings.amqp_url, name="scheduler", prefetch=settings.prefetch)
-        )
+    async with Runtime("scheduler", settings, stop) as rt:
+        rt.on_closed(leader.close)
+        pool = await rt.open_pool()
+        bus = await rt.open_bus()
         wake = asyncio.Event()
         wake.set()  # rebuild from the database: run a pass at start
         deps = handlers.Deps(
@@ -77,31 +74,23 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         async def on_message(msg: m.Message) -> None:
             await handlers.HANDLERS[type(msg)](msg, deps)
 
-        loops_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(Relay(pool, bus).run(loops_stop))
-            tg.create_task(_pass_loop(pool, settings, policy, wake, loops_stop))
-            tg.create_task(_watch_leadership(leader, stop))
-            # facts of started containers come in bursts: handled together
-            started = functools.partial(handlers.on_started_many, deps=deps)
-            await bus.consume(
-                SCHEDULER_QUEUE, m.SchedulerInbox, on_message, batches={m.InstanceStarted: started}
-            )
-            await bus.consume(heartbeat_queue(SCHEDULER_QUEUE), m.SchedulerInbox, on_message)
-            await stop.wait()
-            await bus.stop_consuming(settings.drain_timeout)
-            loops_stop.set()
+        await rt.run_relay(pool, bus)
+        view = passes.ClusterView(pool, settings.deployment, policy)
+        await rt.loop("passes", lambda done: _pass_loop(view, settings, wake, done))
+        await rt.loop("leadership", lambda _: _watch_leadership(leader, stop))
+        # facts of started containers come in bursts: handled together
+        started = functools.partial(handlers.on_started_many, deps=deps)
+        await rt.consume(routes.SCHEDULER, on_message, batches={m.InstanceStarted: started})
+        await rt.consume(routes.SCHEDULER_HEARTBEATS, on_message)
+        await rt.serve()
 
 
 async def _pass_loop(
-    pool: asyncpg.Pool,
-    settings: SchedulerSettings,
-    policy: Policy,
-    wake: asyncio.Event,
-    stop: asyncio.Event,
+    view: passes.ClusterView, settings: SchedulerSettings, wake: asyncio.Event, stop: asyncio.Event
 ) -> None:
     """Run passes one at a time: when asked, and on a period (for expiring backoffs)."""
     next_wake: float | None = None
+    backoff = Backoff(0.5, 5.0)
     while not stop.is_set():
         timeout = settings.pass_interval
         if next_wake is not None:
@@ -111,14 +100,11 @@ async def _pass_loop(
             return
         wake.clear()
         try:
-            _, next_wake = await passes.run_pass(pool, settings.deployment, policy)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("pass.failed", error=repr(exc))
-            await wait_or_stop(stop, 0.5)
-            wake.set()
-        except Exception:
-            log.exception("pass.crashed")
-            await wait_or_stop(stop, 1.0)
+            _, next_wake = await view.run_pass()
+            backoff.reset()
+        except Exception as exc:  # the loop outlives any failure: the next pass retries
+            report_failure("pass.failed", exc)
+            await wait_or_stop(stop, backoff.next())
             wake.set()
 
 
@@ -131,7 +117,7 @@ async def _watch_leadership(leader: asyncpg.Connection, stop: asyncio.Event) -> 
             return
         try:
             await leader.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, OSError) as exc:
+        except Exception as exc:
             log.error("scheduler.lost_leadership", error=repr(exc))
             stop.set()
             return

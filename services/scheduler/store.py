@@ -15,12 +15,15 @@ from typing import Any
 import asyncpg
 
 from common import messages as m
+from common import states as st
 from common.bus import Outgoing
 from common.outbox import enqueue
+from common.states import EXECUTION_FINAL, InstanceState
 
-ACTIVE = ("submitted", "queued", "starting", "running")
-HOLDING = ("placed", "starting", "running", "stopping")  # instances that hold resources
-FINAL = ("finished", "failed", "terminated", "error")
+_ENDED = st.sql_list(st.INSTANCE_ENDED)
+_ON_NODE = st.sql_list(st.INSTANCE_ON_NODE)
+ACTIVE = sorted(st.EXECUTION_ACTIVE)
+HOLDING = sorted(st.INSTANCE_HOLDING)
 
 
 def container_name(deployment: str, execution_id: int, instance: str, generation: int) -> str:
@@ -55,7 +58,7 @@ async def set_execution_state(
         sets.append(f"{name} = ${len(args)}")
     if new == "running":
         sets.append("started_at = coalesce(started_at, now())")
-    if new in FINAL:
+    if new in EXECUTION_FINAL:
         sets.append("finished_at = now()")
     row = await conn.fetchrow(
         f"UPDATE executions SET {', '.join(sets)} WHERE id = $1 AND state = ANY($3::text[])"
@@ -92,7 +95,7 @@ async def begin_cleanup(
         execution_id,
     )
     rows = await conn.fetch(
-        "UPDATE instances SET state = CASE WHEN state IN ('died', 'stopped') THEN state"
+        f"UPDATE instances SET state = CASE WHEN state IN {_ENDED} THEN state"
         " ELSE 'stopping' END,"
         " updated_at = now()"
         " WHERE execution_id = $1 AND (state = ANY($2::text[]) OR NOT removed)"
@@ -124,7 +127,7 @@ async def stop_instances(
         " WHERE id = ANY($1::bigint[]) AND NOT essential AND state = ANY($2::text[])"
         " RETURNING id, execution_id, node, container_name, state",
         list(instance_ids),
-        ["placed", "starting", "running"],
+        st.moving_to(st.INSTANCE_TRANSITIONS, InstanceState.STOPPING),
     )
     await enqueue(conn, [_stop(deployment, r["execution_id"], r) for r in rows])
     return [r["id"] for r in rows]
@@ -188,16 +191,19 @@ async def dispatch_ready(
         " FROM instances WHERE execution_id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
         list(execution_ids),
     )
-    barrier: dict[int, int] = {}  # execution -> its earliest group not running yet
-    for r in rows:
-        if r["essential"] and r["state"] != "running":
-            e = r["execution_id"]
-            barrier[e] = min(barrier.get(e, r["startup_order"]), r["startup_order"])
+    by_id = {r["id"]: r for r in rows}
     ready = [
-        r
-        for r in rows
-        if r["state"] == "placed"
-        and (r["execution_id"] not in barrier or r["startup_order"] <= barrier[r["execution_id"]])
+        by_id[i]
+        for i in st.ready_starts(
+            st.StartCandidate(
+                r["id"],
+                r["execution_id"],
+                r["essential"],
+                r["startup_order"],
+                InstanceState(r["state"]),
+            )
+            for r in rows
+        )
     ]
     if not ready:
         return 0
@@ -242,7 +248,7 @@ async def _node_room(conn: asyncpg.Connection, nodes: set[str]) -> dict[str, tup
         "SELECT n.name, n.cores - coalesce(sum(i.cores), 0) AS cores,"
         " n.memory - coalesce(sum(i.memory), 0) AS memory"
         " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
-        "  AND i.state IN ('starting', 'running', 'stopping')"
+        f"  AND i.state IN {_ON_NODE}"
         " WHERE n.name = ANY($1::text[]) GROUP BY n.name",
         list(nodes),
     )
@@ -326,24 +332,6 @@ async def requeue(
         backoff,
     )
     return count
-
-
-def restart_backoff(restarts: int, first: float, cap: float) -> float:
-    """Seconds the ``restarts``-th restart waits: none for the first (a single death is
-    replaced at once), then ``first``, doubled per restart, capped (a crash loop)."""
-    if restarts <= 1:
-        return 0.0
-    return float(min(first * 2 ** (restarts - 2), cap))
-
-
-async def note_error(conn: asyncpg.Connection, execution_id: int, error: str) -> None:
-    """Say why a failing execution fails, unless a reason is recorded already."""
-    await conn.execute(
-        "UPDATE executions SET error = $2, updated_at = now()"
-        " WHERE id = $1 AND outcome = 'failed' AND error IS NULL",
-        execution_id,
-        error,
-    )
 
 
 async def stop_orphans(conn: asyncpg.Connection, deployment: str, node: str) -> int:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from common import messages as m
-from common.bus import API_QUEUE
+from common.routes import API_REQUESTS as API_QUEUE
 from tests.conftest import TestEnv
 from tests.e2e.conftest import Platform, service, zapp
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from common.bus import COMMANDS, DEAD_LETTERS, EVENTS, HEARTBEAT_QUEUES, Bus
+from common.bus import COMMANDS, DEAD_LETTERS, EVENTS, Bus
+from common.routes import MONITOR_HEARTBEATS, SCHEDULER_HEARTBEATS
 from tests.conftest import TestEnv, wait_for
 from tests.e2e.conftest import Platform, service, zapp
+
+HEARTBEAT_QUEUES = (SCHEDULER_HEARTBEATS, MONITOR_HEARTBEATS)
 
 pytestmark = pytest.mark.e2e
 

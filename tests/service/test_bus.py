@@ -8,7 +8,7 @@ import aio_pika
 import pytest
 
 from common import messages as m
-from common.bus import DEAD_LETTERS, Bus, heartbeat_queue
+from common.bus import DEAD_LETTERS, Bus
 from common.errors import UserError
 from tests.conftest import TestEnv, wait_for
 
@@ -30,7 +30,7 @@ async def test_bad_and_failing_messages_are_dead_lettered_and_consumer_survives(
 ) -> None:
     async with Bus(test_env.amqp_url, name="t-consumer") as consumer:
         queue = f"test.acks.{test_env.run_id}"
-        await consumer.declare_queue(queue, [("zoe.events", "test.acks")])
+        await consumer.declare_queue(queue, [("zoe.events", "test.acks")], kind="quorum")
         seen: list[int] = []
         attempts: dict[int, int] = {}
 
@@ -42,7 +42,7 @@ async def test_bad_and_failing_messages_are_dead_lettered_and_consumer_survives(
                 raise UserError("refused for good")
             seen.append(msg.execution_id)
 
-        await consumer.consume(queue, m.ExecutionSubmitted, handler)
+        await consumer.consume(queue, handler, inbox=m.ExecutionSubmitted, kind="quorum")
         await _dead_letter_bodies(consumer)  # start from an empty dead-letter queue
         ex = consumer._exchanges["zoe.events"]
         for body in (b"not json", b'{"type":"nope"}', b'{"type":"execution.submitted"}'):
@@ -86,7 +86,7 @@ async def test_request_reply(test_env: TestEnv) -> None:
         async def handler(msg: m.LogsRequest) -> m.LogsReply:
             return m.LogsReply(found=True, log=f"log of {msg.container_name}")
 
-        await server.consume(name, m.LogsRequest, handler)
+        await server.consume(name, handler)
         body = await client.request("rpcnode", m.LogsRequest(container_name="c1"), timeout=5)
         reply = m.decoder(m.LogsReply).decode(body)
         assert reply.log == "log of c1"
@@ -99,7 +99,7 @@ async def test_messages_arriving_together_are_handled_as_a_batch_and_a_bad_one_a
 ) -> None:
     async with Bus(test_env.amqp_url, name="t-batches") as bus:
         queue = f"test.batches.{test_env.run_id}"
-        await bus.declare_queue(queue, [("zoe.events", "test.batches")])
+        await bus.declare_queue(queue, [("zoe.events", "test.batches")], kind="quorum")
         await _dead_letter_bodies(bus)
         ex = bus._exchanges["zoe.events"]
         for i in range(1, 41):  # all waiting before the consumer starts: they come together
@@ -119,7 +119,13 @@ async def test_messages_arriving_together_are_handled_as_a_batch_and_a_bad_one_a
                 raise UserError("refused for good")
             alone.append(msg.execution_id)
 
-        await bus.consume(queue, m.ExecutionSubmitted, one, batches={m.ExecutionSubmitted: many})
+        await bus.consume(
+            queue,
+            one,
+            inbox=m.ExecutionSubmitted,
+            kind="quorum",
+            batches={m.ExecutionSubmitted: many},
+        )
 
         def handled() -> list[int]:
             return sorted([i for b in batches if 7 not in b for i in b] + alone)
@@ -158,9 +164,10 @@ async def test_a_heartbeat_whose_handler_fails_is_dropped_not_redelivered(
 
         # a heartbeat queue of its own: the scheduler of a running platform may share
         # the session's broker
-        queue = heartbeat_queue(f"test.{test_env.run_id}")
-        await bus.declare_queue(queue, [("zoe.events", f"node.heartbeat.{node}")])
-        await bus.consume(queue, m.NodeHeartbeat, handler)
+        queue = f"test.{test_env.run_id}.heartbeats"
+        bindings = [("zoe.events", f"node.heartbeat.{node}")]
+        await bus.declare_queue(queue, bindings, kind="heartbeats")
+        await bus.consume(queue, handler, inbox=m.NodeHeartbeat, kind="heartbeats")
         failing = m.NodeHeartbeat(node=node, cores=1, memory=1 << 20)
         await bus.publish(failing)
         await wait_for(lambda: calls, what="the first heartbeat handled")

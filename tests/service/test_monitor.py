@@ -1,10 +1,11 @@
-"""The monitor's handlers against the real PostgreSQL: facts in, verdicts out.
+"""The back path against the real PostgreSQL: facts -> the monitor's verdicts -> the
+scheduler's decisions.
 
-The monitor must tell apart a stop Zoe asked for, a clean exit, a crash, an OOM kill and
-a lost node; say each verdict once however often a fact is delivered; and ignore facts
-about a container that is no longer the instance's current one. What it publishes is
-read from the outbox it writes (no broker needed). A database of its own: these tests
-truncate tables.
+The monitor turns each fact into one verdict and writes no row of the scheduler's; the
+scheduler tells apart a stop it asked for, a clean exit, a crash, an OOM kill and a lost
+node, records each end once however often a fact is delivered, and ignores facts about
+a container that is no longer the instance's current one. What each publishes is read
+from the outbox (no broker needed). A database of its own: these tests truncate tables.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ from common import messages as m
 from common.zapp import load_description
 from services.api import store as api_store
 from services.monitor import handlers
+from services.scheduler import handlers as scheduler
 from tests.conftest import TestEnv, own_database
 
 MiB = 1024 * 1024
 
 _VERDICTS = (
-    m.InstanceEnded | m.ExecutionEnded | m.NodeLost | m.ExecutionSubmitted | m.ExecutionStateChanged
+    m.InstanceEnded
+    | m.NodeLost
+    | m.ExecutionSubmitted
+    | m.ExecutionStateChanged
+    | m.StopInstance
+    | m.StartInstance
 )
 
 
@@ -81,6 +88,31 @@ def deps(pool: asyncpg.Pool, clock: Clock) -> handlers.Deps:
     return handlers.Deps(pool=pool, last_seen={}, clock=clock)
 
 
+@pytest.fixture
+def sched(pool: asyncpg.Pool) -> scheduler.Deps:
+    return scheduler.Deps(pool=pool, deployment="zm", request_pass=lambda: None)
+
+
+async def _decide(sched: scheduler.Deps, verdicts: list[m.Message], times: int = 2) -> None:
+    """The scheduler acts on the verdicts, each delivered ``times`` (redeliveries)."""
+    for verdict in verdicts:
+        for _ in range(times):
+            await scheduler.HANDLERS[type(verdict)](verdict, sched)
+
+
+async def _said(pool: asyncpg.Pool) -> list[m.Message]:
+    """The monitor's verdicts, taken from the outbox (what the scheduler sent is dropped)."""
+    return [v for v in await _verdicts(pool) if isinstance(v, m.InstanceEnded | m.NodeLost)]
+
+
+async def _execution(pool: asyncpg.Pool, execution_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow(
+        "SELECT state, outcome, exit_code, error FROM executions WHERE id = $1", execution_id
+    )
+    assert row is not None
+    return row
+
+
 async def _running(pool: asyncpg.Pool, *, will_end: bool, node: str = "n1") -> dict[str, int]:
     """An execution whose instances all run on ``node``: instance name -> id."""
     description = load_description(_app(will_end=will_end)).description
@@ -133,98 +165,113 @@ def _exited(ids: dict[str, int], name: str, code: int, *, oom: bool = False) -> 
 
 
 @pytest.mark.parametrize(
-    ("stopping", "code", "oom", "state", "reason"),
+    ("terminating", "code", "oom", "said", "state", "reason"),
     [
-        (True, 143, False, "stopped", "stopped"),  # Zoe asked: whatever the code
-        (True, 137, True, "stopped", "stopped"),
-        (False, 0, False, "stopped", "exited"),  # ended by itself, cleanly
-        (False, 137, False, "died", "crashed"),  # docker kill
-        (False, 3, False, "died", "crashed"),
-        (False, 137, True, "died", "oom"),
+        (True, 143, False, "crashed", "stopped", "stopped"),  # Zoe asked: whatever the code
+        (True, 137, True, "oom", "stopped", "stopped"),
+        (False, 0, False, "exited", "stopped", "exited"),  # ended by itself, cleanly
+        (False, 137, False, "crashed", "died", "crashed"),  # docker kill
+        (False, 3, False, "crashed", "died", "crashed"),
+        (False, 137, True, "oom", "died", "oom"),
     ],
 )
 async def test_each_end_gets_its_reason_once(
     pool: asyncpg.Pool,
     deps: handlers.Deps,
-    stopping: bool,
+    sched: scheduler.Deps,
+    terminating: bool,
     code: int,
     oom: bool,
+    said: str,
     state: str,
     reason: str,
 ) -> None:
-    ids = await _running(pool, will_end=False)
-    if stopping:
-        await pool.execute("UPDATE instances SET state = 'stopping' WHERE id = $1", ids["worker1"])
-    fact = _exited(ids, "worker1", code, oom=oom)
+    # worker0: an essential instance of an ephemeral execution (the monitor service is main0)
+    ids = await _running(pool, will_end=True)
+    if terminating:
+        await scheduler.on_terminate(m.ExecutionTerminateRequested(execution_id=ids["eid"]), sched)
+        await _verdicts(pool)
+    fact = _exited(ids, "worker0", code, oom=oom)
     await handlers.on_exited(fact, deps)
-    await handlers.on_exited(fact, deps)  # redelivered: nothing more
-    row = await _instance(pool, ids["worker1"])
+    await handlers.on_exited(fact, deps)  # redelivered: the same verdict again
+    verdicts = await _said(pool)
+    assert [(v.instance_id, v.reason, v.exit_code) for v in verdicts] == [  # type: ignore[union-attr]
+        (ids["worker0"], said, code)
+    ] * 2
+    await _decide(sched, verdicts)
+    row = await _instance(pool, ids["worker0"])
     assert (row["state"], row["reason"], row["exit_code"]) == (state, reason, code)
     assert not row["removed"]  # the container still exists: the scheduler removes it
-    (verdict,) = await _verdicts(pool)
-    assert isinstance(verdict, m.InstanceEnded)
-    assert (verdict.instance_id, verdict.reason, verdict.exit_code) == (
-        ids["worker1"],
-        reason,
-        code,
-    )
 
-    # then the container is removed: recorded, said to nobody (the instance had ended)
+    # then the container is removed: recorded with its log, the end said already
     removed = m.InstanceRemoved(
         node="n1",
         execution_id=ids["eid"],
-        instance_id=ids["worker1"],
-        container_name=f"zm-{ids['eid']}-worker1",
+        instance_id=ids["worker0"],
+        container_name=f"zm-{ids['eid']}-worker0",
         exit_code=code,
         log="bye\n",
     )
     await handlers.on_removed(removed, deps)
     await handlers.on_removed(removed, deps)
-    assert (await _instance(pool, ids["worker1"]))["removed"]
-    assert [v.reason for v in await _verdicts(pool)] == ["removed"]  # type: ignore[attr-defined]
+    gone = await _said(pool)
+    assert [v.gone for v in gone] == [True, True]  # type: ignore[union-attr]
+    await _decide(sched, gone)
+    row = await _instance(pool, ids["worker0"])
+    assert row["removed"]
+    assert (row["state"], row["reason"], row["exit_code"]) == (state, reason, code)
     log = await pool.fetchval(
-        "SELECT log FROM instance_logs WHERE instance_id = $1", ids["worker1"]
+        "SELECT log FROM instance_logs WHERE instance_id = $1", ids["worker0"]
     )
     assert log == "bye\n"
 
 
 @pytest.mark.parametrize(("code", "outcome"), [(0, "finished"), (2, "failed")])
 async def test_monitor_service_ends_an_ephemeral_execution(
-    pool: asyncpg.Pool, deps: handlers.Deps, code: int, outcome: str
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps, code: int, outcome: str
 ) -> None:
     ids = await _running(pool, will_end=True)
     await handlers.on_exited(_exited(ids, "main0", code), deps)
-    ended, execution_ended = await _verdicts(pool)
+    (ended,) = await _said(pool)
     assert isinstance(ended, m.InstanceEnded)
     assert ended.reason == ("exited" if code == 0 else "crashed")
-    assert execution_ended == m.ExecutionEnded(
-        id=execution_ended.id, execution_id=ids["eid"], outcome=outcome, exit_code=code
-    )
+    await _decide(sched, [ended])
+    row = await _execution(pool, ids["eid"])
+    assert (row["state"], row["outcome"], row["exit_code"]) == ("cleaning_up", outcome, code)
+    if outcome == "failed":
+        assert row["error"] == "essential instance main0 ended: crashed (exit code 2)"
 
 
 async def test_monitor_service_of_a_long_running_execution_is_an_instance_like_others(
-    pool: asyncpg.Pool, deps: handlers.Deps
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
 ) -> None:
     """A long-running execution never ends by a service exiting: the scheduler decides
-    (it may restart an essential instance), so no ExecutionEnded."""
+    (it may restart an essential instance; with no restarts allowed, it fails)."""
     ids = await _running(pool, will_end=False)
     await handlers.on_exited(_exited(ids, "main0", 137), deps)
-    (verdict,) = await _verdicts(pool)
+    (verdict,) = await _said(pool)
     assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "crashed"
+    await _decide(sched, [verdict])
+    row = await _execution(pool, ids["eid"])
+    assert (row["state"], row["outcome"]) == ("cleaning_up", "failed")
+    assert row["error"] == "essential instance main0 ended: crashed (exit code 137)"
 
 
 async def test_stop_requested_for_the_monitor_service_ends_nothing(
-    pool: asyncpg.Pool, deps: handlers.Deps
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
 ) -> None:
     ids = await _running(pool, will_end=True)
-    await pool.execute("UPDATE instances SET state = 'stopping' WHERE id = $1", ids["main0"])
+    await scheduler.on_terminate(m.ExecutionTerminateRequested(execution_id=ids["eid"]), sched)
+    await _verdicts(pool)
     await handlers.on_exited(_exited(ids, "main0", 143), deps)
-    (verdict,) = await _verdicts(pool)
-    assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "stopped"
+    await _decide(sched, await _said(pool))
+    assert (await _instance(pool, ids["main0"]))["reason"] == "stopped"
+    row = await _execution(pool, ids["eid"])
+    assert (row["state"], row["outcome"], row["error"]) == ("cleaning_up", "terminated", None)
 
 
 async def test_facts_about_an_older_container_change_nothing(
-    pool: asyncpg.Pool, deps: handlers.Deps
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
 ) -> None:
     ids = await _running(pool, will_end=False)
     # the instance runs its second generation; facts about the first come late
@@ -257,52 +304,58 @@ async def test_facts_about_an_older_container_change_nothing(
         reason="late",
     )
     await handlers.on_start_failed(failed, deps)
+    verdicts = await _said(pool)
+    assert len(verdicts) == 4
+    await _decide(sched, verdicts)
     row = await _instance(pool, ids["worker1"])
     assert (row["state"], row["removed"]) == ("running", False)
-    assert await _verdicts(pool) == []
+    assert await _verdicts(pool) == []  # the scheduler did nothing either
 
 
 async def test_container_removed_behind_zoe_s_back_is_a_crash(
-    pool: asyncpg.Pool, deps: handlers.Deps
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
 ) -> None:
-    ids = await _running(pool, will_end=False)
+    ids = await _running(pool, will_end=True)
     gone = m.InstanceRemoved(
         node="n1",
         execution_id=ids["eid"],
-        instance_id=ids["worker1"],
-        container_name=f"zm-{ids['eid']}-worker1",
+        instance_id=ids["worker0"],
+        container_name=f"zm-{ids['eid']}-worker0",
         exit_code=137,
     )
     await handlers.on_removed(gone, deps)
-    row = await _instance(pool, ids["worker1"])
-    assert (row["state"], row["reason"], row["removed"]) == ("died", "crashed", True)
-    (verdict,) = await _verdicts(pool)
+    (verdict,) = await _said(pool)
     assert isinstance(verdict, m.InstanceEnded) and verdict.reason == "crashed"
+    await _decide(sched, [verdict])
+    row = await _instance(pool, ids["worker0"])
+    assert (row["state"], row["reason"], row["removed"]) == ("died", "crashed", True)
 
 
 async def test_start_failure_is_a_verdict_with_the_engine_s_reason(
-    pool: asyncpg.Pool, deps: handlers.Deps
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
 ) -> None:
-    ids = await _running(pool, will_end=False)
-    await pool.execute("UPDATE instances SET state = 'starting' WHERE id = $1", ids["worker1"])
+    ids = await _running(pool, will_end=True)
+    await pool.execute("UPDATE instances SET state = 'starting' WHERE id = $1", ids["worker0"])
     failed = m.InstanceStartFailed(
         node="n1",
         execution_id=ids["eid"],
-        instance_id=ids["worker1"],
-        container_name=f"zm-{ids['eid']}-worker1",
+        instance_id=ids["worker0"],
+        container_name=f"zm-{ids['eid']}-worker0",
         reason="no such image",
     )
     await handlers.on_start_failed(failed, deps)
     await handlers.on_start_failed(failed, deps)
-    row = await _instance(pool, ids["worker1"])
+    verdicts = await _said(pool)
+    assert [(v.reason, v.detail) for v in verdicts] == [("start-failed", "no such image")] * 2  # type: ignore[union-attr]
+    await _decide(sched, verdicts)
+    row = await _instance(pool, ids["worker0"])
     assert (row["state"], row["reason"], row["removed"]) == ("died", "start-failed", True)
-    (verdict,) = await _verdicts(pool)
-    assert isinstance(verdict, m.InstanceEnded)
-    assert (verdict.reason, verdict.detail) == ("start-failed", "no such image")
+    error = (await _execution(pool, ids["eid"]))["error"]
+    assert error == "essential instance worker0 ended: start-failed: no such image"
 
 
 async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
-    pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps, clock: Clock
 ) -> None:
     ids = await _running(pool, will_end=False, node="n1")
     other = await _running(pool, will_end=False, node="n2")
@@ -319,6 +372,9 @@ async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
     clock.now += 2  # n1 silent for 4 s, n2 for 2 s
     assert await handlers.check_nodes(pool, deps, timeout=3) == ["n1"]
     assert await handlers.check_nodes(pool, deps, timeout=3) == []  # said once
+    verdicts = await _said(pool)
+    assert verdicts == [m.NodeLost(id=verdicts[0].id, node="n1")]
+    await _decide(sched, verdicts)
 
     states = dict(await pool.fetch("SELECT name, state FROM nodes"))
     assert states == {"n1": "lost", "n2": "up"}
@@ -331,12 +387,8 @@ async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
         assert (r["state"], r["reason"], r["removed"]) == ("died", "node-lost", True)
     r = by_id[ids["worker1"]]  # it had ended already: only given up
     assert (r["state"], r["reason"], r["removed"]) == ("died", "crashed", True)
-    verdicts = await _verdicts(pool)
-    assert verdicts[0] == m.NodeLost(id=verdicts[0].id, node="n1")
-    ended = {v.instance_id: v.reason for v in verdicts[1:]}  # type: ignore[attr-defined]
-    assert ended == {ids["main0"]: "node-lost", ids["worker0"]: "node-lost"} | {
-        ids["worker1"]: "removed"
-    }
+    # its essential instances died with it: the execution fails (no restarts allowed)
+    assert (await _execution(pool, ids["eid"]))["outcome"] == "failed"
     orphans = await pool.fetch("SELECT node, container_name, instance_id FROM orphans")
     assert sorted((o["node"], o["instance_id"]) for o in orphans) == sorted(
         ("n1", ids[n]) for n in ("main0", "worker0", "worker1")
@@ -350,7 +402,9 @@ async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
     } == {"running"}
 
     # a declaration repeated (another monitor, a retry) changes nothing
-    assert await handlers.declare_lost(pool, "n1") == 0
+    await _verdicts(pool)
+    await handlers.declare_lost(pool, "n1")
+    await _decide(sched, await _said(pool))
     assert await _verdicts(pool) == []
     # n1 beats again: watched again, lost again after another silence
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)

@@ -8,6 +8,7 @@ import aio_pika
 import asyncpg
 
 from common import messages as m
+from common import routes
 from common.bus import EVENTS, Bus, Outgoing
 from common.outbox import Relay, enqueue
 from tests.conftest import TestEnv, own_database, wait_for
@@ -45,7 +46,7 @@ async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         first, late = _event(10**9 + 1), _event(10**9 + 2)
         for event in (first, late):
-            await queue.bind(EVENTS, routing_key=m.routing_key(event))
+            await queue.bind(EVENTS, routing_key=routes.routing_key(event))
         got: list[int] = []
 
         async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:

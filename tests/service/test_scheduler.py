@@ -13,7 +13,7 @@ import pytest
 from common import messages as m
 from common.zapp import load_description
 from services.api import store as api_store
-from services.scheduler import handlers, passes
+from services.scheduler import handlers, passes, store
 from services.scheduler.core import Decisions, Policy
 from services.scheduler.service import acquire_leadership
 from tests.conftest import PG_BASE, TestEnv, own_database
@@ -84,7 +84,6 @@ _ANY = (
     | m.StopInstance
     | m.ExecutionStateChanged
     | m.InstanceEnded
-    | m.ExecutionEnded
     | m.NodeLost
 )
 
@@ -189,10 +188,13 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
             deps,
         )
     elastic = starts["worker1"]
-    # the monitor recorded the death; the scheduler acts on the verdict (twice: redelivery)
-    await pool.execute("UPDATE instances SET state = 'died' WHERE id = $1", elastic.instance_id)
+    # the scheduler records the death and acts on it (the verdict twice: redelivery)
     verdict = m.InstanceEnded(
-        execution_id=eid, instance_id=elastic.instance_id, reason="crashed", exit_code=1
+        execution_id=eid,
+        instance_id=elastic.instance_id,
+        reason="crashed",
+        exit_code=1,
+        container_name=elastic.container_name,
     )
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)
@@ -211,7 +213,6 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
     assert await _state(pool, eid) == "running"
 
     essential = starts["worker0"]
-    await pool.execute("UPDATE instances SET state = 'died' WHERE id = $1", essential.instance_id)
     await handlers.on_instance_ended(
         m.InstanceEnded(execution_id=eid, instance_id=essential.instance_id, reason="oom"), deps
     )
@@ -267,15 +268,13 @@ async def _started(deps: handlers.Deps, s: m.StartInstance, node: str = "n1") ->
 async def _dies(
     pool: asyncpg.Pool, deps: handlers.Deps, s: m.StartInstance, reason: str = "crashed"
 ) -> None:
-    """The monitor's part (mark the instance died) and its verdict, delivered twice."""
-    await pool.execute(
-        "UPDATE instances SET state = 'died', reason = $2 WHERE id = $1", s.instance_id, reason
-    )
+    """The monitor's verdict about the instance's container, delivered twice."""
     verdict = m.InstanceEnded(
         execution_id=s.execution_id,
         instance_id=s.instance_id,
         reason=reason,  # type: ignore[arg-type]
         exit_code=137,
+        container_name=s.container_name,
     )
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)
@@ -338,7 +337,10 @@ async def test_stale_verdict_does_not_touch_the_next_generation(
     await _replace(pool, test_env, deps)
     # the old verdict is delivered once more, after the replacement runs
     late = m.InstanceEnded(
-        execution_id=old.execution_id, instance_id=old.instance_id, reason="crashed"
+        execution_id=old.execution_id,
+        instance_id=old.instance_id,
+        reason="crashed",
+        container_name=old.container_name,
     )
     await handlers.on_instance_ended(late, deps)
     assert await _outbox(pool) == []
@@ -357,8 +359,15 @@ async def test_reclaimed_instance_comes_back_under_a_new_name(
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
     eid, starts = await _run(pool, test_env, deps, _app(total=2))
     s = starts["worker1"]
-    await pool.execute("UPDATE instances SET state = 'stopped' WHERE id = $1", s.instance_id)
-    verdict = m.InstanceEnded(execution_id=eid, instance_id=s.instance_id, reason="stopped")
+    async with pool.acquire() as conn:  # a pass reclaims it: its container is stopped
+        await store.stop_instances(conn, test_env.deployment, [s.instance_id])
+    verdict = m.InstanceEnded(
+        execution_id=eid,
+        instance_id=s.instance_id,
+        reason="crashed",  # SIGTERM: 143, as the monitor tells it
+        exit_code=143,
+        container_name=s.container_name,
+    )
     await handlers.on_instance_ended(verdict, deps)
     again = await _replace(pool, test_env, deps)
     assert again.container_name == s.container_name + "-r1"
@@ -406,7 +415,7 @@ async def test_an_ephemeral_execution_gets_no_essential_restart(
     assert row["state"] == "cleaning_up" and "worker0 ended: crashed" in row["error"]
 
 
-async def test_monitor_service_death_keeps_its_reason_whichever_verdict_comes_first(
+async def test_monitor_service_death_ends_its_execution_once_with_the_reason(
     pool: asyncpg.Pool, test_env: TestEnv, clean: None
 ) -> None:
     deps, _ = _deps(pool, test_env)
@@ -415,16 +424,15 @@ async def test_monitor_service_death_keeps_its_reason_whichever_verdict_comes_fi
     app["will_end"] = True
     eid, starts = await _run(pool, test_env, deps, app)
     s = starts["worker0"]
-    await pool.execute(
-        "UPDATE instances SET state = 'died', reason = 'oom' WHERE id = $1", s.instance_id
+    verdict = m.InstanceEnded(
+        execution_id=eid,
+        instance_id=s.instance_id,
+        reason="oom",
+        exit_code=137,
+        container_name=s.container_name,
     )
-    await handlers.on_execution_ended(
-        m.ExecutionEnded(execution_id=eid, outcome="failed", exit_code=137), deps
-    )
-    await handlers.on_instance_ended(
-        m.InstanceEnded(execution_id=eid, instance_id=s.instance_id, reason="oom", exit_code=137),
-        deps,
-    )
+    await handlers.on_instance_ended(verdict, deps)
+    await handlers.on_instance_ended(verdict, deps)  # redelivered: decided once
     row = await pool.fetchrow("SELECT state, exit_code, error FROM executions WHERE id = $1", eid)
     assert (row["state"], row["exit_code"]) == ("cleaning_up", 137)
     assert row["error"] == "essential instance worker0 ended: oom (exit code 137)"
@@ -438,11 +446,10 @@ async def test_returning_node_removes_its_orphans_and_takes_work_again(
     await handlers.on_heartbeat(beat, deps)
     eid, starts = await _run(pool, test_env, deps, _app(total=2), node="n2")
     # the monitor declared n2 lost: its containers are orphans, its node is lost
-    from services.monitor.handlers import declare_lost
-
-    assert await declare_lost(pool, "n2") == 2
-    await _outbox(pool)
     await handlers.on_node_lost(m.NodeLost(node="n2"), deps)
+    await handlers.on_node_lost(m.NodeLost(node="n2"), deps)  # said again: nothing more
+    assert await pool.fetchval("SELECT count(*) FROM orphans") == 2
+    await _outbox(pool)
     asked.clear()
     await handlers.on_heartbeat(beat, deps)  # it is back
     assert asked  # a pass: it takes work again
@@ -476,7 +483,6 @@ async def test_unchanged_heartbeats_are_stored_once_and_a_lost_node_comes_back(
     changed = await node()
     assert changed["cores"] == 8 and changed["last_heartbeat"] > first["last_heartbeat"]
     # the monitor declared it lost; its next heartbeat marks it up again
-    await pool.execute("UPDATE nodes SET state = 'lost'")
     await handlers.on_node_lost(m.NodeLost(node="n1"), deps)
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=8, memory=1 << 30), deps)
     assert (await node())["state"] == "up"

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 import yaml
 
-from common import asyncapi
+from common import asyncapi, routes
 from common import messages as m
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _sample(cls: type[m.Message]) -> m.Message:
     return cls(**kwargs)
 
 
-@pytest.mark.parametrize("cls", m.ALL_MESSAGES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", routes.ALL_MESSAGES, ids=lambda c: c.__name__)
 def test_every_message_round_trips_with_tag_id_and_version(cls: type[m.Message]) -> None:
     msg = _sample(cls)
     wire = m.encode(msg)
@@ -44,25 +44,25 @@ def test_every_message_round_trips_with_tag_id_and_version(cls: type[m.Message])
 
 
 def test_tags_are_unique() -> None:
-    tags = [m.tag_of(c) for c in m.ALL_MESSAGES]
+    tags = [m.tag_of(c) for c in routes.ALL_MESSAGES]
     assert len(tags) == len(set(tags))
 
 
 def test_inbox_decoder_refuses_other_types() -> None:
     wire = m.encode(m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n"))
     with pytest.raises(msgspec.ValidationError):
-        m.decoder(m.SchedulerInbox).decode(wire)
+        m.decoder(routes.inbox(routes.SCHEDULER)).decode(wire)
 
 
 def test_routing_keys() -> None:
     started = m.InstanceStarted(
         node="n1", execution_id=1, instance_id=2, container_id="x", container_name="y"
     )
-    assert m.routing_key(started) == "fact.started.n1"
-    assert m.routing_key(m.ExecutionSubmitted(execution_id=3)) == "execution.submitted"
-    assert m.routing_key(m.NodeLost(node="n1")) == "verdict.node_lost"
+    assert routes.routing_key(started) == "fact.started.n1"
+    assert routes.routing_key(m.ExecutionSubmitted(execution_id=3)) == "execution.submitted"
+    assert routes.routing_key(m.NodeLost(node="n1")) == "verdict.node_lost"
     state = m.ExecutionStateChanged(execution_id=9, state="running", at=0)
-    assert m.routing_key(state) == "state.execution.9"
+    assert routes.routing_key(state) == "state.execution.9"
 
 
 def test_asyncapi_document_matches_the_code() -> None:

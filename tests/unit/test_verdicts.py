@@ -1,29 +1,53 @@
-"""The monitor's pure rules: why an instance ended, and how an execution ends."""
+"""The monitor's pure rules: one self-contained verdict per container fact."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.monitor.verdicts import end_reason, execution_outcome
+from common import messages as m
+from common.states import end_reason
+from services.monitor import verdicts
 
 
 @pytest.mark.parametrize(
-    ("requested", "code", "oom", "reason"),
+    ("code", "oom", "reason"),
     [
-        (True, 137, False, "stopped"),
-        (True, 0, True, "stopped"),
-        (False, 137, True, "oom"),
-        (False, 0, False, "exited"),
-        (False, 3, False, "crashed"),
-        (False, 137, False, "crashed"),
-        (False, None, False, "crashed"),
+        (137, True, "oom"),
+        (0, True, "oom"),
+        (0, False, "exited"),
+        (3, False, "crashed"),
+        (137, False, "crashed"),
+        (None, False, "crashed"),
     ],
 )
-def test_end_reason(requested: bool, code: int | None, oom: bool, reason: str) -> None:
-    assert end_reason(requested_stop=requested, exit_code=code, oom_killed=oom) == reason
+def test_end_reason(code: int | None, oom: bool, reason: str) -> None:
+    assert end_reason(exit_code=code, oom_killed=oom) == reason
 
 
-def test_execution_outcome() -> None:
-    assert execution_outcome(0) == "finished"
-    assert execution_outcome(1) == "failed"
-    assert execution_outcome(None) == "failed"
+def test_each_fact_is_one_verdict_naming_its_container() -> None:
+    exited = m.InstanceExited(
+        node="n1", execution_id=1, instance_id=2, container_id="c", exit_code=0, container_name="x"
+    )
+    v = verdicts.exited(exited)
+    assert (v.reason, v.exit_code, v.container_name, v.container_id, v.gone) == (
+        "exited",
+        0,
+        "x",
+        "c",
+        False,
+    )
+    removed = m.InstanceRemoved(
+        node="n1", execution_id=1, instance_id=2, container_name="x", exit_code=137
+    )
+    v = verdicts.removed(removed)
+    assert (v.reason, v.exit_code, v.container_name, v.gone) == ("crashed", 137, "x", True)
+    failed = m.InstanceStartFailed(
+        node="n1", execution_id=1, instance_id=2, container_name="x", reason="no such image"
+    )
+    v = verdicts.start_failed(failed)
+    assert (v.reason, v.detail, v.container_name, v.gone) == (
+        "start-failed",
+        "no such image",
+        "x",
+        True,
+    )

@@ -1,0 +1,230 @@
+"""Every route on the bus, declared once: what goes where, sent by whom, consumed by whom.
+
+The bus's bindings and queue declarations, each queue's decoder, the check that every
+consuming service has exactly one handler per message it receives, and the AsyncAPI
+document (docs/asyncapi.yaml) are all derived from ``ROUTES`` and ``QUEUES``: a new
+message is one line here, a struct in common/messages.py and a handler.
+
+Exchanges: ``zoe.events`` (topic; key = the route's ``key`` with its ``{field}`` parts
+filled from the message), ``zoe.commands`` (direct; key = the node's name, queue
+``executor.<node>``), the default exchange for the AMQP request interface (key = the
+queue ``api.requests``) and ``zoe.dlx`` (fanout, to ``dead-letters``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common import messages as m
+
+EVENTS = "zoe.events"
+COMMANDS = "zoe.commands"
+DEFAULT = ""  # the default exchange: the routing key is a queue's name
+DLX = "zoe.dlx"
+DEAD_LETTERS = "dead-letters"
+DELIVERY_LIMIT = 5
+# A heartbeat older than this says nothing any more (it is the default ZOE_NODE_TIMEOUT:
+# a late heartbeat must not make a node the monitor has declared lost look alive).
+HEARTBEAT_TTL_MS = 10_000
+
+SCHEDULER = "scheduler"
+SCHEDULER_HEARTBEATS = "scheduler.heartbeats"
+MONITOR = "monitor"
+MONITOR_HEARTBEATS = "monitor.heartbeats"
+API_REQUESTS = "api.requests"
+EXECUTOR = "executor.{node}"  # one per node
+
+
+QueueKind = Literal["quorum", "heartbeats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A queue, the service that consumes it, and how it is declared.
+
+    ``quorum``: durable, replicated, with a delivery limit and dead-lettering to
+    ``zoe.dlx``; ``heartbeats``: a classic queue of transient messages with a time to
+    live (a heartbeat is worth nothing a few seconds later, and the next one replaces a
+    lost one), whose refused messages the bus sends to the dead letters itself.
+    """
+
+    name: str
+    service: str
+    kind: QueueKind = "quorum"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One message type: the exchange and key it is published with, its sender, and the
+    queues it is delivered to. ``persistent``: written to disk by the broker;
+    ``optional``: it may go unrouted (nobody listens) without being an error."""
+
+    message: type[m.Message]
+    exchange: str
+    key: str
+    sender: str
+    consumers: tuple[str, ...] = ()
+    persistent: bool = True
+    optional: bool = False
+
+
+QUEUES: tuple[Queue, ...] = (
+    Queue(SCHEDULER, "scheduler"),
+    Queue(SCHEDULER_HEARTBEATS, "scheduler", "heartbeats"),
+    Queue(MONITOR, "monitor"),
+    Queue(MONITOR_HEARTBEATS, "monitor", "heartbeats"),
+    Queue(API_REQUESTS, "api"),
+    Queue(EXECUTOR, "executor"),
+)
+
+_OTHERS = "other platforms (reply: ApiReply)"
+ROUTES: tuple[Route, ...] = (
+    Route(m.ExecutionSubmitted, EVENTS, "execution.submitted", "api", (SCHEDULER,)),
+    Route(m.ExecutionTerminateRequested, EVENTS, "execution.terminate", "api", (SCHEDULER,)),
+    Route(
+        m.NodeHeartbeat,
+        EVENTS,
+        "node.heartbeat.{node}",
+        "executor",
+        (SCHEDULER_HEARTBEATS, MONITOR_HEARTBEATS),
+        persistent=False,
+        optional=True,
+    ),
+    Route(m.InstanceStarted, EVENTS, "fact.started.{node}", "executor", (SCHEDULER,)),
+    Route(m.InstanceStartFailed, EVENTS, "fact.start_failed.{node}", "executor", (MONITOR,)),
+    Route(m.InstanceExited, EVENTS, "fact.exited.{node}", "executor", (MONITOR,)),
+    Route(m.InstanceRemoved, EVENTS, "fact.removed.{node}", "executor", (MONITOR,)),
+    Route(m.InstanceEnded, EVENTS, "verdict.instance_ended", "monitor", (SCHEDULER,)),
+    Route(m.NodeLost, EVENTS, "verdict.node_lost", "monitor", (SCHEDULER,)),
+    Route(
+        m.ExecutionStateChanged,
+        EVENTS,
+        "state.execution.{execution_id}",
+        "scheduler",
+        optional=True,  # bound by each api process while a client listens
+    ),
+    Route(m.StartInstance, COMMANDS, "{node}", "scheduler", (EXECUTOR,)),
+    Route(m.StartInstances, COMMANDS, "{node}", "scheduler", (EXECUTOR,)),
+    Route(m.StopInstance, COMMANDS, "{node}", "scheduler", (EXECUTOR,)),
+    Route(m.LogsRequest, COMMANDS, "{node}", "api", (EXECUTOR,)),
+    Route(m.SubmitRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
+    Route(m.TerminateRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
+    Route(m.GetRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
+)
+# Replies go to the ``reply_to`` queue of the request they answer: no route of their own.
+REPLIES: tuple[type[m.Message], ...] = (m.LogsReply, m.ApiReply)
+ALL_MESSAGES: tuple[type[m.Message], ...] = tuple(r.message for r in ROUTES) + REPLIES
+
+_BY_MESSAGE = {r.message: r for r in ROUTES}
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def route_of(message: m.Message | type[m.Message]) -> Route:
+    """The route of a message (or message type)."""
+    cls = message if isinstance(message, type) else type(message)
+    return _BY_MESSAGE[cls]
+
+
+def routing_key(message: m.Message, node: str | None = None) -> str:
+    """The key ``message`` is published with: its route's key, ``{field}`` parts filled
+    from the message (a command's ``{node}`` is the node it is sent to)."""
+    route = route_of(message)
+    return _FIELD.sub(
+        lambda f: node if f[1] == "node" and node is not None else str(getattr(message, f[1])),
+        route.key,
+    )
+
+
+def queue(name: str) -> Queue:
+    """The declaration of the queue called ``name`` (``executor.<node>`` included)."""
+    for q in QUEUES:
+        if q.name == name or (q.name == EXECUTOR and name.startswith("executor.")):
+            return q
+    raise KeyError(f"no queue {name!r} in common/routes.py")
+
+
+def executor_queue(node: str) -> str:
+    """The command queue of one node's executor."""
+    return EXECUTOR.format(node=node)
+
+
+def messages_for(queue_name: str) -> tuple[type[m.Message], ...]:
+    """The message types delivered to a queue."""
+    name = queue(queue_name).name
+    return tuple(r.message for r in ROUTES if name in r.consumers)
+
+
+@functools.cache
+def inbox(queue_name: str) -> Any:
+    """The union of the message types delivered to a queue: its decoder's type."""
+    kinds = messages_for(queue(queue_name).name)
+    union: Any = kinds[0]
+    for kind in kinds[1:]:
+        union = union | kind
+    return union
+
+
+def consumed_by(service: str) -> set[type[m.Message]]:
+    """Every message type delivered to one of ``service``'s queues."""
+    return {k for q in QUEUES if q.service == service for k in messages_for(q.name)}
+
+
+def bindings() -> dict[str, list[tuple[str, str]]]:
+    """Queue -> its (exchange, binding key) pairs on ``zoe.events``, for the shared
+    queues (an executor's queue is bound by its node, to ``zoe.commands``)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for q in QUEUES:
+        if q.name == EXECUTOR:
+            continue
+        keys = [_FIELD.sub("*", r.key) for r in ROUTES if q.name in r.consumers]
+        out[q.name] = [(EVENTS, k) for k in dict.fromkeys(keys)] if q.name != API_REQUESTS else []
+    return out
+
+
+# Bindings earlier versions made that the table no longer has: removed at start, so a
+# deployment upgraded in place receives exactly what the table says.
+FORMER_BINDINGS: tuple[tuple[str, str], ...] = (
+    (SCHEDULER, "node.heartbeat.*"),
+    (SCHEDULER, "execution.*"),
+    (SCHEDULER, "verdict.*"),
+    (MONITOR, "node.heartbeat.*"),
+    (MONITOR, "fact.started.*"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a message published with some key is delivered."""
+
+    persistent: bool
+    mandatory: bool  # returned to the publisher (an error) when no queue takes it
+
+
+def _pattern(route: Route) -> re.Pattern[str]:
+    """The keys a route's messages are published with: each ``{field}`` one word."""
+    parts = _FIELD.split(route.key)  # literal, field, literal, field, ..., literal
+    literal = [re.escape(p) for p in parts[::2]]
+    return re.compile("^" + "[^.]+".join(literal) + "$")
+
+
+_PATTERNS = [(r.exchange, _pattern(r), Delivery(r.persistent, not r.optional)) for r in ROUTES]
+_DEFAULT_DELIVERY = Delivery(persistent=True, mandatory=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def delivery(exchange: str, key: str) -> Delivery:
+    """How a message published to ``exchange`` with ``key`` is delivered, found from the
+    route it matches (the outbox keeps only exchange, key and body)."""
+    for ex, pattern, how in _PATTERNS:
+        if ex == exchange and pattern.match(key):
+            return how
+    return _DEFAULT_DELIVERY
+
+
+def described(routes: Iterable[Route] = ROUTES) -> list[tuple[type[m.Message], str, str, str]]:
+    """(message, address, exchange, sender) of each route, for the AsyncAPI document."""
+    return [(r.message, r.key, r.exchange, r.sender) for r in routes]

@@ -1,0 +1,182 @@
+"""One service runtime: what every Zoe service opens, runs and closes, in one written order.
+
+A service's ``serve`` is a few lines over ``Runtime``::
+
+    async with Runtime("monitor", settings, stop) as rt:
+        pool = await rt.open_pool()        # migrates first
+        bus = await rt.open_bus()
+        rt.run_relay(pool, bus)            # the outbox relay of this process
+        rt.every("nodes.check", 1.0, check)
+        await rt.consume(routes.MONITOR, on_message)
+        await rt.serve()                   # until ``stop``, then the shutdown below
+
+Shutdown order, and why:
+
+1. stop fetching messages and let in-flight handlers finish, up to ``drain_timeout``
+   (then they are cancelled, and their messages redelivered): they commit their changes
+   and outbox rows, or none at all;
+2. the ``on_drained`` steps (the api stops its HTTP site here, letting requests finish);
+3. stop the loops: the relay publishes the rows it has taken, the periodic loops end;
+4. close the bus, then the pool (the reverse of opening: nothing uses the pool after the
+   relay and the handlers are done).
+
+Loops started with ``every`` or ``loop`` never die of an error: a transient one (the
+broker or the database away) is logged as a warning, anything else with its traceback,
+and both are tried again after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import asyncpg
+import structlog
+
+from common import db
+from common.bus import BatchHandler, Bus, Handler
+from common.lifecycle import wait_or_stop
+from common.outbox import Relay
+from common.retry import Backoff, report_failure
+from common.settings import Settings
+
+log = structlog.get_logger("runtime")
+
+T = TypeVar("T")
+
+__all__ = ["Backoff", "Runtime", "report_failure", "shielded"]
+
+
+async def shielded(work: Awaitable[T]) -> T:
+    """Finish ``work`` even if the caller is cancelled meanwhile (then re-raise the
+    cancellation): for the step that follows a side effect, such as publishing the
+    fact of a container just removed, which nobody would do again."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+class Runtime:
+    """The resources and tasks of one service process, opened and closed in one order."""
+
+    def __init__(self, name: str, settings: Settings, stop: asyncio.Event) -> None:
+        self.name = name
+        self.settings = settings
+        self.stop = stop
+        self.loops_stop = asyncio.Event()  # set at step 3 of the shutdown
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._bus: Bus | None = None
+        self._drained: list[Callable[[], Awaitable[object]]] = []
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.loops_stop.set()
+        await self._stack.__aexit__(et, e, tb)
+
+    async def open_pool(self, *, max_size: int = 10) -> asyncpg.Pool:
+        """Apply pending migrations, then open the connection pool."""
+        await db.migrate(self.settings.database_url)
+        return await self._stack.enter_async_context(
+            db.pool(self.settings.database_url, max_size=max_size)
+        )
+
+    async def open_bus(self, name: str | None = None) -> Bus:
+        """Connect to the broker (the topology is declared on connect)."""
+        self._bus = await self._stack.enter_async_context(
+            Bus(self.settings.amqp_url, name=name or self.name, prefetch=self.settings.prefetch)
+        )
+        return self._bus
+
+    def _group(self) -> asyncio.TaskGroup:
+        # Entered after the pool and the bus: its tasks end before either closes.
+        if self._tasks is None:
+            raise RuntimeError("start tasks with Runtime.loop/every after opening resources")
+        return self._tasks
+
+    async def start_tasks(self) -> None:
+        """Open the task group (tasks started afterwards end before resources close)."""
+        if self._tasks is None:
+            self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+
+    async def loop(
+        self, name: str, body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run ``body(loops_stop)`` as a task until it returns (it watches the event)."""
+        await self.start_tasks()
+        self._group().create_task(body(self.loops_stop), name=name)
+
+    async def every(
+        self,
+        name: str,
+        interval: float,
+        work: Callable[[], Awaitable[object]],
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Call ``work`` every ``interval`` seconds until the loops stop; a failure is
+        logged and the next call comes after a growing backoff instead."""
+
+        async def body(stop: asyncio.Event) -> None:
+            retry = backoff or Backoff(min(interval, 0.5), max(interval, 5.0))
+            delay = interval
+            while not await wait_or_stop(stop, delay):
+                try:
+                    await work()
+                except Exception as exc:
+                    report_failure(f"{name}.failed", exc)
+                    delay = retry.next()
+                    continue
+                retry.reset()
+                delay = interval
+
+        await self.loop(name, body)
+
+    async def run_relay(self, pool: asyncpg.Pool, bus: Bus) -> None:
+        """Publish this process's outbox rows (and any left by others) until the loops stop."""
+        await self.loop("outbox.relay", Relay(pool, bus).run)
+
+    async def consume(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        batches: Mapping[type[Any], BatchHandler] | None = None,
+    ) -> None:
+        """Deliver ``queue``'s messages to ``handler`` under the bus's ack policy, each
+        bounded by ``handler_timeout``."""
+        assert self._bus is not None, "open the bus first"
+        await self.start_tasks()
+        await self._bus.consume(
+            queue, handler, batches=batches, timeout=self.settings.handler_timeout
+        )
+
+    def on_closed(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Close something at the very end, after the bus and the pool."""
+        self._stack.push_async_callback(close)
+
+    def on_drained(self, step: Callable[[], Awaitable[object]]) -> None:
+        """A step of shutdown after the consumers drained and before the loops stop."""
+        self._drained.append(step)
+
+    async def serve(self) -> None:
+        """Wait for ``stop``, then shut down in the order the module docstring gives."""
+        await self.stop.wait()
+        log.info("service.draining", timeout=self.settings.drain_timeout)
+        if self._bus is not None:
+            await self._bus.stop_consuming(self.settings.drain_timeout)
+        for step in self._drained:
+            await step()
+        self.loops_stop.set()
