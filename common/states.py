@@ -74,7 +74,7 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionState, frozenset[ExecutionState]] = {
 }
 INSTANCE_TRANSITIONS: Mapping[InstanceState, frozenset[InstanceState]] = {
     I.CREATED: frozenset({I.PLACED, I.STOPPED}),
-    I.PLACED: frozenset({I.CREATED, I.STARTING, I.STOPPING, I.DIED}),
+    I.PLACED: frozenset({I.CREATED, I.STARTING, I.RUNNING, I.STOPPING, I.DIED}),
     I.STARTING: frozenset({I.RUNNING, I.STOPPING, I.STOPPED, I.DIED}),
     I.RUNNING: frozenset({I.STOPPING, I.STOPPED, I.DIED}),
     I.STOPPING: frozenset({I.STOPPED, I.DIED}),

@@ -1,0 +1,53 @@
+"""The route table: every routed message has exactly one handler in each service that
+consumes it, and the bindings, inboxes and deliveries follow from the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from common import messages as m
+from common import routes
+from services.api import amqp
+from services.monitor import handlers as monitor
+from services.scheduler import handlers as scheduler
+
+TABLES = {"scheduler": scheduler.HANDLERS, "monitor": monitor.HANDLERS, "api": amqp.HANDLERS}
+
+
+@pytest.mark.parametrize("service", sorted(TABLES))
+def test_each_consuming_service_has_one_handler_per_routed_message(service: str) -> None:
+    assert set(TABLES[service]) == routes.consumed_by(service)
+
+
+def test_every_message_has_one_route_and_every_consumer_queue_exists() -> None:
+    assert len({r.message for r in routes.ROUTES}) == len(routes.ROUTES)
+    names = {q.name for q in routes.QUEUES}
+    for r in routes.ROUTES:
+        assert set(r.consumers) <= names, r
+
+
+def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
+    bound = routes.bindings()
+    assert ("zoe.events", "fact.started.*") in bound["scheduler"]
+    assert ("zoe.events", "fact.started.*") not in bound["monitor"]
+    assert bound["monitor.heartbeats"] == [("zoe.events", "node.heartbeat.*")]
+    assert routes.messages_for("executor.n7") == (
+        m.StartInstance,
+        m.StartInstances,
+        m.StopInstance,
+        m.LogsRequest,
+    )
+    beat = routes.delivery("zoe.events", "node.heartbeat.n1")
+    assert (beat.persistent, beat.mandatory) == (False, False)
+    state = routes.delivery("zoe.events", "state.execution.12")
+    assert (state.persistent, state.mandatory) == (True, False)
+    fact = routes.delivery("zoe.events", "fact.exited.n1")
+    assert (fact.persistent, fact.mandatory) == (True, True)
+    assert routes.queue("scheduler.heartbeats").kind == "heartbeats"
+    assert routes.queue("executor.n1").kind == "quorum"
+    assert (
+        routes.routing_key(
+            m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n"), "n9"
+        )
+        == "n9"
+    )
