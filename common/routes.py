@@ -228,3 +228,24 @@ def delivery(exchange: str, key: str) -> Delivery:
 def described(routes: Iterable[Route] = ROUTES) -> list[tuple[type[m.Message], str, str, str]]:
     """(message, address, exchange, sender) of each route, for the AsyncAPI document."""
     return [(r.message, r.key, r.exchange, r.sender) for r in routes]
+
+
+def markdown() -> str:
+    """The route table as Markdown, as docs/architecture.md shows it (a test checks)."""
+    lines = [
+        "| message | exchange | key | sender | consumed from | delivery |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in ROUTES:
+        exchange = r.exchange or "(default)"
+        consumers = ", ".join(f"`{c}`" for c in r.consumers) or "whoever binds"
+        how = ("persistent" if r.persistent else "transient") + (", optional" if r.optional else "")
+        sender = r.sender.split(" (")[0]
+        lines.append(
+            f"| `{r.message.__name__}` | `{exchange}` | `{r.key}` | {sender} | {consumers} | {how} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -3,6 +3,8 @@ consumes it, and the bindings, inboxes and deliveries follow from the table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common import messages as m
@@ -51,3 +53,8 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
         )
         == "n9"
     )
+
+
+def test_the_architecture_page_shows_the_route_table() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    assert routes.markdown() in page, "run: python -m common.routes, paste into the page"
