@@ -208,9 +208,9 @@ class Bus:
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
         # the queue and its consumer after a reconnect.
-        kind = kind or routes.queue(queue_name).kind
-        heartbeats = kind == "heartbeats"
-        queue = await _declare_queue(self._sub, queue_name, kind)
+        queue_kind = kind or routes.queue(queue_name).kind
+        heartbeats = queue_kind == "heartbeats"
+        queue = await _declare_queue(self._sub, queue_name, queue_kind)
         decoder = m.decoder(inbox if inbox is not None else routes.inbox(queue_name))
         if timeout is not None:
             handler = _bounded(handler, timeout)

@@ -9,26 +9,26 @@ from common.states import end_reason
 
 def exited(fact: m.InstanceExited) -> m.InstanceEnded:
     """A container stopped running: how it ended (its container still exists)."""
-    return m.InstanceEnded(
-        execution_id=fact.execution_id,
-        instance_id=fact.instance_id,
-        reason=end_reason(exit_code=fact.exit_code, oom_killed=fact.oom_killed),
-        exit_code=fact.exit_code,
-        container_name=fact.container_name,
-        container_id=fact.container_id,
-    )
+    return _ended(fact, container_id=fact.container_id, gone=False)
 
 
 def removed(fact: m.InstanceRemoved) -> m.InstanceEnded:
     """A container is gone: it ended (if it had not yet) and no longer exists. Removed
     behind Zoe's back while it ran, it counts as a crash."""
+    return _ended(fact, container_id="", gone=True)
+
+
+def _ended(
+    fact: m.InstanceExited | m.InstanceRemoved, *, container_id: str, gone: bool
+) -> m.InstanceEnded:
     return m.InstanceEnded(
         execution_id=fact.execution_id,
         instance_id=fact.instance_id,
         reason=end_reason(exit_code=fact.exit_code, oom_killed=fact.oom_killed),
         exit_code=fact.exit_code,
         container_name=fact.container_name,
-        gone=True,
+        container_id=container_id,
+        gone=gone,
     )
 
 

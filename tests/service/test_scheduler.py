@@ -536,3 +536,43 @@ async def test_starts_placed_on_one_node_by_a_pass_go_in_one_command(
     starts = [s for c in commands if isinstance(c, m.StartInstances) for s in c.starts]
     assert sorted(s.execution_id for s in starts) == sorted(eids * 2)
     assert len({s.instance_id for s in starts}) == 6
+
+
+async def test_a_heartbeat_racing_the_node_s_loss_never_leaves_the_node_lost(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    """Both run in the scheduler, one at a time per node: whichever comes last, the
+    next heartbeat finds the row as the scheduler remembers it."""
+    deps, _ = _deps(pool, test_env)
+    beat = m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30)
+    await handlers.on_heartbeat(beat, deps)
+    for _ in range(20):
+        await asyncio.gather(
+            handlers.on_node_lost(m.NodeLost(node="n1"), deps),
+            handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps),
+        )
+        await handlers.on_heartbeat(beat, deps)  # the same news: stored only if needed
+        assert await pool.fetchval("SELECT state FROM nodes WHERE name = 'n1'") == "up"
+
+
+async def test_one_verdict_delivered_twice_at_once_is_decided_once(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    _, starts = await _run(pool, test_env, deps, _app(total=2))
+    s = starts["worker1"]
+    verdict = m.InstanceEnded(
+        execution_id=s.execution_id,
+        instance_id=s.instance_id,
+        reason="crashed",
+        exit_code=1,
+        container_name=s.container_name,
+    )
+    await asyncio.gather(*(handlers.on_instance_ended(verdict, deps) for _ in range(4)))
+    row = await pool.fetchrow(
+        "SELECT state, restart_count, generation FROM instances WHERE id = $1", s.instance_id
+    )
+    assert (row["state"], row["restart_count"], row["generation"]) == ("created", 1, 1)
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert [x.container_name for x in stops] == [s.container_name]
