@@ -133,6 +133,9 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Spare networks kept made ahead, so that an execution's first start on this node
     # does not wait for Docker to create its network; 0: each is made when needed.
     network_pool: int = 2
+    # The Debian mirror the zoe/debian:12 base image is bootstrapped from, and its apt
+    # then uses.
+    debian_mirror: str = "http://deb.debian.org/debian"
 
 
 class MonitorSettings(Settings, frozen=True, kw_only=True):

@@ -99,6 +99,7 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
     import aiodocker
 
     from common.logging import configure
+    from common.settings import ExecutorSettings
     from services.executor.images import build_zapp
 
     configure("zoe", "info", json=False)
@@ -109,8 +110,9 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
         return 1
 
     async def build() -> list[str]:
+        mirror = ExecutorSettings.from_env().debian_mirror
         async with aiodocker.Docker() as docker:
-            return await build_zapp(docker, folder)
+            return await build_zapp(docker, folder, debian_mirror=mirror)
 
     try:
         refs = asyncio.run(build())

@@ -214,9 +214,9 @@ class HollowEngine:
         """Hollow nodes have no networks."""
         return True
 
-    async def keep_spare_networks(self, stop: asyncio.Event) -> None:
+    def spare_networks(self) -> contextlib.nullcontext[None]:
         """Hollow nodes have no networks: nothing to keep."""
-        await stop.wait()
+        return contextlib.nullcontext()
 
     async def adopt_networks(self) -> None:
         """Hollow nodes have no networks."""

@@ -3,8 +3,9 @@
 Shutdown order, and why: stop fetching commands and let in-flight ones finish (they
 need the engine and the bus, and their facts must be published before their ack); then
 cancel the heartbeat and event loops (whatever they were reporting, the next start's
-reconcile reports again); then close the bus, then the Docker client (the exit stack
-closes in reverse order of opening).
+reconcile reports again); then remove the spare networks kept (no start needs one any
+more); then close the bus, then the Docker client (the exit stack closes in reverse
+order of opening).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 publish_host=settings.publish_host,
                 zapps_root=Path(settings.zapps_root),
                 network_pool=settings.network_pool,
+                debian_mirror=settings.debian_mirror,
             )
         bus = await stack.enter_async_context(
             Bus(
@@ -87,13 +89,13 @@ async def run_executor(
     # Events from before the reconcile are replayed, so no death falls between the two.
     since = time.time() - EVENTS_OVERLAP
     await reconcile(ex)
-    async with asyncio.TaskGroup() as tg:
+    # Spares are kept while commands are served, and removed once the last in-flight
+    # start is done (it may still take one).
+    async with engine.spare_networks(), asyncio.TaskGroup() as tg:
         loops = [
             tg.create_task(heartbeat_loop(ex, stop)),  # its first beat registers the node
             tg.create_task(watch_events(ex, stop, since)),
         ]
-        # not cancelled: at the stop it removes the spare networks it keeps, then ends
-        tg.create_task(engine.keep_spare_networks(stop))
         if settings.usage_interval > 0:
             loops.append(tg.create_task(usage_loop(ex, stop)))
         await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)

@@ -257,10 +257,19 @@ async def test_start_runs_a_limited_labelled_container_and_stop_removes_it(
     assert url.startswith("http://127.0.0.1:") and url.endswith("/x")
     host, port = url.removeprefix("http://").removesuffix("/x").rsplit(":", 1)
     assert info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"] == port
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET / HTTP/1.0\r\n\r\n")
-    assert (await reader.read(12)).startswith(b"HTTP/1.")
-    writer.close()
+
+    async def answer() -> bytes:
+        """The start of httpd's answer; empty while it does not listen yet."""
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(b"GET / HTTP/1.0\r\n\r\n")
+                return await reader.read(12)
+            finally:
+                writer.close()
+        return b""
+
+    assert (await wait_for(answer, what="an answer on the published port")).startswith(b"HTTP/1.")
 
     beat = await facts.wait(m.NodeHeartbeat, node=node, registered=False)
     await wait_for(
@@ -813,6 +822,14 @@ async def broker_proxy(test_env: TestEnv) -> AsyncIterator[tuple[Proxy, str]]:
         server.close()
 
 
+async def consuming(logs: list[dict[str, Any]]) -> None:
+    """Wait until the executor consumes its queue: its first heartbeat (the node
+    registered) may come before, and an outage then would fail its start instead."""
+    await wait_for(
+        lambda: any(e["event"] == "executor.ready" for e in logs), what="the executor consuming"
+    )
+
+
 async def test_heartbeats_survive_a_broker_outage(
     test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, busybox: str
 ) -> None:
@@ -822,6 +839,7 @@ async def test_heartbeats_survive_a_broker_outage(
         with capture_logs() as logs:
             async with in_process_executor(settings) as task:
                 await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                await consuming(logs)
                 proxy.cut()
                 await wait_for(
                     lambda: any(e["event"] == "heartbeat.failed" for e in logs),
@@ -840,16 +858,18 @@ async def test_commands_flow_again_after_a_broker_outage(
     try:
         async with broker_proxy(test_env) as (proxy, url):
             settings = ExecutorSettings.from_env(executor_env(test_env, name), amqp_url=url)
-            async with in_process_executor(settings):
-                await facts.wait(m.NodeHeartbeat, node=name, registered=True)
-                proxy.cut()
-                start = start_msg(test_env, LONG_RUNNING)
-                await bus.publish(start, node=name)  # waits in the queue meanwhile
-                beats = len(facts.all(m.NodeHeartbeat, node=name))
-                proxy.restore()
-                await facts.wait(m.NodeHeartbeat, beats + 1, node=name)
-                await facts.wait(m.InstanceStarted, execution_id=start.execution_id, timeout=5)
-                await stop_and_wait(bus, facts, name, start)
+            with capture_logs() as logs:
+                async with in_process_executor(settings):
+                    await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                    await consuming(logs)
+                    proxy.cut()
+                    start = start_msg(test_env, LONG_RUNNING)
+                    await bus.publish(start, node=name)  # waits in the queue meanwhile
+                    beats = len(facts.all(m.NodeHeartbeat, node=name))
+                    proxy.restore()
+                    await facts.wait(m.NodeHeartbeat, beats + 1, node=name)
+                    await facts.wait(m.InstanceStarted, execution_id=start.execution_id, timeout=5)
+                    await stop_and_wait(bus, facts, name, start)
     finally:
         await remove_node_containers(docker, test_env, name)
 
@@ -911,7 +931,7 @@ async def _exited(docker: aiodocker.Docker, container_id: str) -> bool:
 # ---- executions' networks --------------------------------------------------------------
 #
 # An executor keeps spare networks made ahead; an execution's first start on an engine
-# claims one (services/executor/engine.py says how), and the network goes with the
+# claims one (services/executor/engine/networks.py says how), and the network goes with the
 # execution's last container on the engine.
 
 
@@ -986,8 +1006,12 @@ async def test_instances_share_a_spare_network_that_goes_with_the_last_of_them(
             attached = await networks_of(docker, start.container_name)
             assert list(attached) == [network]
             assert start.instance in attached[network]["Aliases"]
-        logs = await docker.containers.container(worker.container_name).log(stdout=True)
-        assert any("bytes from" in line for line in logs), logs
+
+        async def pinged() -> bool:
+            logs = await docker.containers.container(worker.container_name).log(stdout=True)
+            return any("bytes from" in line for line in logs)
+
+        assert await wait_for(pinged, what="the worker's ping of main in its log")
 
         # the spare taken is made again, once the starts are done
         now = await wait_for(lambda: _count(spares(docker, test_env, node), 3), what="a new spare")

@@ -1,0 +1,72 @@
+"""The executor's port to a container engine, and its one real adapter: Docker.
+
+- `port`: the `Engine` protocol, the data crossing it, its errors and label names;
+- `docker`: `DockerEngine`, the adapter over aiodocker;
+- `networks`: executions' networks on an engine, spares made ahead and claims;
+- `translate`: Docker's JSON to and from the port's data, without I/O;
+- `logs`: log tails and the cursors of a followed log;
+- `calls`: Docker's failures in the engine's terms.
+"""
+
+from services.executor.engine.calls import engine_errors, unless_gone
+from services.executor.engine.docker import DockerEngine
+from services.executor.engine.logs import after_cursor, cursor_since, unix_nanos
+from services.executor.engine.networks import Networks
+from services.executor.engine.port import (
+    CLAIM_SUFFIX,
+    ENDED_STATES,
+    LABEL_DEPLOYMENT,
+    LABEL_EXECUTION,
+    LABEL_INSTANCE,
+    LABEL_INSTANCE_ID,
+    LABEL_NETWORK,
+    LABEL_NODE,
+    LABEL_POOL,
+    LABEL_PORT_PREFIX,
+    LABEL_URL_PREFIX,
+    RUNNING_STATES,
+    Container,
+    ContainerEvent,
+    ContainerExists,
+    ContainerSpec,
+    Engine,
+    EngineError,
+    LogChunk,
+    PortSpec,
+    Removed,
+    Stats,
+)
+from services.executor.engine.translate import docker_config
+
+__all__ = [
+    "CLAIM_SUFFIX",
+    "ENDED_STATES",
+    "LABEL_DEPLOYMENT",
+    "LABEL_EXECUTION",
+    "LABEL_INSTANCE",
+    "LABEL_INSTANCE_ID",
+    "LABEL_NETWORK",
+    "LABEL_NODE",
+    "LABEL_POOL",
+    "LABEL_PORT_PREFIX",
+    "LABEL_URL_PREFIX",
+    "RUNNING_STATES",
+    "Container",
+    "ContainerEvent",
+    "ContainerExists",
+    "ContainerSpec",
+    "DockerEngine",
+    "Engine",
+    "EngineError",
+    "LogChunk",
+    "Networks",
+    "PortSpec",
+    "Removed",
+    "Stats",
+    "after_cursor",
+    "cursor_since",
+    "docker_config",
+    "engine_errors",
+    "unix_nanos",
+    "unless_gone",
+]

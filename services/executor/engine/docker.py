@@ -1,0 +1,286 @@
+"""`DockerEngine`: the executor's one real `Engine`, over a Docker engine (aiodocker).
+
+It manages only the containers labelled with its deployment and node, so several
+executors can share one Docker engine. Executions' networks are kept by `Networks`
+(services/executor/engine/networks.py); what is sent to and read from Docker is
+translated by services/executor/engine/translate.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+import structlog
+from aiodocker.containers import DockerContainer
+from aiodocker.events import DockerEvents
+from aiodocker.exceptions import DockerError
+
+from services.executor import images
+from services.executor.engine import translate
+from services.executor.engine.calls import engine_errors, unless_gone
+from services.executor.engine.logs import log_after, log_tail
+from services.executor.engine.networks import Networks
+from services.executor.engine.port import (
+    LABEL_DEPLOYMENT,
+    LABEL_NODE,
+    RUNNING_STATES,
+    Container,
+    ContainerEvent,
+    ContainerExists,
+    ContainerSpec,
+    EngineError,
+    LogChunk,
+    Removed,
+    Stats,
+)
+from services.executor.locks import KeyedLocks
+
+log = structlog.get_logger("executor.engine")
+
+
+class _ImageMissing(Exception):
+    """The image of a container being created is not (or no longer) on the engine."""
+
+
+class DockerEngine:
+    """`Engine` over a Docker engine (aiodocker)."""
+
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        *,
+        deployment: str,
+        node: str,
+        publish_host: str,
+        zapps_root: Path,
+        network_pool: int = 0,
+        debian_mirror: str = images.DEFAULT_DEBIAN_MIRROR,
+    ) -> None:
+        self._docker = docker
+        self._deployment = deployment
+        self._node = node
+        self._publish_host = publish_host
+        self._zapps_root = zapps_root
+        self._debian_mirror = debian_mirror
+        self._image_locks = KeyedLocks()
+        self._images: set[str] = set()  # images seen present: not checked before a create
+        self._volumes: set[str] = set()  # named volumes made (or found) by this engine
+        self._networks = Networks(docker, deployment=deployment, node=node, pool_size=network_pool)
+
+    @property
+    def _managed_labels(self) -> list[str]:
+        return [f"{LABEL_DEPLOYMENT}={self._deployment}", f"{LABEL_NODE}={self._node}"]
+
+    # ---- images --------------------------------------------------------------------------
+
+    async def ensure_image(self, ref: str) -> None:
+        """Build a missing image with services/executor/images/ (one build per ref)."""
+        async with self._image_locks(ref):
+            with engine_errors():
+                if not await images.image_present(self._docker, ref):
+                    log.info("image.missing", image=ref)
+                    await images.ensure_image(
+                        self._docker,
+                        ref,
+                        zapps_root=self._zapps_root,
+                        debian_mirror=self._debian_mirror,
+                    )
+        self._images.add(ref)
+
+    async def image_tags(self, prefix: str) -> list[str]:
+        """Tags of local images starting with ``prefix``."""
+        with engine_errors():
+            found = await self._docker.images.list()
+        return sorted(
+            tag for image in found for tag in image.get("RepoTags") or () if tag.startswith(prefix)
+        )
+
+    # ---- containers ----------------------------------------------------------------------
+
+    async def inspect(self, name_or_id: str) -> Container | None:
+        """Inspect a container; None when it does not exist."""
+        with engine_errors():
+            data = await unless_gone(self._docker.containers.container(name_or_id).show())
+        return translate.container_from_inspect(data) if data is not None else None
+
+    async def create_and_start(self, spec: ContainerSpec) -> Container:
+        """Create (network first) and start a container; remove it again if that fails.
+
+        The name is not looked up first: a create refused for a name in use raises
+        `ContainerExists`. An image seen present before is not checked again: a create
+        that finds it gone makes it, then creates again.
+        """
+        try:
+            for volume in spec.volumes:
+                await self._ensure_volume(volume)
+            if spec.image not in self._images:
+                await self.ensure_image(spec.image)
+            try:
+                container = await self._create(spec)
+            except _ImageMissing:
+                self._images.discard(spec.image)
+                await self.ensure_image(spec.image)
+                container = await self._create(spec)
+            try:
+                with engine_errors():
+                    await container.start()
+                info = await self.inspect(container.id)
+                if info is None:
+                    raise EngineError(f"container {spec.name} vanished right after its start")
+                return info
+            except BaseException:
+                await self._remove_quietly(container.id)
+                raise
+        finally:
+            self._networks.refill()
+
+    async def _create(self, spec: ContainerSpec) -> DockerContainer:
+        async with self._networks.claimed(spec) as network:
+            with engine_errors():
+                try:
+                    return await self._docker.containers.create(
+                        translate.docker_config(spec, self._publish_host, network), name=spec.name
+                    )
+                except DockerError as exc:
+                    if exc.status == 409:
+                        raise ContainerExists(exc.message) from exc
+                    if exc.status == 404 and not await images.image_present(
+                        self._docker, spec.image
+                    ):
+                        raise _ImageMissing(spec.image) from exc
+                    raise
+
+    async def start(self, name: str) -> Container:
+        """Start an existing (created) container and inspect it; remove it if that fails."""
+        try:
+            with engine_errors():
+                await self._docker.containers.container(name).start()
+        except EngineError:
+            await self._remove_quietly(name)
+            raise
+        info = await self.inspect(name)
+        if info is None:
+            raise EngineError(f"container {name} vanished right after its start")
+        return info
+
+    async def stop_and_remove(self, name: str, *, timeout: float, log_bytes: int) -> Removed | None:
+        """Stop, inspect the exit, keep the log tail, force-remove; None when absent."""
+        container = self._docker.containers.container(name)
+
+        async def stop_read_remove() -> Removed:
+            await container.stop(t=max(0, math.ceil(timeout)))
+            data = await container.show()
+            text = await log_tail(container, tail=None, max_bytes=log_bytes)
+            await container.delete(force=True)
+            return translate.removed_from(data, text)
+
+        with engine_errors():
+            return await unless_gone(stop_read_remove())
+
+    async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
+        """The container's log tail (stdout and stderr); None when it does not exist."""
+        container = self._docker.containers.container(name)
+        with engine_errors():
+            return await unless_gone(log_tail(container, tail=tail, max_bytes=max_bytes))
+
+    async def follow_logs(
+        self, name: str, *, cursor: str, tail: int | None, max_bytes: int
+    ) -> LogChunk | None:
+        """The log after ``cursor``, read with Docker's timestamps (see `after_cursor`)."""
+        container = self._docker.containers.container(name)
+
+        async def read() -> LogChunk:
+            info = await container.show()  # before the log: see LogChunk.running
+            text, after = await log_after(container, cursor=cursor, tail=tail, max_bytes=max_bytes)
+            return LogChunk(text, after, (info.get("State") or {}).get("Status") in RUNNING_STATES)
+
+        with engine_errors():
+            return await unless_gone(read())
+
+    async def stats(self, name_or_id: str) -> Stats | None:
+        """One-shot stats: Docker answers at its next collection tick (up to a second),
+        so callers sample many containers concurrently, and seldom."""
+        with engine_errors():
+            data = await unless_gone(
+                self._docker._query_json(  # aiodocker has no one-shot flag
+                    f"containers/{name_or_id}/stats", params={"stream": "0", "one-shot": "1"}
+                )
+            )
+        return translate.stats_from(data) if data is not None else None
+
+    async def list_managed(self) -> list[Container]:
+        """Containers labelled with this deployment and node (from the engine's listing)."""
+        with engine_errors():
+            found = await self._docker.containers.list(
+                all=True, filters={"label": self._managed_labels}
+            )
+        return [translate.container_from_summary(c._container) for c in found]
+
+    # ---- events --------------------------------------------------------------------------
+
+    async def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
+        """Stream ``die``/``destroy`` events of managed containers, replayed from ``since``.
+
+        aiodocker's `DockerEvents.subscribe()` would start its reader with a bare
+        ``ensure_future`` that nobody owns; here the reader is this generator's task,
+        cancelled when the generator closes, and its error is raised to the caller.
+        """
+        source = DockerEvents(self._docker)
+        subscriber = source.subscribe(create_task=False)
+        filters = {
+            "type": ["container"],
+            "event": ["die", "destroy"],
+            "label": self._managed_labels,
+        }
+        reader = asyncio.ensure_future(
+            source.run(filters=filters, since=translate.since_timestamp(since))
+        )
+        try:
+            while (raw := await subscriber.get()) is not None:  # None: the stream ended
+                event = translate.container_event(raw)
+                if event is not None:
+                    yield event
+            with engine_errors():
+                await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    # ---- volumes and networks ------------------------------------------------------------
+
+    async def _ensure_volume(self, name: str) -> None:
+        """Create a named volume labelled with the deployment (so it can be found and
+        removed with it) unless this engine did already; creating it again is harmless."""
+        if name in self._volumes:
+            return
+        with engine_errors():
+            await self._docker.volumes.create(
+                {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+            )
+        self._volumes.add(name)
+
+    def spare_networks(self) -> Networks:
+        """The executions' networks, keeping spares made ahead inside ``async with``."""
+        return self._networks
+
+    async def adopt_networks(self) -> None:
+        """Claim the execution networks made before claims existed (see `Networks.adopt`)."""
+        await self._networks.adopt()
+
+    async def remove_network_if_unused(self, network: str, execution_id: int) -> bool:
+        """Remove the execution's network and its claim when no container of the
+        execution is left on this engine (other nodes' included); True if removed."""
+        return await self._networks.remove_if_unused(network, execution_id)
+
+    async def _remove_quietly(self, container_id: str) -> None:
+        try:
+            await self._docker.containers.container(container_id).delete(force=True)
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            log.warning("container.cleanup_failed", container_id=container_id, reason=str(exc))

@@ -1,0 +1,129 @@
+"""Translations between the engine's plain data and Docker's JSON, without any I/O.
+
+`docker_config` writes the body of a container's creation; the others read what Docker
+answers (an inspect, a listing, an event, a stats sample) into the port's data classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from services.executor.engine.port import Container, ContainerEvent, ContainerSpec, Removed, Stats
+
+
+def docker_config(
+    spec: ContainerSpec, publish_host: str, network: str | None = None
+) -> dict[str, Any]:
+    """The body of Docker's ``containers/create`` for ``spec``, attached to ``network``
+    (the execution's network as the engine found it; by default ``spec.network``)."""
+    network = network or spec.network
+    host_config: dict[str, Any] = {
+        "Memory": spec.memory,
+        # No swap beyond the memory limit: the limit is what the scheduler reserved.
+        "MemorySwap": spec.memory if spec.memory else 0,
+        "NanoCpus": spec.nano_cpus,
+        "NetworkMode": network,
+        "PortBindings": {p.key: [{"HostIp": publish_host, "HostPort": ""}] for p in spec.ports},
+        "Binds": list(spec.binds),
+    }
+    if spec.shm_size:
+        host_config["ShmSize"] = spec.shm_size
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in spec.environment.items()],
+        "Labels": dict(spec.labels),
+        "Hostname": spec.hostname,
+        "ExposedPorts": {p.key: {} for p in spec.ports},
+        "HostConfig": host_config,
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.hostname]}}},
+    }
+    if spec.command is not None:
+        config["Cmd"] = ["sh", "-c", spec.command]
+    if spec.work_dir:
+        config["WorkingDir"] = spec.work_dir
+    return config
+
+
+def container_from_inspect(data: Mapping[str, Any]) -> Container:
+    """A container as an inspect (``containers/<id>/json``) describes it."""
+    state = data.get("State") or {}
+    ports = (data.get("NetworkSettings") or {}).get("Ports") or {}
+    host_ports = {key: int(b[0]["HostPort"]) for key, b in ports.items() if b and b[0]["HostPort"]}
+    return Container(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        state=state.get("Status", "unknown"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        host_ports=host_ports,
+    )
+
+
+def container_from_summary(data: Mapping[str, Any]) -> Container:
+    """A container as a listing (``containers/json``) describes it: no exit code there."""
+    host_ports = {
+        f"{p['PrivatePort']}/{p['Type']}": int(p["PublicPort"])
+        for p in data.get("Ports") or ()
+        if p.get("PublicPort")
+    }
+    names = data.get("Names") or [""]
+    return Container(
+        id=data["Id"],
+        name=names[0].lstrip("/"),
+        state=data.get("State", "unknown"),
+        labels=data.get("Labels") or {},
+        host_ports=host_ports,
+    )
+
+
+def container_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
+    """The ``die`` or ``destroy`` event of a container; None for any other event."""
+    actor = raw.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    action = raw.get("Action") or raw.get("status")
+    if action not in ("die", "destroy") or not actor.get("ID"):
+        return None
+    code = attributes.pop("exitCode", None)
+    name = attributes.pop("name", "")
+    attributes.pop("image", None)
+    return ContainerEvent(
+        action=action,
+        container_id=actor["ID"],
+        name=name,
+        labels=attributes,
+        time=int(raw.get("timeNano", 0)) / 1e9,
+        exit_code=int(code) if code is not None else None,
+    )
+
+
+def since_timestamp(seconds: float) -> str:
+    """Docker's ``since`` format: seconds and nanoseconds."""
+    whole = math.floor(seconds)
+    return f"{whole}.{min(int((seconds - whole) * 1e9), 999_999_999):09d}"
+
+
+def stats_from(data: Mapping[str, Any]) -> Stats:
+    """The counters of a one-shot ``containers/<id>/stats`` answer."""
+    cpu = data.get("cpu_stats") or {}
+    pre = data.get("precpu_stats") or {}
+    mem = data.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    # as `docker stats` does: page cache that can be dropped is not "used"
+    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return Stats(
+        cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage", 0)),
+        system_ns=int(cpu.get("system_cpu_usage") or 0),
+        online_cpus=int(cpu.get("online_cpus") or 1),
+        memory_bytes=max(0, int(mem.get("usage") or 0) - int(inactive)),
+        prev_cpu_ns=int((pre.get("cpu_usage") or {}).get("total_usage", 0)),
+        prev_system_ns=int(pre.get("system_cpu_usage") or 0),
+    )
+
+
+def removed_from(data: Mapping[str, Any], log: str) -> Removed:
+    """How a container ended, from its inspect just before its removal, and its log."""
+    state = data.get("State") or {}
+    return Removed(data["Id"], state.get("ExitCode"), bool(state.get("OOMKilled")), log)
