@@ -100,6 +100,10 @@ class Runtime:
         )
         return self._bus
 
+    async def enter(self, resource: contextlib.AbstractAsyncContextManager[T]) -> T:
+        """Open another resource (a Docker client...), closed in reverse order of opening."""
+        return await self._stack.enter_async_context(resource)
+
     def _group(self) -> asyncio.TaskGroup:
         # Entered after the pool and the bus: its tasks end before either closes.
         if self._tasks is None:

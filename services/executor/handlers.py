@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from common import messages as m
 from common.bus import Bus
 from common.errors import ZoeError
+from common.runtime import shielded
 from common.settings import ExecutorSettings
 from services.executor import facts
 from services.executor.engine import Container, ContainerExists, Engine, Removed, Stats
@@ -48,20 +51,9 @@ class Executor:
     def node(self) -> str:
         return self.settings.node_name
 
-    async def handle(
-        self, msg: m.StartInstance | m.StartInstances | m.StopInstance | m.LogsRequest
-    ) -> m.Message | None:
+    async def handle(self, msg: m.Message) -> m.Message | None:
         """The consumer of ``executor.<node>``: route a command to its handler."""
-        match msg:
-            case m.StartInstance():
-                await start_instance(self, msg)
-            case m.StartInstances():
-                await start_instances(self, msg)
-            case m.StopInstance():
-                await stop_instance(self, msg)
-            case m.LogsRequest():
-                return await read_logs(self, msg)
-        return None
+        return await HANDLERS[type(msg)](self, msg)
 
 
 async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
@@ -148,7 +140,8 @@ async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
             if gone is not None:
                 ex.removed.add(gone.container_id)
             ex.stopped.add(msg.container_name)
-            await ex.bus.publish(_removed(ex, msg, gone))
+            # the container is gone: its fact goes out even if the stop is cancelled now
+            await shielded(ex.bus.publish(_removed(ex, msg, gone)))
         log.info("instance.removed", existed=gone is not None)
         try:
             await ex.engine.remove_network_if_unused(msg.network, msg.execution_id)
@@ -192,3 +185,11 @@ async def read_logs(ex: Executor, msg: m.LogsRequest) -> m.LogsReply:
         log.warning("logs.failed", container=msg.container_name, reason=str(exc))
         return m.LogsReply(found=False, log=str(exc))
     return m.LogsReply(found=text is not None, log=text or "")
+
+
+HANDLERS: dict[type[m.Message], Callable[[Executor, Any], Awaitable[m.Message | None]]] = {
+    m.StartInstance: start_instance,
+    m.StartInstances: start_instances,
+    m.StopInstance: stop_instance,
+    m.LogsRequest: read_logs,
+}

@@ -24,6 +24,7 @@ import structlog
 
 from common import messages as m
 from common.lifecycle import wait_or_stop
+from common.retry import Backoff
 from services.executor import facts
 from services.executor.engine import Container, ContainerEvent, Stats
 from services.executor.handlers import Executor
@@ -38,21 +39,6 @@ EVENTS_OVERLAP = 1.0
 STABLE_STREAM = 10.0
 # Stats calls in flight at once (each waits for the engine's collection tick).
 USAGE_CONCURRENCY = 64
-
-
-class Backoff:
-    """Doubling delays between ``first`` and ``cap`` seconds."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self._first, self._cap = first, cap
-        self._next = first
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self._cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self._first
 
 
 def _fact_now(ex: Executor, container: Container | None) -> m.Message | None:

@@ -1,6 +1,8 @@
 """Wiring of one node's executor: resources, queue, reconcile, loops, shutdown.
 
-Shutdown order, and why: stop fetching commands and let in-flight ones finish (they
+The Docker client and the bus are opened through the service runtime (common/runtime.py);
+``run_executor`` is the engine-agnostic executor itself, which hollow nodes run too
+(several on one bus). Shutdown order, and why: stop fetching commands and let in-flight ones finish (they
 need the engine and the bus, and their facts must be published before their ack); then
 cancel the heartbeat and event loops (whatever they were reporting, the next start's
 reconcile reports again); then remove the spare networks kept (no start needs one any
@@ -11,7 +13,6 @@ order of opening).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import aiodocker
 import structlog
 
 from common.bus import Bus, declare_executor_queue
+from common.runtime import Runtime
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
 from services.executor.handlers import Executor
@@ -42,7 +44,8 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
     """
     if settings.engine not in ("docker", "hollow"):
         raise ValueError(f"ZOE_ENGINE must be docker or hollow, not {settings.engine!r}")
-    async with contextlib.AsyncExitStack() as stack:
+    name = f"executor.{settings.node_name}"
+    async with Runtime(name, settings, stop) as rt:
         engine: Engine
         if settings.engine == "hollow":
             from services.executor.hollow import HollowEngine
@@ -50,7 +53,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
             log.warning("executor.hollow", note="a fake node: no container is started")
             engine = HollowEngine(node=settings.node_name)
         else:
-            docker = await stack.enter_async_context(aiodocker.Docker(url=settings.docker_url))
+            docker = await rt.enter(aiodocker.Docker(url=settings.docker_url))
             engine = DockerEngine(
                 docker,
                 deployment=settings.deployment,
@@ -60,11 +63,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 network_pool=settings.network_pool,
                 debian_mirror=settings.debian_mirror,
             )
-        bus = await stack.enter_async_context(
-            Bus(
-                settings.amqp_url, name=f"executor.{settings.node_name}", prefetch=settings.prefetch
-            )
-        )
+        bus = await rt.open_bus(name)
         await run_executor(settings, engine, bus, stop)
 
 

@@ -189,13 +189,7 @@ async def test_elastic_death_is_replaced_and_essential_death_fails(
         )
     elastic = starts["worker1"]
     # the scheduler records the death and acts on it (the verdict twice: redelivery)
-    verdict = m.InstanceEnded(
-        execution_id=eid,
-        instance_id=elastic.instance_id,
-        reason="crashed",
-        exit_code=1,
-        container_name=elastic.container_name,
-    )
+    verdict = _verdict(elastic, "crashed", 1)
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)
     row = await pool.fetchrow(
@@ -265,17 +259,22 @@ async def _started(deps: handlers.Deps, s: m.StartInstance, node: str = "n1") ->
     await handlers.on_started(fact, deps)
 
 
+def _verdict(s: m.StartInstance, reason: str, exit_code: int | None = None) -> m.InstanceEnded:
+    """The monitor's verdict about the container a start command named."""
+    return m.InstanceEnded(
+        execution_id=s.execution_id,
+        instance_id=s.instance_id,
+        reason=reason,  # type: ignore[arg-type]
+        exit_code=exit_code,
+        container_name=s.container_name,
+    )
+
+
 async def _dies(
     pool: asyncpg.Pool, deps: handlers.Deps, s: m.StartInstance, reason: str = "crashed"
 ) -> None:
     """The monitor's verdict about the instance's container, delivered twice."""
-    verdict = m.InstanceEnded(
-        execution_id=s.execution_id,
-        instance_id=s.instance_id,
-        reason=reason,  # type: ignore[arg-type]
-        exit_code=137,
-        container_name=s.container_name,
-    )
+    verdict = _verdict(s, reason, 137)
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)
 
@@ -336,12 +335,7 @@ async def test_stale_verdict_does_not_touch_the_next_generation(
     await _outbox(pool)
     await _replace(pool, test_env, deps)
     # the old verdict is delivered once more, after the replacement runs
-    late = m.InstanceEnded(
-        execution_id=old.execution_id,
-        instance_id=old.instance_id,
-        reason="crashed",
-        container_name=old.container_name,
-    )
+    late = _verdict(old, "crashed")
     await handlers.on_instance_ended(late, deps)
     assert await _outbox(pool) == []
     row = await pool.fetchrow(
@@ -357,17 +351,11 @@ async def test_reclaimed_instance_comes_back_under_a_new_name(
     instance is a new generation (not a restart)."""
     deps, _ = _deps(pool, test_env)
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
-    eid, starts = await _run(pool, test_env, deps, _app(total=2))
+    _, starts = await _run(pool, test_env, deps, _app(total=2))
     s = starts["worker1"]
     async with pool.acquire() as conn:  # a pass reclaims it: its container is stopped
         await store.stop_instances(conn, test_env.deployment, [s.instance_id])
-    verdict = m.InstanceEnded(
-        execution_id=eid,
-        instance_id=s.instance_id,
-        reason="crashed",  # SIGTERM: 143, as the monitor tells it
-        exit_code=143,
-        container_name=s.container_name,
-    )
+    verdict = _verdict(s, "crashed", 143)
     await handlers.on_instance_ended(verdict, deps)
     again = await _replace(pool, test_env, deps)
     assert again.container_name == s.container_name + "-r1"
@@ -424,13 +412,7 @@ async def test_monitor_service_death_ends_its_execution_once_with_the_reason(
     app["will_end"] = True
     eid, starts = await _run(pool, test_env, deps, app)
     s = starts["worker0"]
-    verdict = m.InstanceEnded(
-        execution_id=eid,
-        instance_id=s.instance_id,
-        reason="oom",
-        exit_code=137,
-        container_name=s.container_name,
-    )
+    verdict = _verdict(s, "oom", 137)
     await handlers.on_instance_ended(verdict, deps)
     await handlers.on_instance_ended(verdict, deps)  # redelivered: decided once
     row = await pool.fetchrow("SELECT state, exit_code, error FROM executions WHERE id = $1", eid)
@@ -562,13 +544,7 @@ async def test_one_verdict_delivered_twice_at_once_is_decided_once(
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
     _, starts = await _run(pool, test_env, deps, _app(total=2))
     s = starts["worker1"]
-    verdict = m.InstanceEnded(
-        execution_id=s.execution_id,
-        instance_id=s.instance_id,
-        reason="crashed",
-        exit_code=1,
-        container_name=s.container_name,
-    )
+    verdict = _verdict(s, "crashed", 1)
     await asyncio.gather(*(handlers.on_instance_ended(verdict, deps) for _ in range(4)))
     row = await pool.fetchrow(
         "SELECT state, restart_count, generation FROM instances WHERE id = $1", s.instance_id

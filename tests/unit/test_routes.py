@@ -10,10 +10,16 @@ import pytest
 from common import messages as m
 from common import routes
 from services.api import amqp
+from services.executor import handlers as executor
 from services.monitor import handlers as monitor
 from services.scheduler import handlers as scheduler
 
-TABLES = {"scheduler": scheduler.HANDLERS, "monitor": monitor.HANDLERS, "api": amqp.HANDLERS}
+TABLES = {
+    "scheduler": scheduler.HANDLERS,
+    "monitor": monitor.HANDLERS,
+    "api": amqp.HANDLERS,
+    "executor": executor.HANDLERS,
+}
 
 
 @pytest.mark.parametrize("service", sorted(TABLES))
