@@ -4,12 +4,24 @@ Which queues exist, how each is declared, what is bound to it and how each messa
 delivered (persistent or transient, mandatory or optional) all come from the route
 table in common/routes.py; this module only carries it out.
 
-Ack policy (``Bus.consume``): decode; a message that does not decode is rejected to the
-dead-letter queue at once; the handler runs (within ``handler_timeout``); success -> ack
-(handlers commit before they return); a user error -> dead-lettered; any other exception
--> requeue, which counts against the delivery limit so a message that always fails is
-dead-lettered (a heartbeat whose handler fails is dropped instead: the next one comes
-within seconds); cancellation -> neither, so it is redelivered.
+Ack policy (``Bus.consume``), the one place that acks or rejects:
+
+- a message that does not decode (not JSON, an unknown type, a bad field, nested too
+  deeply) or is larger than the queue's limit is refused: dead-lettered at once, after an
+  error reply when it is a request that asks for one;
+- the handler runs (within ``handler_timeout``); success -> ack (handlers commit before
+  they return), with the handler's reply first if the message asks for one;
+- a user error -> refused, as above;
+- a transient failure (common/retry.py: the database or the broker away) is retried in
+  place with backoff for up to ``transient_retry`` seconds: an outage does not spend the
+  message's delivery limit;
+- any other failure -> requeue, which counts against the delivery limit, so a message
+  that always fails is dead-lettered (a heartbeat whose handler fails is dropped instead:
+  the next one comes within seconds);
+- cancellation -> neither, so it is redelivered.
+
+Publishing: persistent messages with pipelined confirms; a mandatory message that no
+queue takes is returned by the broker and fails its publish (it is not counted as sent).
 """
 
 from __future__ import annotations
@@ -23,7 +35,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import aio_pika
-import msgspec
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -35,13 +46,22 @@ from aio_pika.abc import (
 
 from common import messages as m
 from common import routes
-from common.errors import UserError
+from common.errors import TooLarge, UserError, invalid_message
+from common.retry import Backoff, is_transient
 from common.routes import COMMANDS, DEAD_LETTERS, DLX, EVENTS
 
 log = structlog.get_logger("bus")
 
 Handler = Callable[[Any], Awaitable[m.Message | None]]
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
+# Builds the reply a refused request gets (when it asks for one: ``reply_to``).
+RefusalReply = Callable[[UserError], m.Message]
+
+PROBE_KEY = "zoe.probe"  # no queue has this name: a probe goes nowhere, and says so
+
+
+class HandlerTimeout(Exception):
+    """A handler ran longer than its bound: the message's own fault, not a transient one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +90,22 @@ class _Consumer:
 class Bus:
     """A robust connection with a confirming publisher channel and a consumer channel."""
 
-    def __init__(self, url: str, *, name: str, prefetch: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        prefetch: int = 64,
+        transient_retry: float = 300.0,
+        retry_backoff: tuple[float, float] = (0.2, 10.0),
+    ) -> None:
+        """``transient_retry``: how long a handler failing for a transient reason (the
+        database or the broker away) is retried in place, with a backoff from
+        ``retry_backoff[0]`` doubling up to ``retry_backoff[1]`` seconds, before its
+        message is given back to the queue (which counts against the delivery limit)."""
         self._url = url
+        self._transient_retry = transient_retry
+        self._retry_backoff = retry_backoff
         self._name = name
         self._prefetch = prefetch
         self._conn: AbstractRobustConnection | None = None
@@ -96,7 +130,8 @@ class Bus:
         self._conn = await aio_pika.connect_robust(
             self._url, client_properties={"connection_name": self._name}
         )
-        self._pub = await self._conn.channel(publisher_confirms=True)
+        # on_return_raises: a mandatory message no queue took fails its publish
+        self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         self._sub = await self._conn.channel()
         await self._sub.set_qos(prefetch_count=self._prefetch)
         await declare_topology(self._pub)
@@ -143,6 +178,27 @@ class Bus:
         if publishes:
             await asyncio.gather(*publishes)
 
+    async def publish_each(
+        self, items: Sequence[tuple[str, str, bytes]]
+    ) -> list[BaseException | None]:
+        """``publish_raw``, telling for each item whether it failed (and why)."""
+        results = await asyncio.gather(
+            *(self.publish_raw([item]) for item in items), return_exceptions=True
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def ping(self, *, timeout: float) -> bool:
+        """Whether the broker confirms a publish now: a probe to the default exchange
+        that no queue is named after, so it goes nowhere."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._exchanges[""].publish(
+                    _amqp_message(b"", persistent=False), routing_key=PROBE_KEY, mandatory=False
+                )
+        except Exception:  # any failure of the link means the same: nothing gets through
+            return False
+        return True
+
     # ---- request/reply ------------------------------------------------------------------
 
     async def request(self, node: str, message: m.Message, *, timeout: float) -> bytes:
@@ -159,7 +215,8 @@ class Bus:
             msg.reply_to = self._rpc_queue.name
             msg.correlation_id = correlation
             msg.expiration = timeout
-            await self._exchanges[COMMANDS].publish(msg, routing_key=node)
+            # not mandatory: an unknown node is a request nobody answers (a timeout)
+            await self._exchanges[COMMANDS].publish(msg, routing_key=node, mandatory=False)
             return await asyncio.wait_for(future, timeout)
         finally:
             self._rpc_waiting.pop(correlation, None)
@@ -194,6 +251,8 @@ class Bus:
         timeout: float | None = None,
         inbox: Any = None,
         kind: routes.QueueKind | None = None,
+        refusal_reply: RefusalReply | None = None,
+        max_body: int | None = None,
     ) -> None:
         """Deliver messages of ``queue_name``, decoded as the route table says it
         receives them, to ``handler``; a handler running longer than ``timeout``
@@ -204,6 +263,10 @@ class Bus:
         that arrive together (up to the prefetch) go to it at once and are acked
         together once it returns; when it raises, they are handed to ``handler`` one by
         one instead, so that one bad message is told apart from the others.
+
+        ``refusal_reply``: a request refused (it does not decode, is larger than
+        ``max_body`` bytes, or its handler raised a user error) that asks for a reply
+        (``reply_to``) gets the reply this builds from the error, then is dead-lettered.
         """
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
@@ -218,7 +281,9 @@ class Bus:
         consumer = _Consumer(queue, "")
         gathered: dict[type[m.Message], list[tuple[AbstractIncomingMessage, Any]]] = {}
 
-        async def refuse(message: AbstractIncomingMessage) -> None:
+        async def refuse(message: AbstractIncomingMessage, error: UserError) -> None:
+            if refusal_reply is not None and message.reply_to:
+                await self._reply(message, refusal_reply(error))
             if not heartbeats:
                 await message.reject(requeue=False)  # the queue dead-letters it
                 return
@@ -230,15 +295,15 @@ class Bus:
             )
             await message.ack()
 
-        async def flush(kind: type[m.Message], handle_many: BatchHandler) -> None:
+        async def flush(msg_type: type[m.Message], handle_many: BatchHandler) -> None:
             await asyncio.sleep(0)  # deliveries read in the same go join the batch
-            batch = gathered.pop(kind)  # what arrives from now on makes the next batch
+            batch = gathered.pop(msg_type)  # what arrives from now on makes the next batch
             try:
                 await handle_many([decoded for _, decoded in batch])
             except asyncio.CancelledError:
                 raise  # none acked: all redelivered
             except Exception as exc:
-                tag = m.tag_of(kind)
+                tag = m.tag_of(msg_type)
                 log.warning("batch.failed", msg=tag, size=len(batch), error=repr(exc))
                 for message, decoded in batch:
                     await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
@@ -251,23 +316,28 @@ class Bus:
             task.add_done_callback(consumer.inflight.discard)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if max_body is not None and len(message.body) > max_body:
+                size = len(message.body)
+                log.warning("message.refused", reason="too large", size=size, limit=max_body)
+                await refuse(message, TooLarge(f"message of {size} bytes; the limit is {max_body}"))
+                return
             try:
                 decoded = decoder.decode(message.body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except Exception as exc:  # not JSON, not a known type, too deep, a bad field
                 body = message.body[:200].decode(errors="replace")
                 log.warning("message.refused", reason=str(exc), body=body)
-                await refuse(message)
+                await refuse(message, invalid_message(exc))
                 return
-            kind = type(decoded)
-            handle_many = batches.get(kind) if batches else None
+            msg_type = type(decoded)
+            handle_many = batches.get(msg_type) if batches else None
             if handle_many is None:
                 track(asyncio.current_task())  # type: ignore[arg-type]
                 await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
                 return
-            waiting = gathered.setdefault(kind, [])
+            waiting = gathered.setdefault(msg_type, [])
             waiting.append((message, decoded))
             if len(waiting) == 1:  # the first of a batch: its flush is not scheduled yet
-                track(asyncio.create_task(flush(kind, handle_many)))
+                track(asyncio.create_task(flush(msg_type, handle_many)))
 
         consumer.tag = await queue.consume(on_message)
         self._consumers.append(consumer)
@@ -277,36 +347,54 @@ class Bus:
         message: AbstractIncomingMessage,
         decoded: Any,
         handler: Handler,
-        refuse: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        refuse: Callable[[AbstractIncomingMessage, UserError], Awaitable[None]],
         *,
         heartbeat: bool = False,
     ) -> None:
+        """Run the handler under the ack policy. A transient failure is retried here,
+        with backoff, for up to ``transient_retry`` seconds, so that an outage of the
+        database or the broker does not spend the message's delivery limit."""
         ids = {
             k: getattr(decoded, k)
             for k in ("execution_id", "instance_id", "node")
             if hasattr(decoded, k)
         }
         with structlog.contextvars.bound_contextvars(msg=m.tag_of(decoded), **ids):
-            try:
-                reply = await handler(decoded)
-            except asyncio.CancelledError:
-                raise  # neither ack nor reject: the broker redelivers it
-            except UserError as exc:
-                log.warning("message.rejected", reason=exc.message)
-                await refuse(message)
-                return
-            except Exception:
-                log.exception("message.failed", redelivered=message.redelivered)
-                if heartbeat:
-                    await message.ack()  # no delivery limit on its queue: the next replaces it
-                else:
-                    await message.reject(requeue=True)
-                return
+            backoff = Backoff(*self._retry_backoff)
+            give_up = asyncio.get_running_loop().time() + self._transient_retry
+            while True:
+                try:
+                    reply = await handler(decoded)
+                    break
+                except asyncio.CancelledError:
+                    raise  # neither ack nor reject: the broker redelivers it
+                except UserError as exc:
+                    log.warning("message.rejected", reason=exc.message)
+                    await refuse(message, exc)
+                    return
+                except Exception as exc:
+                    if heartbeat:  # no delivery limit on its queue: the next replaces it
+                        log.warning("heartbeat.dropped", error=repr(exc))
+                        await message.ack()
+                        return
+                    now = asyncio.get_running_loop().time()
+                    if is_transient(exc) and now < give_up:
+                        delay = min(backoff.next(), give_up - now)
+                        log.warning("message.retrying", error=repr(exc), delay=round(delay, 2))
+                        await asyncio.sleep(delay)
+                        continue
+                    log.exception("message.failed", redelivered=message.redelivered)
+                    await message.reject(requeue=True)  # counts against the delivery limit
+                    return
             if reply is not None and message.reply_to:
-                out = _amqp_message(m.encode(reply), persistent=False)
-                out.correlation_id = message.correlation_id
-                await self._exchanges[""].publish(out, routing_key=message.reply_to)
+                await self._reply(message, reply)
             await message.ack()
+
+    async def _reply(self, request: AbstractIncomingMessage, reply: m.Message) -> None:
+        out = _amqp_message(m.encode(reply), persistent=False)
+        out.correlation_id = request.correlation_id
+        # not mandatory: a requester that went away gets nothing
+        await self._exchanges[""].publish(out, routing_key=request.reply_to or "", mandatory=False)
 
     async def stop_consuming(self, timeout: float) -> None:
         """Stop fetching, wait up to ``timeout`` for in-flight handlers, then cancel them."""
@@ -333,8 +421,14 @@ def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:
 
 def _bounded(handler: Callable[[Any], Awaitable[Any]], seconds: float) -> Any:
     async def bounded(arg: Any) -> Any:
-        async with asyncio.timeout(seconds):
-            return await handler(arg)
+        bound = asyncio.timeout(seconds)
+        try:
+            async with bound:
+                return await handler(arg)
+        except TimeoutError:
+            if bound.expired():
+                raise HandlerTimeout(f"the handler ran for more than {seconds:g} s") from None
+            raise
 
     return bounded
 

@@ -6,6 +6,7 @@ User errors (a bad ZApp, an unknown id, a refused request) are `UserError`s and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -63,3 +64,34 @@ class Conflict(UserError):
     """The request is valid but the object's current state forbids it."""
 
     status = 409
+
+
+class TooLarge(UserError):
+    """The request or message is larger than the limit it is held to."""
+
+    status = 413
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(.*)`")
+
+
+def field_error(exc: Exception) -> FieldError:
+    """The field a decoding error (msgspec's "... - at `$.a.b`") is about, as a FieldError
+    with the JSON path without its ``$.``; a nesting too deep or a body that is not JSON
+    at all is about the whole document (path "")."""
+    if isinstance(exc, RecursionError):
+        return FieldError("", "nested too deeply")
+    text = str(exc)
+    message, sep, where = text.partition(" - at `")
+    path = where.rstrip("`") if sep else ""
+    path = path.removeprefix("$").removeprefix(".")
+    unknown = _UNKNOWN_FIELD.fullmatch(message)
+    if unknown:  # msgspec names an unknown field in its message, not in the path
+        path = f"{path}.{unknown[1]}" if path else unknown[1]
+        message = "unknown field"
+    return FieldError(path, message or type(exc).__name__)
+
+
+def invalid_message(exc: Exception) -> InvalidRequest:
+    """The user error of a message or body that does not decode."""
+    return InvalidRequest("invalid message", [field_error(exc)])

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from common.states import EndReason
 
 SCHEMA_VERSION = 1
+
+
+# Row ids: what a PostgreSQL bigint holds (a larger number is refused where it is read).
+Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 def _new_id() -> str:
@@ -37,13 +41,13 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 class ExecutionSubmitted(Message, frozen=True, kw_only=True, tag="execution.submitted"):
     """A new execution is stored (state submitted) and asks to be scheduled."""
 
-    execution_id: int
+    execution_id: Id
 
 
 class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execution.terminate"):
     """A user asked to terminate an execution."""
 
-    execution_id: int
+    execution_id: Id
 
 
 # ---- node facts (executor -> scheduler, monitor) ---------------------------------------
@@ -52,7 +56,7 @@ class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execu
 class ContainerUsage(msgspec.Struct, frozen=True, kw_only=True):
     """One container's resource use, sampled by its executor."""
 
-    instance_id: int
+    instance_id: Id
     cpu_percent: float
     memory_bytes: int
 
@@ -98,7 +102,7 @@ class VolumeRequest(msgspec.Struct, frozen=True, kw_only=True):
 class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
     """Start the container of one instance (idempotent: the name decides)."""
 
-    execution_id: int
+    execution_id: Id
     instance_id: int
     instance: str  # the instance name, also its DNS name in the execution's network
     container_name: str
@@ -125,7 +129,7 @@ class StartInstances(Message, frozen=True, kw_only=True, tag="instance.start_man
 class StopInstance(Message, frozen=True, kw_only=True, tag="instance.stop"):
     """Stop and remove the container of one instance (idempotent)."""
 
-    execution_id: int
+    execution_id: Id
     instance_id: int
     container_name: str
     network: str
@@ -152,7 +156,7 @@ class InstanceStarted(Message, frozen=True, kw_only=True, tag="fact.started"):
     """The container of an instance runs."""
 
     node: str
-    execution_id: int
+    execution_id: Id
     instance_id: int
     container_id: str
     container_name: str
@@ -163,7 +167,7 @@ class InstanceStartFailed(Message, frozen=True, kw_only=True, tag="fact.start_fa
     """The container of an instance could not be created or started."""
 
     node: str
-    execution_id: int
+    execution_id: Id
     instance_id: int
     container_name: str
     reason: str
@@ -173,7 +177,7 @@ class InstanceExited(Message, frozen=True, kw_only=True, tag="fact.exited"):
     """The container of an instance stopped running (it still exists)."""
 
     node: str
-    execution_id: int
+    execution_id: Id
     instance_id: int
     container_id: str
     exit_code: int
@@ -185,7 +189,7 @@ class InstanceRemoved(Message, frozen=True, kw_only=True, tag="fact.removed"):
     """The container of an instance is gone; ``log`` is the tail it printed."""
 
     node: str
-    execution_id: int
+    execution_id: Id
     instance_id: int
     container_name: str
     exit_code: int | None = None
@@ -204,7 +208,7 @@ class InstanceEnded(Message, frozen=True, kw_only=True, tag="verdict.instance_en
     of the execution), and it applies only to the container it names (``""``: the
     instance's current one)."""
 
-    execution_id: int
+    execution_id: Id
     instance_id: int
     reason: EndReason
     exit_code: int | None = None
@@ -226,7 +230,7 @@ class NodeLost(Message, frozen=True, kw_only=True, tag="verdict.node_lost"):
 class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execution"):
     """An execution moved to ``state``."""
 
-    execution_id: int
+    execution_id: Id
     state: str
     at: float
 
@@ -247,27 +251,33 @@ class LogsReply(Message, frozen=True, kw_only=True, tag="instance.logs_reply"):
 # ---- the AMQP request interface (other platforms -> api, reply to ``reply_to``) ---------
 
 
-class SubmitRequest(Message, frozen=True, kw_only=True, tag="api.submit"):
+class SubmitRequest(
+    Message, frozen=True, kw_only=True, tag="api.submit", forbid_unknown_fields=True
+):
     """Create an execution: ``application`` (a ZApp description) or a shop ``zapp`` with
-    ``params``. The message ``id`` is the idempotency key: a redelivery creates nothing."""
+    ``params`` and ``resources`` (per-service overrides, as over HTTP). The message ``id``
+    is the idempotency key: a redelivery creates nothing. Unknown fields are refused."""
 
     name: str
     application: Any = None
     zapp: str | None = None
     params: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
     priority: int = 0
 
 
-class TerminateRequest(Message, frozen=True, kw_only=True, tag="api.terminate"):
+class TerminateRequest(
+    Message, frozen=True, kw_only=True, tag="api.terminate", forbid_unknown_fields=True
+):
     """Terminate an execution."""
 
-    execution_id: int
+    execution_id: Id
 
 
-class GetRequest(Message, frozen=True, kw_only=True, tag="api.get"):
+class GetRequest(Message, frozen=True, kw_only=True, tag="api.get", forbid_unknown_fields=True):
     """Read an execution with its service instances."""
 
-    execution_id: int
+    execution_id: Id
 
 
 class ApiReply(Message, frozen=True, kw_only=True, tag="api.reply"):

@@ -13,8 +13,8 @@ log = structlog.get_logger("retry")
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
+    asyncpg.OperatorInterventionError,  # shutting down, cannot connect now, cancelled
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock: try again
     asyncpg.TooManyConnectionsError,
     aiormq.exceptions.AMQPError,
     ConnectionError,
@@ -24,7 +24,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` says a dependency is away for now (worth a retry later)."""
+    """Whether ``exc`` says a dependency is away for now (worth a retry later). A message
+    the broker returned or refused (``DeliveryError``) is about that message: not
+    transient."""
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return False
     return isinstance(exc, TRANSIENT_ERRORS)
 
 

@@ -37,7 +37,7 @@ import asyncpg
 import structlog
 
 from common import db
-from common.bus import BatchHandler, Bus, Handler
+from common.bus import BatchHandler, Bus, Handler, RefusalReply
 from common.lifecycle import wait_or_stop
 from common.outbox import Relay
 from common.retry import Backoff, report_failure
@@ -96,7 +96,12 @@ class Runtime:
     async def open_bus(self, name: str | None = None) -> Bus:
         """Connect to the broker (the topology is declared on connect)."""
         self._bus = await self._stack.enter_async_context(
-            Bus(self.settings.amqp_url, name=name or self.name, prefetch=self.settings.prefetch)
+            Bus(
+                self.settings.amqp_url,
+                name=name or self.name,
+                prefetch=self.settings.prefetch,
+                transient_retry=self.settings.transient_retry,
+            )
         )
         return self._bus
 
@@ -158,13 +163,20 @@ class Runtime:
         handler: Handler,
         *,
         batches: Mapping[type[Any], BatchHandler] | None = None,
+        refusal_reply: RefusalReply | None = None,
+        max_body: int | None = None,
     ) -> None:
         """Deliver ``queue``'s messages to ``handler`` under the bus's ack policy, each
-        bounded by ``handler_timeout``."""
+        bounded by ``handler_timeout`` (``Bus.consume`` says the rest)."""
         assert self._bus is not None, "open the bus first"
         await self.start_tasks()
         await self._bus.consume(
-            queue, handler, batches=batches, timeout=self.settings.handler_timeout
+            queue,
+            handler,
+            batches=batches,
+            timeout=self.settings.handler_timeout,
+            refusal_reply=refusal_reply,
+            max_body=max_body,
         )
 
     def on_closed(self, close: Callable[[], Awaitable[object]]) -> None:

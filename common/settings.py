@@ -32,6 +32,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drain_timeout: float = 10.0
     # Longest one message's handler may run; past it, it fails (and is redelivered).
     handler_timeout: float = 60.0
+    # How long a message whose handler fails for a transient reason (database or broker
+    # away) is retried in place before it goes back to its queue (a delivery spent).
+    transient_retry: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:

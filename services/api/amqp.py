@@ -39,6 +39,8 @@ async def on_submit(msg: m.SubmitRequest, deps: Deps) -> m.ApiReply:
     if msg.zapp is not None:
         body["zapp"] = msg.zapp
         body["params"] = msg.params or {}
+        if msg.resources is not None:
+            body["resources"] = msg.resources
     execution, created = await actions.submit(
         deps.pool, deps.shop, deps.deployment, body, request_id=f"amqp:{msg.id}"
     )
@@ -70,4 +72,9 @@ async def handle(msg: m.Message, deps: Deps) -> m.ApiReply:
     try:
         return await HANDLERS[type(msg)](msg, deps)
     except UserError as exc:
-        return m.ApiReply(status=exc.status, body=exc.to_dict())
+        return error_reply(exc)
+
+
+def error_reply(exc: UserError) -> m.ApiReply:
+    """What a refused request gets: the status and body the HTTP API would give."""
+    return m.ApiReply(status=exc.status, body=exc.to_dict())

@@ -20,7 +20,7 @@ from common.runtime import Runtime
 from common.settings import ApiSettings
 from services.api import amqp
 from services.api.events import HUB, Hub
-from services.api.http import Deps, make_app
+from services.api.http import MAX_BODY, Deps, make_app
 from services.api.shop import Shop
 
 log = structlog.get_logger("api")
@@ -50,5 +50,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             return await amqp.handle(msg, deps)
 
         await rt.run_relay(pool, bus)
-        await rt.consume(routes.API_REQUESTS, on_request)
+        await rt.consume(
+            routes.API_REQUESTS, on_request, refusal_reply=amqp.error_reply, max_body=MAX_BODY
+        )
         await rt.serve()

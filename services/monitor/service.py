@@ -25,8 +25,6 @@ from services.monitor import handlers
 
 log = structlog.get_logger("monitor")
 
-PROBE_KEY = "zoe.monitor.probe"  # no queue has this name: probes are dropped
-
 
 async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     """Run the monitor until ``stop`` is set."""
@@ -64,7 +62,7 @@ class NodeWatch:
     async def check(self) -> None:
         """One round of the watch (every ``check_interval``)."""
         interval = self._settings.check_interval
-        if not await _broker_answers(self._bus, timeout=max(interval, 1.0)):
+        if not await self._bus.ping(timeout=max(interval, 1.0)):
             if self._broker_up:
                 log.warning("monitor.broker_unreachable")
             self._broker_up = False
@@ -75,14 +73,3 @@ class NodeWatch:
             self._broker_up = True
             return
         await handlers.check_nodes(self._pool, self._deps, self._settings.node_timeout)
-
-
-async def _broker_answers(bus: Bus, *, timeout: float) -> bool:
-    """Whether the broker confirms a publish: a probe to the default exchange that no
-    queue is named after, so it goes nowhere."""
-    try:
-        async with asyncio.timeout(timeout):
-            await bus.publish_raw([("", PROBE_KEY, b"")])
-    except Exception:  # any failure of the link means the same: heartbeats cannot come
-        return False
-    return True

@@ -177,3 +177,104 @@ async def test_a_heartbeat_whose_handler_fails_is_dropped_not_redelivered(
         # handled in order on one queue: had the failed one been requeued, it would
         # have come again before the next
         assert calls == [failing.id, later.id] and ok == [later.id]
+
+
+async def test_a_refused_request_gets_an_error_reply_then_is_dead_lettered(
+    test_env: TestEnv,
+) -> None:
+    """Deep JSON, an id out of range, an unknown field, a body over the limit, a user
+    error: each gets a 4xx reply naming what is wrong, and the consumer goes on."""
+    async with Bus(test_env.amqp_url, name="t-refusals") as bus:
+        queue = f"test.refusals.{test_env.run_id}"
+        await bus.declare_queue(queue, kind="quorum")
+        handled: list[int] = []
+
+        async def handler(msg: m.GetRequest) -> m.ApiReply:
+            if msg.execution_id == 13:
+                raise UserError("unlucky")
+            handled.append(msg.execution_id)
+            return m.ApiReply(status=200, body={"id": msg.execution_id})
+
+        def error_reply(exc: UserError) -> m.ApiReply:
+            return m.ApiReply(status=exc.status, body=exc.to_dict())
+
+        await bus.consume(
+            queue,
+            handler,
+            inbox=m.GetRequest | m.SubmitRequest,
+            kind="quorum",
+            refusal_reply=error_reply,
+            max_body=8192,
+        )
+        channel = await bus._conn.channel()  # type: ignore[union-attr]
+        replies = await channel.declare_queue(exclusive=True)
+        got: dict[str, m.ApiReply] = {}
+        decoder = m.decoder(m.ApiReply)
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            got[message.correlation_id or ""] = decoder.decode(message.body)
+
+        await replies.consume(on_reply, no_ack=True)
+        nested = b"[" * 3000 + b"]" * 3000
+        deep = b'{"type":"api.submit","name":"n","application":' + nested + b"}"
+        bodies = {
+            "deep": deep,
+            "huge-id": b'{"type":"api.get","execution_id":9223372036854775808}',
+            "unknown": b'{"type":"api.get","execution_id":1,"replicas":3}',
+            "large": b'{"type":"api.get","execution_id":1,"pad":"' + b"x" * 9000 + b'"}',
+            "user": m.encode(m.GetRequest(execution_id=13)),
+            "good": m.encode(m.GetRequest(execution_id=7)),
+        }
+        for name, body in bodies.items():
+            out = aio_pika.Message(body, reply_to=replies.name, correlation_id=name)
+            await channel.default_exchange.publish(out, routing_key=queue)
+        await wait_for(lambda: len(got) == len(bodies), what="a reply to each request")
+        assert got["good"].status == 200 and handled == [7]
+        assert got["deep"].status == 400
+        assert got["deep"].body["errors"] == [{"path": "", "message": "nested too deeply"}]
+        assert got["huge-id"].status == 400
+        assert got["huge-id"].body["errors"][0]["path"] == "execution_id"
+        assert got["unknown"].status == 400
+        assert got["unknown"].body["errors"][0]["path"] == "replicas"
+        assert got["large"].status == 413
+        assert got["user"].status == 400 and got["user"].body["error"] == "unlucky"
+        dead: list[bytes] = []
+
+        async def dead_lettered() -> bool:
+            dead.extend(await _dead_letter_bodies(bus))
+            return sum(b'"type":"api.' in d for d in dead) >= 5
+
+        await wait_for(dead_lettered, what="the five refused requests dead-lettered")
+        await channel.close()
+
+
+async def test_a_transient_failure_is_retried_in_place_without_spending_deliveries(
+    test_env: TestEnv,
+) -> None:
+    async with Bus(test_env.amqp_url, name="t-transient", retry_backoff=(0.05, 0.2)) as bus:
+        queue = f"test.transient.{test_env.run_id}"
+        await bus.declare_queue(
+            queue, [("zoe.events", f"test.transient.{test_env.run_id}")], kind="quorum"
+        )
+        calls: list[bool] = []
+
+        async def handler(msg: m.ExecutionSubmitted) -> None:
+            calls.append(True)
+            if len(calls) <= 6:  # more failures than the delivery limit allows
+                raise ConnectionRefusedError("the database is restarting")
+
+        await bus.consume(queue, handler, inbox=m.ExecutionSubmitted, kind="quorum")
+        await bus._exchanges["zoe.events"].publish(
+            aio_pika.Message(m.encode(m.ExecutionSubmitted(execution_id=77))),
+            routing_key=f"test.transient.{test_env.run_id}",
+        )
+        await wait_for(lambda: len(calls) == 7, what="handled once the failure passed")
+        assert not any(b'"execution_id":77' in d for d in await _dead_letter_bodies(bus))
+
+
+async def test_an_unroutable_mandatory_message_fails_its_publish(test_env: TestEnv) -> None:
+    async with Bus(test_env.amqp_url, name="t-returned") as bus:
+        stop = m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n")
+        with pytest.raises(aio_pika.exceptions.DeliveryError):
+            await bus.publish(stop, node=f"no-such-node-{test_env.run_id}")
+        assert await bus.ping(timeout=5)

@@ -28,7 +28,8 @@ def _sample(cls: type[m.Message]) -> m.Message:
     kwargs = {}
     for f in msgspec.structs.fields(cls):
         if f.required:
-            kwargs[f.name] = values.get(f.type, "finished" if f.name == "outcome" else "crashed")  # type: ignore[call-overload]
+            kind = getattr(f.type, "__origin__", f.type)  # Annotated[int, ...] -> int
+            kwargs[f.name] = values.get(kind, "finished" if f.name == "outcome" else "crashed")
     return cls(**kwargs)
 
 
