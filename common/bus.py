@@ -60,6 +60,10 @@ RefusalReply = Callable[[UserError], m.Message]
 PROBE_KEY = "zoe.probe"  # no queue has this name: a probe goes nowhere, and says so
 
 
+class MessageTooLarge(Exception):
+    """A message over ``routes.MAX_MESSAGE_BYTES``: refused before it is sent."""
+
+
 class HandlerTimeout(Exception):
     """A handler ran longer than its bound: the message's own fault, not a transient one."""
 
@@ -164,6 +168,12 @@ class Bus:
 
     async def publish_raw(self, items: Iterable[tuple[str, str, bytes]]) -> None:
         """Publish already-encoded bodies: (exchange, routing key, body) triples."""
+        items = list(items)
+        for _, key, body in items:
+            if len(body) > routes.MAX_MESSAGE_BYTES:
+                raise MessageTooLarge(
+                    f"{key}: {len(body)} bytes, over the limit of {routes.MAX_MESSAGE_BYTES}"
+                )
         publishes = []
         for exchange, key, body in items:
             how = routes.delivery(exchange, key)

@@ -26,7 +26,7 @@ import structlog
 from common import messages as m
 from common.bus import Bus, Outgoing
 from common.lifecycle import wait_any, wait_or_stop
-from common.retry import Backoff, report_failure
+from common.retry import Backoff, is_transient, report_failure
 
 log = structlog.get_logger("outbox")
 
@@ -110,20 +110,50 @@ class Relay:
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one batch of rows; returns how many were published.
+        """Publish one batch of rows; returns how many were taken off the outbox.
 
         The rows are deleted first and the deletion commits only once the broker
-        confirmed them all: a failed publish rolls it back, and the rows stay.
+        confirmed them all: a failed publish rolls it back, and the rows stay. When the
+        batch fails for a reason that is not transient, each row is published alone,
+        and a row refused for its own sake (too large, unroutable) is parked in
+        ``outbox_parked`` with the reason, so that it never blocks the others.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, exchange, routing_key, body",
+                " RETURNING id, exchange, routing_key, body, created_at",
                 BATCH,
             )
             if not rows:
                 return 0
             rows.sort(key=lambda r: r["id"])  # RETURNING keeps no order: publish in id order
-            await self._bus.publish_raw((r["exchange"], r["routing_key"], r["body"]) for r in rows)
+            items = [(r["exchange"], r["routing_key"], r["body"]) for r in rows]
+            try:
+                await self._bus.publish_raw(items)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the broker is away: the rows stay for the next try
+                await self._park_refused(conn, rows, await self._bus.publish_each(items))
         return len(rows)
+
+    async def _park_refused(
+        self,
+        conn: asyncpg.Connection,
+        rows: list[asyncpg.Record],
+        results: list[BaseException | None],
+    ) -> None:
+        failed = [(r, e) for r, e in zip(rows, results, strict=True) if e is not None]
+        for _, error in failed:
+            if is_transient(error):
+                raise error  # try the whole batch again later (some go out twice: fine)
+        await conn.executemany(
+            "INSERT INTO outbox_parked (id, exchange, routing_key, body, created_at, error)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            [
+                (r["id"], r["exchange"], r["routing_key"], r["body"], r["created_at"], repr(e))
+                for r, e in failed
+            ],
+        )
+        for r, e in failed:
+            log.error("outbox.parked", id=r["id"], routing_key=r["routing_key"], error=repr(e))

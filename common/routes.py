@@ -27,6 +27,9 @@ DEFAULT = ""  # the default exchange: the routing key is a queue's name
 DLX = "zoe.dlx"
 DEAD_LETTERS = "dead-letters"
 DELIVERY_LIMIT = 5
+# The largest message Zoe publishes (RabbitMQ's own default limit is 16 MiB from 4.0 on,
+# 128 MiB before): a larger one is refused before it reaches the broker.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A heartbeat older than this says nothing any more (it is the default ZOE_NODE_TIMEOUT:
 # a late heartbeat must not make a node the monitor has declared lost look alive).
 HEARTBEAT_TTL_MS = 10_000

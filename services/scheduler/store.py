@@ -231,15 +231,36 @@ async def dispatch_ready(
         ids,
         names,
     )
-    # one command per node: a pass often places many instances on one node
+    # one command per node (a pass often places many instances on one node), split so
+    # that no command grows past COMMAND_BYTES
     await enqueue(
         conn,
         [
-            Outgoing(cmds[0] if len(cmds) == 1 else m.StartInstances(starts=cmds), node=node)
+            Outgoing(part[0] if len(part) == 1 else m.StartInstances(starts=part), node=node)
             for node, cmds in starts.items()
+            for part in split_commands(cmds, COMMAND_BYTES)
         ],
     )
     return len(ids)
+
+
+# The most a StartInstances command carries: well under the broker's message size limit.
+COMMAND_BYTES = 1024 * 1024
+
+
+def split_commands(starts: list[m.StartInstance], limit: int) -> list[list[m.StartInstance]]:
+    """``starts`` in consecutive groups whose encoded sizes add up to at most ``limit``
+    (a single start larger than that goes alone)."""
+    groups: list[list[m.StartInstance]] = [[]]
+    size = 0
+    for start in starts:
+        n = len(m.encode(start))
+        if groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(start)
+        size += n
+    return groups
 
 
 async def _node_room(conn: asyncpg.Connection, nodes: set[str]) -> dict[str, tuple[float, int]]:

@@ -66,3 +66,62 @@ async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the
         assert got == [first.execution_id, late.execution_id]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         await channel.close()
+
+
+async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
+    test_env: TestEnv,
+) -> None:
+    """An unroutable command (no queue for its node) and one over the size limit are
+    parked with the reason; the rows around them are published; none blocks the head."""
+    async with (
+        own_database(test_env, "parked") as pool,
+        Bus(test_env.amqp_url, name="t-parked") as bus,
+    ):
+        channel = await bus._conn.channel()  # type: ignore[union-attr]
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        before, after = _event(10**9 + 11), _event(10**9 + 12)
+        for event in (before, after):
+            await queue.bind(EVENTS, routing_key=routes.routing_key(event))
+        got: list[int] = []
+
+        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
+
+        await queue.consume(received, no_ack=True)
+        stop_msg = m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n")
+        huge = m.ExecutionStateChanged(
+            execution_id=10**9 + 13, state="x" * (routes.MAX_MESSAGE_BYTES + 1), at=0.0
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(
+                conn,
+                [
+                    Outgoing(before),
+                    Outgoing(stop_msg, node=f"nowhere-{test_env.run_id}"),
+                    Outgoing(huge),
+                    Outgoing(after),
+                ],
+            )
+        stop = asyncio.Event()
+        relay = asyncio.create_task(Relay(pool, bus).run(stop))
+        try:
+            await wait_for(
+                lambda: sorted(got) == sorted([before.execution_id, after.execution_id]),
+                timeout=20,
+                what="the good rows published",
+            )
+            parked = await wait_for(
+                lambda: pool.fetch("SELECT routing_key, error FROM outbox_parked ORDER BY id"),
+                what="the refused rows parked",
+            )
+        finally:
+            stop.set()
+            await relay
+        assert [p["routing_key"] for p in parked] == [
+            f"nowhere-{test_env.run_id}",
+            routes.routing_key(huge),
+        ]
+        assert "DeliveryError" in parked[0]["error"] or "NO_ROUTE" in parked[0]["error"]
+        assert "MessageTooLarge" in parked[1]["error"]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        await channel.close()

@@ -85,3 +85,30 @@ def apply(executions: list[ExecutionState], decisions: Decisions) -> list[Execut
 def started_on(decisions: Decisions) -> dict[int, str]:
     """Instance id -> node of every start."""
     return dict(decisions.starts)
+
+
+def test_start_commands_for_one_node_are_split_by_size() -> None:
+    from common import messages as msgs
+    from services.scheduler.store import split_commands
+
+    def start(i: int, pad: int) -> msgs.StartInstance:
+        return msgs.StartInstance(
+            execution_id=1,
+            instance_id=i,
+            instance=f"w{i}",
+            container_name=f"c{i}",
+            network="n",
+            image="zoe/busybox:1",
+            command="x" * pad,
+            cores_limit=1.0,
+            memory_limit=1 << 20,
+        )
+
+    starts = [start(i, 300) for i in range(10)]
+    size = len(msgs.encode(starts[0]))
+    groups = split_commands(starts, 3 * size)
+    assert [len(g) for g in groups] == [3, 3, 3, 1]
+    assert [s for g in groups for s in g] == starts  # all of them, in order
+    big = start(0, 5000)
+    assert split_commands([big], 100) == [[big]]  # alone if too large
+    assert split_commands(starts, 10**9) == [starts]
