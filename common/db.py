@@ -36,6 +36,17 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     a pooled connection (advisory locks are taken on connections of their own)."""
 
 
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: without NUL characters (which a text column
+    refuses) and with any unpaired surrogate replaced (which UTF-8 cannot encode)."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode(errors="replace").decode()
+    return text
+
+
 @asynccontextmanager
 async def pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
     """A connection pool whose json/jsonb columns read and write Python objects."""

@@ -100,6 +100,12 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     # Deaths (crash, OOM, lost node) of each essential instance of a long-running
     # execution that are restarted before the execution fails; 0: the first one fails it.
     essential_restarts: int = 0
+    # The sweeper (services/scheduler/sweeper.py) runs this often; an instance starting
+    # or stopping with no news for sweep_resend_after seconds gets its command again, and
+    # a cleanup still waiting after sweep_give_up_after seconds gives its containers up.
+    sweep_interval: float = 30.0
+    sweep_resend_after: float = 120.0
+    sweep_give_up_after: float = 900.0
 
 
 class ExecutorSettings(Settings, frozen=True, kw_only=True):

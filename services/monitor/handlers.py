@@ -19,6 +19,7 @@ import structlog
 
 from common import messages as m
 from common.bus import Outgoing
+from common.db import storable_text
 from common.outbox import enqueue
 from services.monitor import verdicts
 
@@ -51,7 +52,7 @@ async def on_removed(msg: m.InstanceRemoved, deps: Deps) -> None:
                 "INSERT INTO instance_logs (instance_id, log) SELECT id, $2 FROM instances"
                 " WHERE id = $1 ON CONFLICT (instance_id) DO UPDATE SET log = $2, saved_at = now()",
                 msg.instance_id,
-                msg.log,
+                storable_text(msg.log),  # a container may print anything, NUL included
             )
         await enqueue(conn, [Outgoing(verdicts.removed(msg))])
 

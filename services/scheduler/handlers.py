@@ -19,6 +19,7 @@ import structlog
 
 from common import messages as m
 from common import states as st
+from common.db import storable_text
 from services.scheduler import ends, store
 
 log = structlog.get_logger("scheduler")
@@ -176,7 +177,7 @@ async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
         container_name=msg.container_name,
         container_id=msg.container_id,
         gone=msg.gone,
-        detail=msg.detail,
+        detail=storable_text(msg.detail),  # the engine's words: stored with the error
     )
     async with deps.pool.acquire() as conn, conn.transaction():
         changed = await ends.apply_ends(conn, deps.rules, [(msg.instance_id, end)])

@@ -25,7 +25,7 @@ from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, report_failure
 from common.runtime import Runtime
 from common.settings import SchedulerSettings
-from services.scheduler import handlers, passes
+from services.scheduler import handlers, passes, sweeper
 from services.scheduler.core import Policy
 
 log = structlog.get_logger("scheduler")
@@ -78,6 +78,12 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         view = passes.ClusterView(pool, settings.deployment, policy)
         await rt.loop("passes", lambda done: _pass_loop(view, settings, wake, done))
         await rt.loop("leadership", lambda _: _watch_leadership(leader, stop))
+        rules = sweeper.SweepRules(
+            settings.deployment, settings.sweep_resend_after, settings.sweep_give_up_after
+        )
+        await rt.every(
+            "sweep", settings.sweep_interval, functools.partial(sweeper.sweep, pool, rules)
+        )
         # facts of started containers come in bursts: handled together
         started = functools.partial(handlers.on_started_many, deps=deps)
         await rt.consume(routes.SCHEDULER, on_message, batches={m.InstanceStarted: started})

@@ -103,12 +103,12 @@ async def begin_cleanup(
         execution_id,
         list(HOLDING),
     )
-    await enqueue(conn, [_stop(deployment, execution_id, r) for r in rows if r["node"]])
+    await enqueue(conn, [stop_command(deployment, execution_id, r) for r in rows if r["node"]])
     await maybe_finish(conn, execution_id)
     return True
 
 
-def _stop(deployment: str, execution_id: int, row: asyncpg.Record) -> Outgoing:
+def stop_command(deployment: str, execution_id: int, row: asyncpg.Record) -> Outgoing:
     msg = m.StopInstance(
         execution_id=execution_id,
         instance_id=row["id"],
@@ -129,7 +129,7 @@ async def stop_instances(
         list(instance_ids),
         st.moving_to(st.INSTANCE_TRANSITIONS, InstanceState.STOPPING),
     )
-    await enqueue(conn, [_stop(deployment, r["execution_id"], r) for r in rows])
+    await enqueue(conn, [stop_command(deployment, r["execution_id"], r) for r in rows])
     return [r["id"] for r in rows]
 
 
@@ -322,7 +322,7 @@ async def enqueue_stop(
         "SELECT id, node, container_name FROM instances WHERE id = $1", instance_id
     )
     if row is not None and row["node"] and row["container_name"]:
-        await enqueue(conn, [_stop(deployment, execution_id, row)])
+        await enqueue(conn, [stop_command(deployment, execution_id, row)])
 
 
 async def requeue(
@@ -362,5 +362,5 @@ async def stop_orphans(conn: asyncpg.Connection, deployment: str, node: str) -> 
         " RETURNING execution_id, instance_id AS id, container_name, node",
         node,
     )
-    await enqueue(conn, [_stop(deployment, r["execution_id"], r) for r in rows])
+    await enqueue(conn, [stop_command(deployment, r["execution_id"], r) for r in rows])
     return len(rows)

@@ -449,3 +449,26 @@ async def test_usage_from_heartbeats_is_stored_and_shown_with_the_execution(
     assert by_name["main0"]["memory_bytes"] == 4 * MiB
     assert by_name["main0"]["sampled_at"].startswith("2023-11-14T22:13:30")
     assert await pool.fetchval("SELECT count(*) FROM instance_usage") == 1
+
+
+async def test_a_log_with_nul_bytes_is_kept_and_the_cleanup_finishes(
+    pool: asyncpg.Pool, deps: handlers.Deps, sched: scheduler.Deps
+) -> None:
+    """PostgreSQL refuses NUL in text: the log is kept without it, and the removal still
+    counts (an execution must not stay cleaning up for ever)."""
+    ids = await _running(pool, will_end=True)
+    await scheduler.on_terminate(m.ExecutionTerminateRequested(execution_id=ids["eid"]), sched)
+    for name in ("main0", "worker0", "worker1"):
+        removed = m.InstanceRemoved(
+            node="n1",
+            execution_id=ids["eid"],
+            instance_id=ids[name],
+            container_name=f"zm-{ids['eid']}-{name}",
+            exit_code=143,
+            log="binary \x00 junk \ud800 end\n",
+        )
+        await handlers.on_removed(removed, deps)
+    await _decide(sched, await _said(pool), times=1)
+    assert (await _execution(pool, ids["eid"]))["state"] == "terminated"
+    log = await pool.fetchval("SELECT log FROM instance_logs WHERE instance_id = $1", ids["main0"])
+    assert log == "binary  junk ? end\n"
