@@ -86,8 +86,15 @@ class Runtime:
         self.loops_stop.set()
         await self._stack.__aexit__(et, e, tb)
 
+    def _opening(self) -> None:
+        # Resources are opened before any task starts, so that they close after every
+        # task has ended (the exit stack closes in reverse order of opening).
+        if self._tasks is not None:
+            raise RuntimeError("open every resource before starting consumers or loops")
+
     async def open_pool(self, *, max_size: int = 10) -> asyncpg.Pool:
         """Apply pending migrations, then open the connection pool."""
+        self._opening()
         await db.migrate(self.settings.database_url)
         return await self._stack.enter_async_context(
             db.pool(self.settings.database_url, max_size=max_size)
@@ -95,6 +102,7 @@ class Runtime:
 
     async def open_bus(self, name: str | None = None) -> Bus:
         """Connect to the broker (the topology is declared on connect)."""
+        self._opening()
         self._bus = await self._stack.enter_async_context(
             Bus(
                 self.settings.amqp_url,
@@ -107,6 +115,7 @@ class Runtime:
 
     async def enter(self, resource: contextlib.AbstractAsyncContextManager[T]) -> T:
         """Open another resource (a Docker client...), closed in reverse order of opening."""
+        self._opening()
         return await self._stack.enter_async_context(resource)
 
     def _group(self) -> asyncio.TaskGroup:
@@ -180,7 +189,8 @@ class Runtime:
         )
 
     def on_closed(self, close: Callable[[], Awaitable[object]]) -> None:
-        """Close something at the very end, after the bus and the pool."""
+        """Close something at shutdown, in reverse order of what was opened or registered
+        (registered before the pool, it closes after it)."""
         self._stack.push_async_callback(close)
 
     def on_drained(self, step: Callable[[], Awaitable[object]]) -> None:

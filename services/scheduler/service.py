@@ -13,6 +13,7 @@ last the leadership connection close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 
@@ -34,32 +35,60 @@ LEADER_LOCK = 0x20E_0002
 
 
 async def acquire_leadership(url: str, stop: asyncio.Event) -> asyncpg.Connection | None:
-    """Wait until this process holds the scheduler lock; None if stopped first."""
-    conn = await asyncpg.connect(url)
+    """Wait until this process holds the scheduler lock; None if stopped first. The
+    database being away (restarting) is waited out."""
+    backoff = Backoff(0.5, 5.0)
     announced = False
     while not stop.is_set():
-        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
-            return conn
-        if not announced:
-            log.info("scheduler.standby")
-            announced = True
-        await wait_or_stop(stop, 0.5)
-    await conn.close()
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(url)
+            while not stop.is_set():
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                    return conn
+                if not announced:
+                    log.info("scheduler.standby")
+                    announced = True
+                await wait_or_stop(stop, 0.5)
+        except Exception as exc:
+            report_failure("scheduler.leadership_unreachable", exc)
+            await wait_or_stop(stop, backoff.next())
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
     return None
 
 
 async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
-    """Run the scheduler until ``stop`` is set."""
+    """Run the scheduler until ``stop`` is set: lead while this process holds the lock,
+    and when the lock's connection is lost (the database restarted, say), stop leading
+    and wait for the lock again, as a standby would."""
     policy = Policy.from_name(settings.policy)
     await db.migrate(settings.database_url)
-    leader = await acquire_leadership(settings.database_url, stop)
-    if leader is None:
-        return
+    while not stop.is_set():
+        leader = await acquire_leadership(settings.database_url, stop)
+        if leader is None:
+            return
+        try:
+            await lead(settings, policy, leader, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await leader.close()
+
+
+async def lead(
+    settings: SchedulerSettings,
+    policy: Policy,
+    leader: asyncpg.Connection,
+    stop: asyncio.Event,
+) -> None:
+    """One term of leadership: until ``stop``, or until the lock's connection is lost."""
     log.info("scheduler.active", policy=settings.policy)
-    async with Runtime("scheduler", settings, stop) as rt:
-        rt.on_closed(leader.close)
+    term = asyncio.Event()  # set when this term ends, for either reason
+    async with Runtime("scheduler", settings, term) as rt:
         pool = await rt.open_pool()
         bus = await rt.open_bus()
+        await rt.loop("leadership", lambda done: _watch_leadership(leader, stop, term, done))
         wake = asyncio.Event()
         wake.set()  # rebuild from the database: run a pass at start
         deps = handlers.Deps(
@@ -77,7 +106,6 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         await rt.run_relay(pool, bus)
         view = passes.ClusterView(pool, settings.deployment, policy)
         await rt.loop("passes", lambda done: _pass_loop(view, settings, wake, done))
-        await rt.loop("leadership", lambda _: _watch_leadership(leader, stop))
         rules = sweeper.SweepRules(
             settings.deployment, settings.sweep_resend_after, settings.sweep_give_up_after
         )
@@ -114,17 +142,21 @@ async def _pass_loop(
             wake.set()
 
 
-async def _watch_leadership(leader: asyncpg.Connection, stop: asyncio.Event) -> None:
-    """Losing the lock connection means another scheduler may take over: stop at once."""
-    while not stop.is_set():
-        if leader.is_closed():
-            log.error("scheduler.lost_leadership")
-            stop.set()
+async def _watch_leadership(
+    leader: asyncpg.Connection, stop: asyncio.Event, term: asyncio.Event, done: asyncio.Event
+) -> None:
+    """End the term when the process stops, or at once when the lock's connection is
+    lost (another scheduler may take over: this one must not write any more)."""
+    while not done.is_set():
+        if stop.is_set():
+            term.set()
             return
         try:
+            if leader.is_closed():
+                raise ConnectionError("the connection holding the lock is closed")
             await leader.fetchval("SELECT 1")
         except Exception as exc:
             log.error("scheduler.lost_leadership", error=repr(exc))
-            stop.set()
+            term.set()
             return
-        await wait_or_stop(stop, 2.0)
+        await wait_any(stop, done, timeout=2.0)
