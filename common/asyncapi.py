@@ -83,7 +83,13 @@ def document() -> dict[str, Any]:
                 "Commands go to the direct exchange "
                 "`zoe.commands` with the node name as routing key (queue `executor.<node>`). "
                 "Other platforms send requests to the queue `api.requests` (default exchange) "
-                "with `reply_to` and `correlation_id`, and get an `ApiReply`."
+                "with `reply_to` and `correlation_id`, and get an `ApiReply`. A request that "
+                "does not decode (not JSON, an unknown type or field, a wrong type, an id "
+                "outside 0..2^63-1, nested too deeply), is larger than the HTTP API's body "
+                "limit, or is refused gets an `ApiReply` with a 4xx `status` and "
+                "`{error, errors: [{path, message}]}` (the JSON path of each offending "
+                "field), then goes to the `dead-letters` queue. A submission's message id "
+                "is its idempotency key."
             ),
         },
         "defaultContentType": "application/json",
