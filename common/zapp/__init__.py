@@ -4,15 +4,7 @@ Pure code: nothing here talks to the network, the database or Docker; only the s
 reads its library folder.
 """
 
-from common.zapp.expand import (
-    DEFAULT_CORES,
-    DEFAULT_MEMORY,
-    InstanceSpec,
-    PortSpec,
-    VolumeSpec,
-    expand,
-    url_for,
-)
+from common.zapp.expand import expand, url_for
 from common.zapp.manifest import Parameter
 from common.zapp.model import (
     CoresRange,
@@ -25,6 +17,13 @@ from common.zapp.model import (
     Volume,
 )
 from common.zapp.shop import ShopEntry, load_shop, render, scan_shop, visible_to
+from common.zapp.specs import (
+    DEFAULT_CORES,
+    DEFAULT_MEMORY,
+    InstanceSpec,
+    PortSpec,
+    VolumeSpec,
+)
 from common.zapp.validate import load_description
 
 __all__ = [

@@ -245,15 +245,23 @@ def check_int(
     return number
 
 
-def check_positive(
-    c: Collector, value: object, path: str, *, hi: float, rule: str, lo_rule: str, hi_rule: str
+def check_number(
+    c: Collector,
+    value: object,
+    path: str,
+    *,
+    lo: float,
+    hi: float,
+    rule: str,
+    lo_rule: str,
+    hi_rule: str,
 ) -> float | None:
-    """A number > 0 and <= `hi`."""
+    """A number in `lo`..`hi`; `rule` names the whole rule, used for a non-number."""
     number = as_number(value)
     if number is None:
         c.error(path, rule)
         return None
-    if number <= 0:
+    if number < lo:
         c.error(path, lo_rule)
         return None
     if number > hi:

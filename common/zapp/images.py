@@ -1,4 +1,6 @@
-"""Docker image references: the grammar Docker accepts, and the implicit `:latest` tag."""
+"""Docker image references: the grammar Docker accepts, the implicit `:latest` tag and the
+registry a reference names.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +30,17 @@ def with_tag(image: str) -> str | None:
     if match is None or match.group("tag") or match.group("digest"):
         return None
     return f"{image}:latest"
+
+
+def registry(image: str) -> str | None:
+    """The registry host `image` names, or `None` for an image of the engine's default.
+
+    As Docker reads a reference: the first path component is a registry host when it
+    contains `.` or `:`, is `localhost`, or has an upper-case letter.
+    """
+    first, slash, _ = image.partition("/")
+    if not slash:
+        return None
+    if "." in first or ":" in first or first == "localhost" or first.lower() != first:
+        return first
+    return None

@@ -18,12 +18,23 @@ MAX_LABELS = 100  # per service
 MAX_STRING = 4096  # names, images, paths, URL templates
 MAX_TEXT = 65_536  # one environment value or command
 MAX_LABEL = 128
-# Sum over services of total_count x (command + environment) characters: what expansion creates.
-MAX_EXPANDED_TEXT = 64 * 1024 * 1024
+
+# What expansion creates, as bytes of the JSON encoding of the instances' specs (see
+# `common.zapp.sizes`): one spec is stored per instance and sent in its start command,
+# which must stay far below RabbitMQ's default message size limit (16 MiB); all of them
+# are written by one insert. A Spark worker's spec is about 0.8 KiB (2 KiB as counted).
+MAX_INSTANCE_BYTES = 256 * 1024  # one instance
+MAX_EXPANDED_BYTES = 8 * 1024 * 1024  # all instances of one execution
+# The longest names an execution's templates are filled with, for the validator's count
+# to hold for any execution (see `sizes.LONGEST`); `expand` counts the real ones again.
+MAX_EXECUTION_NAME = 128  # characters; the API refuses longer execution names
+MAX_USER_NAME = 64
+MAX_DEPLOYMENT = 64
 
 MAX_MEMORY = 64 * 1024**4  # bytes per instance (64 TiB): 10,000 of them still fit in int64
-MIN_MEMORY = 1024
+MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a memory limit below 6 MiB
 MAX_CORES = 1024.0
+MIN_CORES = 0.01  # Docker's smallest CPU limit (NanoCpus = cores x 1e9 >= 10,000,000)
 MAX_SIZE = 2**31 - 1
 MIN_STARTUP_ORDER = -(2**31)
 MAX_STARTUP_ORDER = 2**31 - 1

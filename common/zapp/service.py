@@ -19,6 +19,7 @@ from common.zapp.checks import (
     item_path,
     key_path,
     known,
+    shorten,
 )
 from common.zapp.limits import (
     MAX_ENVIRONMENT,
@@ -53,6 +54,9 @@ _COUNT_RULE = "must be an integer >= 1"
 _STARTUP_ORDER_RANGE = f"must be between {MIN_STARTUP_ORDER} and {MAX_STARTUP_ORDER}"
 _SERVICE_NAME_RULE = "must be 3 to 16 characters: letters, digits and '-'"
 _VARIABLE_RULE = "must be a variable name: letters, digits and '_', not starting with a digit"
+_REPLICAS_RULE = (
+    "must be 1 or absent: each instance is one container; total_count sets how many there are"
+)
 
 
 @dataclass
@@ -64,12 +68,14 @@ class Draft:
     name: str | None = None
     total_count: int | None = None
     monitor: bool | None = None
-    text_size: int = 0
     template_texts: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_service(c: Collector, value: object, path: str) -> Draft:
-    """Check the service at `path`; the draft holds a `Service` only if it has no error."""
+def check_service(c: Collector, value: object, path: str, registries: frozenset[str]) -> Draft:
+    """Check the service at `path`; the draft holds a `Service` only if it has no error.
+
+    `registries`: the registry hosts (lower case) its image may name.
+    """
     draft = Draft(path=path)
     mark = c.mark()
     obj = check_object(c, value, path, required=_SERVICE_REQUIRED, optional=_SERVICE_OPTIONAL)
@@ -83,7 +89,9 @@ def check_service(c: Collector, value: object, path: str) -> Draft:
             message=_SERVICE_NAME_RULE,
             pattern=_SERVICE_NAME,
         )
-    image = _image(c, obj["image"], key_path(path, "image")) if "image" in obj else None
+    image = None
+    if "image" in obj:
+        image = _image(c, obj["image"], key_path(path, "image"), registries)
     if "monitor" in obj:
         draft.monitor = check_bool(c, obj["monitor"], key_path(path, "monitor"))
     essential, startup_order = _counts(c, obj, path, draft)
@@ -159,7 +167,7 @@ def _counts(
 def _extras(
     c: Collector, obj: Mapping[str, object], path: str, draft: Draft
 ) -> tuple[str | None, str | None, list[str] | None]:
-    """`command`, `work_dir` and `labels`; `network` is checked, then ignored."""
+    """`command`, `work_dir` and `labels`; `network` and `replicas` are checked, then dropped."""
     command = work_dir = None
     if obj.get("command") is not None:
         command = check_text(
@@ -172,7 +180,6 @@ def _extras(
         )
         if command is not None:
             draft.template_texts.append((key_path(path, "command"), command))
-            draft.text_size += len(command)
     if obj.get("work_dir") is not None:
         work_dir = check_absolute_path(
             c, obj["work_dir"], key_path(path, "work_dir"), "must be an absolute path or null"
@@ -188,15 +195,24 @@ def _extras(
         )
         if network is not None:
             c.warn(key_path(path, "network"), "ignored: every execution has a network of its own")
+    # Original files carry "replicas": 1, which is what Zoe does anyway; another count is
+    # a request it would not honour.
+    replicas = obj.get("replicas", 1)
+    if isinstance(replicas, bool) or replicas != 1:
+        c.error(key_path(path, "replicas"), _REPLICAS_RULE)
     return command, work_dir, labels
 
 
-def _image(c: Collector, value: object, path: str) -> str | None:
+def _image(c: Collector, value: object, path: str, registries: frozenset[str]) -> str | None:
     image = check_text(c, value, path, message="must be a non-empty string", min_len=1)
     if image is None:
         return None
     if not images.is_reference(image):
         c.error(path, images.MESSAGE)
+        return None
+    registry = images.registry(image)
+    if registry is not None and registry.lower() not in registries:
+        c.error(path, _registry_message(registry, registries))
         return None
     tagged = images.with_tag(image)
     if tagged is None:
@@ -232,7 +248,6 @@ def _environment(
         if name in templates.INJECTED_VARIABLES:
             c.warn(item_path(item_at, 0), f"{name} is set by Zoe; this value is ignored")
         else:
-            draft.text_size += len(name) + len(text)
             pairs.append((name, text))
     return None if c.failed_since(mark) else pairs
 
@@ -259,3 +274,13 @@ def _labels(c: Collector, value: object, path: str) -> list[str] | None:
         unique.check(label, i, item_path(path, i), "duplicate label")
         labels.append(label)
     return None if c.failed_since(mark) else labels
+
+
+def _registry_message(registry: str, registries: frozenset[str]) -> str:
+    if not registries:
+        return (
+            f"names the registry {shorten(registry)!r}, but this deployment pulls from no"
+            " registry: images are built on its nodes (such as 'zoe/spark:1')"
+        )
+    allowed = ", ".join(repr(r) for r in sorted(registries))
+    return f"names the registry {shorten(registry)!r}; this deployment pulls only from {allowed}"

@@ -14,26 +14,34 @@ from common.zapp.checks import (
     check_array,
     check_bool,
     check_int,
+    check_number,
     check_object,
-    check_positive,
     check_text,
     item_path,
     key_path,
     known,
     shorten,
 )
-from common.zapp.limits import MAX_CORES, MAX_MEMORY, MAX_PORTS, MAX_VOLUMES, MIN_MEMORY
+from common.zapp.limits import (
+    MAX_CORES,
+    MAX_MEMORY,
+    MAX_PORTS,
+    MAX_VOLUMES,
+    MIN_CORES,
+    MIN_MEMORY,
+)
 from common.zapp.model import CoresRange, MemoryRange, Port, Resources, Volume
 
 N = TypeVar("N", int, float)
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,254}")
 _RANGE_KEYS = ("min", "max")
-_MEMORY_RULE = f"must be an integer >= {MIN_MEMORY} or null"
-_MEMORY_LOW = f"must be >= {MIN_MEMORY} or null"
+_MEMORY_RULE = f"must be an integer >= {MIN_MEMORY} (6 MiB) or null"
+_MEMORY_LOW = f"must be >= {MIN_MEMORY} (6 MiB, the engine's smallest memory limit) or null"
 _MEMORY_HIGH = f"must be <= {MAX_MEMORY} (64 TiB)"
-_CORES_RULE = "must be a number > 0 or null"
-_CORES_LOW = "must be > 0 or null"
+_CORES_RULE = f"must be a number >= {MIN_CORES:g} or null"
+_CORES_LOW = f"must be >= {MIN_CORES:g} (the engine's smallest CPU limit) or null"
+_MOUNT_COLON = "must not contain ':' (Docker would read what follows as mount options)"
 _CORES_HIGH = f"must be <= {MAX_CORES:g}"
 _VOLUME_NAME_RULE = (
     "must be a Docker volume name: 2 to 255 letters, digits, '_', '.' and '-',"
@@ -84,8 +92,15 @@ def _memory(c: Collector, value: object, path: str) -> MemoryRange | None:
 
 def _cores(c: Collector, value: object, path: str) -> CoresRange | None:
     def check(raw: object, at: str) -> float | None:
-        return check_positive(
-            c, raw, at, hi=MAX_CORES, rule=_CORES_RULE, lo_rule=_CORES_LOW, hi_rule=_CORES_HIGH
+        return check_number(
+            c,
+            raw,
+            at,
+            lo=MIN_CORES,
+            hi=MAX_CORES,
+            rule=_CORES_RULE,
+            lo_rule=_CORES_LOW,
+            hi_rule=_CORES_HIGH,
         )
 
     bounds = _bounds(c, value, path, check, "cores")
@@ -235,6 +250,9 @@ def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None
             mount = check_absolute_path(
                 c, obj["path"], key_path(item_at, "path"), "must be an absolute path"
             )
+            if mount is not None and ":" in mount:
+                c.error(key_path(item_at, "path"), _MOUNT_COLON)
+                mount = None
         if "read_only" in obj:
             read_only = check_bool(c, obj["read_only"], key_path(item_at, "read_only"))
         if mount is not None:

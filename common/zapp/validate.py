@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
-from common.zapp import templates
+from common.zapp import sizes, templates
 from common.zapp.checks import (
     Collector,
     TooManyErrors,
@@ -21,7 +21,6 @@ from common.zapp.checks import (
 )
 from common.zapp.limits import (
     FORMAT_VERSION,
-    MAX_EXPANDED_TEXT,
     MAX_INSTANCES,
     MAX_SERVICES,
     MAX_SIZE,
@@ -38,24 +37,28 @@ _TOP_REQUIRED = ("name", "size", "services")
 _TOP_TOLERATED = ("version", "will_end")  # older files: defaults with a warning
 
 
-def load_description(data: object) -> LoadedDescription:
+def load_description(data: object, *, registries: Collection[str] = ()) -> LoadedDescription:
     """Validate a parsed JSON ZApp description and return it normalised.
 
     Raises `InvalidZApp` listing every broken rule, each with its JSON path, and nothing
     else whatever `data` is. Older files are tolerated with warnings: a missing `version`
     is 3, a missing `will_end` is inferred from the monitor services, an image without a
     tag gets `:latest`; the returned description has these filled in.
+
+    `registries` are the registry hosts (`registry.example.com:5000`) images may name;
+    by default none: images are built on the nodes. Once every rule holds, the expanded
+    size is checked with execution, user and deployment names at their longest.
     """
     c = Collector()
     try:
-        description = _description(c, data)
+        description = _description(c, data, frozenset(r.lower() for r in registries))
     except TooManyErrors:
         description = None
     c.raise_if_errors(ERROR_MESSAGE)
     return LoadedDescription(description=known(description), warnings=c.warnings)
 
 
-def _description(c: Collector, data: object) -> Description | None:
+def _description(c: Collector, data: object, registries: frozenset[str]) -> Description | None:
     obj = check_object(
         c, data, "", required=_TOP_REQUIRED, optional=_TOP_TOLERATED, message=NOT_AN_OBJECT
     )
@@ -80,17 +83,20 @@ def _description(c: Collector, data: object) -> Description | None:
     size = None
     if "size" in obj:
         size = check_int(c, obj["size"], "size", lo=0, hi=MAX_SIZE, rule="must be an integer >= 0")
-    drafts = _services(c, obj["services"]) if "services" in obj else None
+    drafts = _services(c, obj["services"], registries) if "services" in obj else None
     will_end = _will_end(c, obj, drafts)
     if c.errors or drafts is None:
         return None
-    return Description(
+    description = Description(
         name=known(name),
         version=version,
         will_end=known(will_end),
         size=known(size),
         services=[known(draft.service) for draft in drafts],
     )
+    for error in sizes.size_errors(description, sizes.LONGEST):
+        c.error(error.path, error.message)
+    return None if c.errors else description
 
 
 def _will_end(c: Collector, obj: Mapping[str, object], drafts: list[Draft] | None) -> bool | None:
@@ -104,14 +110,16 @@ def _will_end(c: Collector, obj: Mapping[str, object], drafts: list[Draft] | Non
     return will_end
 
 
-def _services(c: Collector, value: object) -> list[Draft] | None:
+def _services(c: Collector, value: object, registries: frozenset[str]) -> list[Draft] | None:
     items = check_array(c, value, "services", max_items=MAX_SERVICES)
     if items is None:
         return None
     if not items:
         c.error("services", "must be a non-empty array")
         return None
-    drafts = [check_service(c, item, item_path("services", i)) for i, item in enumerate(items)]
+    drafts = [
+        check_service(c, item, item_path("services", i), registries) for i, item in enumerate(items)
+    ]
     _check_across(c, drafts)
     return drafts
 
@@ -135,15 +143,8 @@ def _check_across(c: Collector, drafts: list[Draft]) -> None:
     instances: set[str] | None = None
     if None not in counts:
         total = sum(known(count) for count in counts)
-        expanded = sum(known(d.total_count) * d.text_size for d in drafts)
         if total > MAX_INSTANCES:
             c.error("services", f"{total} instances in all; at most {MAX_INSTANCES} are allowed")
-        elif expanded > MAX_EXPANDED_TEXT:
-            c.error(
-                "services",
-                f"commands and environments of all instances add up to {expanded} characters;"
-                f" at most {MAX_EXPANDED_TEXT} are allowed",
-            )
         elif len(seen) == len(drafts):
             instances = _instance_names(c, drafts)
     for draft in drafts:

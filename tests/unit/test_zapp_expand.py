@@ -203,27 +203,44 @@ def test_url_for(template: str, host: str, proxy_path: str, expected: str) -> No
     assert url_for(port(template), host, 31000, proxy_path) == expected
 
 
-def test_the_largest_zapp_expands() -> None:
+def largest(environment_size: int) -> Description:
+    """10,000 instances, the most a ZApp may have, each with `environment_size` variables."""
     services = [
         service(
             name=f"svc{letter}",
             monitor=letter == "a",
             total_count=1000,
             environment=[
-                (f"V{i}", "{dns_name#svca0} {dns_name#self} {user_name}") for i in range(20)
+                (f"V{i}", "{dns_name#svca0} {dns_name#self} {user_name}")
+                for i in range(environment_size)
             ],
             command="run --as {dns_name#self}",
         )
         for letter in "abcdefghij"
     ]
-    specs = expand(
-        description(*services), execution_id=9, execution_name="e", user_name="u", deployment="d"
-    )
+    return description(*services)
+
+
+def test_the_largest_zapp_expands() -> None:
+    specs = expand(largest(4), execution_id=9, execution_name="e", user_name="u", deployment="d")
     assert len(specs) == 10_000
     last = specs[-1]
     assert last.name == "svcj999"
     assert last.command == "run --as svcj999"
-    assert last.environment["V19"] == "svca0 svcj999 u"
+    assert last.environment["V3"] == "svca0 svcj999 u"
+    assert 5_000_000 < sum(len(msgspec.json.encode(spec)) for spec in specs) < 8 * 1024 * 1024
+
+
+def test_a_zapp_too_large_once_expanded_is_refused_before_it_is_built() -> None:
+    with pytest.raises(InvalidZApp) as info:
+        expand(largest(20), execution_id=9, execution_name="e", user_name="u", deployment="d")
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        (
+            "services",
+            "expanded, the 10000 instances take up to 9039000 bytes;"
+            " at most 8388608 (8 MiB) are allowed",
+        )
+    ]
 
 
 def test_instance_specs_encode_to_json() -> None:

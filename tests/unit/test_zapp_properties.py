@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.errors import InvalidZApp
-from common.zapp import expand, load_description, load_shop, render, url_for
+from common.zapp import expand, load_description, load_shop, render, sizes, specs, url_for
 from common.zapp.checks import Collector
 from common.zapp.expand import PortSpec
+from common.zapp.limits import MAX_DEPLOYMENT, MAX_EXECUTION_NAME, MAX_USER_NAME, MIN_MEMORY
 from common.zapp.manifest import parse_manifest
 from common.zapp.templates import escape, substitute
 
@@ -94,7 +95,7 @@ def check_description(data: object) -> bool:
 LOWER = string.ascii_lowercase
 plain_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="{}\x00"), max_size=8)
 images = st.sampled_from(
-    ["zoe/app:1", "ubuntu", "localhost:5000/a/b:2.0", "zoe/x@sha256:" + "0" * 64, "busybox"]
+    ["zoe/app:1", "ubuntu", "zapps/a/b:2.0", "zoe/x@sha256:" + "0" * 64, "busybox"]
 )
 
 
@@ -147,8 +148,8 @@ def valid_descriptions(draw: st.DrawFn) -> dict[str, Any]:
 def service(
     draw: st.DrawFn, name: str, count: int, monitor: bool, template: st.SearchStrategy[str]
 ) -> dict[str, Any]:
-    memory_min = draw(st.none() | st.integers(1024, 2**40))
-    memory_max = draw(st.none() | st.integers(memory_min or 1024, 2**46))
+    memory_min = draw(st.none() | st.integers(MIN_MEMORY, 2**40))
+    memory_max = draw(st.none() | st.integers(memory_min or MIN_MEMORY, 2**46))
     cores_min = draw(st.none() | st.floats(0.01, 64))
     cores_max = draw(st.none() | st.floats(cores_min or 0.01, 1024))
     numbers = draw(st.lists(st.integers(1, 65535), unique=True, max_size=3))
@@ -323,6 +324,48 @@ def test_valid_descriptions_load_round_trip_and_expand(data: dict[str, Any]) -> 
         assert spec.environment["SERVICE_NAME"] == spec.name
         for port in spec.ports:
             url_for(port, "10.0.0.1", 30000, "/proxy")
+
+
+execution_names = st.text(
+    alphabet=st.characters(codec="utf-8").filter(str.isprintable), max_size=MAX_EXECUTION_NAME
+)
+docker_names = st.text(alphabet=string.ascii_letters + string.digits + "_.-", min_size=1)
+allowed_names = st.builds(
+    specs.Names,
+    execution_id=st.integers(0, 2**63 - 1),
+    execution_name=execution_names,
+    user_name=docker_names.filter(lambda t: len(t) <= MAX_USER_NAME),
+    deployment=docker_names.filter(lambda t: len(t) <= MAX_DEPLOYMENT),
+)
+any_names = st.builds(
+    specs.Names,
+    execution_id=st.integers(-(2**63), 2**63 - 1),
+    execution_name=st.text(st.characters(codec="utf-8"), max_size=300),
+    user_name=st.text(st.characters(codec="utf-8"), max_size=300),
+    deployment=st.text(st.characters(codec="utf-8"), max_size=300),
+)
+
+
+@MEDIUM
+@given(valid_descriptions(), allowed_names, any_names)
+def test_the_size_count_is_exact_and_never_below_the_encoded_size(
+    data: dict[str, Any], allowed: specs.Names, names: specs.Names
+) -> None:
+    description = load_description(data).description
+    longest = specs.template_values(description, sizes.LONGEST)
+    for execution in (allowed, names):
+        values = specs.template_values(description, execution)
+        expanded = expand(description, **msgspec.structs.asdict(execution))
+        for service in description.services:
+            encoded = [
+                len(msgspec.json.encode(spec)) for spec in expanded if spec.service == service.name
+            ]
+            # exact for the real names: the size of the largest spec, the last one
+            counted = sizes.instance_bytes(service, values, execution)
+            assert counted == max(encoded) == encoded[-1]
+            if execution is allowed:
+                # what the validator counted holds for any allowed names
+                assert sizes.instance_bytes(service, longest, sizes.LONGEST) >= counted
 
 
 @FAST

@@ -8,6 +8,7 @@ expected description and warnings, or the expected errors. The shop they use is
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import pathlib
@@ -236,7 +237,10 @@ def test_errors_of_a_description_file_carry_its_name(shop: pathlib.Path) -> None
     assert errors[0][1].startswith("is not valid JSON: ")
     assert errors[1:] == [
         ("spark/spark.json: services[0].ports[0].protocol", "must be 'tcp' or 'udp'"),
-        ("spark/spark.json: services[1].resources.memory.min", "must be >= 1024 or null"),
+        (
+            "spark/spark.json: services[1].resources.memory.min",
+            "must be >= 6291456 (6 MiB, the engine's smallest memory limit) or null",
+        ),
     ]
 
 
@@ -436,3 +440,21 @@ def test_render_does_not_change_the_entry(entries: dict[str, ShopEntry]) -> None
     before = msgspec.json.encode(entries["spark"])
     render(entries["spark"], {"spark-worker": 9, "jupyter": "x"})
     assert msgspec.json.encode(entries["spark"]) == before
+
+
+def test_every_object_of_a_manifest_refuses_an_unknown_key(shop: pathlib.Path) -> None:
+    manifest = json.loads((shop / "spark" / "manifest.json").read_text())
+    count = len(manifest["zapps"][0]["parameters"])
+    places = [(), ("zapps", 0), *(("zapps", 0, "parameters", i) for i in range(count))]
+    for keys in places:
+        data = copy.deepcopy(manifest)
+        target: Any = data
+        for key in keys:
+            target = target[key]
+        target["colour"] = "red"
+        (shop / "spark" / "manifest.json").write_text(json.dumps(data))
+        path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+        with pytest.raises(InvalidZApp) as info:
+            load_shop(shop)
+        found = [(e.path, e.message) for e in info.value.errors]
+        assert found == [(f"{M}: {path + '.' if path else ''}colour", "unknown key")]

@@ -65,9 +65,9 @@ def changed(data: dict[str, Any], keys: tuple[object, ...], value: object) -> di
     return data
 
 
-def errors(data: object) -> list[tuple[str, str]]:
+def errors(data: object, **options: Any) -> list[tuple[str, str]]:
     with pytest.raises(InvalidZApp) as info:
-        load_description(data)
+        load_description(data, **options)
     assert info.value.message == "invalid ZApp description"
     assert info.value.status == 422
     return [(e.path, e.message) for e in info.value.errors]
@@ -110,7 +110,11 @@ def test_everything_optional_round_trips() -> None:
         labels=["gpu", "ssd"],
         command="run {user_name}",
         volumes=[{"name": "data", "path": "/data", "read_only": False}],
-        resources={"memory": {"min": 2048, "max": None}, "cores": {"min": 0.5, "max": 2}, "shm": 0},
+        resources={
+            "memory": {"min": 6 * MIB, "max": None},
+            "cores": {"min": 0.01, "max": 2},
+            "shm": 0,
+        },
     )
     description = load_description(data).description
     main = description.services[0]
@@ -163,15 +167,15 @@ def test_missing_version_and_will_end_default_with_warnings() -> None:
 
 
 def test_image_without_tag_gets_latest_with_a_warning() -> None:
-    data = changed(minimal(), ("services", 0, "image"), "localhost:5000/zoe/app")
+    data = changed(minimal(), ("services", 0, "image"), "zoe/app")
     loaded = load_description(data)
-    assert loaded.description.services[0].image == "localhost:5000/zoe/app:latest"
-    assert loaded.warnings == ["services[0].image: no tag, using 'localhost:5000/zoe/app:latest'"]
+    assert loaded.description.services[0].image == "zoe/app:latest"
+    assert loaded.warnings == ["services[0].image: no tag, using 'zoe/app:latest'"]
 
 
 @pytest.mark.parametrize(
     "image",
-    ["ubuntu:22.04", "zoe/app@sha256:" + "a" * 64, "registry.example.com:5000/a/b_c.d-e:1.0-rc1"],
+    ["ubuntu:22.04", "zoe/app@sha256:" + "a" * 64, "zapps/a/b_c.d-e:1.0-rc1", "my-org/app:1"],
 )
 def test_images_with_a_tag_or_digest_are_kept(image: str) -> None:
     loaded = load_description(minimal(image=image))
@@ -179,8 +183,29 @@ def test_images_with_a_tag_or_digest_are_kept(image: str) -> None:
     assert loaded.warnings == []
 
 
-def test_replicas_is_accepted_and_network_ignored_with_a_warning() -> None:
-    loaded = load_description(minimal(replicas=3, network="my-net"))
+@pytest.mark.parametrize(
+    "image",
+    ["registry.example.com:5000/a/b_c.d-e:1.0-rc1", "Registry.Example.com:5000/a:1"],
+)
+def test_images_of_an_allowed_registry_are_kept(image: str) -> None:
+    loaded = load_description(minimal(image=image), registries=["registry.example.com:5000"])
+    assert loaded.description.services[0].image == image
+    assert loaded.warnings == []
+
+
+def test_images_of_another_registry_name_the_allowed_ones() -> None:
+    data = minimal(image="registry.example.com/a:1")
+    assert errors(data, registries=["r2:5000", "r1.lan"]) == [
+        (
+            "services[0].image",
+            "names the registry 'registry.example.com'; this deployment pulls only from"
+            " 'r1.lan', 'r2:5000'",
+        )
+    ]
+
+
+def test_replicas_of_1_is_accepted_and_network_ignored_with_a_warning() -> None:
+    loaded = load_description(minimal(replicas=1, network="my-net"))
     assert loaded.warnings == [
         "services[0].network: ignored: every execution has a network of its own"
     ]
@@ -217,6 +242,19 @@ NAME_RULE = "must be 3 to 128 characters: letters, digits, '-' and '@'"
 SERVICE_NAME_RULE = "must be 3 to 16 characters: letters, digits and '-'"
 IMAGE_RULE = "must be a Docker image reference such as 'zapps/spark-master:1'"
 VAR_RULE = "must be a variable name: letters, digits and '_', not starting with a digit"
+MIB = 1024 * 1024
+MEMORY_LOW = "must be >= 6291456 (6 MiB, the engine's smallest memory limit) or null"
+MEMORY_RULE = "must be an integer >= 6291456 (6 MiB) or null"
+CORES_LOW = "must be >= 0.01 (the engine's smallest CPU limit) or null"
+CORES_RULE = "must be a number >= 0.01 or null"
+REPLICAS_RULE = (
+    "must be 1 or absent: each instance is one container; total_count sets how many there are"
+)
+MOUNT_COLON = "must not contain ':' (Docker would read what follows as mount options)"
+NO_REGISTRY = (
+    "names the registry {!r}, but this deployment pulls from no registry:"
+    " images are built on its nodes (such as 'zoe/spark:1')"
+)
 VOLUME_RULE = (
     "must be a Docker volume name: 2 to 255 letters, digits, '_', '.' and '-',"
     " starting with a letter or digit"
@@ -257,6 +295,17 @@ RULES: list[tuple[tuple[object, ...], object, str, str]] = [
     ((*S, "image"), "zoe app:1", f"{R}.image", IMAGE_RULE),
     ((*S, "image"), "Zoe/App:1", f"{R}.image", IMAGE_RULE),
     ((*S, "image"), "zoe/app:", f"{R}.image", IMAGE_RULE),
+    (
+        (*S, "image"),
+        "docker.io/library/ubuntu:22.04",
+        f"{R}.image",
+        NO_REGISTRY.format("docker.io"),
+    ),
+    ((*S, "image"), "localhost/zoe/app:1", f"{R}.image", NO_REGISTRY.format("localhost")),
+    ((*S, "image"), "localhost:5000/zoe/app", f"{R}.image", NO_REGISTRY.format("localhost:5000")),
+    ((*S, "image"), "reg:5000/app:1", f"{R}.image", NO_REGISTRY.format("reg:5000")),
+    ((*S, "image"), "Zoe/app:1", f"{R}.image", NO_REGISTRY.format("Zoe")),
+    ((*S, "image"), "ghcr.io/x/y@sha256:" + "a" * 64, f"{R}.image", NO_REGISTRY.format("ghcr.io")),
     ((*S, "monitor"), 1, f"{R}.monitor", "must be a boolean"),
     ((*S, "monitor"), None, f"{R}.monitor", "must be a boolean"),
     ((*S, "essential_count"), 0, f"{R}.essential_count", "must be an integer >= 1"),
@@ -280,18 +329,25 @@ RULES: list[tuple[tuple[object, ...], object, str, str]] = [
     ((*S, "work_dir"), "work", f"{R}.work_dir", "must be an absolute path or null"),
     ((*S, "work_dir"), "", f"{R}.work_dir", "must be an absolute path or null"),
     ((*S, "network"), "", f"{R}.network", "must be a non-empty string"),
+    ((*S, "replicas"), 3, f"{R}.replicas", REPLICAS_RULE),
+    ((*S, "replicas"), 0, f"{R}.replicas", REPLICAS_RULE),
+    ((*S, "replicas"), True, f"{R}.replicas", REPLICAS_RULE),
+    ((*S, "replicas"), "1", f"{R}.replicas", REPLICAS_RULE),
+    ((*S, "replicas"), None, f"{R}.replicas", REPLICAS_RULE),
     ((*S, "extra"), 1, f"{R}.extra", "unknown key"),
     ((*S, "docker_image"), "zoe/app:1", f"{R}.docker_image", "unknown key"),
     # resources
     ((*S, "resources"), None, f"{R}.resources", "must be an object"),
     ((*S, "resources", "memory"), DELETE, f"{R}.resources.memory", "is required"),
     ((*S, "resources", "gpu"), 1, f"{R}.resources.gpu", "unknown key"),
-    ((*MEM, "min"), 1023, f"{R}.resources.memory.min", "must be >= 1024 or null"),
-    ((*MEM, "min"), 0, f"{R}.resources.memory.min", "must be >= 1024 or null"),
-    ((*MEM, "min"), "1G", f"{R}.resources.memory.min", "must be an integer >= 1024 or null"),
-    ((*MEM, "min"), True, f"{R}.resources.memory.min", "must be an integer >= 1024 or null"),
-    ((*MEM, "min"), 2048.5, f"{R}.resources.memory.min", "must be an integer >= 1024 or null"),
-    ((*MEM, "max"), 512, f"{R}.resources.memory.max", "must be >= 1024 or null"),
+    ((*MEM, "min"), 6 * MIB - 1, f"{R}.resources.memory.min", MEMORY_LOW),
+    ((*MEM, "min"), 1024, f"{R}.resources.memory.min", MEMORY_LOW),
+    ((*MEM, "min"), 0, f"{R}.resources.memory.min", MEMORY_LOW),
+    ((*MEM, "min"), "1G", f"{R}.resources.memory.min", MEMORY_RULE),
+    ((*MEM, "min"), True, f"{R}.resources.memory.min", MEMORY_RULE),
+    ((*MEM, "min"), 8 * MIB + 0.5, f"{R}.resources.memory.min", MEMORY_RULE),
+    ((*MEM, "max"), 512, f"{R}.resources.memory.max", MEMORY_LOW),
+    ((*MEM, "max"), 4 * MIB, f"{R}.resources.memory.max", MEMORY_LOW),
     (
         (*MEM, "max"),
         2**46 + 1,
@@ -300,12 +356,15 @@ RULES: list[tuple[tuple[object, ...], object, str, str]] = [
     ),
     ((*MEM, "min"), DELETE, f"{R}.resources.memory.min", "is required"),
     ((*MEM, "avg"), 1, f"{R}.resources.memory.avg", "unknown key"),
-    ((*CPU, "min"), 0, f"{R}.resources.cores.min", "must be > 0 or null"),
-    ((*CPU, "min"), -1.5, f"{R}.resources.cores.min", "must be > 0 or null"),
-    ((*CPU, "min"), "2", f"{R}.resources.cores.min", "must be a number > 0 or null"),
-    ((*CPU, "min"), True, f"{R}.resources.cores.min", "must be a number > 0 or null"),
-    ((*CPU, "min"), math.nan, f"{R}.resources.cores.min", "must be a number > 0 or null"),
-    ((*CPU, "max"), math.inf, f"{R}.resources.cores.max", "must be a number > 0 or null"),
+    ((*CPU, "min"), 0, f"{R}.resources.cores.min", CORES_LOW),
+    ((*CPU, "min"), -1.5, f"{R}.resources.cores.min", CORES_LOW),
+    ((*CPU, "min"), 0.009, f"{R}.resources.cores.min", CORES_LOW),
+    ((*CPU, "min"), 1e-10, f"{R}.resources.cores.min", CORES_LOW),
+    ((*CPU, "max"), 0.0099999999, f"{R}.resources.cores.max", CORES_LOW),
+    ((*CPU, "min"), "2", f"{R}.resources.cores.min", CORES_RULE),
+    ((*CPU, "min"), True, f"{R}.resources.cores.min", CORES_RULE),
+    ((*CPU, "min"), math.nan, f"{R}.resources.cores.min", CORES_RULE),
+    ((*CPU, "max"), math.inf, f"{R}.resources.cores.max", CORES_RULE),
     ((*CPU, "max"), 1025, f"{R}.resources.cores.max", "must be <= 1024"),
     ((*CPU, "max"), 10**400, f"{R}.resources.cores.max", "must be <= 1024"),
     ((*S, "resources", "shm"), -1, f"{R}.resources.shm", "must be an integer >= 0 or null"),
@@ -450,6 +509,9 @@ RULES: list[tuple[tuple[object, ...], object, str, str]] = [
         f"{R}.volumes[0].path",
         "must be an absolute path",
     ),
+    ((*S, "volumes"), [{**VOLUME, "path": "/data:ro"}], f"{R}.volumes[0].path", MOUNT_COLON),
+    ((*S, "volumes"), [{**VOLUME, "path": "/a:b/c"}], f"{R}.volumes[0].path", MOUNT_COLON),
+    ((*S, "volumes"), [{**VOLUME, "path": "/data:"}], f"{R}.volumes[0].path", MOUNT_COLON),
     (
         (*S, "volumes"),
         [{**VOLUME, "read_only": "no"}],
@@ -494,15 +556,15 @@ def test_each_rule(keys: tuple[object, ...], value: object, path: str, message: 
 
 def test_the_brief_example_path() -> None:
     data = changed(spark(), ("services", 1, "resources", "memory", "min"), 512)
-    assert errors(data) == [("services[1].resources.memory.min", "must be >= 1024 or null")]
+    assert errors(data) == [("services[1].resources.memory.min", MEMORY_LOW)]
 
 
 def test_max_below_min() -> None:
     data = minimal(
-        resources={"memory": {"min": 4096, "max": 2048}, "cores": {"min": 2, "max": 1.5}}
+        resources={"memory": {"min": 8 * MIB, "max": 7 * MIB}, "cores": {"min": 2, "max": 1.5}}
     )
     assert errors(data) == [
-        ("services[0].resources.memory.max", "must be >= memory.min (4096) or null"),
+        ("services[0].resources.memory.max", "must be >= memory.min (8388608) or null"),
         ("services[0].resources.cores.max", "must be >= cores.min (2) or null"),
     ]
 
@@ -592,8 +654,7 @@ def test_too_much_expanded_text() -> None:
     [(path, message)] = errors(data)
     assert path == "services"
     assert message == (
-        "commands and environments of all instances add up to 131076000 characters;"
-        " at most 67108864 are allowed"
+        "expanded, the 1000 instances take up to 131651000 bytes; at most 8388608 (8 MiB) are allowed"
     )
 
 
@@ -607,7 +668,7 @@ def test_every_error_is_listed_at_once() -> None:
     assert errors(data) == [
         ("name", NAME_RULE),
         ("services[0].total_count", "must be an integer >= 1"),
-        ("services[1].resources.memory.min", "must be >= 1024 or null"),
+        ("services[1].resources.memory.min", MEMORY_LOW),
         ("services[1].ports[0].url_template", "is required"),
         ("services[1].ports[0].name", "must be a string of at least 3 characters"),
         ("services[1].ports[0].port_number", "must be an integer from 1 to 65535"),
@@ -663,3 +724,50 @@ def test_a_description_built_in_code_loads_back() -> None:
     )
     data = msgspec.json.decode(msgspec.json.encode(description))
     assert load_description(data).description == description
+
+
+def objects_in(value: object, keys: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """The keys leading to every JSON object inside `value`, `value` itself first."""
+    if isinstance(value, dict):
+        children: list[tuple[object, object]] = list(value.items())
+    elif isinstance(value, list):
+        children = list(enumerate(value))
+    else:
+        return []
+    found = [keys] if isinstance(value, dict) else []
+    for key, child in children:
+        found.extend(objects_in(child, (*keys, key)))
+    return found
+
+
+def json_path(keys: tuple[object, ...]) -> str:
+    path = ""
+    for key in keys:
+        path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+    return path
+
+
+def test_every_object_refuses_an_unknown_key() -> None:
+    data = minimal(
+        ports=[PORT],
+        volumes=[VOLUME],
+        labels=["gpu"],
+        work_dir="/work",
+        resources={"memory": {"min": None, "max": None}, "cores": {"min": 1, "max": 1}, "shm": 0},
+    )
+    places = objects_in(data)
+    assert len(places) == 7  # top, service, resources, memory, cores, port, volume
+    for keys in places:
+        path = json_path((*keys, "colour"))
+        assert errors(changed(data, (*keys, "colour"), "red")) == [(path, "unknown key")], path
+
+
+def test_cores_of_the_floor_are_a_cpu_limit_the_engine_takes() -> None:
+    data = minimal(
+        resources={"memory": {"min": 6 * MIB, "max": 6 * MIB}, "cores": {"min": 0.01, "max": 0.01}}
+    )
+    main = load_description(data).description.services[0]
+    assert main.resources.memory == MemoryRange(min=6291456, max=6291456)
+    assert main.resources.cores == CoresRange(min=0.01, max=0.01)
+    # the executor gives Docker NanoCpus = int(cores x 1e9); Docker refuses below 1e7
+    assert int(main.resources.cores.min * 1e9) == 10_000_000  # type: ignore[operator]
