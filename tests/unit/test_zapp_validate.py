@@ -771,3 +771,43 @@ def test_cores_of_the_floor_are_a_cpu_limit_the_engine_takes() -> None:
     assert main.resources.cores == CoresRange(min=0.01, max=0.01)
     # the executor gives Docker NanoCpus = int(cores x 1e9); Docker refuses below 1e7
     assert int(main.resources.cores.min * 1e9) == 10_000_000  # type: ignore[operator]
+
+
+def test_a_nul_character_anywhere_is_refused_with_its_path() -> None:
+    import copy
+
+    from common.errors import InvalidZApp
+    from common.zapp import load_description
+
+    good = {
+        "name": "nul-test",
+        "version": 3,
+        "will_end": True,
+        "size": 1,
+        "services": [
+            {
+                "name": "job",
+                "image": "zoe/busybox:1",
+                "monitor": True,
+                "essential_count": 1,
+                "total_count": 1,
+                "startup_order": 0,
+                "command": "echo hi",
+                "environment": [["A", "1"]],
+                "ports": [],
+                "volumes": [],
+                "resources": {
+                    "cores": {"min": 0.1, "max": 0.1},
+                    "memory": {"min": 16 << 20, "max": 16 << 20},
+                },
+            }
+        ],
+    }
+    load_description(good)
+    bad = copy.deepcopy(good)
+    bad["services"][0]["command"] = "echo \x00hi"
+    bad["services"][0]["environment"] = [["A", "1\x00"]]
+    with pytest.raises(InvalidZApp) as caught:
+        load_description(bad)
+    paths = {e.path for e in caught.value.errors if "NUL" in e.message}
+    assert paths == {"services[0].command", "services[0].environment[0][1]"}
