@@ -13,6 +13,14 @@ by default. A thousand Python processes do not fit on a small machine, so
 ``python -m services.executor.hollow --nodes 1000`` runs a thousand hollow executors in
 ONE process, sharing one AMQP connection (one consumer per node queue on a shared
 channel, and one confirming publisher channel).
+
+Two hooks for soak runs, both off by default: ``--journal FILE`` appends every start,
+exit and removal to FILE and replays it when the process starts, so a hollow process
+killed and started again finds its containers as they were (as Docker keeps its
+containers when an executor dies), and a benchmark can count how often each container
+name was started; ``--play-commands`` makes a container whose command is ``sleep N``
+(or ``sleep N; exit C``) exit by itself after N seconds with code 0 (or C), as an
+ephemeral ZApp's monitor service does.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
+import re
 import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
 import msgspec
 import structlog
@@ -51,6 +63,16 @@ log = structlog.get_logger("executor.hollow")
 HOLLOW_IMAGES = ("zoe/busybox:1", "zoe/hello:1", "zoe/debian:12")
 _EVENT_HISTORY = 1000  # events kept for a stream that starts in the past (``since``)
 _ports = itertools.count(20000)
+# What ``--play-commands`` plays: ``sleep N`` or ``sleep N; exit C``.
+_PLAYED = re.compile(r"^\s*sleep\s+(\d+(?:\.\d+)?)\s*(?:;\s*exit\s+(\d+)\s*)?$")
+
+
+def played_exit(command: str | None) -> tuple[float, int] | None:
+    """(seconds, exit code) of a command ``--play-commands`` plays; None otherwise."""
+    match = _PLAYED.match(command or "")
+    if match is None:
+        return None
+    return float(match.group(1)), int(match.group(2) or 0)
 
 
 @dataclass
@@ -67,6 +89,8 @@ class _Hollow:
     log: list[str] = field(default_factory=list)
     exit_code: int | None = None
     oom_killed: bool = False
+    exit_at: float | None = None  # wall-clock time a played command exits
+    exit_with: int = 0
 
     def view(self) -> Container:
         return Container(
@@ -80,15 +104,100 @@ class _Hollow:
         )
 
 
-class HollowEngine:
-    """`Engine` that keeps fake containers in memory (one node's worth)."""
+class HollowJournal:
+    """What the hollow engines of one process started, exited and removed: one JSON
+    object a line, appended (line-buffered: a SIGKILL loses nothing already written).
 
-    def __init__(self, *, node: str, images: tuple[str, ...] = HOLLOW_IMAGES) -> None:
+    ``replay`` reads it back: each node's containers as they were when the process
+    died. A benchmark reads the same file to count starts per container name.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = path.open("a", buffering=1)
+
+    def write(self, op: str, node: str, **fields: Any) -> None:
+        """Append one record (``op``: boot, start, exit or remove)."""
+        record = {"op": op, "node": node, "t": time.time(), **fields}
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+    @staticmethod
+    def replay(path: Path) -> dict[str, list[dict[str, Any]]]:
+        """The containers each node had (their start records, with ``exited`` set from
+        a later exit record), in start order."""
+        nodes: dict[str, dict[str, dict[str, Any]]] = {}
+        if not path.exists():
+            return {}
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if rec.get("op") not in ("start", "exit", "remove"):
+                continue
+            containers = nodes.setdefault(rec["node"], {})
+            if rec["op"] == "start":
+                containers[rec["name"]] = rec
+            elif rec["op"] == "exit" and rec["name"] in containers:
+                containers[rec["name"]]["exited"] = [rec["code"], rec.get("oom", False)]
+            elif rec["op"] == "remove":
+                containers.pop(rec["name"], None)
+        return {node: list(c.values()) for node, c in nodes.items()}
+
+
+class HollowEngine:
+    """`Engine` that keeps fake containers in memory (one node's worth).
+
+    ``journal``: where starts, exits and removals are recorded (see `HollowJournal`);
+    ``play_commands``: containers whose command is ``sleep N`` exit after N seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        images: tuple[str, ...] = HOLLOW_IMAGES,
+        journal: HollowJournal | None = None,
+        play_commands: bool = False,
+    ) -> None:
         self._node = node
         self._images = images
         self._containers: dict[str, _Hollow] = {}  # by name
         self._history: deque[ContainerEvent] = deque(maxlen=_EVENT_HISTORY)
         self._subscribers: set[asyncio.Queue[ContainerEvent]] = set()
+        self._journal = journal
+        self._play = play_commands
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # played exits, by name
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Take back the containers of a journal replay (a killed process's), without
+        events: the executor's reconcile reports them as they are. A played exit that
+        fell while the process was down has happened."""
+        now = time.time()
+        for rec in records:
+            c = _Hollow(
+                id=rec["id"],
+                name=rec["name"],
+                labels=dict(rec["labels"]),
+                state="running",
+                host_ports=dict(rec["ports"]),
+                memory=rec["memory"],
+                started=time.monotonic(),
+                exit_at=rec.get("exit_at"),
+                exit_with=rec.get("exit_with", 0),
+            )
+            if rec.get("exited") is not None:
+                code, oom = rec["exited"]
+                c.state, c.exit_code, c.oom_killed = "exited", code, bool(oom)
+            elif c.exit_at is not None and c.exit_at <= now:
+                c.state, c.exit_code = "exited", c.exit_with
+                self._record("exit", c)
+            c.log.append(f"hollow: {c.name} restored on {self._node}\n")
+            self._containers[c.name] = c
+            self._arm(c)
 
     # ---- what a benchmark or a test plays -------------------------------------------------
 
@@ -99,12 +208,15 @@ class HollowEngine:
             return
         c.state, c.exit_code, c.oom_killed = "exited", exit_code, oom_killed
         c.log.append(f"hollow: {name} died with exit code {exit_code}\n")
+        self._record("exit", c)
         self._emit("die", c)
 
     def remove_behind_back(self, name: str) -> None:
         """Someone else removes the container: a ``destroy`` event follows."""
         c = self._get(name)
         del self._containers[name]
+        self._disarm(name)
+        self._record("remove", c)
         self._emit("destroy", c)
 
     def print(self, name: str, text: str) -> None:
@@ -140,8 +252,13 @@ class HollowEngine:
             memory=spec.memory,
             started=time.monotonic(),
         )
+        played = played_exit(spec.command) if self._play else None
+        if played is not None:
+            c.exit_at, c.exit_with = time.time() + played[0], played[1]
         c.log.append(f"hollow: {spec.name} started on {self._node}\n")
         self._containers[spec.name] = c
+        self._record("start", c)
+        self._arm(c)
         return c.view()
 
     async def start(self, name: str) -> Container:
@@ -154,9 +271,11 @@ class HollowEngine:
         c = self._containers.pop(name, None)
         if c is None:
             return None
+        self._disarm(name)
         if c.state == "running":
             c.state, c.exit_code = "exited", 0
             self._emit("die", c)
+        self._record("remove", c)
         self._emit("destroy", c)
         text = "".join(c.log).encode()[-log_bytes:].decode(errors="ignore")
         return Removed(c.id, c.exit_code, c.oom_killed, text)
@@ -223,6 +342,47 @@ class HollowEngine:
 
     # ---- internals ------------------------------------------------------------------------
 
+    def _record(self, op: str, c: _Hollow) -> None:
+        if self._journal is None:
+            return
+        if op == "start":
+            self._journal.write(
+                op,
+                self._node,
+                name=c.name,
+                id=c.id,
+                labels=c.labels,
+                ports=c.host_ports,
+                memory=c.memory,
+                exit_at=c.exit_at,
+                exit_with=c.exit_with,
+            )
+        elif op == "exit":
+            self._journal.write(
+                op, self._node, name=c.name, id=c.id, code=c.exit_code, oom=c.oom_killed
+            )
+        else:
+            self._journal.write(op, self._node, name=c.name, id=c.id)
+
+    def _arm(self, c: _Hollow) -> None:
+        """Schedule a played command's exit."""
+        if c.exit_at is None or c.state != "running":
+            return
+        delay = max(0.0, c.exit_at - time.time())
+        loop = asyncio.get_running_loop()
+        self._timers[c.name] = loop.call_later(delay, self._played_exit, c.name, c.id)
+
+    def _disarm(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _played_exit(self, name: str, container_id: str) -> None:
+        self._timers.pop(name, None)
+        c = self._containers.get(name)
+        if c is not None and c.id == container_id and c.state == "running":
+            self.kill(name, exit_code=c.exit_with)
+
     def _find(self, name_or_id: str) -> _Hollow | None:
         c = self._containers.get(name_or_id)
         if c is not None:
@@ -267,16 +427,54 @@ async def serve_many(
     engines: dict[str, HollowEngine] | None = None,
     on_ready: Callable[[], None] | None = None,
     setup_concurrency: int = 32,
+    journal: Path | None = None,
+    play_commands: bool = False,
 ) -> None:
     """Run ``nodes`` hollow executors on one bus connection until ``stop`` is set.
 
     Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
     time, so a thousand queue declarations do not all hit the broker at once.
     ``engines``, when given, receives each node's engine (for a test to play deaths).
+    ``journal`` and ``play_commands``: see `HollowEngine` (soak runs).
     """
+    restored = HollowJournal.replay(journal) if journal is not None else {}
+    records = HollowJournal(journal) if journal is not None else None
+    if records is not None:
+        records.write("boot", prefix, restored=sum(map(len, restored.values())))
+    try:
+        await _serve_nodes(
+            settings,
+            stop,
+            prefix,
+            node_names(prefix, nodes),
+            engines=engines,
+            on_ready=on_ready,
+            setup_concurrency=setup_concurrency,
+            journal=records,
+            restored=restored,
+            play_commands=play_commands,
+        )
+    finally:
+        if records is not None:
+            records.close()
+
+
+async def _serve_nodes(
+    settings: ExecutorSettings,
+    stop: asyncio.Event,
+    prefix: str,
+    names: list[str],
+    *,
+    engines: dict[str, HollowEngine] | None,
+    on_ready: Callable[[], None] | None,
+    setup_concurrency: int,
+    journal: HollowJournal | None,
+    restored: dict[str, list[dict[str, Any]]],
+    play_commands: bool,
+) -> None:
     from services.executor.service import run_executor  # the one executor, as is
 
-    names = node_names(prefix, nodes)
+    nodes = len(names)
     gate = asyncio.Semaphore(setup_concurrency)
     ready = 0
     started = time.monotonic()
@@ -297,7 +495,8 @@ async def serve_many(
             if stop.is_set():
                 gate.release()
                 break
-            engine = HollowEngine(node=name)
+            engine = HollowEngine(node=name, journal=journal, play_commands=play_commands)
+            engine.restore(restored.get(name, []))
             if engines is not None:
                 engines[name] = engine
             node_settings = replace_settings(settings, node_name=name)
@@ -316,11 +515,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefix", default="hollow", help="node names are PREFIX-0000, PREFIX-0001, ..."
     )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="record starts, exits and removals in this file, and take back the"
+        " containers it holds at start (soak runs: a killed process keeps its containers)",
+    )
+    parser.add_argument(
+        "--play-commands",
+        action="store_true",
+        help="a container whose command is 'sleep N[; exit C]' exits by itself after N s",
+    )
     args = parser.parse_args(argv)
     settings = ExecutorSettings.from_env(engine="hollow")
 
     async def serve(s: ExecutorSettings, stop: asyncio.Event) -> None:
-        await serve_many(s, stop, nodes=args.nodes, prefix=args.prefix)
+        await serve_many(
+            s,
+            stop,
+            nodes=args.nodes,
+            prefix=args.prefix,
+            journal=args.journal,
+            play_commands=args.play_commands,
+        )
 
     return lifecycle.run("executor.hollow", settings, serve)
 

@@ -1,11 +1,11 @@
 """What the end-to-end benchmarks share: a platform of their own, and how to read it.
 
 A benchmark gets its own RabbitMQ vhost (or RabbitMQ node: `PrivateBroker`), PostgreSQL
-database and deployment name (as a test session does), so it never touches a running
-``make up`` platform; all three are removed at the end, with the containers, networks
-and volumes of the deployment. The
-services run as separate processes, their logs under ``var/bench/logs/<run>/``;
-``profile_dir`` runs each under ``py-spy record`` (raw folded stacks, one file each).
+database (or PostgreSQL server: `PrivatePostgres`) and deployment name (as a test
+session does), so it never touches a running ``make up`` platform; all three are removed
+at the end, with the containers, networks and volumes of the deployment. The services
+run as separate processes, their logs under ``var/bench/logs/<run>/``; ``profile_dir``
+runs each under ``py-spy record`` (raw folded stacks, one file each).
 """
 
 from __future__ import annotations
@@ -145,6 +145,18 @@ class PrivateBroker:
                 raise RuntimeError(f"RabbitMQ node {self.node} did not start: {done.stderr!r}")
             time.sleep(0.5)
 
+    def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
+        """Stop the node gracefully (its queues and messages are kept), stay down for
+        ``down_for`` seconds, start it again."""
+        subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, "shutdown"],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        time.sleep(down_for)
+        self.start(timeout)
+
     def stop(self) -> None:
         """Kill the node (its data is thrown away: a graceful stop of a thousand quorum
         queues takes minutes) and delete its directory."""
@@ -152,6 +164,104 @@ class PrivateBroker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def postgres_bin() -> Path:
+    """The directory of Debian's PostgreSQL server binaries (the newest version)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts)
+    if not found:
+        raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+    return found[-1].parent
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the benchmark's own: a data directory under ``var/bench/``,
+    a free port on 127.0.0.1, trust authentication, run as the ``postgres`` user.
+
+    For a benchmark that restarts PostgreSQL: the machine's server is shared, and must
+    never be stopped. `stop` stops it and deletes its directory.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.bin = postgres_bin()
+        self.port = free_port()
+        self.base = ROOT / "var" / "bench" / f"postgres-{run_id}"
+        self.data = self.base / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        # the server refuses to run as root
+        cmd = ["runuser", "-u", "postgres", "--", str(self.bin / args[0]), *args[1:]]
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr.decode(errors='replace')}")
+
+    def _pg_ctl(self, *args: str, timeout: float = 120) -> None:
+        self._run("pg_ctl", "-D", str(self.data), *args, timeout=timeout)
+
+    def start(self, timeout: float = 120) -> None:
+        """Make the cluster (the first time) and start the server; waits until it answers."""
+        if not (self.data / "PG_VERSION").exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            shutil.chown(self.base, "postgres", "postgres")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
+        )
+        self._pg_ctl(
+            "start",
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "-l",
+            str(self.base / "server.log"),
+            "-o",
+            options,
+            timeout=timeout + 10,
+        )
+
+    def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
+        """Stop the server ("fast": connections are cut, transactions rolled back), stay
+        down for ``down_for`` seconds, start it again."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+        time.sleep(down_for)
+        self.start(timeout)
+
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster and its children."""
+        try:
+            main = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        out = [main]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == main:
+                        out.append(int(entry.name))
+        return out
+
+    def stop(self) -> None:
+        """Stop the server at once (its data is thrown away) and delete its directory."""
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._pg_ctl("stop", "-m", "immediate", "-w", "-t", "30", timeout=40)
+        finally:
+            for pid in self.pids():  # what a failed stop left behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 def pids_with_env(entry: str) -> list[int]:
@@ -216,6 +326,7 @@ class BenchPlatform:
     label: str
     profile_dir: Path | None = None
     private_broker: bool = False
+    private_postgres: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -228,7 +339,9 @@ class BenchPlatform:
             self.amqp_url = self.broker.url
         else:
             self.amqp_url = AMQP_BASE.rstrip("/") + "/" + quote(self.vhost, safe="")
-        self.database_url = PG_BASE.rstrip("/") + "/" + self.database
+        self.postgres = PrivatePostgres(self.run_id) if self.private_postgres else None
+        self.pg_base = self.postgres.url if self.postgres is not None else PG_BASE
+        self.database_url = self.pg_base.rstrip("/") + "/" + self.database
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api/v1"
         self.log_dir = ROOT / "var" / "bench" / "logs" / f"{self.label}-{self.run_id}"
@@ -237,6 +350,8 @@ class BenchPlatform:
     # ---- set up and tear down ------------------------------------------------------------
 
     async def create(self) -> None:
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.start)
         if self.broker is not None:
             await asyncio.to_thread(self.broker.start)
         else:
@@ -267,6 +382,9 @@ class BenchPlatform:
             await asyncio.to_thread(rabbitmqctl, "delete_vhost", self.vhost)
 
     async def _drop_database(self) -> None:
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.stop)  # the whole server goes
+            return
         conn = await asyncpg.connect(PG_BASE.rstrip("/") + "/postgres")
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
