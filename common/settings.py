@@ -136,6 +136,9 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Seconds between two samples of the containers' CPU and memory use (reported with
     # the heartbeats); 0 turns sampling off.
     usage_interval: float = 10.0
+    # Containers that ended and are still there are reported again this often (a lost
+    # fact must not leave its instance running for ever); 0 turns it off.
+    report_ended_interval: float = 60.0
     # "docker", or "hollow": a fake node that starts no container, for scale benchmarks
     # only (services/executor/hollow.py).
     engine: str = "docker"

@@ -67,6 +67,34 @@ async def reconcile(ex: Executor) -> None:
     log.info("executor.reconciled", reported=reported)
 
 
+async def report_ended(ex: Executor) -> int:
+    """Report again every managed container that has ended and is still there; returns
+    how many. A fact lost for good (dead-lettered) would otherwise leave its instance
+    running for ever in the scheduler's eyes; reported again, it is decided once (a
+    verdict about an instance that ended already changes nothing)."""
+    count = 0
+    for listed in await ex.engine.list_managed():
+        if not listed.ended:
+            continue
+        async with ex.locks(listed.name):
+            container = await ex.engine.inspect(listed.id)
+            if container is not None and container.ended:
+                await ex.bus.publish(facts.exited(ex.node, container))
+                count += 1
+    if count:
+        log.info("executor.ended_reported", containers=count)
+    return count
+
+
+async def report_ended_loop(ex: Executor, stop: asyncio.Event) -> None:
+    """``report_ended`` every ``report_ended_interval`` until ``stop``."""
+    while not await wait_or_stop(stop, ex.settings.report_ended_interval):
+        try:
+            await report_ended(ex)
+        except Exception as exc:  # engine or broker away: the next round tries again
+            log.warning("executor.report_ended_failed", reason=str(exc) or repr(exc))
+
+
 # ---- engine events ----------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from services.executor.loops import (
     EVENTS_OVERLAP,
     heartbeat_loop,
     reconcile,
+    report_ended_loop,
     usage_loop,
     watch_events,
 )
@@ -97,6 +98,8 @@ async def run_executor(
         ]
         if settings.usage_interval > 0:
             loops.append(tg.create_task(usage_loop(ex, stop)))
+        if settings.report_ended_interval > 0:
+            loops.append(tg.create_task(report_ended_loop(ex, stop)))
         await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
         log.info("executor.ready", queue=queue)
         if on_ready is not None:

@@ -78,7 +78,7 @@ def stop_msg(start: m.StartInstance) -> m.StopInstance:
 
 @contextlib.asynccontextmanager
 async def hollow_cluster(
-    test_env: TestEnv, nodes: int
+    test_env: TestEnv, nodes: int, **settings: Any
 ) -> AsyncIterator[tuple[str, dict[str, HollowEngine]]]:
     """``nodes`` hollow executors in this process; yields their prefix and engines."""
     prefix = f"{test_env.deployment}-hollow{next(_clusters)}"
@@ -87,7 +87,7 @@ async def hollow_cluster(
     stop = asyncio.Event()
     task = asyncio.create_task(
         serve_many(
-            settings_for(test_env),
+            settings_for(test_env, **settings),
             stop,
             nodes=nodes,
             prefix=prefix,
@@ -271,3 +271,27 @@ async def test_starts_sent_together_run_and_one_that_fails_is_retried_alone(
         assert attempts.count(bad.container_name) == 2
         assert attempts.count(good.container_name) == 1
         assert len(seen.all(m.InstanceStarted, execution_id=good.execution_id)) == 1
+
+
+async def test_an_ended_container_is_reported_again_until_it_is_removed(
+    test_env: TestEnv, bus: Bus, seen: Facts
+) -> None:
+    """A fact lost for good must not leave an instance running for ever: the executor
+    reports ended containers again, every ``report_ended_interval``, while they exist."""
+    async with hollow_cluster(test_env, nodes=1, report_ended_interval=0.3) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, container_name=start.container_name)
+        engines[node].kill(start.container_name, exit_code=3)
+        await wait_for(
+            lambda: len(seen.all(m.InstanceExited, container_name=start.container_name)) >= 3,
+            what="the exit reported again and again",
+        )
+        exits = seen.all(m.InstanceExited, container_name=start.container_name)
+        assert {(e.exit_code, e.instance_id) for e in exits} == {(3, start.instance_id)}
+        await bus.publish(stop_msg(start), node=node)
+        await seen.wait(m.InstanceRemoved, container_name=start.container_name)
+        after = len(seen.all(m.InstanceExited, container_name=start.container_name))
+        await asyncio.sleep(1.0)  # three rounds: a removed container is not reported
+        assert len(seen.all(m.InstanceExited, container_name=start.container_name)) == after
