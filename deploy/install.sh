@@ -76,7 +76,9 @@ if ! docker_answers; then
     # initialising. Wait for either rather than start a second one.
     if ! docker_answers && ! is_running dockerd; then
         say "starting dockerd (log var/log/dockerd.log)"
-        start_detached dockerd dockerd
+        # Every execution has a network of its own on each host it runs on: Docker's
+        # default address pools hold about 30 networks, these 4,096 of 254 addresses.
+        start_detached dockerd dockerd --default-address-pool base=172.16.0.0/12,size=24
     fi
     wait_until 30 "the Docker engine" docker_answers
 fi
