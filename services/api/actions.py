@@ -6,13 +6,15 @@ naming every offending field.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import asyncpg
 
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.zapp import LoadedDescription, load_description
-from services.api import store
+from services.api import limits, store
 from services.api.shop import Shop
 
 NAME_MAX = 128
@@ -30,9 +32,10 @@ async def submit(
 ) -> tuple[dict[str, Any], bool]:
     """Create an execution from a request body; returns it and whether it is new.
 
-    ``request_id`` makes the request idempotent: the same id again returns the
-    execution the first one created.
+    ``request_id`` makes the request idempotent: the same id again with the same body
+    returns the execution the first one created; with another body it is a Conflict.
     """
+    limits.check_json(body)  # an AMQP body is not parsed by `limits.loads`
     errors: list[FieldError] = [
         FieldError(k, "unknown field") for k in sorted(set(body) - SUBMIT_FIELDS)
     ]
@@ -44,8 +47,12 @@ async def submit(
     priority = body.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
         errors.append(FieldError("priority", "must be an integer from -100 to 100"))
-    if request_id is not None and not (0 < len(request_id) <= REQUEST_ID_MAX):
-        errors.append(FieldError("request_id", f"must be 1 to {REQUEST_ID_MAX} characters"))
+    if request_id is not None and not (
+        0 < len(request_id) <= REQUEST_ID_MAX and request_id.isascii() and request_id.isprintable()
+    ):
+        errors.append(
+            FieldError("request_id", f"must be 1 to {REQUEST_ID_MAX} printable ASCII characters")
+        )
     loaded = None
     try:
         loaded = description(shop, body)
@@ -61,9 +68,19 @@ async def submit(
         deployment=deployment,
         priority=int(priority),
         request_id=request_id,
+        request_digest=digest(body) if request_id is not None else None,
     )
     out["warnings"] = list(loaded.warnings)
     return out, created
+
+
+def digest(body: dict[str, Any]) -> str:
+    """A hash of what a submission asks for, to tell a retry (the same) from another
+    request under the same idempotency key: the body's JSON with sorted keys and the
+    default priority made explicit."""
+    normal = {**body, "priority": body.get("priority", 0)}
+    text = json.dumps(normal, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def description(shop: Shop, body: dict[str, Any]) -> LoadedDescription:

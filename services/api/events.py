@@ -19,6 +19,8 @@ from aiohttp import web
 
 from common import messages as m
 from common.bus import EVENTS, Bus
+from common.errors import FieldError, InvalidRequest
+from services.api.limits import Slots, ascii_int, write
 
 QUEUE_SIZE = 1000
 STATE_EVENTS = "state.execution.*"
@@ -44,6 +46,10 @@ class Hub:
             event = self._decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
+        self.deliver(event)
+
+    def deliver(self, event: m.ExecutionStateChanged) -> None:
+        """Hand an event to every subscriber (one too slow to keep up misses it)."""
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)  # a client too slow to keep up misses events
@@ -66,36 +72,53 @@ class Hub:
 
 
 HUB = web.AppKey("hub", Hub)
+STREAMS = web.AppKey("event_streams", Slots)  # at most MAX_EVENT_STREAMS, set by make_app
+KEEP_ALIVE = 15.0  # seconds between comments on a quiet stream
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events``: ``event: state`` lines with the execution id and state."""
-    only = request.query.get("execution")
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    hub = request.app[HUB]
-    q = await hub.subscribe()
-    try:
-        await response.write(b": connected\n\n")
-        while True:
-            try:
-                event = await asyncio.wait_for(q.get(), 15)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            if only is not None and str(event.execution_id) != only:
-                continue
-            data = msgspec.json.encode(
-                {"execution_id": event.execution_id, "state": event.state, "at": event.at}
-            )
-            await response.write(b"event: state\ndata: " + data + b"\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        await asyncio.shield(hub.unsubscribe(q))  # even when the client's task is cancelled
+    """``GET /api/v1/events``: ``event: state`` lines with the execution id and state.
+
+    429 when ``MAX_EVENT_STREAMS`` are open already; a client that stops reading is
+    dropped after ``WRITE_TIMEOUT`` (and misses events while its queue is full).
+    """
+    only = _execution_filter(request)
+    with request.app[STREAMS].hold():
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        hub = request.app[HUB]
+        q = await hub.subscribe()
+        try:
+            await write(request, response, b": connected\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(q.get(), KEEP_ALIVE)
+                except TimeoutError:
+                    await write(request, response, b": keep-alive\n\n")
+                    continue
+                if only is not None and event.execution_id != only:
+                    continue
+                data = msgspec.json.encode(
+                    {"execution_id": event.execution_id, "state": event.state, "at": event.at}
+                )
+                await write(request, response, b"event: state\ndata: " + data + b"\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            await asyncio.shield(hub.unsubscribe(q))  # even when the client's task is cancelled
     return response
 
 
-__all__ = ["HUB", "Hub", "stream"]
+def _execution_filter(request: web.Request) -> int | None:
+    raw = request.query.get("execution")
+    if raw is None:
+        return None
+    execution_id = ascii_int(raw)
+    if execution_id is None:
+        raise InvalidRequest("invalid query", [FieldError("execution", "must be an execution id")])
+    return execution_id
+
+
+__all__ = ["HUB", "STREAMS", "Hub", "stream"]

@@ -7,6 +7,7 @@ nothing is stored unless the whole request is valid. docs/api.md lists the route
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,17 @@ from aiohttp import web
 from common import messages as m
 from common.bus import Bus
 from common.errors import FieldError, InvalidRequest, NotFound, UserError
-from services.api import actions, events, store
+from common.states import ExecutionState
+from services.api import actions, events, limits, store
+from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
 log = structlog.get_logger("api")
 
-MAX_BODY = 4 * 1024 * 1024
+MAX_LIST = 10_000  # executions one list may return
+MAX_TAIL = 1_000_000  # lines a ?tail= may ask for
+_STATES = frozenset(s.value for s in ExecutionState)
+FOLLOWS = web.AppKey("follows", limits.Slots)
 WEB = Path(__file__).parent / "web"
 
 
@@ -59,9 +65,38 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 def _execution_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    execution_id = ascii_int(raw)
+    if execution_id is None:
         raise NotFound(f"execution {raw!r} does not exist")
-    return int(raw)
+    return execution_id
+
+
+def _instance_name(request: web.Request, execution_id: int) -> str:
+    name = request.match_info["instance"]
+    if not limits.storable(name):  # no instance has such a name, and PostgreSQL refuses it
+        raise NotFound(f"execution {execution_id} has no service instance {name!r}")
+    return name
+
+
+def _query_int(request: web.Request, key: str, low: int, high: int) -> int | None:
+    """``?key=`` as an integer from ``low`` to ``high`` (ASCII digits); None if absent."""
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    value = ascii_int(raw, high)
+    if value is None or value < low:
+        raise InvalidRequest(
+            "invalid query", [FieldError(key, f"must be an integer from {low} to {high}")]
+        )
+    return value
+
+
+def _state_filter(request: web.Request) -> str | None:
+    raw = request.query.get("state")
+    if raw is None or raw in _STATES:
+        return raw
+    allowed = ", ".join(s.value for s in ExecutionState)
+    raise InvalidRequest("invalid query", [FieldError("state", f"must be one of {allowed}")])
 
 
 async def health(request: web.Request) -> web.Response:
@@ -74,7 +109,8 @@ async def submit(request: web.Request) -> web.Response:
     """Create an execution of a ZApp (a description, or a shop entry with parameters).
 
     An ``Idempotency-Key`` header makes a retried request return the first one's
-    execution (200) instead of creating another (201).
+    execution (200) instead of creating another (201); the same key with another body
+    is a 409.
     """
     deps = request.app[DEPS]
     body = await json_object(request)
@@ -90,13 +126,11 @@ async def submit(request: web.Request) -> web.Response:
 
 async def list_executions(request: web.Request) -> web.Response:
     """Executions, newest first; ``?state=`` filters, ``?limit=`` caps (default 100)."""
-    limit_raw = request.query.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 10000:
-        raise InvalidRequest(
-            "invalid query", [FieldError("limit", "must be an integer from 1 to 10000")]
-        )
+    limit = _query_int(request, "limit", 1, MAX_LIST)
     rows = await store.list_executions(
-        request.app[DEPS].pool, state=request.query.get("state"), limit=int(limit_raw)
+        request.app[DEPS].pool,
+        state=_state_filter(request),
+        limit=100 if limit is None else limit,
     )
     return web.json_response(rows)
 
@@ -126,59 +160,72 @@ async def endpoints(request: web.Request) -> web.Response:
 async def logs(request: web.Request) -> web.StreamResponse:
     """An instance's log: live from its executor, or the copy kept after removal.
 
-    ``?follow=1`` streams it (chunked text/plain) while the container runs: the api asks
-    the executor again and again with the cursor of its previous reply (a poll every
-    quarter second while nothing new came), and ends the response once the container
-    stopped, was removed, or its executor does not answer.
+    ``?tail=N`` gives its last N lines (0: none). ``?follow=1`` streams it (chunked
+    text/plain) while the container runs: the api asks the executor again and again with
+    the cursor of its previous reply (a poll every quarter second while nothing new
+    came), and ends the response once the container stopped, was removed, or its
+    executor does not answer. At most ``MAX_LOG_FOLLOWS`` follows at once (then 429).
     """
     deps = request.app[DEPS]
     execution_id = _execution_id(request)
-    row = await store.find_instance(deps.pool, execution_id, request.match_info["instance"])
-    tail_raw = request.query.get("tail")
-    tail = int(tail_raw) if tail_raw and tail_raw.isdigit() else None
+    name = _instance_name(request, execution_id)
+    tail = _query_int(request, "tail", 0, MAX_TAIL)
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    row = await store.find_instance(deps.pool, execution_id, name)
     if row["node"] and row["container_name"] and not row["removed"]:
-        stream: web.StreamResponse | None = None
-        cursor = ""
-        try:
-            while True:
-                ask = m.LogsRequest(
-                    container_name=row["container_name"], tail=tail, follow=follow, cursor=cursor
-                )
-                body = await deps.bus.request(row["node"], ask, timeout=deps.rpc_timeout)
-                reply = m.decoder(m.LogsReply).decode(body)
-                if not reply.found:
-                    break
-                if not follow:
-                    return web.Response(text=reply.log, content_type="text/plain")
-                if stream is None:
-                    stream = web.StreamResponse(
-                        headers={"Content-Type": "text/plain; charset=utf-8"}
-                    )
-                    stream.enable_chunked_encoding()
-                    await stream.prepare(request)
-                if reply.log:
-                    await stream.write(reply.log.encode())
-                if not reply.running:
-                    break
-                if reply.cursor == cursor:
-                    await asyncio.sleep(0.25)
-                cursor = reply.cursor
-        except ConnectionResetError:
-            if stream is None:
-                raise
-            return stream  # the follower went away
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("logs.unreachable", node=row["node"], error=repr(exc))
-        if stream is not None:
-            await stream.write_eof()
-            return stream
+        with contextlib.ExitStack() as held:
+            if follow:
+                held.enter_context(request.app[FOLLOWS].hold())
+            live = await _live_log(request, row, tail, follow)
+            if live is not None:
+                return live
     if row["saved_log"] is not None:
-        text: str = row["saved_log"]
-        if tail is not None:
-            text = "\n".join(text.splitlines()[-tail:]) + ("\n" if tail else "")
+        lines = str(row["saved_log"]).splitlines(keepends=True)
+        text = "".join(lines if tail is None else lines[len(lines) - min(tail, len(lines)) :])
         return web.Response(text=text, content_type="text/plain")
-    raise NotFound(f"no log for instance {request.match_info['instance']!r} yet")
+    raise NotFound(f"no log for instance {name!r} yet")
+
+
+async def _live_log(
+    request: web.Request, row: asyncpg.Record, tail: int | None, follow: bool
+) -> web.StreamResponse | None:
+    """The log from the instance's executor; None when it has none to give."""
+    deps = request.app[DEPS]
+    stream: web.StreamResponse | None = None
+    cursor = ""
+    try:
+        while True:
+            ask = m.LogsRequest(
+                container_name=row["container_name"], tail=tail, follow=follow, cursor=cursor
+            )
+            body = await deps.bus.request(row["node"], ask, timeout=deps.rpc_timeout)
+            reply = m.decoder(m.LogsReply).decode(body)
+            if not reply.found:
+                break
+            if not follow:
+                return web.Response(text=reply.log, content_type="text/plain")
+            if stream is None:
+                stream = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+                stream.enable_chunked_encoding()
+                await stream.prepare(request)
+            if reply.log:
+                await limits.write(request, stream, reply.log.encode())
+            if not reply.running:
+                break
+            if request.transport is None or request.transport.is_closing():
+                return stream  # the follower went away (a quiet log writes nothing to tell)
+            if reply.cursor == cursor:
+                await asyncio.sleep(0.25)
+            cursor = reply.cursor
+    except ConnectionResetError:
+        if stream is None:
+            raise
+        return stream  # the follower went away, or stopped reading and was dropped
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.warning("logs.unreachable", node=row["node"], error=repr(exc))
+    if stream is not None:
+        await stream.write_eof()
+    return stream
 
 
 async def nodes(request: web.Request) -> web.Response:
@@ -195,6 +242,8 @@ def make_app(deps: Deps, shop: Shop) -> web.Application:
     """The aiohttp application with every route."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[DEPS] = deps
+    app[FOLLOWS] = limits.Slots(limits.MAX_LOG_FOLLOWS, "log follows")
+    app[events.STREAMS] = limits.Slots(limits.MAX_EVENT_STREAMS, "event streams")
     add_routes(app, shop)
     app.router.add_get("/", index)
     app.router.add_static("/ui", WEB)

@@ -8,7 +8,6 @@ in it changes, so adding a ZApp folder needs no restart. A broken folder is left
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from common.zapp import (
     scan_shop,
     visible_to,
 )
+from services.api import limits
 
 log = structlog.get_logger("api.shop")
 
@@ -155,11 +155,9 @@ async def validate(request: web.Request) -> web.Response:
 
 
 async def json_any(request: web.Request) -> Any:
-    """The request body as JSON, or a 400 naming the problem."""
-    try:
-        return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("request body is not valid JSON", [FieldError("", str(exc))]) from exc
+    """The request body as JSON within the bounds of `limits`, or a 4xx naming the problem
+    (413 beyond ``MAX_BODY``)."""
+    return limits.loads(limits.decode_text(await request.read(), request.charset))
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

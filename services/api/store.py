@@ -12,7 +12,7 @@ import msgspec
 from common import messages as m
 from common import outbox
 from common.bus import Outgoing
-from common.errors import Conflict, NotFound
+from common.errors import Conflict, FieldError, NotFound
 from common.outbox import enqueue
 from common.states import EXECUTION_FINAL, INSTANCE_HOLDING, sql_list
 from common.zapp import Description, expand
@@ -65,9 +65,10 @@ def _ids_of(pool: asyncpg.Pool) -> _Ids:
 # Stores an execution, its instances and its submission message in one statement;
 # returns one row per instance, each with the execution's columns too (e_*, i_*).
 # Nothing is stored when ``request_id`` was seen before (no row comes back).
+# ($23, the request's digest, is last so that the outbox's numbering stays as it was.)
 _CREATE = (
     "WITH e AS (INSERT INTO executions (id, name, user_name, description, will_end, size,"
-    "  priority, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    "  priority, request_id, request_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $23)"
     "  ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
     f"  RETURNING {_EXEC_COLUMNS}),"
     " i AS (INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
@@ -97,12 +98,15 @@ async def create_execution(
     deployment: str,
     priority: int = 0,
     request_id: str | None = None,
+    request_digest: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store an execution with its expanded instances and queue its submission, atomically.
 
     Returns the execution as ``get_execution`` shows it, and whether it was created now
-    (False: ``request_id`` was seen before and this is the execution it created). One
-    statement (one round trip, one commit) whatever the number of instances.
+    (False: ``request_id`` was seen before and this is the execution it created). A
+    ``request_id`` seen before with another ``request_digest`` is a Conflict (a row
+    stored before digests were kept matches any). One statement (one round trip, one
+    commit) whatever the number of instances.
     """
     async with pool.acquire() as conn:
         execution_id = await _ids_of(pool).next(conn)
@@ -136,12 +140,19 @@ async def create_execution(
             [msgspec.to_builtins(s) for s in specs],
             *outbox.columns([submitted]),
             outbox.CHANNEL,
+            request_digest,
         )
         if not rows:
-            existing: int = await conn.fetchval(
-                "SELECT id FROM executions WHERE request_id = $1", request_id
+            existing = await conn.fetchrow(
+                "SELECT id, request_digest FROM executions WHERE request_id = $1", request_id
             )
-            return await get_execution(conn, existing), False
+            if existing["request_digest"] not in (None, request_digest):
+                raise Conflict(
+                    f"request id {request_id!r} was used for another request"
+                    f" (execution {existing['id']})",
+                    [FieldError("request_id", "already used with a different body")],
+                )
+            return await get_execution(conn, existing["id"]), False
     out = _execution(_prefixed(rows[0], "e_"))
     out["services"] = [_instance(_prefixed(r, "i_")) for r in rows]
     return out, True
@@ -189,7 +200,8 @@ def _instance(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
 async def list_executions(
     pool: asyncpg.Pool, *, state: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
-    """Executions, newest first, optionally only those in ``state``."""
+    """Executions, newest first, optionally only those in ``state`` (one of
+    ``ExecutionState``: the caller checks it)."""
     rows = await pool.fetch(
         f"SELECT {_EXEC_COLUMNS} FROM executions WHERE ($1::text IS NULL OR state = $1)"
         " ORDER BY submitted_at DESC, id DESC LIMIT $2",

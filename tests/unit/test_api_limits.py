@@ -1,0 +1,124 @@
+"""The bounds of services/api/limits.py, without I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.errors import InvalidRequest
+from services.api import limits
+from services.api.actions import digest
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("0", 0),
+        ("42", 42),
+        (str(limits.MAX_ID), limits.MAX_ID),
+        (str(limits.MAX_ID + 1), None),
+        ("9" * 40, None),
+        ("\u00b2", None),
+        ("\u0661", None),
+        ("1\u0660", None),
+        ("+1", None),
+        (" 1", None),
+        ("1_0", None),
+        ("-1", None),
+        ("", None),
+    ],
+)
+def test_ascii_int(raw: str, value: int | None) -> None:
+    assert limits.ascii_int(raw) == value
+
+
+def test_ascii_int_maximum() -> None:
+    assert limits.ascii_int("10", 10) == 10
+    assert limits.ascii_int("11", 10) is None
+
+
+def _refusal(text: str) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        limits.loads(text)
+    return caught.value
+
+
+def test_depth() -> None:
+    ok = "[" * limits.MAX_JSON_DEPTH + "]" * limits.MAX_JSON_DEPTH
+    assert limits.loads(ok) is not None
+    deeper = "[" * (limits.MAX_JSON_DEPTH + 1) + "]" * (limits.MAX_JSON_DEPTH + 1)
+    assert "nested too deep" in _refusal(deeper).message
+    assert "nested too deep" in _refusal("[" * 100_000 + "]" * 100_000).message
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"a": "x\\u0000"}', "a"),
+        ('{"a": [1, "\\ud800"]}', "a[1]"),
+        ('{"a\\u0000": 1}', "a\\x00"),
+        ('"\\udfff"', ""),
+    ],
+)
+def test_unstorable_text(text: str, path: str) -> None:
+    assert [e.path for e in _refusal(text).errors] == [path]
+
+
+def test_surrogate_pairs_are_text() -> None:
+    assert limits.loads('["\\ud83d\\ude00"]') == ["\U0001f600"]
+
+
+@pytest.mark.parametrize("number", ["1" * 4301, "1" * 21, "-" + "1" * 21, "1e400", "NaN"])
+def test_numbers(number: str) -> None:
+    assert _refusal(f'{{"n": {number}}}').message == "request body is not valid JSON"
+
+
+def test_decode_text() -> None:
+    assert limits.decode_text(b"{}", None) == "{}"
+    assert limits.decode_text("é".encode("latin-1"), "latin-1") == "é"
+    for charset in ("nope", "base64", "rot13"):
+        with pytest.raises(InvalidRequest, match="unsupported charset"):
+            limits.decode_text(b"{}", charset)
+    with pytest.raises(InvalidRequest, match="not valid text"):
+        limits.decode_text(b"\xff", "utf-8")
+
+
+def test_slots() -> None:
+    slots = limits.Slots(1, "things")
+    with slots.hold():
+        with pytest.raises(limits.TooBusy) as caught, slots.hold():
+            pass
+        assert caught.value.status == 429
+    with slots.hold():
+        assert slots.held == 1
+    assert slots.held == 0
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**18), 10**18) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=15,
+)
+
+
+@given(JSON)
+def test_what_loads_accepts_postgres_stores(value: Any) -> None:
+    text = json.dumps(value)
+    try:
+        parsed = limits.loads(text)
+    except InvalidRequest:
+        assert "\x00" in text or "\\u0000" in text or "\\ud" in text
+        return
+    assert parsed == value
+    json.dumps(parsed).encode()  # no lone surrogate left
+
+
+@given(st.dictionaries(st.sampled_from(["name", "application", "zapp"]), JSON))
+def test_digest_ignores_key_order_and_default_priority(body: dict[str, Any]) -> None:
+    reordered = dict(reversed(list(body.items())))
+    assert digest(body) == digest({**reordered, "priority": 0})
+    assert digest(body) != digest({**body, "priority": 1})
