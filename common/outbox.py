@@ -20,11 +20,12 @@ import contextlib
 import uuid
 from collections.abc import Iterable
 
+import aiormq
 import asyncpg
 import structlog
 
 from common import messages as m
-from common.bus import Bus, Outgoing
+from common.bus import Bus, MessageTooLarge, Outgoing
 from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, is_transient, report_failure
 
@@ -71,6 +72,13 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
         bodies,
         CHANNEL,
     )
+
+
+def refused_for_itself(error: BaseException) -> bool:
+    """Whether a publish failed because of the message itself (too large, or returned by
+    the broker as unroutable or refused), so that publishing it again would fail again.
+    Any other failure (the link, the channel, a timeout, the unknown) is retried."""
+    return isinstance(error, MessageTooLarge | aiormq.exceptions.DeliveryError)
 
 
 class Relay:
@@ -145,7 +153,7 @@ class Relay:
     ) -> None:
         failed = [(r, e) for r, e in zip(rows, results, strict=True) if e is not None]
         for _, error in failed:
-            if is_transient(error):
+            if not refused_for_itself(error):
                 raise error  # try the whole batch again later (some go out twice: fine)
         await conn.executemany(
             "INSERT INTO outbox_parked (id, exchange, routing_key, body, created_at, error)"

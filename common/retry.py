@@ -17,6 +17,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,  # serialization failure, deadlock: try again
     asyncpg.TooManyConnectionsError,
     aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel is being restored
     ConnectionError,
     OSError,
     TimeoutError,

@@ -20,6 +20,7 @@ from aiohttp import web
 from common import messages as m
 from common.bus import Bus
 from common.errors import FieldError, InvalidRequest, NotFound, UserError
+from common.retry import is_transient
 from common.states import ExecutionState
 from services.api import actions, events, limits, store
 from services.api.limits import MAX_BODY, ascii_int
@@ -49,7 +50,8 @@ DEPS = web.AppKey("deps", Deps)
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Map user errors to their status with a JSON body; a bug is a logged 500."""
+    """Map user errors to their status with a JSON body; the database or the broker away
+    is a 503 the client may retry (with its Idempotency-Key); a bug is a logged 500."""
     try:
         return await handler(request)
     except UserError as exc:
@@ -58,7 +60,14 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         if exc.status < 400:
             raise
         return web.json_response({"error": exc.reason, "errors": []}, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        if is_transient(exc):
+            log.warning("http.unavailable", path=request.path, error=repr(exc))
+            return web.json_response(
+                {"error": "temporarily unavailable, try again", "errors": []},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         log.exception("http.failed", path=request.path)
         return web.json_response({"error": "internal error", "errors": []}, status=500)
 

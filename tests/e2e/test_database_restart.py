@@ -97,6 +97,13 @@ async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
         )
         await asyncio.sleep(3)  # the outage lasts: handlers and loops meet it and retry
         assert all(s.alive for s in platform.services.values())
+        # a client is told to come back, not that something broke
+        status, body = await platform.acall(
+            "POST",
+            "/executions",
+            {"name": "during", "application": zapp("during", service("job", "exit 0"))},
+        )
+        assert status == 503, body
     finally:
         private_pg.start()
 

@@ -64,3 +64,18 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
 def test_the_architecture_page_shows_the_route_table() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     assert routes.markdown() in page, "run: python -m common.routes, paste into the page"
+
+
+def test_what_is_retried_and_what_is_parked() -> None:
+    import aiormq
+
+    from common.bus import MessageTooLarge
+    from common.outbox import refused_for_itself
+    from common.retry import is_transient
+
+    closed = aiormq.exceptions.ChannelInvalidStateError("channel closed")
+    returned = aiormq.exceptions.DeliveryError(None, None)
+    assert is_transient(closed) and is_transient(ConnectionResetError())
+    assert not is_transient(returned) and not is_transient(ValueError())
+    assert not refused_for_itself(closed) and not refused_for_itself(TimeoutError())
+    assert refused_for_itself(returned) and refused_for_itself(MessageTooLarge("big"))
