@@ -60,6 +60,12 @@ class NotFound(UserError):
     status = 404
 
 
+class TooManyRequests(UserError):
+    """The service holds as many of these at once as it may: retry later."""
+
+    status = 429
+
+
 class Conflict(UserError):
     """The request is valid but the object's current state forbids it."""
 

@@ -85,6 +85,9 @@ class ApiSettings(Settings, frozen=True, kw_only=True):
     zapps_root: str = "zapps"
     # Longest a request waits for a log reply from an executor, in seconds.
     rpc_timeout: float = 5.0
+    # Server-sent event streams and log follows open at once, per api process (429 beyond).
+    max_event_streams: int = 256
+    max_log_follows: int = 64
 
 
 class SchedulerSettings(Settings, frozen=True, kw_only=True):

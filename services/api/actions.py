@@ -14,10 +14,11 @@ import asyncpg
 
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.zapp import LoadedDescription, load_description
+from common.zapp.limits import MAX_EXECUTION_NAME
 from services.api import limits, store
 from services.api.shop import Shop
 
-NAME_MAX = 128
+NAME_MAX = MAX_EXECUTION_NAME  # the size count of a description assumes it
 REQUEST_ID_MAX = 200
 SUBMIT_FIELDS = {"name", "application", "zapp", "params", "resources", "priority"}
 

@@ -247,12 +247,19 @@ async def index(_: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB / "index.html")
 
 
-def make_app(deps: Deps, shop: Shop) -> web.Application:
-    """The aiohttp application with every route."""
+def make_app(
+    deps: Deps,
+    shop: Shop,
+    *,
+    event_streams: int = limits.MAX_EVENT_STREAMS,
+    log_follows: int = limits.MAX_LOG_FOLLOWS,
+) -> web.Application:
+    """The aiohttp application with every route; at most ``event_streams`` event streams
+    and ``log_follows`` log follows open at once (429 beyond)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[DEPS] = deps
-    app[FOLLOWS] = limits.Slots(limits.MAX_LOG_FOLLOWS, "log follows")
-    app[events.STREAMS] = limits.Slots(limits.MAX_EVENT_STREAMS, "event streams")
+    app[FOLLOWS] = limits.Slots(log_follows, "log follows")
+    app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
     app.router.add_get("/", index)
     app.router.add_static("/ui", WEB)

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import FieldError, InvalidRequest, UserError
+from common.errors import FieldError, InvalidRequest, TooManyRequests
 
 # Bytes of a request body: HTTP (aiohttp's client_max_size) and AMQP alike.
 MAX_BODY = 4 * 1024 * 1024
@@ -41,10 +41,7 @@ WRITE_TIMEOUT = 30.0
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-class TooBusy(UserError):
-    """The api already holds as many connections of this kind as it may."""
-
-    status = 429
+TooBusy = TooManyRequests  # the api holds as many connections of this kind as it may
 
 
 def storable(text: str) -> bool:

@@ -20,7 +20,8 @@ from common.runtime import Runtime
 from common.settings import ApiSettings
 from services.api import amqp
 from services.api.events import HUB, Hub
-from services.api.http import MAX_BODY, Deps, make_app
+from services.api.http import Deps, make_app
+from services.api.limits import MAX_BODY
 from services.api.shop import Shop
 
 log = structlog.get_logger("api")
@@ -34,7 +35,12 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         shop = Shop(Path(settings.zapps_root))
         hub = Hub()
         await hub.attach(bus)
-        app = make_app(Deps(pool, bus, settings.deployment, settings.rpc_timeout), shop)
+        app = make_app(
+            Deps(pool, bus, settings.deployment, settings.rpc_timeout),
+            shop,
+            event_streams=settings.max_event_streams,
+            log_follows=settings.max_log_follows,
+        )
         app[HUB] = hub
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout)
         await runner.setup()

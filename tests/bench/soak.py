@@ -784,10 +784,11 @@ async def check(plat: BenchPlatform, rec: Record, journal: Path) -> dict[str, An
     letters = classify(await dead_letters(plat.amqp_url))
     bad_amqp_bodies = sum(n for k, n in rec.bad_amqp_sent.items() if k != "unknown_id_get")
     unconfirmed = sum(n for k, n in rec.bad_amqp_unsent.items() if k != "unknown_id_get")
+    # 4xx, or 503 (the database or the broker away: the api cannot tell yet, and says so)
     bad_http_wrong = {
         k: n
         for k, n in rec.bad_http.items()
-        if not k.endswith(":unanswered") and not k.split(":")[1].startswith("4")
+        if not k.endswith(":unanswered") and not k.split(":")[1].startswith(("4", "503"))
     }
 
     def inv(held: bool, **detail: Any) -> dict[str, Any]:
