@@ -1,88 +1,123 @@
-"""A PostgreSQL server of a test's own, made with Debian's binaries, that the test may
-stop and restart without disturbing anything else on the machine."""
+"""A PostgreSQL server of a test's or a benchmark's own, made with Debian's binaries,
+that may be stopped and restarted without disturbing anything else on the machine."""
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def postgres_bin() -> Path:
+    """The directory of Debian's PostgreSQL server binaries (the newest version)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts)
+    if not found:
+        raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+    return found[-1].parent
+
+
 class PrivatePostgres:
-    """``initdb`` in a temporary folder, a server on a free loopback port, trust auth.
+    """A PostgreSQL server of a test's or a benchmark's own: a data directory in
+    ``base``, a free port on 127.0.0.1, trust authentication, run as the ``postgres``
+    user (the server refuses root).
 
-    Run as the ``postgres`` user (the server refuses root). ``stop`` and ``start`` may
-    be called at will; ``remove`` stops it and deletes its data."""
+    For what stops or restarts PostgreSQL: the machine's server is shared, and must
+    never be stopped. ``remove`` stops this one and deletes its directory.
+    """
 
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            raise RuntimeError("no PostgreSQL server binaries (Debian package postgresql)")
-        self.bin = Path(found[-1]).parent
-        self.port = _free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="zoe-pg-"))
+    def __init__(self, base: Path) -> None:
+        self.bin = postgres_bin()
+        self.port = free_port()
+        self.base = base
         self.data = self.base / "data"
-        shutil.chown(self.base, "postgres", "postgres")
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/"
 
-    def _as_postgres(self, *argv: str) -> None:
-        cmd = " ".join(f"'{a}'" for a in argv)
-        subprocess.run(
-            ["su", "postgres", "-s", "/bin/sh", "-c", cmd],
-            check=True,
-            timeout=120,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        # the server refuses to run as root
+        cmd = ["runuser", "-u", "postgres", "--", str(self.bin / args[0]), *args[1:]]
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr.decode(errors='replace')}")
 
-    def init(self) -> None:
-        """Create the cluster and start the server."""
-        self._as_postgres(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        )
-        self.start()
+    def _pg_ctl(self, *args: str, timeout: float = 120) -> None:
+        self._run("pg_ctl", "-D", str(self.data), *args, timeout=timeout)
 
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base}"
-        self._as_postgres(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
+    def start(self, timeout: float = 120) -> None:
+        """Make the cluster (the first time) and start the server; waits until it answers."""
+        if not (self.data / "PG_VERSION").exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            shutil.chown(self.base, "postgres", "postgres")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
+        )
+        self._pg_ctl(
+            "start",
+            "-w",
+            "-t",
+            str(int(timeout)),
             "-l",
             str(self.base / "server.log"),
-            "-w",
-            "start",
+            "-o",
+            options,
+            timeout=timeout + 10,
         )
 
-    def stop(self) -> None:
-        """Stop the server at once (open connections are cut, as in a crash or failover)."""
-        self._as_postgres(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
-        )
+    def stop_server(self, timeout: float = 120) -> None:
+        """Stop the server ("fast": connections are cut, transactions rolled back); its
+        data stays for ``start``."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+
+    def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
+        """Stop the server, stay down for ``down_for`` seconds, start it again."""
+        self.stop_server(timeout)
+        time.sleep(down_for)
+        self.start(timeout)
+
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster and its children."""
+        try:
+            main = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        out = [main]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == main:
+                        out.append(int(entry.name))
+        return out
 
     def remove(self) -> None:
-        """Stop the server if it runs and delete its files."""
+        """Stop the server at once (its data is thrown away) and delete its directory."""
         try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass  # not running
-        shutil.rmtree(self.base, ignore_errors=True)
+            if (self.data / "postmaster.pid").exists():
+                self._pg_ctl("stop", "-m", "immediate", "-w", "-t", "30", timeout=40)
+        finally:
+            for pid in self.pids():  # what a failed stop left behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(self.base, ignore_errors=True)

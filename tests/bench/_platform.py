@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,16 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from common import db  # noqa: E402
+from tests.private_postgres import PrivatePostgres, free_port  # noqa: E402
 
 AMQP_BASE = os.environ.get("ZOE_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
 PG_BASE = os.environ.get("ZOE_BENCH_PG_BASE", "postgresql://postgres@127.0.0.1:5432/")
 PY_SPY = os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/tools/bin/py-spy")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> None:
@@ -166,104 +160,6 @@ class PrivateBroker:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def postgres_bin() -> Path:
-    """The directory of Debian's PostgreSQL server binaries (the newest version)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts)
-    if not found:
-        raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
-    return found[-1].parent
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of the benchmark's own: a data directory under ``var/bench/``,
-    a free port on 127.0.0.1, trust authentication, run as the ``postgres`` user.
-
-    For a benchmark that restarts PostgreSQL: the machine's server is shared, and must
-    never be stopped. `stop` stops it and deletes its directory.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        self.bin = postgres_bin()
-        self.port = free_port()
-        self.base = ROOT / "var" / "bench" / f"postgres-{run_id}"
-        self.data = self.base / "data"
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/"
-
-    def _run(self, *args: str, timeout: float = 120) -> None:
-        # the server refuses to run as root
-        cmd = ["runuser", "-u", "postgres", "--", str(self.bin / args[0]), *args[1:]]
-        done = subprocess.run(cmd, capture_output=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {done.stderr.decode(errors='replace')}")
-
-    def _pg_ctl(self, *args: str, timeout: float = 120) -> None:
-        self._run("pg_ctl", "-D", str(self.data), *args, timeout=timeout)
-
-    def start(self, timeout: float = 120) -> None:
-        """Make the cluster (the first time) and start the server; waits until it answers."""
-        if not (self.data / "PG_VERSION").exists():
-            self.base.mkdir(parents=True, exist_ok=True)
-            shutil.chown(self.base, "postgres", "postgres")
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            )
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
-        )
-        self._pg_ctl(
-            "start",
-            "-w",
-            "-t",
-            str(int(timeout)),
-            "-l",
-            str(self.base / "server.log"),
-            "-o",
-            options,
-            timeout=timeout + 10,
-        )
-
-    def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
-        """Stop the server ("fast": connections are cut, transactions rolled back), stay
-        down for ``down_for`` seconds, start it again."""
-        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
-        time.sleep(down_for)
-        self.start(timeout)
-
-    def pids(self) -> list[int]:
-        """The server's processes: the postmaster and its children."""
-        try:
-            main = int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        out = [main]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    if int(stat[1]) == main:
-                        out.append(int(entry.name))
-        return out
-
-    def stop(self) -> None:
-        """Stop the server at once (its data is thrown away) and delete its directory."""
-        try:
-            if (self.data / "postmaster.pid").exists():
-                self._pg_ctl("stop", "-m", "immediate", "-w", "-t", "30", timeout=40)
-        finally:
-            for pid in self.pids():  # what a failed stop left behind
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(self.base, ignore_errors=True)
-
-
 def pids_with_env(entry: str) -> list[int]:
     """Processes whose environment holds ``entry`` ("NAME=value")."""
     out = []
@@ -339,7 +235,11 @@ class BenchPlatform:
             self.amqp_url = self.broker.url
         else:
             self.amqp_url = AMQP_BASE.rstrip("/") + "/" + quote(self.vhost, safe="")
-        self.postgres = PrivatePostgres(self.run_id) if self.private_postgres else None
+        self.postgres = (
+            PrivatePostgres(ROOT / "var" / "bench" / f"postgres-{self.run_id}")
+            if self.private_postgres
+            else None
+        )
         self.pg_base = self.postgres.url if self.postgres is not None else PG_BASE
         self.database_url = self.pg_base.rstrip("/") + "/" + self.database
         self.port = free_port()
@@ -383,7 +283,7 @@ class BenchPlatform:
 
     async def _drop_database(self) -> None:
         if self.postgres is not None:
-            await asyncio.to_thread(self.postgres.stop)  # the whole server goes
+            await asyncio.to_thread(self.postgres.remove)  # the whole server goes
             return
         conn = await asyncpg.connect(PG_BASE.rstrip("/") + "/postgres")
         try:

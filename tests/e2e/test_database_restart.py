@@ -21,7 +21,7 @@ import pytest
 from common import db
 from common.bus import DEAD_LETTERS, Bus
 from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, wait_for
-from tests.e2e.conftest import Platform, containers_of, service, zapp
+from tests.e2e.conftest import ROOT, Platform, containers_of, service, zapp
 from tests.e2e.test_failures import _long_running, _server, _workers, docker_kill, wait_instance
 from tests.private_postgres import PrivatePostgres
 
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivatePostgres]:
-    pg = PrivatePostgres()
-    pg.init()
+def private_pg(test_env: TestEnv) -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres(ROOT / "var" / "test-postgres" / test_env.run_id)
+    pg.start()
     try:
         yield pg
     finally:
@@ -88,7 +88,7 @@ async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
         await platform.wait_state(batch, "running")
         (job,) = await containers_of(docker, env, batch)
 
-    private_pg.stop()
+    private_pg.stop_server()
     try:
         # while the database is away: a container dies, a batch job ends by itself
         await docker_kill(docker, worker["container_name"])
