@@ -102,3 +102,21 @@ async def test_state_changes_are_streamed(platform: Platform) -> None:
                     if event["state"] in ("finished", "failed"):
                         break
     assert states == ["queued", "starting", "running", "cleaning_up", "finished"]
+
+
+async def test_a_shop_zapp_s_resources_override_works_over_amqp_as_over_http(
+    platform: Platform, test_env: TestEnv
+) -> None:
+    connection = await aio_pika.connect(test_env.amqp_url)
+    try:
+        channel = await connection.channel()
+        override = {"hello": {"memory": {"min": 48 << 20, "max": 48 << 20}}}
+        submit = m.SubmitRequest(name="sized", zapp="hello", params={}, resources=override)
+        reply = await _ask(channel, submit)
+        assert reply.status == 201, reply.body
+        (instance,) = reply.body["services"]
+        assert instance["memory"] == 48 << 20
+        await platform.acall("POST", f"/executions/{reply.body['id']}/terminate")
+        await platform.wait_state(reply.body["id"], "terminated", "finished", "failed")
+    finally:
+        await connection.close()
