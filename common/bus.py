@@ -45,7 +45,7 @@ from aio_pika.abc import (
 )
 
 from common import messages as m
-from common import routes
+from common import metrics, routes
 from common.errors import TooLarge, UserError, invalid_message
 from common.retry import Backoff, is_transient
 from common.routes import COMMANDS, DEAD_LETTERS, DLX, EVENTS
@@ -149,6 +149,21 @@ class Bus:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link to the broker is up now (a robust one may be reconnecting)."""
+        return (
+            self._conn is not None
+            and not self._conn.is_closed
+            and self._sub is not None
+            and not self._sub.is_closed
+        )
+
+    @property
+    def consuming(self) -> bool:
+        """Whether consumers are registered and their channel is open (readiness)."""
+        return bool(self._consumers) and self.connected
 
     @property
     def consumer_channel(self) -> AbstractChannel:
@@ -289,9 +304,13 @@ class Bus:
             handler = _bounded(handler, timeout)
             batches = {k: _bounded(h, timeout) for k, h in (batches or {}).items()}
         consumer = _Consumer(queue, "")
+        label = metrics.queue_label(queue_name)
         gathered: dict[type[m.Message], list[tuple[AbstractIncomingMessage, Any]]] = {}
 
-        async def refuse(message: AbstractIncomingMessage, error: UserError) -> None:
+        async def refuse(
+            message: AbstractIncomingMessage, error: UserError, reason: str = "rejected"
+        ) -> None:
+            metrics.MESSAGES_REFUSED.labels(label, reason).inc()
             if refusal_reply is not None and message.reply_to:
                 await self._reply(message, refusal_reply(error))
             if not heartbeats:
@@ -316,7 +335,9 @@ class Bus:
                 tag = m.tag_of(msg_type)
                 log.warning("batch.failed", msg=tag, size=len(batch), error=repr(exc))
                 for message, decoded in batch:
-                    await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
+                    await self._handle(
+                        message, decoded, handler, refuse, label, heartbeat=heartbeats
+                    )
                 return
             for message, _ in batch:
                 await message.ack()
@@ -326,23 +347,30 @@ class Bus:
             task.add_done_callback(consumer.inflight.discard)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            metrics.MESSAGES_CONSUMED.labels(label).inc()
+            if message.redelivered:
+                metrics.MESSAGES_REDELIVERED.labels(label).inc()
             if max_body is not None and len(message.body) > max_body:
                 size = len(message.body)
                 log.warning("message.refused", reason="too large", size=size, limit=max_body)
-                await refuse(message, TooLarge(f"message of {size} bytes; the limit is {max_body}"))
+                await refuse(
+                    message,
+                    TooLarge(f"message of {size} bytes; the limit is {max_body}"),
+                    "too_large",
+                )
                 return
             try:
                 decoded = decoder.decode(message.body)
             except Exception as exc:  # not JSON, not a known type, too deep, a bad field
                 body = message.body[:200].decode(errors="replace")
                 log.warning("message.refused", reason=str(exc), body=body)
-                await refuse(message, invalid_message(exc))
+                await refuse(message, invalid_message(exc), "invalid")
                 return
             msg_type = type(decoded)
             handle_many = batches.get(msg_type) if batches else None
             if handle_many is None:
                 track(asyncio.current_task())  # type: ignore[arg-type]
-                await self._handle(message, decoded, handler, refuse, heartbeat=heartbeats)
+                await self._handle(message, decoded, handler, refuse, label, heartbeat=heartbeats)
                 return
             waiting = gathered.setdefault(msg_type, [])
             waiting.append((message, decoded))
@@ -358,6 +386,7 @@ class Bus:
         decoded: Any,
         handler: Handler,
         refuse: Callable[[AbstractIncomingMessage, UserError], Awaitable[None]],
+        label: str,
         *,
         heartbeat: bool = False,
     ) -> None:
@@ -394,6 +423,7 @@ class Bus:
                         await asyncio.sleep(delay)
                         continue
                     log.exception("message.failed", redelivered=message.redelivered)
+                    metrics.MESSAGES_REQUEUED.labels(label).inc()
                     await message.reject(requeue=True)  # counts against the delivery limit
                     return
             if reply is not None and message.reply_to:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import uuid
 from collections.abc import Iterable
 
@@ -25,6 +26,7 @@ import asyncpg
 import structlog
 
 from common import messages as m
+from common import metrics
 from common.bus import Bus, MessageTooLarge, Outgoing
 from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, is_transient, report_failure
@@ -143,6 +145,8 @@ class Relay:
                 if is_transient(exc):
                     raise  # the broker is away: the rows stay for the next try
                 await self._park_refused(conn, rows, await self._bus.publish_each(items))
+                return len(rows)
+            _observe_published(rows)
         return len(rows)
 
     async def _park_refused(
@@ -163,5 +167,28 @@ class Relay:
                 for r, e in failed
             ],
         )
+        metrics.OUTBOX_PARKED.inc(len(failed))
+        _observe_published([r for r, e in zip(rows, results, strict=True) if e is None])
         for r, e in failed:
             log.error("outbox.parked", id=r["id"], routing_key=r["routing_key"], error=repr(e))
+
+
+def _observe_published(rows: list[asyncpg.Record]) -> None:
+    """Count rows the broker confirmed, and how long each waited in the outbox."""
+    now = datetime.datetime.now(datetime.UTC)
+    metrics.OUTBOX_PUBLISHED.inc(len(rows))
+    for r in rows:
+        metrics.OUTBOX_LAG.observe(max(0.0, (now - r["created_at"]).total_seconds()))
+
+
+async def backlog(conn: asyncpg.Connection) -> tuple[int, float, int]:
+    """Rows in the outbox, the age in seconds of the oldest (0: none), and rows parked:
+    one cheap statement, for a periodic gauge."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM outbox) AS n,"
+        " coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM outbox)), 0)"
+        "  AS oldest,"
+        " (SELECT count(*) FROM outbox_parked) AS parked"
+    )
+    assert row is not None
+    return int(row["n"]), max(0.0, float(row["oldest"])), int(row["parked"])

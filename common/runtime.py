@@ -5,10 +5,14 @@ A service's ``serve`` is a few lines over ``Runtime``::
     async with Runtime("monitor", settings, stop) as rt:
         pool = await rt.open_pool()        # migrates first
         bus = await rt.open_bus()
+        await rt.serve_metrics()           # /metrics, /healthz, /readyz (common/probe.py)
         rt.run_relay(pool, bus)            # the outbox relay of this process
         rt.every("nodes.check", 1.0, check)
         await rt.consume(routes.MONITOR, on_message)
         await rt.serve()                   # until ``stop``, then the shutdown below
+
+Readiness: opening the pool adds the check that the database answers, opening the bus
+that the broker link is up and, once something consumes, that the consumers consume.
 
 Shutdown order, and why:
 
@@ -36,10 +40,11 @@ from typing import Any, Self, TypeVar
 import asyncpg
 import structlog
 
-from common import db
+from common import db, metrics
 from common.bus import BatchHandler, Bus, Handler, RefusalReply
 from common.lifecycle import wait_or_stop
 from common.outbox import Relay
+from common.probe import Probe
 from common.retry import Backoff, report_failure
 from common.settings import Settings
 
@@ -47,7 +52,7 @@ log = structlog.get_logger("runtime")
 
 T = TypeVar("T")
 
-__all__ = ["Backoff", "Runtime", "report_failure", "shielded"]
+__all__ = ["Backoff", "Probe", "Runtime", "report_failure", "shielded"]
 
 
 async def shielded(work: Awaitable[T]) -> T:
@@ -64,14 +69,24 @@ async def shielded(work: Awaitable[T]) -> T:
 
 
 class Runtime:
-    """The resources and tasks of one service process, opened and closed in one order."""
+    """The resources and tasks of one service process, opened and closed in one order.
 
-    def __init__(self, name: str, settings: Settings, stop: asyncio.Event) -> None:
+    ``probe``: the process's metrics and readiness checks, when they outlive this runtime
+    (the scheduler's, served across its terms of leadership); by default its own.
+    """
+
+    def __init__(
+        self, name: str, settings: Settings, stop: asyncio.Event, *, probe: Probe | None = None
+    ) -> None:
         self.name = name
+        self.probe = probe or Probe(metrics.registry(metrics.service_of(name)))
         self.settings = settings
         self.stop = stop
         self.loops_stop = asyncio.Event()  # set at step 3 of the shutdown
         self._stack = contextlib.AsyncExitStack()
+        # the checks this runtime added go with it (a standby scheduler is not ready)
+        self._stack.callback(self._remove_checks)
+        self._checks: list[Callable[[], None]] = []
         self._tasks: asyncio.TaskGroup | None = None
         self._bus: Bus | None = None
         self._drained: list[Callable[[], Awaitable[object]]] = []
@@ -86,6 +101,14 @@ class Runtime:
         self.loops_stop.set()
         await self._stack.__aexit__(et, e, tb)
 
+    def require(self, name: str, check: Callable[[], bool | Awaitable[bool]]) -> None:
+        """A readiness check of this runtime's lifetime (``Probe.require``)."""
+        self._checks.append(self.probe.require(name, check))
+
+    def _remove_checks(self) -> None:
+        for remove in self._checks:
+            remove()
+
     def _opening(self) -> None:
         # Resources are opened before any task starts, so that they close after every
         # task has ended (the exit stack closes in reverse order of opening).
@@ -96,9 +119,15 @@ class Runtime:
         """Apply pending migrations, then open the connection pool."""
         self._opening()
         await db.migrate(self.settings.database_url)
-        return await self._stack.enter_async_context(
+        pool: asyncpg.Pool = await self._stack.enter_async_context(
             db.pool(self.settings.database_url, max_size=max_size)
         )
+
+        async def database() -> bool:
+            return bool(await pool.fetchval("SELECT 1"))
+
+        self.require("database", database)
+        return pool
 
     async def open_bus(self, name: str | None = None) -> Bus:
         """Connect to the broker (the topology is declared on connect)."""
@@ -111,7 +140,24 @@ class Runtime:
                 transient_retry=self.settings.transient_retry,
             )
         )
+        self.watch_bus(self._bus)
         return self._bus
+
+    def watch_bus(self, bus: Bus) -> None:
+        """Readiness: the broker link is up, and the consumers consume (once some were
+        started: ``Bus.consume`` directly, as the executor does, counts too)."""
+        self.require("broker", lambda: bus.connected)
+        self.require("consumers", lambda: bus.consuming)
+
+    async def serve_metrics(self) -> None:
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_host:metrics_port``
+        until shutdown ends (0: not at all; the api adds them to its own HTTP port).
+        Opened before any task, so it answers (not ready) until the last one ended."""
+        self._opening()
+        if self.settings.metrics_port:
+            await self._stack.enter_async_context(
+                self.probe.serving(self.settings.metrics_host, self.settings.metrics_port)
+            )
 
     async def enter(self, resource: contextlib.AbstractAsyncContextManager[T]) -> T:
         """Open another resource (a Docker client...), closed in reverse order of opening."""

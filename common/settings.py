@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long a message whose handler fails for a transient reason (database or broker
     # away) is retried in place before it goes back to its queue (a delivery spent).
     transient_retry: float = 300.0
+    # Where /metrics, /healthz and /readyz are served (common/probe.py); port 0: nowhere
+    # (the api serves them on its HTTP port instead).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -109,6 +113,9 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     sweep_interval: float = 30.0
     sweep_resend_after: float = 120.0
     sweep_give_up_after: float = 900.0
+    metrics_port: int = 9101
+    # The gauges read from the database (services/scheduler/stats.py) are this fresh.
+    stats_interval: float = 5.0
 
 
 class ExecutorSettings(Settings, frozen=True, kw_only=True):
@@ -116,6 +123,7 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
 
     # A start may build a missing image first (minutes for a large one).
     handler_timeout: float = 1800.0
+    metrics_port: int = 9103
     node_name: str = msgspec.field(default_factory=socket.gethostname)
     cores: float = msgspec.field(default_factory=lambda: float(os.cpu_count() or 1))
     memory: int = msgspec.field(default_factory=_memory_bytes)
@@ -161,3 +169,4 @@ class MonitorSettings(Settings, frozen=True, kw_only=True):
     check_interval: float = 1.0
     # Seconds between two writes of the containers' usage samples (from heartbeats).
     usage_store_interval: float = 5.0
+    metrics_port: int = 9102

@@ -39,6 +39,23 @@ apt_install() {
 # busybox-static feeds the zoe/busybox base image, debootstrap the zoe/debian one.
 apt_install busybox-static debootstrap
 
+# promtool checks the services' /metrics in the test suite. Debian ships it only inside
+# the prometheus package (the server, its web assets, a daemon its postinst starts, 96 MB):
+# we take the one binary out of that package instead of installing it.
+if ! command -v promtool >/dev/null; then
+    if [[ $APT_UPDATED == no ]]; then
+        apt-get update -q
+        APT_UPDATED=yes
+    fi
+    say "installing promtool (from Debian's prometheus package) into /usr/local/bin"
+    promdir=$(mktemp -d)
+    chown _apt "$promdir" 2>/dev/null || true # apt-get downloads as _apt where it may
+    (cd "$promdir" && apt-get download -q prometheus)
+    dpkg-deb --fsys-tarfile "$promdir"/prometheus_*.deb | tar -x -C "$promdir" ./usr/bin/promtool
+    install -m 0755 "$promdir/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$promdir"
+fi
+
 # --- Python virtualenv ----------------------------------------------------------------
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import structlog
 from aiohttp import web
 
 from common import messages as m
+from common import metrics
 from common.bus import Bus
 from common.errors import FieldError, InvalidRequest, NotFound, UserError
+from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
 from services.api import actions, events, limits, store
@@ -46,6 +49,26 @@ class Deps:
 
 
 DEPS = web.AppKey("deps", Deps)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count each answered request by its route's pattern (``/api/v1/executions/{id}``,
+    never the raw path: ids would make a series each), method and status, and time it."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    began = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a redirect, re-raised by errors_middleware
+        status = exc.status
+        raise
+    finally:
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.HTTP_DURATION.labels(route, request.method).observe(time.perf_counter() - began)
 
 
 @web.middleware
@@ -253,10 +276,16 @@ def make_app(
     *,
     event_streams: int = limits.MAX_EVENT_STREAMS,
     log_follows: int = limits.MAX_LOG_FOLLOWS,
+    probe: Probe | None = None,
 ) -> web.Application:
     """The aiohttp application with every route; at most ``event_streams`` event streams
-    and ``log_follows`` log follows open at once (429 beyond)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    and ``log_follows`` log follows open at once (429 beyond). ``probe``: the process's
+    ``/metrics``, ``/healthz`` and ``/readyz``, served at the root beside ``/api/v1``."""
+    app = web.Application(
+        middlewares=[metrics_middleware, errors_middleware], client_max_size=MAX_BODY
+    )
+    if probe is not None:
+        probe.add_routes(app)
     app[DEPS] = deps
     app[FOLLOWS] = limits.Slots(log_follows, "log follows")
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import structlog
 
 from common import messages as m
+from common import metrics
 from common.bus import Bus
 from common.errors import ZoeError
 from common.runtime import shielded
@@ -62,12 +64,17 @@ async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
         instance=msg.instance, container=msg.container_name
     ):
         async with ex.locks(msg.container_name):
-            if msg.container_name in ex.stopped:
+            began = time.perf_counter()
+            stale = msg.container_name in ex.stopped
+            if stale:
                 fact: m.Message = _removed(ex, msg, None)
                 log.warning("instance.start_after_stop")
             else:
                 fact = await _start(ex, msg)
             await ex.bus.publish(fact)
+            if not stale:  # the command to its fact, as the scheduler waits for it
+                outcome = "failed" if isinstance(fact, m.InstanceStartFailed) else "started"
+                metrics.START_DURATION.labels(outcome).observe(time.perf_counter() - began)
         if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged above
             log.info(facts.event_name(fact))
 
@@ -132,6 +139,7 @@ async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
     """Stop and remove the instance's container (idempotent), then its unused network."""
     with structlog.contextvars.bound_contextvars(container=msg.container_name):
         async with ex.locks(msg.container_name):
+            began = time.perf_counter()
             gone = await ex.engine.stop_and_remove(
                 msg.container_name,
                 timeout=ex.settings.stop_timeout,
@@ -142,6 +150,7 @@ async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
             ex.stopped.add(msg.container_name)
             # the container is gone: its fact goes out even if the stop is cancelled now
             await shielded(ex.bus.publish(_removed(ex, msg, gone)))
+            metrics.STOP_DURATION.observe(time.perf_counter() - began)
         log.info("instance.removed", existed=gone is not None)
         try:
             await ex.engine.remove_network_if_unused(msg.network, msg.execution_id)

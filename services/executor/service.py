@@ -65,6 +65,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 debian_mirror=settings.debian_mirror,
             )
         bus = await rt.open_bus(name)
+        await rt.serve_metrics()
         await run_executor(settings, engine, bus, stop)
 
 

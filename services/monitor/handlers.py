@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from common import messages as m
+from common import metrics
 from common.bus import Outgoing
 from common.db import storable_text
 from common.outbox import enqueue
@@ -97,6 +98,7 @@ async def declare_lost(pool: asyncpg.Pool, node: str) -> None:
     """A node went silent: say it is lost (the scheduler ends what it held)."""
     async with pool.acquire() as conn:
         await enqueue(conn, [Outgoing(m.NodeLost(node=node))])
+    metrics.NODES_LOST.inc()
     log.warning("node.lost", node=node)
 
 

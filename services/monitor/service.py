@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Iterator
 
 import asyncpg
 import structlog
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from common import messages as m
-from common import routes
+from common import metrics, routes
 from common.bus import Bus
 from common.runtime import Runtime
 from common.settings import MonitorSettings
@@ -32,6 +35,8 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         pool = await rt.open_pool()
         bus = await rt.open_bus()
         deps = handlers.Deps(pool=pool, last_seen={}, clock=time.monotonic)
+        rt.probe.registry.register(HeartbeatAges(deps))
+        await rt.serve_metrics()
         for row in await pool.fetch("SELECT name FROM nodes WHERE state = 'up'"):
             deps.last_seen[row["name"]] = deps.clock()
 
@@ -46,6 +51,25 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         await rt.consume(routes.MONITOR, on_message)
         await rt.consume(routes.MONITOR_HEARTBEATS, on_message)
         await rt.serve()
+
+
+class HeartbeatAges(Collector):
+    """``zoe_node_heartbeat_age_seconds{node}``: seconds since each node's last heartbeat
+    reached this monitor, read from its ``last_seen`` at each scrape."""
+
+    def __init__(self, deps: handlers.Deps) -> None:
+        self._deps = deps
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            metrics.HEARTBEAT_AGE,
+            "Seconds since the monitor last heard a node's heartbeat (nodes it watches).",
+            labels=["node"],
+        )
+        now = self._deps.clock()
+        for node, seen in sorted(self._deps.last_seen.items()):
+            family.add_metric([node], max(0.0, now - seen))
+        yield family
 
 
 class NodeWatch:

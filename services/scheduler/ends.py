@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from common import metrics
 from common import states as st
 from services.scheduler import store
 
@@ -118,6 +119,8 @@ async def _record(
             [e.gone for _, e, _ in decided],
         )
         for row, end, d in decided:
+            if d.state == st.InstanceState.DIED:
+                metrics.DEATHS.labels(str(d.reason)).inc()
             log.info(
                 "instance.ended",
                 execution_id=row["execution_id"],
@@ -181,6 +184,7 @@ async def _restart(
         conn, row["id"], from_state=st.InstanceState.DIED, restart=True, backoff=backoff
     )
     if moved is not None:
+        metrics.RESTARTS.inc()
         log.info(
             "instance.restarting",
             instance=row["name"],

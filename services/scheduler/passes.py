@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import asyncpg
 import structlog
 
+from common import metrics
 from common import states as st
 from services.scheduler import store
 from services.scheduler.core import (
@@ -113,6 +114,10 @@ class ClusterView:
 
     async def run_pass(self) -> tuple[Decisions, float | None]:
         """Run one pass; returns what was decided and when a backoff next expires."""
+        with metrics.PASS_DURATION.time():
+            return await self._run_pass()
+
+    async def _run_pass(self) -> tuple[Decisions, float | None]:
         now = time.time()
         await admit_submitted(self.pool)
         await dispatch_waiting(self.pool, self.deployment)
@@ -185,6 +190,7 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
         )
         if decisions.stops:
             await store.stop_instances(conn, deployment, decisions.stops)
+            metrics.RECLAIMS.inc(len(decisions.stops))
         if not ids:
             return
         placed = await conn.fetch(
@@ -204,5 +210,6 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
                 [r["id"] for r in placed if owners[r["id"]] in conflicts],
             )
         executions = [e for e in wanted if e not in conflicts]
+        metrics.PLACEMENTS.inc(sum(got[e] for e in executions))
         await store.set_executions_state(conn, executions, "starting", ["queued"])
         await store.dispatch_ready(conn, deployment, executions)

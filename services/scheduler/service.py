@@ -20,13 +20,13 @@ import time
 import asyncpg
 import structlog
 
-from common import db, routes
+from common import db, metrics, routes
 from common import messages as m
 from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, report_failure
-from common.runtime import Runtime
+from common.runtime import Probe, Runtime
 from common.settings import SchedulerSettings
-from services.scheduler import handlers, passes, sweeper
+from services.scheduler import handlers, passes, stats, sweeper
 from services.scheduler.core import Policy
 
 log = structlog.get_logger("scheduler")
@@ -64,16 +64,26 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     and when the lock's connection is lost (the database restarted, say), stop leading
     and wait for the lock again, as a standby would."""
     policy = Policy.from_name(settings.policy)
-    await db.migrate(settings.database_url)
-    while not stop.is_set():
-        leader = await acquire_leadership(settings.database_url, stop)
-        if leader is None:
-            return
-        try:
-            await lead(settings, policy, leader, stop)
-        finally:
-            with contextlib.suppress(Exception):
-                await leader.close()
+    # The metrics and health endpoints outlive the terms of leadership: a standby answers
+    # alive and not ready ("leader" missing); each term's runtime adds its own checks.
+    async with Runtime("scheduler", settings, stop) as process:
+        await process.serve_metrics()
+        leading = asyncio.Event()
+        process.require("leader", leading.is_set)
+        await db.migrate(settings.database_url)
+        while not stop.is_set():
+            leader = await acquire_leadership(settings.database_url, stop)
+            if leader is None:
+                return
+            leading.set()
+            metrics.LEADER.set(1)
+            try:
+                await lead(settings, policy, leader, stop, process.probe)
+            finally:
+                leading.clear()
+                metrics.LEADER.set(0)
+                with contextlib.suppress(Exception):
+                    await leader.close()
 
 
 async def lead(
@@ -81,11 +91,12 @@ async def lead(
     policy: Policy,
     leader: asyncpg.Connection,
     stop: asyncio.Event,
+    probe: Probe | None = None,
 ) -> None:
     """One term of leadership: until ``stop``, or until the lock's connection is lost."""
     log.info("scheduler.active", policy=settings.policy)
     term = asyncio.Event()  # set when this term ends, for either reason
-    async with Runtime("scheduler", settings, term) as rt:
+    async with Runtime("scheduler", settings, term, probe=probe) as rt:
         pool = await rt.open_pool()
         bus = await rt.open_bus()
         await rt.loop("leadership", lambda done: _watch_leadership(leader, stop, term, done))
@@ -112,6 +123,7 @@ async def lead(
         await rt.every(
             "sweep", settings.sweep_interval, functools.partial(sweeper.sweep, pool, rules)
         )
+        await rt.every("stats", settings.stats_interval, functools.partial(stats.collect, pool))
         # facts of started containers come in bursts: handled together
         started = functools.partial(handlers.on_started_many, deps=deps)
         await rt.consume(routes.SCHEDULER, on_message, batches={m.InstanceStarted: started})

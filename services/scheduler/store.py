@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from common import messages as m
+from common import metrics
 from common import states as st
 from common.bus import Outgoing
 from common.outbox import enqueue
@@ -153,18 +154,20 @@ async def set_executions_state(
     """``set_execution_state`` for many executions in one statement; returns those moved."""
     if not execution_ids:
         return []
-    moved: list[int] = [
-        r["id"]
-        for r in await conn.fetch(
-            "UPDATE executions SET state = $2, updated_at = now(),"
-            " started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())"
-            "  ELSE started_at END"
-            " WHERE id = ANY($1::bigint[]) AND state = ANY($3::text[]) RETURNING id",
-            list(execution_ids),
-            new,
-            list(allowed_from),
-        )
-    ]
+    rows = await conn.fetch(
+        "UPDATE executions SET state = $2, updated_at = now(),"
+        " started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())"
+        "  ELSE started_at END"
+        " WHERE id = ANY($1::bigint[]) AND state = ANY($3::text[])"
+        " RETURNING id, extract(epoch FROM started_at - submitted_at) AS waited",
+        list(execution_ids),
+        new,
+        list(allowed_from),
+    )
+    moved: list[int] = [r["id"] for r in rows]
+    if new == "running":
+        for r in rows:
+            metrics.START_WAIT.observe(max(0.0, float(r["waited"])))
     at = time.time()
     await enqueue(
         conn,
