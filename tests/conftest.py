@@ -55,6 +55,8 @@ class TestEnv:
             ZOE_DEPLOYMENT=self.deployment,
             ZOE_LOG_JSON="true",
             ZOE_LOG_LEVEL="debug",
+            # no metrics port unless a test gives one: tests run many services at once
+            ZOE_METRICS_PORT="0",
         )
         out.update(extra)
         return out

@@ -300,6 +300,9 @@ class BenchPlatform:
             ZOE_LOG_JSON="true",
             ZOE_HTTP_PORT=str(self.port),
             ZOE_ZAPPS_ROOT=str(ROOT / "zapps"),
+            # no metrics port (the defaults would collide with a `make up` platform's
+            # and between the benchmark's own executors); the api serves its own anyway
+            ZOE_METRICS_PORT="0",
         )
         out.update(extra)
         return out

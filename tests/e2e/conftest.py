@@ -74,15 +74,26 @@ class Platform:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api/v1"
         common = {"ZOE_HTTP_PORT": str(self.port), "ZOE_ZAPPS_ROOT": str(ROOT / "zapps")}
+        # each service's /metrics, /healthz and /readyz: the api's on its HTTP port
+        self.probe_urls = {"api": f"http://127.0.0.1:{self.port}"}
+        for name in ("scheduler", "monitor", "executor"):
+            self.probe_urls[name] = f"http://127.0.0.1:{_free_port()}"
+
+        def port(name: str) -> str:
+            return self.probe_urls[name].rpartition(":")[2]
+
         self.services = {
             "api": ServiceProcess("api", "services.api", env.env(**common), log_dir),
             "scheduler": ServiceProcess(
-                "scheduler", "services.scheduler", env.env(**common), log_dir
+                "scheduler",
+                "services.scheduler",
+                env.env(**common, ZOE_METRICS_PORT=port("scheduler")),
+                log_dir,
             ),
             "monitor": ServiceProcess(
                 "monitor",
                 "services.monitor",
-                env.env(**common, ZOE_USAGE_STORE_INTERVAL="1"),
+                env.env(**common, ZOE_USAGE_STORE_INTERVAL="1", ZOE_METRICS_PORT=port("monitor")),
                 log_dir,
             ),
             "executor": ServiceProcess(
@@ -90,6 +101,7 @@ class Platform:
                 "services.executor",
                 env.env(
                     **common,
+                    ZOE_METRICS_PORT=port("executor"),
                     ZOE_NODE_NAME=node,
                     ZOE_HEARTBEAT_INTERVAL="0.5",
                     ZOE_USAGE_INTERVAL="1",
@@ -161,6 +173,18 @@ class Platform:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last seen: {json.dumps(last)}") from None
         return last
+
+    async def probe(self, name: str, path: str) -> tuple[int, str]:
+        """GET ``path`` (``/metrics``, ``/healthz``, ``/readyz``) of service ``name``."""
+
+        def get() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(self.probe_urls[name] + path, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        return await asyncio.to_thread(get)
 
     async def wait_ready(self) -> None:
         async def up() -> bool:

@@ -51,7 +51,8 @@ async def test_standby_scheduler_takes_over_and_every_execution_runs_once(
     platform: Platform, docker: aiodocker.Docker, test_env: TestEnv, pool: asyncpg.Pool
 ) -> None:
     active = platform["scheduler"]
-    standby = ServiceProcess("scheduler-standby", active.module, active.env, active.log_path.parent)
+    env = {**active.env, "ZOE_METRICS_PORT": "0"}  # both run at once: not the same port
+    standby = ServiceProcess("scheduler-standby", active.module, env, active.log_path.parent)
     took_over = len(log_events(standby.log_path, "scheduler.active"))
     standby.start()
     try:

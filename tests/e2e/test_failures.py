@@ -296,7 +296,8 @@ async def _second_executor(
 ) -> AsyncIterator[ServiceProcess]:
     """Another executor process, for the node ``node``; lost (stopped for good) after."""
     base = platform["executor"]
-    env = {**base.env, "ZOE_NODE_NAME": node, **env}
+    # both executors run at once: the second has no metrics port
+    env = {**base.env, "ZOE_NODE_NAME": node, "ZOE_METRICS_PORT": "0", **env}
     proc = ServiceProcess(f"executor-{node}", base.module, env, base.log_path.parent)
     proc.start()
     try:
