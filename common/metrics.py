@@ -136,7 +136,7 @@ RESTARTS = Counter(
 )
 DEATHS = Counter(
     "zoe_instance_deaths_total",
-    "Instances that died, by reason (crashed, oom, node_lost, ...).",
+    "Instances that died, by reason (crashed, oom, node-lost, start-failed, ...).",
     ["reason"],
     registry=None,
 )

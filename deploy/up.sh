@@ -42,34 +42,45 @@ say "building the base and demo images (skipped when present)"
 say "migrating the database"
 "$VENV/bin/zoe-migrate"
 
-# The api first (it answers the health check), then the services that consume commands
-# and facts; each declares the bus topology on start, so their order is otherwise free.
+# Where each service answers /readyz: the api on its HTTP port, the others on a metrics
+# port of their own (each is given its ZOE_METRICS_PORT from deploy/zoe.env.default).
+declare -A probe_port=(
+    [zoe-api]=$ZOE_HTTP_PORT
+    [zoe-scheduler]=$ZOE_SCHEDULER_METRICS_PORT
+    [zoe-monitor]=$ZOE_MONITOR_METRICS_PORT
+    [zoe-executor]=$ZOE_EXECUTOR_METRICS_PORT
+)
+
+# The api first, then the services that consume commands and facts; each declares the
+# bus topology on start, so their order is otherwise free.
 for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
     if is_running "$service"; then
         say "$service already running (pid $(<"var/run/$service.pid"))"
     else
         say "starting $service (log var/log/$service.log)"
-        start_detached "$service" "$VENV/bin/$service"
+        if [[ $service == zoe-api ]]; then
+            start_detached "$service" "$VENV/bin/$service"
+        else
+            start_detached "$service" env ZOE_METRICS_PORT="${probe_port[$service]}" \
+                "$VENV/bin/$service"
+        fi
     fi
 done
 
-health_url="http://127.0.0.1:${ZOE_HTTP_PORT}/api/v1/health"
-api_healthy() {
-    is_running zoe-api || {
-        tail -n 30 var/log/zoe-api.log >&2 || true
-        die "zoe-api exited; the end of var/log/zoe-api.log is above"
+# ready SERVICE: it still runs (else its log's end is shown and up.sh fails) and its
+# /readyz answers 200 (the database and the broker connected, its consumers consuming;
+# the scheduler leads).
+ready() {
+    is_running "$1" || {
+        tail -n 30 "var/log/$1.log" >&2 || true
+        die "$1 exited; the end of var/log/$1.log is above"
     }
     "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-        "$health_url" 2>/dev/null
+        "http://127.0.0.1:${probe_port[$1]}/readyz" 2>/dev/null
 }
-say "waiting for $health_url"
-wait_until 60 "the API at $health_url" api_healthy
-
-for service in zoe-scheduler zoe-monitor zoe-executor; do
-    if ! is_running "$service"; then
-        tail -n 30 "var/log/$service.log" >&2 || true
-        die "$service exited; the end of var/log/$service.log is above"
-    fi
+for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
+    say "waiting for $service to be ready (http://127.0.0.1:${probe_port[$service]}/readyz)"
+    wait_until 60 "$service's /readyz" ready "$service"
 done
 
 say "submitting the demo ZApp"
