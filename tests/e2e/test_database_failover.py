@@ -13,6 +13,7 @@ died and nothing was dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -59,6 +60,7 @@ def replicated_pg(test_env: TestEnv) -> Iterator[Pair]:
         primary.remove()
         if standby is not None:
             standby.remove()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
