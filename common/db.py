@@ -1,5 +1,10 @@
 """PostgreSQL through asyncpg: pools, and ordered plain-SQL migrations under a lock.
 
+A URL may list several servers, a primary and its standbys:
+``postgresql://postgres@h1:5432,h2:5432/zoe?target_session_attrs=read-write``. asyncpg
+tries them in order and keeps the first that accepts writes, for every connection it
+makes (a pool's too), so after a failover new connections find the promoted standby.
+
 Migrations are the files ``common/migrations/NNN_name.sql``, applied in order, each in
 its own transaction, recorded in ``schema_migrations``. A session-level advisory lock
 makes concurrent starts (several services at once) apply each file exactly once.
@@ -59,13 +64,19 @@ async def pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncItera
         await p.close()
 
 
+def admin_url(url: str) -> tuple[str, str]:
+    """The URL of the database ``postgres`` on the same servers as ``url``, and the name
+    of ``url``'s database. Hosts, user and query (``target_session_attrs``, say) are
+    kept as they are: ``url`` may list several hosts (``h1:5432,h2:5432``)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/postgres")), parts.path.lstrip("/")
+
+
 async def ensure_database(url: str) -> None:
     """Create the database named in ``url`` when it does not exist yet."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
+    admin, name = admin_url(url)
     if not name:
         return
-    admin = urlunsplit(parts._replace(path="/postgres"))
     conn = await asyncpg.connect(admin)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)

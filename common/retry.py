@@ -16,6 +16,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,  # shutting down, cannot connect now, cancelled
     asyncpg.TransactionRollbackError,  # serialization failure, deadlock: try again
     asyncpg.TooManyConnectionsError,
+    # no listed server is a primary now (a failover under way), or a write met a standby
+    asyncpg.TargetServerAttributeNotMatched,
+    asyncpg.ReadOnlySQLTransactionError,
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel is being restored
     ConnectionError,

@@ -1,5 +1,6 @@
 """A PostgreSQL server of a test's or a benchmark's own, made with Debian's binaries,
-that may be stopped and restarted without disturbing anything else on the machine."""
+that may be stopped and restarted without disturbing anything else on the machine; and
+a streaming standby of it, that may be promoted when the primary is gone."""
 
 from __future__ import annotations
 
@@ -35,14 +36,21 @@ class PrivatePostgres:
 
     For what stops or restarts PostgreSQL: the machine's server is shared, and must
     never be stopped. ``remove`` stops this one and deletes its directory.
+
+    ``settings`` are server settings (``-c name=value``) of this server alone: they are
+    not copied to a standby made of it (``standby``), so that, say,
+    ``synchronous_standby_names`` stays the primary's. ``initdb --auth=trust`` already
+    lets 127.0.0.1 connect for replication, and ``wal_level`` is ``replica`` by default.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, settings: dict[str, str] | None = None) -> None:
         self.bin = postgres_bin()
         self.port = free_port()
         self.base = base
         self.data = self.base / "data"
+        self.settings = {"wal_level": "replica", **(settings or {})}
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/"
+        self.address = f"127.0.0.1:{self.port}"
 
     def _run(self, *args: str, timeout: float = 120) -> None:
         # the server refuses to run as root
@@ -73,6 +81,8 @@ class PrivatePostgres:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
         )
+        for name, value in self.settings.items():
+            options += f" -c {name}='{value}'"
         self._pg_ctl(
             "start",
             "-w",
@@ -85,10 +95,61 @@ class PrivatePostgres:
             timeout=timeout + 10,
         )
 
-    def stop_server(self, timeout: float = 120) -> None:
-        """Stop the server ("fast": connections are cut, transactions rolled back); its
-        data stays for ``start``."""
-        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+    def stop_server(self, timeout: float = 120, mode: str = "fast") -> None:
+        """Stop the server; its data stays for ``start``. "fast": connections are cut,
+        transactions rolled back; "immediate": every server process quits at once, as
+        in a crash (a start recovers from the WAL)."""
+        self._pg_ctl("stop", "-m", mode, "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+
+    def standby(self, base: Path, settings: dict[str, str] | None = None) -> PrivatePostgres:
+        """A streaming standby of this (running) server, in ``base``, not started yet:
+        ``pg_basebackup -R`` copies the data directory and writes ``standby.signal`` and
+        ``primary_conninfo`` (its ``application_name`` is the standby's directory name)."""
+        other = PrivatePostgres(base, settings)
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.chown(base, "postgres", "postgres")
+        conninfo = f"host=127.0.0.1 port={self.port} user=postgres application_name={base.name}"
+        self._run(
+            "pg_basebackup",
+            "-d",
+            conninfo,
+            "-D",
+            str(other.data),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        )
+        return other
+
+    def wait_streaming(self, standby: PrivatePostgres, timeout: float = 60) -> None:
+        """Wait until ``standby`` streams from this server, and when this server commits
+        synchronously, until it is the synchronous standby (commits wait for it)."""
+        name = standby.base.name.replace("'", "''")
+        wanted = "sync" if self.settings.get("synchronous_standby_names") else "async"
+        sql = (
+            "SELECT state || ' ' || sync_state FROM pg_stat_replication"
+            f" WHERE application_name = '{name}'"
+        )
+        deadline = time.monotonic() + timeout
+        while (seen := self.query(sql)) not in (f"streaming {wanted}", "streaming sync"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} does not stream from {self.address}: {seen!r}")
+            time.sleep(0.1)
+
+    def promote(self, timeout: float = 120) -> None:
+        """Make this standby a primary (``pg_ctl promote``); returns once it accepts writes."""
+        self._pg_ctl("promote", "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+
+    def query(self, sql: str) -> str:
+        """One value, as ``psql`` prints it, of ``sql`` run in the database postgres."""
+        cmd = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port)]
+        cmd += ["-U", "postgres", "-d", "postgres", "-XAtc", sql]
+        done = subprocess.run(cmd, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.decode(errors='replace')}")
+        return done.stdout.decode().strip()
 
     def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
         """Stop the server, stay down for ``down_for`` seconds, start it again."""

@@ -3,7 +3,9 @@
 Only one scheduler is active at a time: it holds a PostgreSQL session advisory lock on
 a dedicated connection for as long as it lives. A standby waits for the lock; when the
 active process dies its connection drops, the lock is released and the standby takes
-over. All state lives in PostgreSQL, so taking over needs nothing but the lock.
+over. All state lives in PostgreSQL, so taking over needs nothing but the lock. When
+the database fails over, the lock's connection breaks with the old primary: the term
+ends, and the lock is taken again on the promoted standby (which holds none).
 
 Shutdown is the runtime's (common/runtime.py): consumers drain first (their commits
 complete), then the pass loop and the outbox relay stop, then the bus, the pool and at
@@ -35,8 +37,10 @@ LEADER_LOCK = 0x20E_0002
 
 
 async def acquire_leadership(url: str, stop: asyncio.Event) -> asyncpg.Connection | None:
-    """Wait until this process holds the scheduler lock; None if stopped first. The
-    database being away (restarting) is waited out."""
+    """Wait until this process holds the scheduler lock on a primary; None if stopped
+    first. The database being away (restarting, or failing over to a standby that is
+    not promoted yet) is waited out. ``url`` may list several hosts: with
+    ``target_session_attrs=read-write`` asyncpg connects to the one that is primary."""
     backoff = Backoff(0.5, 5.0)
     announced = False
     while not stop.is_set():
@@ -44,6 +48,10 @@ async def acquire_leadership(url: str, stop: asyncio.Event) -> asyncpg.Connectio
         try:
             conn = await asyncpg.connect(url)
             while not stop.is_set():
+                # A standby grants advisory locks of its own that exclude nobody on the
+                # primary: only a lock taken on a primary makes this process the leader.
+                if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                    raise asyncpg.ReadOnlySQLTransactionError("the server is a standby")
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                     return conn
                 if not announced:

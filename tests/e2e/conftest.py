@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -11,13 +12,16 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiodocker
 import pytest
 
-from tests.conftest import TestEnv, wait_for
+from common import db
+from common.bus import DEAD_LETTERS, Bus
+from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "zoe/busybox:1"
@@ -125,10 +129,14 @@ class Platform:
 
     # ---- HTTP -------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 text = resp.read().decode()
@@ -141,8 +149,10 @@ class Platform:
         except json.JSONDecodeError:
             return status, text
 
-    async def acall(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.call, method, path, body)
+    async def acall(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.call, method, path, body, headers)
 
     async def submit(self, application: dict[str, Any], name: str = "test") -> dict[str, Any]:
         status, body = await self.acall(
@@ -265,9 +275,14 @@ def log_dir(test_env: TestEnv) -> Path:
 @pytest.fixture(scope="session")
 async def platform(test_env: TestEnv, base_image: str, log_dir: Path) -> AsyncIterator[Platform]:
     """The whole platform; its executor's node offers 2 cores and 1 GiB."""
-    p = Platform(
-        test_env, f"{test_env.deployment}-n1", log_dir, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30)
-    )
+    async with _started(test_env, log_dir) as p:
+        yield p
+
+
+@asynccontextmanager
+async def _started(env: TestEnv, log_dir: Path) -> AsyncIterator[Platform]:
+    """A platform of ``env`` whose node offers 2 cores and 1 GiB, ready; stopped after."""
+    p = Platform(env, f"{env.deployment}-n1", log_dir, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30))
     p.start()
     try:
         await p.wait_ready()
@@ -282,3 +297,40 @@ async def containers_of(docker: aiodocker.Docker, env: TestEnv, execution_id: in
         all=True,
         filters={"label": [f"zoe.deployment={env.deployment}", f"zoe.execution={execution_id}"]},
     )
+
+
+@asynccontextmanager
+async def platform_on(
+    test_env: TestEnv, suffix: str, database_url: str, log_dir: Path
+) -> AsyncIterator[Platform]:
+    """A whole platform of its own on ``database_url`` (a private PostgreSQL server),
+    with a vhost and a deployment name of its own; stopped and cleaned up afterwards."""
+    env = TestEnv()
+    env.vhost = f"{test_env.vhost}-{suffix}"
+    env.deployment = f"{test_env.deployment}{suffix}"
+    env.amqp_url = test_env.amqp_url.rsplit("/", 1)[0] + "/" + env.vhost
+    env.database_url = database_url
+    _rabbitmqctl("add_vhost", env.vhost)
+    _rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
+    await db.migrate(env.database_url)
+    logs = log_dir / suffix
+    logs.mkdir(exist_ok=True)
+    try:
+        async with _started(env, logs) as p:
+            yield p
+    finally:
+        await _remove_containers(env.deployment)
+        with contextlib.suppress(RuntimeError):
+            _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
+
+
+async def dead_letters(amqp_url: str) -> list[bytes]:
+    """Take every message out of the dead-letter queue of the vhost of ``amqp_url``."""
+    async with Bus(amqp_url, name="t-dead-letters") as bus:
+        channel = await bus._conn.channel()  # type: ignore[union-attr]
+        queue = await channel.get_queue(DEAD_LETTERS)
+        bodies = []
+        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
+            bodies.append(msg.body)
+        await channel.close()
+        return bodies

@@ -11,7 +11,6 @@ and every execution reaches where it should.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,9 +18,16 @@ import aiodocker
 import pytest
 
 from common import db
-from common.bus import DEAD_LETTERS, Bus
-from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, wait_for
-from tests.e2e.conftest import ROOT, Platform, containers_of, service, zapp
+from tests.conftest import TestEnv, wait_for
+from tests.e2e.conftest import (
+    ROOT,
+    Platform,
+    containers_of,
+    dead_letters,
+    platform_on,
+    service,
+    zapp,
+)
 from tests.e2e.test_failures import _long_running, _server, _workers, docker_kill, wait_instance
 from tests.private_postgres import PrivatePostgres
 
@@ -42,37 +48,8 @@ def private_pg(test_env: TestEnv) -> Iterator[PrivatePostgres]:
 async def pg_platform(
     test_env: TestEnv, private_pg: PrivatePostgres, base_image: str, log_dir: Path
 ) -> AsyncIterator[Platform]:
-    env = TestEnv()
-    env.vhost = f"{test_env.vhost}-pg"
-    env.deployment = f"{test_env.deployment}pg"
-    env.amqp_url = test_env.amqp_url.rsplit("/", 1)[0] + "/" + env.vhost
-    env.database_url = private_pg.url + "zoe"
-    _rabbitmqctl("add_vhost", env.vhost)
-    _rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
-    await db.migrate(env.database_url)
-    logs = log_dir / "pg-restart"
-    logs.mkdir(exist_ok=True)
-    p = Platform(env, f"{env.deployment}-n1", logs, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30))
-    p.start()
-    try:
-        await p.wait_ready()
+    async with platform_on(test_env, "pg", private_pg.url + "zoe", log_dir) as p:
         yield p
-    finally:
-        p.stop()
-        await _remove_containers(env.deployment)
-        with contextlib.suppress(RuntimeError):
-            _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
-
-
-async def _dead_letters(amqp_url: str) -> list[bytes]:
-    async with Bus(amqp_url, name="t-dead-letters") as bus:
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.get_queue(DEAD_LETTERS)
-        bodies = []
-        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
-            bodies.append(msg.body)
-        await channel.close()
-        return bodies
 
 
 async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
@@ -117,7 +94,7 @@ async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
         assert replaced["container_name"] != worker["container_name"]
     assert (await platform.get(running))["state"] == "running"
     assert all(s.alive for s in platform.services.values()), "a service died of the outage"
-    assert await _dead_letters(env.amqp_url) == []
+    assert await dead_letters(env.amqp_url) == []
     await platform.acall("POST", f"/executions/{running}/terminate")
     await platform.wait_state(running, "terminated", timeout=60)
 
