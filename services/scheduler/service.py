@@ -25,7 +25,7 @@ import structlog
 from common import db, metrics, routes
 from common import messages as m
 from common.lifecycle import wait_any, wait_or_stop
-from common.retry import Backoff, report_failure
+from common.retry import Backoff, is_transient, report_failure
 from common.runtime import Probe, Runtime
 from common.settings import SchedulerSettings
 from services.scheduler import handlers, passes, stats, sweeper
@@ -87,6 +87,13 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             metrics.LEADER.set(1)
             try:
                 await lead(settings, policy, leader, stop, process.probe)
+            except Exception as exc:
+                # the database went while the term began (its pool, its migrations):
+                # the lock goes with the connection; wait for it again
+                if not is_transient(exc):
+                    raise
+                report_failure("scheduler.term_failed", exc)
+                await wait_or_stop(stop, 1.0)
             finally:
                 leading.clear()
                 metrics.LEADER.set(0)
