@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV := .venv
 
-.PHONY: install up down test lint bench clean
+.PHONY: install up down restart test lint bench clean
 
 install:
 	deploy/install.sh
@@ -15,6 +15,10 @@ up:
 # `make down ARGS=--purge` also removes the deployment's containers; ARGS=--all stops dockerd.
 down:
 	deploy/down.sh $(ARGS)
+
+# Each service in turn: SIGTERM, wait for the exit, start again, wait for its /readyz.
+restart:
+	deploy/restart.sh
 
 # Needs the engine, broker and database (install starts them), not a running platform.
 test: install

@@ -24,7 +24,7 @@ load_env
 
 # Requests stop first, then placements, then verdicts; the executor goes last so the
 # facts of containers stopping meanwhile are still reported.
-for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
+for service in zoe-api zoe-scheduler-standby zoe-scheduler zoe-monitor zoe-executor; do
     stop_pidfile "$service" 20
 done
 

@@ -36,8 +36,9 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# busybox-static feeds the zoe/busybox base image, debootstrap the zoe/debian one.
-apt_install busybox-static debootstrap
+# busybox-static feeds the zoe/busybox base image, debootstrap the zoe/debian one;
+# docker-compose checks deploy/compose.yaml in the test suite.
+apt_install busybox-static debootstrap docker-compose
 
 # promtool checks the services' /metrics in the test suite. Debian ships it only inside
 # the prometheus package (the server, its web assets, a daemon its postinst starts, 96 MB):

@@ -28,14 +28,15 @@ wait_until() {
 }
 
 # True when var/run/$1.pid names a live process whose command line mentions $1
-# (so a recycled pid of an unrelated process is not mistaken for ours).
+# (so a recycled pid of an unrelated process is not mistaken for ours; a standby runs
+# the program of its name without -standby).
 is_running() {
     local pidfile="var/run/$1.pid" pid
     [[ -f $pidfile ]] || return 1
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$1"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "${1%-standby}"
 }
 
 # start_detached NAME COMMAND...: run COMMAND in its own session, immune to the
@@ -81,4 +82,53 @@ load_env() {
     # shellcheck source=deploy/zoe.env.default
     . deploy/zoe.env.default
     set +a
+}
+
+# Where a service answers /healthz and /readyz: the api on its HTTP port, the others on
+# a metrics port of their own (given to each as ZOE_METRICS_PORT). Call after load_env.
+probe_port() {
+    case $1 in
+        zoe-api) echo "$ZOE_HTTP_PORT" ;;
+        zoe-scheduler) echo "$ZOE_SCHEDULER_METRICS_PORT" ;;
+        zoe-scheduler-standby) echo "$ZOE_SCHEDULER_STANDBY_METRICS_PORT" ;;
+        zoe-monitor) echo "$ZOE_MONITOR_METRICS_PORT" ;;
+        zoe-executor) echo "$ZOE_EXECUTOR_METRICS_PORT" ;;
+        *) die "no probe port for $1" ;;
+    esac
+}
+
+# start_service NAME: start zoe-api, zoe-scheduler, zoe-scheduler-standby (a second
+# zoe-scheduler), zoe-monitor or zoe-executor detached, as up.sh and restart.sh do.
+start_service() {
+    local name=$1 program=${1%-standby}
+    say "starting $name (log var/log/$name.log)"
+    if [[ $name == zoe-api ]]; then
+        start_detached "$name" "$VENV/bin/$program"
+    else
+        start_detached "$name" env ZOE_METRICS_PORT="$(probe_port "$name")" "$VENV/bin/$program"
+    fi
+}
+
+# probe NAME ROUTE: true when http://127.0.0.1:<NAME's probe port>ROUTE answers 200.
+probe() {
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://127.0.0.1:$(probe_port "$1")$2" 2>/dev/null
+}
+
+# service_ready NAME: it still runs (else the end of its log is shown and the script
+# fails) and its /readyz answers 200 (database, broker, consumers; the scheduler leads).
+# Of two schedulers one leads: each is ready when it is alive and one of them leads.
+service_ready() {
+    is_running "$1" || {
+        tail -n 30 "var/log/$1.log" >&2 || true
+        die "$1 exited; the end of var/log/$1.log is above"
+    }
+    case $1 in
+        zoe-scheduler | zoe-scheduler-standby)
+            probe "$1" /healthz || return 1
+            probe zoe-scheduler /readyz || { is_running zoe-scheduler-standby \
+                && probe zoe-scheduler-standby /readyz; }
+            ;;
+        *) probe "$1" /readyz ;;
+    esac
 }

@@ -42,45 +42,20 @@ say "building the base and demo images (skipped when present)"
 say "migrating the database"
 "$VENV/bin/zoe-migrate"
 
-# Where each service answers /readyz: the api on its HTTP port, the others on a metrics
-# port of their own (each is given its ZOE_METRICS_PORT from deploy/zoe.env.default).
-declare -A probe_port=(
-    [zoe-api]=$ZOE_HTTP_PORT
-    [zoe-scheduler]=$ZOE_SCHEDULER_METRICS_PORT
-    [zoe-monitor]=$ZOE_MONITOR_METRICS_PORT
-    [zoe-executor]=$ZOE_EXECUTOR_METRICS_PORT
-)
-
 # The api first, then the services that consume commands and facts; each declares the
-# bus topology on start, so their order is otherwise free.
+# bus topology on start, so their order is otherwise free. Each other than the api gets
+# its own ZOE_METRICS_PORT (deploy/zoe.env.default) for /metrics, /healthz and /readyz.
 for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
     if is_running "$service"; then
         say "$service already running (pid $(<"var/run/$service.pid"))"
     else
-        say "starting $service (log var/log/$service.log)"
-        if [[ $service == zoe-api ]]; then
-            start_detached "$service" "$VENV/bin/$service"
-        else
-            start_detached "$service" env ZOE_METRICS_PORT="${probe_port[$service]}" \
-                "$VENV/bin/$service"
-        fi
+        start_service "$service"
     fi
 done
 
-# ready SERVICE: it still runs (else its log's end is shown and up.sh fails) and its
-# /readyz answers 200 (the database and the broker connected, its consumers consuming;
-# the scheduler leads).
-ready() {
-    is_running "$1" || {
-        tail -n 30 "var/log/$1.log" >&2 || true
-        die "$1 exited; the end of var/log/$1.log is above"
-    }
-    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-        "http://127.0.0.1:${probe_port[$1]}/readyz" 2>/dev/null
-}
 for service in zoe-api zoe-scheduler zoe-monitor zoe-executor; do
-    say "waiting for $service to be ready (http://127.0.0.1:${probe_port[$service]}/readyz)"
-    wait_until 60 "$service's /readyz" ready "$service"
+    say "waiting for $service to be ready (http://127.0.0.1:$(probe_port "$service")/readyz)"
+    wait_until 60 "$service's /readyz" service_ready "$service"
 done
 
 say "submitting the demo ZApp"
