@@ -119,7 +119,9 @@ probe() {
 # fails) and its /readyz answers 200 (database, broker, consumers; the scheduler leads).
 # Of two schedulers one leads: each is ready when it is alive and one of them leads.
 service_ready() {
-    is_running "$1" || {
+    # alive by its pid alone: right after the start its command line may still be the
+    # launcher's (setsid, nohup), which is_running would not recognise
+    kill -0 "$(cat "var/run/$1.pid" 2>/dev/null)" 2>/dev/null || {
         tail -n 30 "var/log/$1.log" >&2 || true
         die "$1 exited; the end of var/log/$1.log is above"
     }
