@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -12,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiodocker
 import pytest
@@ -122,6 +123,16 @@ class Platform:
     def stop(self) -> None:
         for s in self.services.values():
             s.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        """Started and ready within, stopped after."""
+        self.start()
+        try:
+            await self.wait_ready()
+            yield self
+        finally:
+            self.stop()
 
     # ---- HTTP -------------------------------------------------------------------------
 
@@ -268,12 +279,8 @@ async def platform(test_env: TestEnv, base_image: str, log_dir: Path) -> AsyncIt
     p = Platform(
         test_env, f"{test_env.deployment}-n1", log_dir, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30)
     )
-    p.start()
-    try:
-        await p.wait_ready()
+    async with p.running():
         yield p
-    finally:
-        p.stop()
 
 
 async def containers_of(docker: aiodocker.Docker, env: TestEnv, execution_id: int) -> list[Any]:

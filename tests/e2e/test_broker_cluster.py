@@ -20,8 +20,7 @@ import asyncpg
 import pytest
 
 from common import db
-from common.bus import DEAD_LETTERS, Bus
-from tests.conftest import PG_BASE, TestEnv, wait_for
+from tests.conftest import PG_BASE, TestEnv, dead_letters, wait_for
 from tests.e2e.conftest import Platform, service, zapp
 from tests.private_rabbitmq import PrivateCluster
 
@@ -64,13 +63,8 @@ async def cluster_platform(
         await db.migrate(env.database_url)
         logs = log_dir / "broker-cluster"
         logs.mkdir(exist_ok=True)
-        p = Platform(env, f"{env.deployment}-n1", logs, **HOLLOW)
-        p.start()
-        try:
-            await p.wait_ready()
+        async with Platform(env, f"{env.deployment}-n1", logs, **HOLLOW).running() as p:
             yield p
-        finally:
-            p.stop()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{env.database}" WITH (FORCE)')
         await admin.close()
@@ -100,17 +94,6 @@ class Stream:
             else:
                 raise AssertionError(f"submission refused: {status} {body}")
             await asyncio.sleep(0.1)
-
-
-async def _dead_letters(url: str) -> list[bytes]:
-    async with Bus(url, name="t-dead-letters", quorum_size=3) as bus:
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.get_queue(DEAD_LETTERS)
-        bodies = []
-        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
-            bodies.append(msg.body)
-        await channel.close()
-        return bodies
 
 
 async def _all_running(pool: asyncpg.Pool, ids: list[int]) -> bool:
@@ -172,7 +155,7 @@ async def test_a_broker_node_killed_mid_stream_loses_nothing_and_rejoins(
         await wait_for(lambda: _all_running(pool, later), timeout=60, what="running after")
 
     assert all(s.alive for s in platform.services.values()), "a service died"
-    assert await _dead_letters(platform.env.amqp_url) == []
+    assert await dead_letters(platform.env.amqp_url, quorum_size=3) == []
     print(
         f"\nbroker cluster: {before} acknowledged before the kill, {len(acked) - before}"
         f" after it, {len(stream.refused)} refused meanwhile, 5 after the rejoin"

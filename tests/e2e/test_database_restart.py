@@ -19,8 +19,7 @@ import aiodocker
 import pytest
 
 from common import db
-from common.bus import DEAD_LETTERS, Bus
-from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, wait_for
+from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, dead_letters, wait_for
 from tests.e2e.conftest import ROOT, Platform, containers_of, service, zapp
 from tests.e2e.test_failures import _long_running, _server, _workers, docker_kill, wait_instance
 from tests.private_postgres import PrivatePostgres
@@ -62,17 +61,6 @@ async def pg_platform(
         await _remove_containers(env.deployment)
         with contextlib.suppress(RuntimeError):
             _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
-
-
-async def _dead_letters(amqp_url: str) -> list[bytes]:
-    async with Bus(amqp_url, name="t-dead-letters") as bus:
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.get_queue(DEAD_LETTERS)
-        bodies = []
-        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
-            bodies.append(msg.body)
-        await channel.close()
-        return bodies
 
 
 async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
@@ -117,7 +105,7 @@ async def test_a_database_restart_loses_nothing_and_dead_letters_nothing(
         assert replaced["container_name"] != worker["container_name"]
     assert (await platform.get(running))["state"] == "running"
     assert all(s.alive for s in platform.services.values()), "a service died of the outage"
-    assert await _dead_letters(env.amqp_url) == []
+    assert await dead_letters(env.amqp_url) == []
     await platform.acall("POST", f"/executions/{running}/terminate")
     await platform.wait_state(running, "terminated", timeout=60)
 
