@@ -22,6 +22,11 @@ Ack policy (``Bus.consume``), the one place that acks or rejects:
 
 Publishing: persistent messages with pipelined confirms; a mandatory message that no
 queue takes is returned by the broker and fails its publish (it is not counted as sent).
+
+On a cluster (common/brokers.py) every queue that holds what must not be lost is a quorum
+queue, replicated on ``quorum_size`` nodes (the broker's default when 0); the heartbeat
+queues are transient classic ones, which a node's death deletes and the next declaration
+(on reconnect) makes again on a live node.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from common import brokers, metrics, routes
 from common import messages as m
-from common import metrics, routes
 from common.errors import TooLarge, UserError, invalid_message
 from common.retry import Backoff, is_transient
 from common.routes import COMMANDS, DEAD_LETTERS, DLX, EVENTS
@@ -102,12 +107,19 @@ class Bus:
         prefetch: int = 64,
         transient_retry: float = 300.0,
         retry_backoff: tuple[float, float] = (0.2, 10.0),
+        quorum_size: int = 0,
     ) -> None:
         """``transient_retry``: how long a handler failing for a transient reason (the
         database or the broker away) is retried in place, with a backoff from
         ``retry_backoff[0]`` doubling up to ``retry_backoff[1]`` seconds, before its
-        message is given back to the queue (which counts against the delivery limit)."""
+        message is given back to the queue (which counts against the delivery limit).
+
+        ``url`` may list several nodes of a cluster (common/brokers.py); ``quorum_size``:
+        on how many nodes a quorum queue is replicated (0: the broker's default). Every
+        service of a deployment must use the same: a queue's size is fixed when it is made.
+        """
         self._url = url
+        self._quorum_size = quorum_size
         self._transient_retry = transient_retry
         self._retry_backoff = retry_backoff
         self._name = name
@@ -131,14 +143,15 @@ class Bus:
 
     async def connect(self) -> None:
         """Connect (retrying while the broker is unreachable) and declare the topology."""
-        self._conn = await aio_pika.connect_robust(
+        self._conn = await brokers.connect(
             self._url, client_properties={"connection_name": self._name}
         )
+        await _replace_outdated_queues(self._conn, self._quorum_size)
         # on_return_raises: a mandatory message no queue took fails its publish
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         self._sub = await self._conn.channel()
         await self._sub.set_qos(prefetch_count=self._prefetch)
-        await declare_topology(self._pub)
+        await declare_topology(self._pub, self._quorum_size)
         for name in (EVENTS, COMMANDS, DLX):
             self._exchanges[name] = await self._pub.get_exchange(name, ensure=False)
         self._exchanges[""] = self._pub.default_exchange
@@ -263,7 +276,7 @@ class Bus:
         """Declare a queue as its kind in the route table says (or ``kind``, for a queue
         the table does not have), with bindings."""
         assert self._pub is not None
-        queue = await _declare_queue(self._pub, name, kind)
+        queue = await _declare_queue(self._pub, name, kind, self._quorum_size)
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
@@ -298,7 +311,7 @@ class Bus:
         # the queue and its consumer after a reconnect.
         queue_kind = kind or routes.queue(queue_name).kind
         heartbeats = queue_kind == "heartbeats"
-        queue = await _declare_queue(self._sub, queue_name, queue_kind)
+        queue = await _declare_queue(self._sub, queue_name, queue_kind, self._quorum_size)
         decoder = m.decoder(inbox if inbox is not None else routes.inbox(queue_name))
         if timeout is not None:
             handler = _bounded(handler, timeout)
@@ -473,7 +486,7 @@ def _bounded(handler: Callable[[Any], Awaitable[Any]], seconds: float) -> Any:
     return bounded
 
 
-def _queue_arguments(kind: routes.QueueKind) -> dict[str, Any]:
+def _queue_arguments(kind: routes.QueueKind, quorum_size: int = 0) -> dict[str, Any]:
     """How a queue of a kind is declared: a heartbeat queue is classic with a message
     time to live; every other one is quorum with a delivery limit and dead-lettering."""
     if kind == "heartbeats":
@@ -482,25 +495,83 @@ def _queue_arguments(kind: routes.QueueKind) -> dict[str, Any]:
         "x-queue-type": "quorum",
         "x-delivery-limit": routes.DELIVERY_LIMIT,
         "x-dead-letter-exchange": DLX,
+        **_quorum_arguments(quorum_size),
     }
 
 
+def _quorum_arguments(quorum_size: int) -> dict[str, Any]:
+    return {"x-quorum-initial-group-size": quorum_size} if quorum_size else {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Declaration:
+    name: str
+    durable: bool
+    arguments: dict[str, Any]
+
+
+def _declaration(
+    name: str, kind: routes.QueueKind | None = None, quorum_size: int = 0
+) -> _Declaration:
+    kind = kind or routes.queue(name).kind
+    # A heartbeat queue is transient: a durable classic queue lives on one node of a
+    # cluster and cannot be declared again while that node is down (a service could not
+    # reconnect); a transient one is deleted with its node and made again elsewhere.
+    return _Declaration(name, kind != "heartbeats", _queue_arguments(kind, quorum_size))
+
+
+def _dead_letters(quorum_size: int) -> _Declaration:
+    # quorum: the dead letters outlive the death of a node; no limit, no dead-lettering
+    return _Declaration(
+        DEAD_LETTERS, True, {"x-queue-type": "quorum", **_quorum_arguments(quorum_size)}
+    )
+
+
 async def _declare_queue(
-    channel: AbstractChannel, name: str, kind: routes.QueueKind | None = None
+    channel: AbstractChannel,
+    name: str,
+    kind: routes.QueueKind | None = None,
+    quorum_size: int = 0,
 ) -> AbstractQueue:
-    arguments = _queue_arguments(kind or routes.queue(name).kind)
-    return await channel.declare_queue(name, durable=True, arguments=arguments)
+    how = _declaration(name, kind, quorum_size)
+    return await channel.declare_queue(name, durable=how.durable, arguments=how.arguments)
 
 
-async def declare_topology(channel: AbstractChannel) -> None:
+async def _replace_outdated_queues(connection: AbstractRobustConnection, quorum_size: int) -> None:
+    """Delete the shared queues declared otherwise than they are now (an older version's
+    durable heartbeat queue or classic dead letters) so that they are declared anew: a
+    heartbeat queue whatever it holds (heartbeats are soon worth nothing), any other only
+    when it is empty. A queue that still holds messages stays, and the declaration that
+    follows fails with the broker's reason (docs/operations.md, "A replicated bus")."""
+    wanted = [
+        _dead_letters(quorum_size),
+        *(_declaration(q, None, quorum_size) for q in routes.bindings()),
+    ]
+    for how in wanted:
+        # a refused declaration closes its channel: each on a channel of its own
+        async with connection.channel() as channel:
+            try:
+                await channel.declare_queue(how.name, durable=how.durable, arguments=how.arguments)
+                continue
+            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+                reason = str(exc)
+        async with connection.channel() as channel:
+            heartbeats = not how.durable
+            with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.queue_delete(how.name, if_empty=not heartbeats)
+                log.warning("queue.replaced", queue=how.name, reason=reason)
+
+
+async def declare_topology(channel: AbstractChannel, quorum_size: int = 0) -> None:
     """Declare every exchange and the shared queues with their bindings (idempotent)."""
     events = await channel.declare_exchange(EVENTS, aio_pika.ExchangeType.TOPIC, durable=True)
     await channel.declare_exchange(COMMANDS, aio_pika.ExchangeType.DIRECT, durable=True)
     dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead = await channel.declare_queue(DEAD_LETTERS, durable=True)
-    await dead.bind(dlx)
+    dead = _dead_letters(quorum_size)
+    dead_queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
+    await dead_queue.bind(dlx)
     for name, keys in routes.bindings().items():
-        queue = await _declare_queue(channel, name)
+        queue = await _declare_queue(channel, name, None, quorum_size)
         for exchange, key in keys:
             await queue.bind(exchange if exchange != EVENTS else events, routing_key=key)
     current = {(q, k) for q, keys in routes.bindings().items() for _, k in keys}

@@ -138,6 +138,7 @@ class Runtime:
                 name=name or self.name,
                 prefetch=self.settings.prefetch,
                 transient_retry=self.settings.transient_retry,
+                quorum_size=self.settings.amqp_quorum_size,
             )
         )
         self.watch_bus(self._bus)

@@ -22,6 +22,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """What every service needs: where the broker and the database are, and who we are."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # On how many nodes of a RabbitMQ cluster each quorum queue is replicated (0: the
+    # broker's default); the same for every service, fixed when a queue is first made.
+    amqp_quorum_size: int = 0
     database_url: str = "postgresql://postgres@127.0.0.1:5432/zoe"
     # Names containers, networks and labels: two deployments never touch each other's.
     deployment: str = "zoe"

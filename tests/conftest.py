@@ -26,7 +26,7 @@ import pytest
 
 from common import db
 from common import messages as m
-from common.bus import EVENTS, Bus
+from common.bus import DEAD_LETTERS, EVENTS, Bus
 
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP_BASE = os.environ.get("ZOE_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
@@ -226,3 +226,16 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
         yield out
     finally:
         await connection.close()
+
+
+async def dead_letters(amqp_url: str, **bus: Any) -> list[bytes]:
+    """Take every message out of the dead letters of ``amqp_url``; returns their bodies
+    (``bus``: further arguments of the ``Bus`` that reads them)."""
+    async with Bus(amqp_url, name="t-dead-letters", **bus) as b:
+        channel = await b._conn.channel()  # type: ignore[union-attr]
+        queue = await channel.get_queue(DEAD_LETTERS)
+        bodies = []
+        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
+            bodies.append(msg.body)
+        await channel.close()
+        return bodies

@@ -488,7 +488,12 @@ async def _serve_nodes(
             if on_ready is not None:
                 on_ready()
 
-    bus = Bus(settings.amqp_url, name=f"hollow.{prefix}", prefetch=settings.prefetch)
+    bus = Bus(
+        settings.amqp_url,
+        name=f"hollow.{prefix}",
+        prefetch=settings.prefetch,
+        quorum_size=settings.amqp_quorum_size,
+    )
     async with bus, asyncio.TaskGroup() as tg:
         for name in names:
             await gate.acquire()

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import db  # noqa: E402
 from tests.private_postgres import PrivatePostgres, free_port  # noqa: E402
+from tests.private_rabbitmq import PrivateBroker, pids_with_env  # noqa: E402
 
 AMQP_BASE = os.environ.get("ZOE_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
 PG_BASE = os.environ.get("ZOE_BENCH_PG_BASE", "postgresql://postgres@127.0.0.1:5432/")
@@ -87,88 +88,6 @@ def pids_named(fragment: str) -> list[int]:
             with contextlib.suppress(OSError):
                 if fragment in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
                     out.append(int(entry.name))
-    return out
-
-
-class PrivateBroker:
-    """A RabbitMQ node of the benchmark's own (its own port and data directory).
-
-    Thousands of quorum queues (one per hollow node) weigh on a broker: a shared one
-    would slow every other user of this machine, and deleting them one by one (as a
-    vhost deletion does) takes minutes. A private node is stopped and its directory
-    deleted at the end instead.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        self.node = f"zoebench{run_id}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
-        self.base = Path(f"/tmp/zoe-bench-rabbitmq-{run_id}")
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.base / "log"),
-            RABBITMQ_PID_FILE=str(self.base / "pid"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
-            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
-        )
-        return env
-
-    def start(self, timeout: float = 120) -> None:
-        (self.base / "log").mkdir(parents=True, exist_ok=True)
-        (self.base / "enabled_plugins").write_text("[].\n")
-        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
-        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.base)], check=True)
-        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True, timeout=60)
-        deadline = time.monotonic() + timeout
-        while True:  # until the node answers at all, await_startup fails at once
-            done = subprocess.run(
-                ["rabbitmqctl", "-q", "-n", self.node, "await_startup", "--timeout", "30"],
-                capture_output=True,
-                timeout=60,
-            )
-            if done.returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"RabbitMQ node {self.node} did not start: {done.stderr!r}")
-            time.sleep(0.5)
-
-    def restart(self, down_for: float = 0.0, timeout: float = 120) -> None:
-        """Stop the node gracefully (its queues and messages are kept), stay down for
-        ``down_for`` seconds, start it again."""
-        subprocess.run(
-            ["rabbitmqctl", "-q", "-n", self.node, "shutdown"],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        time.sleep(down_for)
-        self.start(timeout)
-
-    def stop(self) -> None:
-        """Kill the node (its data is thrown away: a graceful stop of a thousand quorum
-        queues takes minutes) and delete its directory."""
-        for pid in pids_with_env(f"RABBITMQ_NODENAME={self.node}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-def pids_with_env(entry: str) -> list[int]:
-    """Processes whose environment holds ``entry`` ("NAME=value")."""
-    out = []
-    wanted = entry.encode()
-    for path in Path("/proc").iterdir():
-        if path.name.isdigit():
-            with contextlib.suppress(OSError):
-                if wanted in (path / "environ").read_bytes().split(b"\0"):
-                    out.append(int(path.name))
     return out
 
 
@@ -230,7 +149,7 @@ class BenchPlatform:
         self.vhost = f"zoe-bench-{self.run_id}"
         self.database = f"zoe_bench_{self.run_id}"
         self.deployment = f"zb{self.run_id}"
-        self.broker = PrivateBroker(self.run_id) if self.private_broker else None
+        self.broker = PrivateBroker(f"zoebench{self.run_id}") if self.private_broker else None
         if self.broker is not None:
             self.amqp_url = self.broker.url
         else:

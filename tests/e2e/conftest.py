@@ -14,16 +14,17 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiodocker
 import pytest
 
 from common import db
-from common.bus import DEAD_LETTERS, Bus
-from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, wait_for
+from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, dead_letters, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+__all__ = ["dead_letters"]  # from tests.conftest, for the e2e tests that import it here
 BASE_IMAGE = "zoe/busybox:1"
 
 
@@ -126,6 +127,16 @@ class Platform:
     def stop(self) -> None:
         for s in self.services.values():
             s.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        """Started and ready within, stopped after."""
+        self.start()
+        try:
+            await self.wait_ready()
+            yield self
+        finally:
+            self.stop()
 
     # ---- HTTP -------------------------------------------------------------------------
 
@@ -283,12 +294,8 @@ async def platform(test_env: TestEnv, base_image: str, log_dir: Path) -> AsyncIt
 async def _started(env: TestEnv, log_dir: Path) -> AsyncIterator[Platform]:
     """A platform of ``env`` whose node offers 2 cores and 1 GiB, ready; stopped after."""
     p = Platform(env, f"{env.deployment}-n1", log_dir, ZOE_CORES="2", ZOE_MEMORY=str(1 << 30))
-    p.start()
-    try:
-        await p.wait_ready()
+    async with p.running():
         yield p
-    finally:
-        p.stop()
 
 
 async def containers_of(docker: aiodocker.Docker, env: TestEnv, execution_id: int) -> list[Any]:
@@ -322,15 +329,3 @@ async def platform_on(
         await _remove_containers(env.deployment)
         with contextlib.suppress(RuntimeError):
             _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
-
-
-async def dead_letters(amqp_url: str) -> list[bytes]:
-    """Take every message out of the dead-letter queue of the vhost of ``amqp_url``."""
-    async with Bus(amqp_url, name="t-dead-letters") as bus:
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.get_queue(DEAD_LETTERS)
-        bodies = []
-        while (msg := await queue.get(fail=False, no_ack=True)) is not None:
-            bodies.append(msg.body)
-        await channel.close()
-        return bodies

@@ -11,6 +11,7 @@ from common import messages as m
 from common.bus import DEAD_LETTERS, Bus
 from common.errors import UserError
 from tests.conftest import TestEnv, wait_for
+from tests.private_postgres import free_port
 
 
 async def _dead_letter_bodies(bus: Bus) -> list[bytes]:
@@ -278,3 +279,44 @@ async def test_an_unroutable_mandatory_message_fails_its_publish(test_env: TestE
         with pytest.raises(aio_pika.exceptions.DeliveryError):
             await bus.publish(stop, node=f"no-such-node-{test_env.run_id}")
         assert await bus.ping(timeout=5)
+
+
+async def test_a_url_of_several_nodes_connects_to_a_live_one_and_moves_on_when_it_dies(
+    test_env: TestEnv,
+) -> None:
+    from tests.service.test_executor import Proxy  # a cuttable relay
+
+    # three "nodes": nothing listens on the first; the others relay to the broker
+    first, second = (Proxy(lambda: asyncio.open_connection("127.0.0.1", 5672)) for _ in "ab")
+    servers = [await asyncio.start_server(p.relay, "127.0.0.1", 0) for p in (first, second)]
+    ports = [free_port(), *(s.sockets[0].getsockname()[1] for s in servers)]
+    vhost = test_env.amqp_url.rsplit("/", 1)[1]
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    url = f"amqp://guest:guest@{hosts}/{vhost}?reconnect_interval=0.2"
+    node = f"t-hosts-{test_env.run_id}"
+    queue = f"test.{test_env.run_id}.hosts"
+    got: list[str] = []
+
+    async def handler(msg: m.NodeHeartbeat) -> None:
+        got.append(msg.id)
+
+    try:
+        async with Bus(url, name="t-hosts") as bus, Bus(test_env.amqp_url, name="t-pub") as pub:
+            bindings = [("zoe.events", f"node.heartbeat.{node}")]
+            await bus.declare_queue(queue, bindings, kind="quorum")
+            await bus.consume(queue, handler, inbox=m.NodeHeartbeat, kind="quorum")
+            assert first._writers and not second._writers  # on the first live one
+            beat = m.NodeHeartbeat(node=node, cores=1, memory=1 << 20)
+            await pub.publish(beat)
+            await wait_for(lambda: got == [beat.id], what="delivered through the first")
+
+            first.cut()  # that node dies for good: the next attempt goes to the next
+            await wait_for(lambda: second._writers and bus.consuming, what="reconnected")
+            later = m.NodeHeartbeat(node=node, cores=1, memory=1 << 20)
+            await pub.publish(later)
+            await wait_for(lambda: later.id in got, what="delivered through the second")
+            assert await bus.ping(timeout=5)
+            await pub.consumer_channel.queue_delete(queue)
+    finally:
+        for s in servers:
+            s.close()
