@@ -49,11 +49,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from common import brokers, metrics, routes
+from common import brokers, metrics, routes, topology
 from common import messages as m
 from common.errors import TooLarge, UserError, invalid_message
 from common.retry import Backoff, is_transient
-from common.routes import COMMANDS, DEAD_LETTERS, DLX, EVENTS
+from common.routes import COMMANDS, DLX, EVENTS
 
 log = structlog.get_logger("bus")
 
@@ -146,12 +146,12 @@ class Bus:
         self._conn = await brokers.connect(
             self._url, client_properties={"connection_name": self._name}
         )
-        await _replace_outdated_queues(self._conn, self._quorum_size)
+        await topology.replace_outdated_queues(self._conn, self._quorum_size)
         # on_return_raises: a mandatory message no queue took fails its publish
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         self._sub = await self._conn.channel()
         await self._sub.set_qos(prefetch_count=self._prefetch)
-        await declare_topology(self._pub, self._quorum_size)
+        await topology.declare_topology(self._pub, self._quorum_size)
         for name in (EVENTS, COMMANDS, DLX):
             self._exchanges[name] = await self._pub.get_exchange(name, ensure=False)
         self._exchanges[""] = self._pub.default_exchange
@@ -276,7 +276,7 @@ class Bus:
         """Declare a queue as its kind in the route table says (or ``kind``, for a queue
         the table does not have), with bindings."""
         assert self._pub is not None
-        queue = await _declare_queue(self._pub, name, kind, self._quorum_size)
+        queue = await topology.declare_queue(self._pub, name, kind, self._quorum_size)
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
@@ -311,7 +311,7 @@ class Bus:
         # the queue and its consumer after a reconnect.
         queue_kind = kind or routes.queue(queue_name).kind
         heartbeats = queue_kind == "heartbeats"
-        queue = await _declare_queue(self._sub, queue_name, queue_kind, self._quorum_size)
+        queue = await topology.declare_queue(self._sub, queue_name, queue_kind, self._quorum_size)
         decoder = m.decoder(inbox if inbox is not None else routes.inbox(queue_name))
         if timeout is not None:
             handler = _bounded(handler, timeout)
@@ -484,100 +484,6 @@ def _bounded(handler: Callable[[Any], Awaitable[Any]], seconds: float) -> Any:
             raise
 
     return bounded
-
-
-def _queue_arguments(kind: routes.QueueKind, quorum_size: int = 0) -> dict[str, Any]:
-    """How a queue of a kind is declared: a heartbeat queue is classic with a message
-    time to live; every other one is quorum with a delivery limit and dead-lettering."""
-    if kind == "heartbeats":
-        return {"x-queue-type": "classic", "x-message-ttl": routes.HEARTBEAT_TTL_MS}
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": routes.DELIVERY_LIMIT,
-        "x-dead-letter-exchange": DLX,
-        **_quorum_arguments(quorum_size),
-    }
-
-
-def _quorum_arguments(quorum_size: int) -> dict[str, Any]:
-    return {"x-quorum-initial-group-size": quorum_size} if quorum_size else {}
-
-
-@dataclass(frozen=True, slots=True)
-class _Declaration:
-    name: str
-    durable: bool
-    arguments: dict[str, Any]
-
-
-def _declaration(
-    name: str, kind: routes.QueueKind | None = None, quorum_size: int = 0
-) -> _Declaration:
-    kind = kind or routes.queue(name).kind
-    # A heartbeat queue is transient: a durable classic queue lives on one node of a
-    # cluster and cannot be declared again while that node is down (a service could not
-    # reconnect); a transient one is deleted with its node and made again elsewhere.
-    return _Declaration(name, kind != "heartbeats", _queue_arguments(kind, quorum_size))
-
-
-def _dead_letters(quorum_size: int) -> _Declaration:
-    # quorum: the dead letters outlive the death of a node; no limit, no dead-lettering
-    return _Declaration(
-        DEAD_LETTERS, True, {"x-queue-type": "quorum", **_quorum_arguments(quorum_size)}
-    )
-
-
-async def _declare_queue(
-    channel: AbstractChannel,
-    name: str,
-    kind: routes.QueueKind | None = None,
-    quorum_size: int = 0,
-) -> AbstractQueue:
-    how = _declaration(name, kind, quorum_size)
-    return await channel.declare_queue(name, durable=how.durable, arguments=how.arguments)
-
-
-async def _replace_outdated_queues(connection: AbstractRobustConnection, quorum_size: int) -> None:
-    """Delete the shared queues declared otherwise than they are now (an older version's
-    durable heartbeat queue or classic dead letters) so that they are declared anew: a
-    heartbeat queue whatever it holds (heartbeats are soon worth nothing), any other only
-    when it is empty. A queue that still holds messages stays, and the declaration that
-    follows fails with the broker's reason (docs/operations.md, "A replicated bus")."""
-    wanted = [
-        _dead_letters(quorum_size),
-        *(_declaration(q, None, quorum_size) for q in routes.bindings()),
-    ]
-    for how in wanted:
-        # a refused declaration closes its channel: each on a channel of its own
-        async with connection.channel() as channel:
-            try:
-                await channel.declare_queue(how.name, durable=how.durable, arguments=how.arguments)
-                continue
-            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-                reason = str(exc)
-        async with connection.channel() as channel:
-            heartbeats = not how.durable
-            with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
-                await channel.queue_delete(how.name, if_empty=not heartbeats)
-                log.warning("queue.replaced", queue=how.name, reason=reason)
-
-
-async def declare_topology(channel: AbstractChannel, quorum_size: int = 0) -> None:
-    """Declare every exchange and the shared queues with their bindings (idempotent)."""
-    events = await channel.declare_exchange(EVENTS, aio_pika.ExchangeType.TOPIC, durable=True)
-    await channel.declare_exchange(COMMANDS, aio_pika.ExchangeType.DIRECT, durable=True)
-    dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead = _dead_letters(quorum_size)
-    dead_queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
-    await dead_queue.bind(dlx)
-    for name, keys in routes.bindings().items():
-        queue = await _declare_queue(channel, name, None, quorum_size)
-        for exchange, key in keys:
-            await queue.bind(exchange if exchange != EVENTS else events, routing_key=key)
-    current = {(q, k) for q, keys in routes.bindings().items() for _, k in keys}
-    for name, key in routes.FORMER_BINDINGS:
-        if (name, key) not in current:
-            await (await channel.get_queue(name, ensure=False)).unbind(events, key)
 
 
 async def declare_executor_queue(bus: Bus, node: str) -> str:

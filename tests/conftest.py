@@ -26,7 +26,8 @@ import pytest
 
 from common import db
 from common import messages as m
-from common.bus import DEAD_LETTERS, EVENTS, Bus
+from common.bus import Bus
+from common.routes import DEAD_LETTERS, EVENTS
 
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP_BASE = os.environ.get("ZOE_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")

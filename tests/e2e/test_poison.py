@@ -5,8 +5,8 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from common.bus import COMMANDS, DEAD_LETTERS, EVENTS, Bus
-from common.routes import MONITOR_HEARTBEATS, SCHEDULER_HEARTBEATS
+from common.bus import Bus
+from common.routes import COMMANDS, DEAD_LETTERS, EVENTS, MONITOR_HEARTBEATS, SCHEDULER_HEARTBEATS
 from tests.conftest import TestEnv, wait_for
 from tests.e2e.conftest import Platform, service, zapp
 

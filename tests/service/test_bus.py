@@ -8,8 +8,9 @@ import aio_pika
 import pytest
 
 from common import messages as m
-from common.bus import DEAD_LETTERS, Bus
+from common.bus import Bus
 from common.errors import UserError
+from common.routes import DEAD_LETTERS
 from tests.conftest import TestEnv, wait_for
 from tests.private_postgres import free_port
 

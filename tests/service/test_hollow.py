@@ -24,7 +24,8 @@ import pytest
 from common import messages as m
 from common.bus import Bus
 from common.settings import ExecutorSettings
-from services.executor.hollow import HollowEngine, node_names, serve_many
+from services.executor.hollow import HollowEngine
+from services.executor.hollow_cluster import node_names, serve_many
 from services.executor.service import serve
 from tests.conftest import Facts, TestEnv, node_facts, wait_for
 

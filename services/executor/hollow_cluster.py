@@ -1,0 +1,157 @@
+"""Many hollow executors in one process (services/executor/hollow.py says what a hollow
+node is): ``python -m services.executor.hollow --nodes 1000`` runs a thousand of them,
+sharing one AMQP connection, set up a few at a time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from common import lifecycle
+from common.bus import Bus
+from common.settings import ExecutorSettings
+from services.executor.hollow import HollowEngine, HollowJournal
+
+log = structlog.get_logger("executor.hollow")
+
+
+def node_names(prefix: str, count: int) -> list[str]:
+    """``<prefix>-0000`` ... : the names of a hollow cluster's nodes."""
+    width = max(4, len(str(count - 1)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+
+
+async def serve_many(
+    settings: ExecutorSettings,
+    stop: asyncio.Event,
+    *,
+    nodes: int,
+    prefix: str,
+    engines: dict[str, HollowEngine] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    setup_concurrency: int = 32,
+    journal: Path | None = None,
+    play_commands: bool = False,
+) -> None:
+    """Run ``nodes`` hollow executors on one bus connection until ``stop`` is set.
+
+    Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
+    time, so a thousand queue declarations do not all hit the broker at once.
+    ``engines``, when given, receives each node's engine (for a test to play deaths).
+    ``journal`` and ``play_commands``: see `HollowEngine` (soak runs).
+    """
+    restored = HollowJournal.replay(journal) if journal is not None else {}
+    records = HollowJournal(journal) if journal is not None else None
+    if records is not None:
+        records.write("boot", prefix, restored=sum(map(len, restored.values())))
+    try:
+        await _serve_nodes(
+            settings,
+            stop,
+            prefix,
+            node_names(prefix, nodes),
+            engines=engines,
+            on_ready=on_ready,
+            setup_concurrency=setup_concurrency,
+            journal=records,
+            restored=restored,
+            play_commands=play_commands,
+        )
+    finally:
+        if records is not None:
+            records.close()
+
+
+async def _serve_nodes(
+    settings: ExecutorSettings,
+    stop: asyncio.Event,
+    prefix: str,
+    names: list[str],
+    *,
+    engines: dict[str, HollowEngine] | None,
+    on_ready: Callable[[], None] | None,
+    setup_concurrency: int,
+    journal: HollowJournal | None,
+    restored: dict[str, list[dict[str, Any]]],
+    play_commands: bool,
+) -> None:
+    from services.executor.service import run_executor  # the one executor, as is
+
+    nodes = len(names)
+    gate = asyncio.Semaphore(setup_concurrency)
+    ready = 0
+    started = time.monotonic()
+
+    def node_ready() -> None:
+        nonlocal ready
+        gate.release()
+        ready += 1
+        if ready == nodes:
+            log.warning("hollow.ready", nodes=nodes, seconds=round(time.monotonic() - started, 1))
+            if on_ready is not None:
+                on_ready()
+
+    bus = Bus(
+        settings.amqp_url,
+        name=f"hollow.{prefix}",
+        prefetch=settings.prefetch,
+        quorum_size=settings.amqp_quorum_size,
+    )
+    async with bus, asyncio.TaskGroup() as tg:
+        for name in names:
+            await gate.acquire()
+            if stop.is_set():
+                gate.release()
+                break
+            engine = HollowEngine(node=name, journal=journal, play_commands=play_commands)
+            engine.restore(restored.get(name, []))
+            if engines is not None:
+                engines[name] = engine
+            node_settings = replace_settings(settings, node_name=name)
+            tg.create_task(run_executor(node_settings, engine, bus, stop, on_ready=node_ready))
+
+
+def replace_settings(settings: ExecutorSettings, **changes: object) -> ExecutorSettings:
+    """``settings`` with some fields changed (they are frozen)."""
+    return msgspec.structs.replace(settings, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.executor.hollow --nodes N``: N hollow executors, one process."""
+    parser = argparse.ArgumentParser(prog="python -m services.executor.hollow")
+    parser.add_argument("--nodes", type=int, default=100, help="hollow nodes to run")
+    parser.add_argument(
+        "--prefix", default="hollow", help="node names are PREFIX-0000, PREFIX-0001, ..."
+    )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="record starts, exits and removals in this file, and take back the"
+        " containers it holds at start (soak runs: a killed process keeps its containers)",
+    )
+    parser.add_argument(
+        "--play-commands",
+        action="store_true",
+        help="a container whose command is 'sleep N[; exit C]' exits by itself after N s",
+    )
+    args = parser.parse_args(argv)
+    settings = ExecutorSettings.from_env(engine="hollow")
+
+    async def serve(s: ExecutorSettings, stop: asyncio.Event) -> None:
+        await serve_many(
+            s,
+            stop,
+            nodes=args.nodes,
+            prefix=args.prefix,
+            journal=args.journal,
+            play_commands=args.play_commands,
+        )
+
+    return lifecycle.run("executor.hollow", settings, serve)
