@@ -66,6 +66,8 @@ class NodeHeartbeat(Message, frozen=True, kw_only=True, tag="node.heartbeat"):
 
     ``registered`` is true for the first heartbeat after the executor starts (its
     registration); ``instances`` lists the instance ids of the containers it manages.
+    ``stopping`` is true for the last one, sent when the executor stops cleanly (a
+    restart, say): its containers keep running, and its silence for a while is no loss.
     """
 
     node: str
@@ -76,6 +78,7 @@ class NodeHeartbeat(Message, frozen=True, kw_only=True, tag="node.heartbeat"):
     instances: list[int] = []
     usage: list[ContainerUsage] = []
     registered: bool = False
+    stopping: bool = False
     sent_at: float = 0.0
 
 

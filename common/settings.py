@@ -169,6 +169,9 @@ class MonitorSettings(Settings, frozen=True, kw_only=True):
 
     # A node that sent no heartbeat for this many seconds is lost.
     node_timeout: float = 10.0
+    # ... and this many more after its executor said it stops (a restart): its
+    # containers keep running meanwhile.
+    node_restart_grace: float = 60.0
     check_interval: float = 1.0
     # Seconds between two writes of the containers' usage samples (from heartbeats).
     usage_store_interval: float = 5.0

@@ -189,7 +189,7 @@ async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:
 # ---- heartbeats -------------------------------------------------------------------------
 
 
-async def heartbeat(ex: Executor, registered: bool) -> m.NodeHeartbeat:
+async def heartbeat(ex: Executor, registered: bool, *, stopping: bool = False) -> m.NodeHeartbeat:
     """The node's capacity, its zoe/ images and the instances it holds."""
     images, containers = await asyncio.gather(
         ex.engine.image_tags(IMAGE_PREFIX), ex.engine.list_managed()
@@ -205,8 +205,19 @@ async def heartbeat(ex: Executor, registered: bool) -> m.NodeHeartbeat:
         instances=instances,
         usage=sorted(usage, key=lambda u: u.instance_id),
         registered=registered,
+        stopping=stopping,
         sent_at=time.time(),
     )
+
+
+async def say_stopping(ex: Executor) -> None:
+    """The last heartbeat, at a clean stop: the node is restarting, not lost (the monitor
+    waits ``node_restart_grace`` for it). Best effort: a broker away makes it silent."""
+    try:
+        async with asyncio.timeout(max(ex.settings.heartbeat_interval, 1.0)):
+            await ex.bus.publish(await heartbeat(ex, False, stopping=True))
+    except Exception as exc:
+        log.warning("heartbeat.stopping_failed", reason=str(exc) or repr(exc))
 
 
 async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:

@@ -30,6 +30,7 @@ from services.executor.loops import (
     heartbeat_loop,
     reconcile,
     report_ended_loop,
+    say_stopping,
     usage_loop,
     watch_events,
 )
@@ -110,3 +111,4 @@ async def run_executor(
         await bus.stop_consuming(settings.drain_timeout)
         for task in loops:
             task.cancel()
+        await say_stopping(ex)

@@ -37,6 +37,9 @@ class Deps:
     # instance id -> its latest usage sample (cpu percent, memory bytes, sampled at),
     # kept until ``store_usage`` writes it
     usage: dict[int, tuple[float, int, float]] = field(default_factory=dict)
+    # Seconds of silence allowed beyond the node timeout after a node said it stops (a
+    # restart of its executor: its containers keep running).
+    restart_grace: float = 0.0
 
 
 async def on_exited(msg: m.InstanceExited, deps: Deps) -> None:
@@ -66,8 +69,9 @@ async def on_start_failed(msg: m.InstanceStartFailed, deps: Deps) -> None:
 
 
 async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
-    """Note that the node is alive, and the usage of its containers."""
-    deps.last_seen[msg.node] = deps.clock()
+    """Note that the node is alive, and the usage of its containers. A node that says it
+    stops (its executor restarts) is counted as seen ``restart_grace`` seconds later."""
+    deps.last_seen[msg.node] = deps.clock() + (deps.restart_grace if msg.stopping else 0.0)
     for u in msg.usage:
         deps.usage[u.instance_id] = (u.cpu_percent, u.memory_bytes, msg.sent_at)
 
@@ -120,8 +124,8 @@ def grant_grace(deps: Deps) -> None:
     """Count every known node as just seen: after the monitor could not hear heartbeats
     (its broker link was down), silence says nothing about the nodes."""
     now = deps.clock()
-    for node in deps.last_seen:
-        deps.last_seen[node] = now
+    for node, seen in deps.last_seen.items():
+        deps.last_seen[node] = max(now, seen)  # a restart's grace is kept
 
 
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {

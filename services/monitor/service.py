@@ -34,7 +34,12 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
     async with Runtime("monitor", settings, stop) as rt:
         pool = await rt.open_pool()
         bus = await rt.open_bus()
-        deps = handlers.Deps(pool=pool, last_seen={}, clock=time.monotonic)
+        deps = handlers.Deps(
+            pool=pool,
+            last_seen={},
+            clock=time.monotonic,
+            restart_grace=settings.node_restart_grace,
+        )
         rt.probe.registry.register(HeartbeatAges(deps))
         await rt.serve_metrics()
         for row in await pool.fetch("SELECT name FROM nodes WHERE state = 'up'"):

@@ -296,3 +296,14 @@ async def test_an_ended_container_is_reported_again_until_it_is_removed(
         after = len(seen.all(m.InstanceExited, container_name=start.container_name))
         await asyncio.sleep(1.0)  # three rounds: a removed container is not reported
         assert len(seen.all(m.InstanceExited, container_name=start.container_name)) == after
+
+
+async def test_an_executor_that_stops_cleanly_says_so_in_a_last_heartbeat(
+    test_env: TestEnv, bus: Bus, seen: Facts
+) -> None:
+    async with hollow_cluster(test_env, nodes=1) as (prefix, _):
+        (node,) = node_names(prefix, 1)
+        await seen.wait(m.NodeHeartbeat, node=node, registered=True)
+        assert not seen.all(m.NodeHeartbeat, node=node, stopping=True)
+    last = await seen.wait(m.NodeHeartbeat, node=node, stopping=True)
+    assert not last.registered

@@ -472,3 +472,23 @@ async def test_a_log_with_nul_bytes_is_kept_and_the_cleanup_finishes(
     assert (await _execution(pool, ids["eid"]))["state"] == "terminated"
     log = await pool.fetchval("SELECT log FROM instance_logs WHERE instance_id = $1", ids["main0"])
     assert log == "binary  junk ? end\n"
+
+
+async def test_a_node_whose_executor_said_it_stops_is_given_its_restart_grace(
+    pool: asyncpg.Pool, clock: Clock
+) -> None:
+    """A clean stop (a restart) ends with a ``stopping`` heartbeat: the node's silence
+    counts only after the restart grace, so a slow restart fails nothing."""
+    deps = handlers.Deps(pool=pool, last_seen={}, clock=clock, restart_grace=60)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="r1", cores=4, memory=1 << 30), deps)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="r2", cores=4, memory=1 << 30), deps)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="r1", cores=4, memory=1 << 30, stopping=True), deps
+    )
+    clock.now += 30
+    assert await handlers.check_nodes(pool, deps, timeout=10) == ["r2"]  # r1 restarts
+    handlers.grant_grace(deps)  # a broker outage meanwhile keeps the longer grace
+    clock.now += 35
+    assert await handlers.check_nodes(pool, deps, timeout=10) == []
+    clock.now += 10  # 75 s: past the grace and the timeout, and it never came back
+    assert await handlers.check_nodes(pool, deps, timeout=10) == ["r1"]
