@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -329,3 +330,37 @@ async def platform_on(
         await _remove_containers(env.deployment)
         with contextlib.suppress(RuntimeError):
             _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
+
+
+@asynccontextmanager
+async def container_creates(env: TestEnv) -> AsyncIterator[Counter[str]]:
+    """How many times each container of this session is created while the block runs,
+    from a live ``docker events`` stream (the engine keeps only the last 256 events, too
+    few to ask afterwards on a busy host)."""
+    created: Counter[str] = Counter()
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/bin/docker",
+        "events",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        f"label=zoe.deployment={env.deployment}",
+        "--format",
+        "{{json .}}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            created[json.loads(line)["Actor"]["Attributes"]["name"]] += 1
+
+    reader = asyncio.create_task(read())
+    try:
+        yield created
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+        await asyncio.wait_for(reader, timeout=10)

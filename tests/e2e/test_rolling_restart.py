@@ -18,8 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +31,7 @@ from tests.e2e.conftest import (
     Platform,
     ServiceProcess,
     _free_port,
+    container_creates,
     dead_letters,
     service,
     zapp,
@@ -148,40 +148,6 @@ def _standby(proc: ServiceProcess, url: str, seen: int) -> Callable[[], Awaitabl
     return check
 
 
-@asynccontextmanager
-async def _container_creates(env: TestEnv) -> AsyncIterator[Counter[str]]:
-    """How many times each container of this session is created while the block runs,
-    from a live ``docker events`` stream (the engine keeps only the last 256 events, too
-    few to ask afterwards on a busy host)."""
-    created: Counter[str] = Counter()
-    proc = await asyncio.create_subprocess_exec(
-        "/usr/bin/docker",
-        "events",
-        "--filter",
-        "type=container",
-        "--filter",
-        "event=create",
-        "--filter",
-        f"label=zoe.deployment={env.deployment}",
-        "--format",
-        "{{json .}}",
-        stdout=asyncio.subprocess.PIPE,
-    )
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            created[json.loads(line)["Actor"]["Attributes"]["name"]] += 1
-
-    reader = asyncio.create_task(read())
-    try:
-        yield created
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), timeout=10)
-        await asyncio.wait_for(reader, timeout=10)
-
-
 def _stamp(record: dict[str, Any]) -> float:
     return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
@@ -210,7 +176,7 @@ async def test_rolling_restart_loses_nothing_and_starts_nothing_twice(
             what="the standby scheduler standing by",
         )
         await dead_letters(test_env.amqp_url)  # what earlier tests left is not ours
-        async with _container_creates(test_env) as creates:
+        async with container_creates(test_env) as creates:
             await _roll(platform, test_env, pool, standby, standby_url, creates)
     finally:
         # the platform's own scheduler back as the leader, for the tests after this one
