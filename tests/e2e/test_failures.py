@@ -294,7 +294,8 @@ async def _free_cores(platform: Platform, node: str) -> float:
 async def _second_executor(
     platform: Platform, node: str, **env: str
 ) -> AsyncIterator[ServiceProcess]:
-    """Another executor process, for the node ``node``; lost (stopped for good) after."""
+    """Another executor process, for the node ``node``; lost after (killed: a node that
+    dies says no goodbye, so the monitor declares it lost after its timeout alone)."""
     base = platform["executor"]
     # both executors run at once: the second has no metrics port
     env = {**base.env, "ZOE_NODE_NAME": node, "ZOE_METRICS_PORT": "0", **env}
@@ -305,7 +306,7 @@ async def _second_executor(
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.proc.send_signal(signal.SIGCONT)
-        proc.stop()
+        proc.kill()
         # let the monitor declare it lost, so that nothing more is placed there
         await platform.wait_node(node, "lost")
 
