@@ -92,8 +92,8 @@ class Submitter:
     async def submit(self, key: str | None = None) -> int:
         """One submission, retried with the same key until acknowledged (2 minutes)."""
         key = key or uuid.uuid4().hex
-        deadline = time.monotonic() + 120
-        while True:
+
+        async def attempt() -> int | None:
             try:
                 status, body = await asyncio.to_thread(self._post, key)
             except OSError as exc:  # refused, reset, timed out: the api is restarting
@@ -102,9 +102,13 @@ class Submitter:
                 self.acked[key] = (int(body["id"]), time.time())
                 return int(body["id"])
             assert status in (0, 503), f"submission {key}: {status} {body}"
-            assert time.monotonic() < deadline, f"submission {key} never acknowledged: {body}"
             self.retries[key] += 1
-            await asyncio.sleep(0.2)
+            return None
+
+        eid: int = await wait_for(
+            attempt, timeout=120, interval=0.2, what=f"submission {key} acknowledged"
+        )
+        return eid
 
     async def run(self) -> None:
         while not self.stop.is_set():
