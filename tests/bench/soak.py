@@ -82,62 +82,36 @@ VALID_BAD = f"{BAD_PREFIX}unknown_id_get-"  # a valid request of an unknown id: 
 # ---- ZApps ------------------------------------------------------------------------------
 
 
+def _soak_zapp(
+    name: str, main: str, main_command: str, *, will_end: bool, workers: int
+) -> dict[str, Any]:
+    """A monitor service ``main`` running ``main_command`` and a service of ``workers`` instances
+    (one essential, the others elastic)."""
+
+    def one(service: str, command: str, total: int, monitor: bool) -> dict[str, Any]:
+        return busybox_service(
+            service,
+            command=command,
+            monitor=monitor,
+            essential=1,
+            total=total,
+            min_cores=0.1,
+            min_memory=32 << 20,
+        )
+
+    services = [one(main, main_command, 1, True)]
+    services.append(one("worker", "sleep 3600", workers, False))
+    return {"name": name, "version": 3, "will_end": will_end, "size": 1, "services": services}
+
+
 def long_running() -> dict[str, Any]:
     """A notebook-like ZApp: a monitor service and a service of elastic workers."""
-    main = busybox_service(
-        "main",
-        command="sleep 3600",
-        monitor=True,
-        essential=1,
-        total=1,
-        min_cores=0.1,
-        min_memory=32 << 20,
-    )
-    workers = busybox_service(
-        "worker",
-        command="sleep 3600",
-        monitor=False,
-        essential=1,
-        total=3,
-        min_cores=0.1,
-        min_memory=32 << 20,
-    )
-    return {
-        "name": "soak-lr",
-        "version": 3,
-        "will_end": False,
-        "size": 1,
-        "services": [main, workers],
-    }
+    return _soak_zapp("soak-lr", "main", "sleep 3600", will_end=False, workers=3)
 
 
 def ephemeral(seconds: float) -> dict[str, Any]:
     """A batch-like ZApp: its monitor service exits 0 after ``seconds``; a worker."""
-    main = busybox_service(
-        "job",
-        command=f"sleep {seconds:.1f}",
-        monitor=True,
-        essential=1,
-        total=1,
-        min_cores=0.1,
-        min_memory=32 << 20,
-    )
-    worker = busybox_service(
-        "worker",
-        command="sleep 3600",
-        monitor=False,
-        essential=1,
-        total=2,
-        min_cores=0.1,
-        min_memory=32 << 20,
-    )
-    return {
-        "name": "soak-eph",
-        "version": 3,
-        "will_end": True,
-        "size": 1,
-        "services": [main, worker],
-    }
+    return _soak_zapp("soak-eph", "job", f"sleep {seconds:.1f}", will_end=True, workers=2)
 
 
 # ---- what the load did ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -16,6 +17,22 @@ from tests.conftest import TestEnv, own_database, wait_for
 
 def _event(execution_id: int) -> m.ExecutionStateChanged:
     return m.ExecutionStateChanged(execution_id=execution_id, state="queued", at=0.0)
+
+
+async def _listen(bus: Bus, *events: m.ExecutionStateChanged) -> tuple[Any, list[int]]:
+    """A queue of its own bound to ``events``' keys; returns its channel and the ids of
+    the events it receives, in order."""
+    channel = await bus._conn.channel()  # type: ignore[union-attr]
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    for event in events:
+        await queue.bind(EVENTS, routing_key=routes.routing_key(event))
+    got: list[int] = []
+
+    async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
+
+    await queue.consume(received, no_ack=True)
+    return channel, got
 
 
 class _Relay(Relay):
@@ -42,17 +59,8 @@ async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the
         own_database(test_env, "outbox") as pool,
         Bus(test_env.amqp_url, name="t-outbox") as bus,
     ):
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         first, late = _event(10**9 + 1), _event(10**9 + 2)
-        for event in (first, late):
-            await queue.bind(EVENTS, routing_key=routes.routing_key(event))
-        got: list[int] = []
-
-        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
-
-        await queue.consume(received, no_ack=True)
+        channel, got = await _listen(bus, first, late)
         async with pool.acquire() as conn, conn.transaction():
             await enqueue(conn, [Outgoing(first)])
         stop = asyncio.Event()
@@ -77,17 +85,8 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         own_database(test_env, "parked") as pool,
         Bus(test_env.amqp_url, name="t-parked") as bus,
     ):
-        channel = await bus._conn.channel()  # type: ignore[union-attr]
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         before, after = _event(10**9 + 11), _event(10**9 + 12)
-        for event in (before, after):
-            await queue.bind(EVENTS, routing_key=routes.routing_key(event))
-        got: list[int] = []
-
-        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
-
-        await queue.consume(received, no_ack=True)
+        channel, got = await _listen(bus, before, after)
         stop_msg = m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n")
         huge = m.ExecutionStateChanged(
             execution_id=10**9 + 13, state="x" * (routes.MAX_MESSAGE_BYTES + 1), at=0.0

@@ -13,28 +13,14 @@ from common.zapp import load_description
 from services.api import store as api_store
 from services.scheduler import handlers, sweeper
 from tests.conftest import TestEnv, own_database
+from tests.e2e.conftest import service, zapp
 
 MiB = 1024 * 1024
 
 
 def _app() -> dict[str, Any]:
-    service = {
-        "name": "wrk",
-        "image": "zoe/busybox:1",
-        "monitor": True,
-        "essential_count": 1,
-        "total_count": 2,
-        "startup_order": 0,
-        "command": "sleep 1000",
-        "environment": [],
-        "ports": [],
-        "volumes": [],
-        "resources": {
-            "cores": {"min": 0.1, "max": 0.1},
-            "memory": {"min": 16 * MiB, "max": 16 * MiB},
-        },
-    }
-    return {"name": "sweep", "version": 3, "will_end": False, "size": 1, "services": [service]}
+    worker = service("wrk", "sleep 1000", total=2, cores=0.1, memory=16 * MiB)
+    return zapp("sweep", worker, will_end=False)
 
 
 @pytest.fixture
