@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -338,9 +339,13 @@ async def container_creates(env: TestEnv) -> AsyncIterator[Counter[str]]:
     from a live ``docker events`` stream (the engine keeps only the last 256 events, too
     few to ask afterwards on a busy host)."""
     created: Counter[str] = Counter()
+    # from the block's start: the stream replays what came before it listened
+    since = f"{time.time():.3f}"
     proc = await asyncio.create_subprocess_exec(
         "/usr/bin/docker",
         "events",
+        "--since",
+        since,
         "--filter",
         "type=container",
         "--filter",
