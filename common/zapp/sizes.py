@@ -127,7 +127,9 @@ def _command_bytes(text: str, values: Mapping[str, str], lengths: dict[str, int]
             continue
         if (variable, context) not in quoted:
             value = values.get(variable)
-            quoted[variable, context] = 0 if value is None else _encoded(shell.quote(value, context))
+            quoted[variable, context] = (
+                0 if value is None else _encoded(shell.quote(value, context))
+            )
         size += quoted[variable, context]
     return size
 

@@ -71,9 +71,7 @@ async def test_a_zapp_container_is_confined_and_cannot_gain_privileges(
             assert int(fields[caps], 16) == 0, caps
 
         # a setuid-root program inside (as an image could ship one) gives nothing
-        await exec_in(
-            container, "0:0", "cp /usr/bin/python3 /tmp/rootpy && chmod 4755 /tmp/rootpy"
-        )
+        await exec_in(container, "0:0", "cp /usr/bin/python3 /tmp/rootpy && chmod 4755 /tmp/rootpy")
         listed = await exec_in(container, "1000:1000", "ls -l /tmp/rootpy")
         assert listed.startswith("-rwsr-xr-x 1 root root")
         euid = await exec_in(

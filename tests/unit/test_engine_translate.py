@@ -139,7 +139,7 @@ def test_a_limit_docker_would_read_as_none_is_refused(
 
 
 def test_a_node_too_small_for_any_container_is_refused() -> None:
-    with pytest.raises(LimitRefused, match="this node offers 0.001 cores"):
+    with pytest.raises(LimitRefused, match=r"this node offers 0\.001 cores"):
         docker_config(spec(), "127.0.0.1", capacity=NodeCapacity(cores=0.001, memory=1 << 30))
 
 

@@ -43,7 +43,7 @@ PAYLOADS = [
     "~",
     "-n",
     "",
-    "it's \"quoted\" $HOME `id` \\n",
+    'it\'s "quoted" $HOME `id` \\n',
 ]
 # Names as an API may accept them: any text without NUL (which no argv can carry).
 hostile = st.sampled_from(PAYLOADS) | st.text(
@@ -146,9 +146,7 @@ def test_quoting_per_context() -> None:
 def test_instance_names_are_inserted_anywhere() -> None:
     data = minimal(command="echo $(getent hosts {dns_name#main0}) {dns_name#self}")
     description = load_description(data).description
-    [spec] = expand(
-        description, execution_id=1, execution_name="e", user_name="u", deployment="d"
-    )
+    [spec] = expand(description, execution_id=1, execution_name="e", user_name="u", deployment="d")
     assert spec.command == "echo $(getent hosts main0) main0"
 
 
@@ -193,7 +191,7 @@ def test_expand_refuses_it_too(command: str) -> None:
     [
         "echo a#{execution_name} $$ {user_name}",
         "x=$(ls); echo {execution_name} `date` ${{HOME}}",
-        "echo \"$(date)\" '{execution_name}' \"${{HOME}}/{user_name}\"",
+        'echo "$(date)" \'{execution_name}\' "${{HOME}}/{user_name}"',
         "case {execution_name} in *) echo ok;; esac",
     ],
 )

@@ -54,9 +54,7 @@ def test_workspace_is_the_workspace_of_whoever_starts_the_execution() -> None:
     description = load_description(minimal(volumes=[volume("workspace", "/home/zoe/work")]))
     for user in ("alice", "bob"):
         [spec] = expand(description.description, **names(user))  # type: ignore[arg-type]
-        assert [(v.name, v.path) for v in spec.volumes] == [
-            (f"workspace-{user}", "/home/zoe/work")
-        ]
+        assert [(v.name, v.path) for v in spec.volumes] == [(f"workspace-{user}", "/home/zoe/work")]
     # the description itself keeps the name: it is stored once, started by anyone
     assert b'"name":"workspace"' in msgspec.json.encode(description.description)
 
