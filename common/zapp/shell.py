@@ -10,13 +10,15 @@ finds from the text before it:
 - inside '...': the value with every `'` written `'"'"'`;
 - inside "...": the value with `\\`, `$`, `` ` `` and `"` escaped by a backslash.
 
-A variable right after a `$` or a backslash is refused too (`${x}` with `x` = `(id)`
-would be a substitution).
-
 A variable anywhere else is refused, since what its quoting would be depends on more
-shell than this lexer reads: inside `$(...)`, `` `...` ``, `${...}`, `$((...))`, `((...))`
-or `$'...'`, in a `#` comment, or after a here-document (`<<`). Every injected variable is also in the
-environment (`$ZOE_USER`, `$EXECUTION_ID`, ...): a command can use those instead.
+shell than this lexer reads: inside `$(...)`, `` `...` ``, `${...}`, `$((...))`,
+`((...))` or `$'...'`, in a `#` comment, right after a `$` or a backslash (`${x}` with
+`x` = `(id)` would be a substitution), or after a here-document (`<<`). The values of
+`{user_name}`, `{execution_id}` and `{deployment_name}` are also in the environment
+(`$ZOE_USER`, `$EXECUTION_ID`, `$DEPLOY_NAME`): a command can use those instead.
+Quoting holds for one reading: a command that hands a value on to be read again
+(`eval`, `sh -c`, `ssh`) must take it from the environment.
+
 Instance names (`{dns_name#...}`) are letters, digits and `-`, the description's own:
 they are inserted as they are, wherever they stand.
 """
