@@ -71,7 +71,7 @@ def test_a_workspace_mount_point_belongs_to_the_unprivileged_user() -> None:
 
 
 def test_the_deployment_images_run_unprivileged() -> None:
-    for name, user in (("postgres", "postgres"), ("rabbitmq", "rabbitmq")):
+    for name, user in (("postgres", "postgres"), ("rabbitmq", "rabbitmq"), ("zoe", "zoe")):
         _, stage = final_stage((REPO / "deploy/images" / name / "Dockerfile").read_text())
         assert [m.group(1) for line in stage if (m := _USER.match(line))][-1] == user
 
