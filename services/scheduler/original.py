@@ -5,13 +5,15 @@ elastic instances tentatively placed in this pass, place the execution's essenti
 instances all or nothing, then place elastic instances again for every selected execution
 in order. When total free memory did not shrink, that step is undone and the pass stops.
 Placement is by container count (spread: fewest, pack: most) among the nodes that fit;
-nothing is ever reclaimed.
+nothing is ever reclaimed. An execution the cluster could not hold even emptied is passed
+over (the original stopped at it, and so at everything after it, for ever).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .fit import Emptied
 from .model import Decisions, ExecutionState, InstanceReq, NodeState
 from .placement import Cluster, millicores
 from .policies import Policy, rank_key
@@ -32,6 +34,7 @@ class OriginalPass:
         self.now = now
         self.most = policy.placement == "pack"
         self.cluster = cluster = Cluster(nodes)
+        self.emptied = Emptied(nodes)
         for ex in executions:
             for inst, node in ex.placed:
                 idx = cluster.index.get(node, -1)
@@ -59,6 +62,8 @@ class OriginalPass:
             gang = [i for i in ex.pending if i.essential]
             if not gang and ex.not_before > self.now:
                 continue  # only elastic instances in backoff: nothing to do for it now
+            if self.emptied.never(gang) is not None:
+                continue  # it can never start on this cluster: it stops nothing either
             before = self.free_m
             self._release(elastic)
             placed_gang = self._place_all(gang) if gang else []

@@ -8,7 +8,9 @@ A pass ranks every active execution (priority class, then the policy's order), t
    whole set fit. A blocked execution does not stop the pass: executions behind it may
    still start (backfilling), until `lookahead` more have been found blocked after a real
    search or `scan` more have been examined. One that has waited `reserve_after` seconds
-   holds the nodes it could use: nothing ranked after it may start there.
+   holds the nodes it could use: nothing ranked after it may start there. One that the
+   cluster could not hold even emptied (services/scheduler/fit.py) is skipped: it never
+   holds anything, nor counts against those bounds.
 2. *Elastic growth*: for each running execution in rank order (past its death backoff),
    place pending elastic instances while they fit.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 
+from .fit import Emptied
 from .model import Decisions, ExecutionState, InstanceReq, NodeState
 from .placement import Cluster, millicores
 from .policies import Policy, rank_keys
@@ -88,6 +91,7 @@ class Pass:
         live = [i for i in range(len(cluster.names)) if cluster.node_bucket[i] is not None]
         self.free_c = sum(max(0, cluster.free_c[i]) for i in live)
         self.free_m = sum(max(0, cluster.free_m[i]) for i in live)
+        self.emptied = Emptied(nodes)
         self.misses = _Misses()
         self.reclaim_misses = _Misses()
         self.milli: dict[float, int] = {}
@@ -121,15 +125,19 @@ class Pass:
         blocked = 0
         examined = -1  # waiting executions examined since the first blocked one
         holds: Holds = []
+        never = self.emptied.never
         for pos, ex in enumerate(self.execs):
             if running[pos]:
                 continue
+            gang = [i for i in ex.pending if i.essential]
+            if never(gang) is not None:
+                continue  # it can never start here: it costs, holds and delays nothing
             if examined >= 0:
                 examined += 1
                 if examined > policy.scan:
                     break
             work = self.work
-            placed = self._start_gang(pos, ex, stops)
+            placed = self._start_gang(pos, gang, stops)
             if placed is not None:
                 running[pos] = True
                 starts.extend(placed)
@@ -146,11 +154,10 @@ class Pass:
                     break
         return holds
 
-    def _start_gang(self, pos: int, ex: ExecutionState, stops: list[int]) -> Placed | None:
-        """Place the pending essential set of `ex` (reclaiming if allowed), or nothing."""
+    def _start_gang(self, pos: int, gang: list[InstanceReq], stops: list[int]) -> Placed | None:
+        """Place the pending essential set `gang` (reclaiming if allowed), or nothing."""
         mc = self.mc
         reclaim = self.policy.reclaim
-        gang = [i for i in ex.pending if i.essential]
         gang.sort(key=_size_order, reverse=True)  # largest first: the hardest to fit
         lead = gang[0]
         c, m, labels = mc(lead.cores), lead.memory, lead.labels
