@@ -22,7 +22,7 @@ _HOLDING = sql_list(INSTANCE_HOLDING)
 
 _EXEC_COLUMNS = (
     "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
-    " submitted_at, started_at, finished_at"
+    " submitted_at, started_at, finished_at, pending_reason, schedulable"
 )
 _INSTANCE_COLUMNS = (
     "id, name, service, essential, monitor, state, node, container_name, container_id,"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.states import EXECUTION_FINAL
+from services.cli import sched
 from services.cli.client import ApiError, Client
 from services.cli.zapp import add_parser as add_zapp_parser
 from services.cli.zapp import parse_params
@@ -69,13 +70,15 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
 def _wait(client: Client, execution_id: int, until: str, timeout: float, *, quiet: bool) -> Any:
     """Poll until the execution runs (or ends), or until it ends when ``until == 'end'``."""
     deadline = time.monotonic() + timeout
-    last = None
+    last = reason = None
     while True:
         execution = client.call("GET", f"/executions/{execution_id}")
         state = execution["state"]
         if state != last and not quiet:
             print(f"execution {execution_id}: {state}", file=sys.stderr)
             last = state
+        if not quiet:
+            reason = sched.print_pending(execution, reason)
         if state in EXECUTION_FINAL or (until == "running" and state == "running"):
             return execution
         if time.monotonic() > deadline:
@@ -103,6 +106,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
     print(_row(execution))
     if execution.get("error"):
         print(f"  error: {execution['error']}")
+    if (waiting := sched.pending_line(execution)) is not None:
+        print(f"  {waiting}")
     for s in execution["services"]:
         extra = []
         if s["exit_code"] is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .original import OriginalPass
 from .planner import Pass
 from .policies import InvalidPolicy, Policy
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidPolicy",
     "NodeState",
     "Policy",
+    "Reason",
     "schedule",
 ]
 

@@ -60,14 +60,33 @@ class ExecutionState:
 
 
 @dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a waiting execution did not start in a pass.
+
+    `text` names the cause and stays the same while the cause does; `detail` adds what
+    may change at every pass (the room left, how many wait ahead). `schedulable` is
+    False when the cluster as it is could never hold the execution's essential set.
+    """
+
+    text: str
+    detail: str = ""
+    schedulable: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.text}; {self.detail}" if self.detail else self.text
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     """What one pass decided.
 
     `starts` are (instance id, node name) pairs: essential sets first, then elastic
     instances. `stops` are elastic instances to reclaim; they free room that some of the
     `starts` rely on, so the caller applies the stops before the starts, and puts the
-    stopped instances back among their execution's pending ones.
+    stopped instances back among their execution's pending ones. `reasons` says, for
+    every execution waiting for its essential set and not started, why.
     """
 
     starts: list[tuple[int, str]] = field(default_factory=list)
     stops: list[int] = field(default_factory=list)
+    reasons: dict[int, Reason] = field(default_factory=dict)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from . import reasons as R
 from .fit import Emptied
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .placement import Cluster, millicores
 from .policies import Policy, rank_key
 
@@ -58,29 +59,47 @@ class OriginalPass:
         selected: list[ExecutionState] = []
         essentials: Placed = []
         elastic: Placed = []
+        reasons: dict[int, Reason] = {}
+        stopped_at: ExecutionState | None = None
         for ex in self.queue:
             gang = [i for i in ex.pending if i.essential]
+            if stopped_at is not None:
+                if gang:
+                    why = self.emptied.never(gang)
+                    reasons[ex.id] = (
+                        Reason(R.IN_ORDER.format(stopped_at.id))
+                        if why is None
+                        else R.unschedulable(why)
+                    )
+                continue
             if not gang and ex.not_before > self.now:
                 continue  # only elastic instances in backoff: nothing to do for it now
-            if self.emptied.never(gang) is not None:
+            why = self.emptied.never(gang)
+            if why is not None:
+                reasons[ex.id] = R.unschedulable(why)
                 continue  # it can never start on this cluster: it stops nothing either
             before = self.free_m
             self._release(elastic)
             placed_gang = self._place_all(gang) if gang else []
+            if placed_gang is None:
+                reasons[ex.id] = R.blocked(self.cluster, gang, {})
             trial = [*selected, ex] if placed_gang is not None else selected
             trial_elastic = self._grow(trial)
             if self.free_m >= before:
                 self._release(trial_elastic)
                 self._release(placed_gang or [])
                 self._hold(elastic)
-                break
+                if gang and ex.id not in reasons:
+                    reasons[ex.id] = R.blocked(self.cluster, gang, {})
+                stopped_at = ex
+                continue
             selected = trial
             elastic = trial_elastic
             essentials.extend(placed_gang or [])
         names = self.cluster.names
         starts = [(inst.id, names[idx]) for inst, idx in essentials]
         starts.extend((inst.id, names[idx]) for inst, idx in elastic)
-        return Decisions(starts=starts, stops=[])
+        return Decisions(starts=starts, stops=[], reasons=reasons)
 
     def _grow(self, selected: list[ExecutionState]) -> Placed:
         placed: Placed = []

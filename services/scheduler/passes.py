@@ -25,6 +25,8 @@ from services.scheduler.core import (
     Policy,
     schedule,
 )
+from services.scheduler.pending import PendingReasons
+from services.scheduler.pending import write as write_reasons
 
 log = structlog.get_logger("scheduler.pass")
 
@@ -33,23 +35,28 @@ _INSTANCES = st.sql_list(st.INSTANCE_SCHEDULED)
 
 
 async def load_snapshot(
-    conn: asyncpg.Connection, now: float
+    conn: asyncpg.Connection, now: float, reasons: PendingReasons | None = None
 ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
-    """Nodes, active executions, and the next time a backoff expires (if any)."""
+    """Nodes, active executions, and the next time a backoff expires (if any); tells
+    `reasons` what the rows hold. A drained node is not available: it takes nothing new."""
     nodes = [
         NodeState(
             name=r["name"],
             cores=r["cores"],
             memory=r["memory"],
             labels=frozenset(r["labels"]),
-            available=r["state"] == "up",
+            available=r["state"] == "up" and r["drained_at"] is None,
         )
-        for r in await conn.fetch("SELECT name, cores, memory, labels, state FROM nodes")
+        for r in await conn.fetch(
+            "SELECT name, cores, memory, labels, state, drained_at FROM nodes"
+        )
     ]
     execs = await conn.fetch(
-        "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state"
-        f" FROM executions WHERE state IN {_EXECUTIONS}"
+        "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state,"
+        f" pending_reason, schedulable FROM executions WHERE state IN {_EXECUTIONS}"
     )
+    if reasons is not None:
+        reasons.load(execs)
     rows = await conn.fetch(
         "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
         " i.node, extract(epoch FROM i.not_before) AS not_before"
@@ -104,13 +111,14 @@ class ClusterView:
         self.pool = pool
         self.deployment = deployment
         self.policy = policy
+        self.reasons = PendingReasons()
 
     async def snapshot(
         self, now: float
     ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
         """Nodes, active executions, and the next time a backoff expires (if any)."""
         async with self.pool.acquire() as conn:
-            return await load_snapshot(conn, now)
+            return await load_snapshot(conn, now, self.reasons)
 
     async def run_pass(self) -> tuple[Decisions, float | None]:
         """Run one pass; returns what was decided and when a backoff next expires."""
@@ -122,9 +130,10 @@ class ClusterView:
         await admit_submitted(self.pool)
         await dispatch_waiting(self.pool, self.deployment)
         nodes, executions, next_wake = await self.snapshot(now)
-        if not nodes or not any(e.pending for e in executions):
-            return Decisions(), next_wake
-        decisions = schedule(nodes, executions, now=now, policy=self.policy)
+        if not any(e.pending for e in executions):
+            decisions = Decisions()
+        else:
+            decisions = schedule(nodes, executions, now=now, policy=self.policy)
         if decisions.starts or decisions.stops:
             await apply(self.pool, self.deployment, decisions)
             log.info(
@@ -133,6 +142,14 @@ class ClusterView:
                 stops=len(decisions.stops),
                 ms=round(1000 * (time.time() - now), 1),
             )
+        changed = self.reasons.changes(
+            [e.id for e in executions], decisions.reasons, time.monotonic()
+        )
+        try:
+            await write_reasons(self.pool, changed)
+        except BaseException:
+            self.reasons.forget()  # read the rows again next pass
+            raise
         return decisions, next_wake
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 
+from . import reasons as R
 from .fit import Emptied
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .placement import Cluster, millicores
 from .policies import Policy, rank_keys
 from .reclaim import Victim, hold_placed
@@ -94,6 +95,8 @@ class Pass:
         self.emptied = Emptied(nodes)
         self.misses = _Misses()
         self.reclaim_misses = _Misses()
+        self.reasons: dict[int, Reason] = {}
+        self.holder: dict[int, int] = {}  # id of a closed bucket -> the execution holding it
         self.milli: dict[float, int] = {}
         self.work = 0  # searches and reclaim probes done: what `lookahead` bounds
 
@@ -116,25 +119,33 @@ class Pass:
         names = self.cluster.names
         starts = [(i, names[idx]) for i, idx in essential_starts]
         starts.extend((i, names[idx]) for i, idx in elastic_starts)
-        return Decisions(starts=starts, stops=stops)
+        return Decisions(starts=starts, stops=stops, reasons=self.reasons)
 
     def _essential_sets(self, running: list[bool], starts: Placed, stops: list[int]) -> Holds:
         """Phase 1. Returns the holds taken: (rank, label sets) of each blocked execution
-        that waited `reserve_after`, whose nodes nothing ranked after it may take."""
+        that waited `reserve_after`, whose nodes nothing ranked after it may take. Says
+        in `self.reasons` why each waiting execution it did not start waits."""
         policy = self.policy
         blocked = 0
         examined = -1  # waiting executions examined since the first blocked one
         holds: Holds = []
         never = self.emptied.never
+        reasons = self.reasons
+        holder = self.holder
+        cut: Reason | None = None  # why the executions after the last one examined wait
+        end = len(self.execs)
         for pos, ex in enumerate(self.execs):
             if running[pos]:
                 continue
             gang = [i for i in ex.pending if i.essential]
-            if never(gang) is not None:
+            why = never(gang)
+            if why is not None:
+                reasons[ex.id] = R.unschedulable(why)
                 continue  # it can never start here: it costs, holds and delays nothing
             if examined >= 0:
                 examined += 1
                 if examined > policy.scan:
+                    cut, end = Reason(R.AHEAD, f"{examined - 1} examined ahead"), pos
                     break
             work = self.work
             placed = self._start_gang(pos, gang, stops)
@@ -143,15 +154,30 @@ class Pass:
                 starts.extend(placed)
                 continue
             examined = max(examined, 0)
+            reasons[ex.id] = R.blocked(self.cluster, gang, holder)
             if self.now - ex.submitted_at >= policy.reserve_after:
-                label_sets = {i.labels for i in ex.pending if i.essential}
+                label_sets = {i.labels for i in gang}
                 holds.append((pos, label_sets))
-                if any([self.cluster.close(labels) for labels in label_sets]):
-                    break  # every node is held: nothing further down may start
+                closed_all = False
+                for labels in label_sets:
+                    for bucket in self.cluster.eligible(labels):
+                        holder.setdefault(id(bucket), ex.id)
+                    closed_all = self.cluster.close(labels) or closed_all
+                if closed_all:
+                    # every node is held: nothing further down may start
+                    cut, end = Reason(R.HOLDS_ALL.format(ex.id)), pos + 1
+                    break
             elif self.work > work:  # a miss known without searching costs nothing
                 blocked += 1
                 if blocked > policy.lookahead:
+                    cut, end = Reason(R.AHEAD, f"{blocked} blocked ahead"), pos + 1
                     break
+        if cut is not None:
+            for pos in range(end, len(self.execs)):
+                if not running[pos]:
+                    ex = self.execs[pos]
+                    why = never([i for i in ex.pending if i.essential])
+                    reasons[ex.id] = cut if why is None else R.unschedulable(why)
         return holds
 
     def _start_gang(self, pos: int, gang: list[InstanceReq], stops: list[int]) -> Placed | None:

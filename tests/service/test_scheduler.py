@@ -552,3 +552,70 @@ async def test_one_verdict_delivered_twice_at_once_is_decided_once(
     assert (row["state"], row["restart_count"], row["generation"]) == ("created", 1, 1)
     stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
     assert [x.container_name for x in stops] == [s.container_name]
+
+
+async def test_a_waiting_execution_s_reason_is_stored_once_and_cleared_when_it_fits(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
+    )
+    eid = await _submit(pool, test_env, _app(total=1, cores=8.0))
+    view = passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize"))
+    decisions, _ = await view.run_pass()
+    assert decisions.starts == []
+
+    async def row() -> asyncpg.Record:
+        return await pool.fetchrow(
+            "SELECT xmin::text AS version, pending_reason, schedulable FROM executions"
+            " WHERE id = $1",
+            eid,
+        )
+
+    first = await row()
+    assert first["pending_reason"] == "unschedulable: no node has 8 cores"
+    assert first["schedulable"] is False
+    shown = await api_store.get_execution(pool, eid)
+    assert shown["pending_reason"] == first["pending_reason"]
+    assert shown["schedulable"] is False
+    for _ in range(3):  # unchanged: not written again
+        await view.run_pass()
+    assert (await row())["version"] == first["version"]
+    # a scheduler taking over reads what is stored and writes nothing either
+    await passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize")).run_pass()
+    assert (await row())["version"] == first["version"]
+
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30, registered=True), deps
+    )
+    await view.run_pass()
+    smaller = await row()
+    assert smaller["pending_reason"] == "unschedulable: no node has 8 cores"  # 4 < 8 still
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n3", cores=16, memory=4 << 30, registered=True), deps
+    )
+    decisions, _ = await view.run_pass()
+    assert len(decisions.starts) == 1
+    cleared = await row()
+    assert cleared["pending_reason"] is None and cleared["schedulable"] is True
+
+
+async def test_a_reason_of_an_execution_that_fits_later_names_the_room(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
+    )
+    view = passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize"))
+    first = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await view.run_pass()
+    second = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await view.run_pass()
+    assert await _state(pool, first) == "starting"
+    reason = await pool.fetchval("SELECT pending_reason FROM executions WHERE id = $1", second)
+    assert reason == (
+        "needs 1 instance of 2 cores and 64 MiB; the largest free room on a node is"
+        " 0 cores and 960 MiB"
+    )
