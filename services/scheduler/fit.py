@@ -56,7 +56,7 @@ def signature(gang: Sequence[InstanceReq]) -> Signature:
 class Emptied:
     """The available nodes of a snapshot at full capacity, grouped by shape."""
 
-    __slots__ = ("_cache", "_eligible", "_slots", "classes")
+    __slots__ = ("_cache", "_eligible", "_slots", "classes", "total")
 
     def __init__(self, nodes: Sequence[NodeState]) -> None:
         seen: set[str] = set()
@@ -72,6 +72,11 @@ class Emptied:
             ((c, m, labels, n) for (c, m, labels), n in shapes.items()),
             key=lambda k: (k[0], k[1]),
             reverse=True,
+        )
+        # cores and bytes of all of them (the whole of what fair shares divide)
+        self.total = (
+            sum(c * n for c, _, _, n in self.classes) / 1000,
+            float(sum(m * n for _, m, _, n in self.classes)),
         )
         self._eligible: dict[frozenset[str], list[tuple[int, int, frozenset[str], int]]] = {}
         self._cache: dict[Signature, str | None] = {}

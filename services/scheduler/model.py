@@ -47,7 +47,8 @@ class ExecutionState:
     `pending` lists the instances not placed yet: while essential ones are among them the
     execution waits for its gang. `placed` lists the instances holding resources, with
     their node name. `size` is the size hint (smaller runs first under SIZE policies);
-    `not_before` delays elastic instances after a death (backoff).
+    `not_before` delays elastic instances after a death (backoff). `user` is who
+    submitted it (fair-share policies share the cluster between users).
     """
 
     id: int
@@ -57,6 +58,7 @@ class ExecutionState:
     pending: tuple[InstanceReq, ...] = ()
     placed: tuple[tuple[InstanceReq, str], ...] = ()
     not_before: float = 0.0
+    user: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,8 @@ async def load_snapshot(
     ]
     execs = await conn.fetch(
         "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state,"
-        f" pending_reason, schedulable FROM executions WHERE state IN {_EXECUTIONS}"
+        " user_name, pending_reason, schedulable"
+        f" FROM executions WHERE state IN {_EXECUTIONS}"
     )
     if reasons is not None:
         reasons.load(execs)
@@ -92,6 +93,7 @@ async def load_snapshot(
             priority=e["priority"],
             pending=tuple(pending[e["id"]]) if e["state"] != "cleaning_up" else (),
             placed=tuple(placed[e["id"]]),
+            user=e["user_name"],
         )
         for e in execs
     ]
@@ -112,6 +114,7 @@ class ClusterView:
         self.deployment = deployment
         self.policy = policy
         self.reasons = PendingReasons()
+        self.users = Users()
 
     async def snapshot(
         self, now: float
@@ -133,7 +136,15 @@ class ClusterView:
         if not any(e.pending for e in executions):
             decisions = Decisions()
         else:
-            decisions = schedule(nodes, executions, now=now, policy=self.policy)
+            weights, bounds = await self.users.get(self.pool)
+            decisions = schedule(
+                nodes,
+                executions,
+                now=now,
+                policy=self.policy,
+                weights=weights,
+                max_priority=bounds,
+            )
         if decisions.starts or decisions.stops:
             await apply(self.pool, self.deployment, decisions)
             log.info(
@@ -151,6 +162,29 @@ class ClusterView:
             self.reasons.forget()  # read the rows again next pass
             raise
         return decisions, next_wake
+
+
+class Users:
+    """Each user's fair-share weight (its own, else its role's) and priority bound (its
+    role's `max_priority`), read again at most every `REFRESH` seconds."""
+
+    REFRESH = 5.0
+
+    def __init__(self) -> None:
+        self.weights: dict[str, float] = {}
+        self.bounds: dict[str, int] = {}
+        self.read_at = float("-inf")
+
+    async def get(self, pool: asyncpg.Pool) -> tuple[dict[str, float], dict[str, int]]:
+        if time.monotonic() - self.read_at >= self.REFRESH:
+            rows = await pool.fetch(
+                "SELECT u.name, coalesce(u.weight, r.weight) AS weight, r.max_priority"
+                " FROM users u JOIN roles r ON r.name = u.role"
+            )
+            self.weights = {r["name"]: r["weight"] for r in rows}
+            self.bounds = {r["name"]: r["max_priority"] for r in rows}
+            self.read_at = time.monotonic()
+        return self.weights, self.bounds
 
 
 async def run_pass(

@@ -19,10 +19,11 @@ Essential instances are never stopped; a node never holds more than its capacity
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import attrgetter
 
 from . import reasons as R
+from .fair import drf_order
 from .fit import Emptied
 from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .placement import Cluster, millicores
@@ -78,13 +79,20 @@ class Pass:
         executions: Sequence[ExecutionState],
         now: float,
         policy: Policy,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self.now = now
         self.policy = policy
         self.cluster = cluster = Cluster(nodes)
+        self.emptied = Emptied(nodes)
         waiting = [any(map(_essential, ex.pending)) for ex in executions]
         keys = rank_keys(executions, waiting, now, policy)
-        order = sorted(range(len(executions)), key=keys.__getitem__)
+        if policy.fair:
+            order = drf_order(
+                executions, keys, waiting, weights or {}, self.emptied.total, self.emptied.never
+            )
+        else:
+            order = sorted(range(len(executions)), key=keys.__getitem__)
         self.execs = [executions[i] for i in order]
         self.waiting = [waiting[i] for i in order]
         self.elastic = hold_placed(cluster, self.execs, index=policy.reclaim)
@@ -92,7 +100,6 @@ class Pass:
         live = [i for i in range(len(cluster.names)) if cluster.node_bucket[i] is not None]
         self.free_c = sum(max(0, cluster.free_c[i]) for i in live)
         self.free_m = sum(max(0, cluster.free_m[i]) for i in live)
-        self.emptied = Emptied(nodes)
         self.misses = _Misses()
         self.reclaim_misses = _Misses()
         self.reasons: dict[int, Reason] = {}

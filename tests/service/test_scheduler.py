@@ -104,10 +104,10 @@ async def _expire_backoffs(pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE instances SET not_before = now() - interval '1 second'")
 
 
-async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any]) -> int:
+async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any], user: str = "u") -> int:
     loaded = load_description(app)
     created, _ = await api_store.create_execution(
-        pool, name="t", user_name="u", description=loaded.description, deployment=env.deployment
+        pool, name="t", user_name=user, description=loaded.description, deployment=env.deployment
     )
     return int(created["id"])
 
@@ -619,3 +619,29 @@ async def test_a_reason_of_an_execution_that_fits_later_names_the_room(
         "needs 1 instance of 2 cores and 64 MiB; the largest free room on a node is"
         " 0 cores and 960 MiB"
     )
+
+
+async def test_the_fair_policy_shares_the_cluster_by_the_users_weights(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await pool.execute("DELETE FROM users WHERE name IN ('heavy', 'light')")
+    await pool.execute(
+        "INSERT INTO users (name, role, weight) VALUES ('heavy', 'user', NULL), ('light', 'user', 3)"
+    )
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30, registered=True), deps
+    )
+    heavy = [await _submit(pool, test_env, _app(cores=1.0), "heavy") for _ in range(6)]
+    light = [await _submit(pool, test_env, _app(cores=1.0), "light") for _ in range(6)]
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("fair"))
+    started = {
+        r["user_name"]: r["n"]
+        for r in await pool.fetch(
+            "SELECT user_name, count(*) AS n FROM executions WHERE state = 'starting'"
+            " GROUP BY user_name"
+        )
+    }
+    # light weighs 3 (heavy, without a weight of its own, its role's 1): 3 turns to 1
+    assert started == {"light": 3, "heavy": 1}
+    assert len(heavy) == len(light) == 6
