@@ -645,3 +645,48 @@ async def test_the_fair_policy_shares_the_cluster_by_the_users_weights(
     # light weighs 3 (heavy, without a weight of its own, its role's 1): 3 turns to 1
     assert started == {"light": 3, "heavy": 1}
     assert len(heavy) == len(light) == 6
+
+
+async def test_the_deployment_s_history_replays_under_each_policy(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    import datetime as dt
+
+    from services.scheduler.history import load_history, parse_since
+    from services.scheduler.simulator import simulate
+
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=4, memory=4 << 30, labels=["ssd"], registered=True),
+        deps,
+    )
+    ids = [await _submit(pool, test_env, _app(total=3), user) for user in ("ann", "bob", "ann")]
+    ids.append(await _submit(pool, test_env, _app(), "cy"))  # never ran: not replayed
+    # they ran 60 s, 120 s and 180 s, submitted 10 s apart on 30 November
+    for n, eid in enumerate(ids[:3]):
+        await pool.execute(
+            "UPDATE executions SET state = 'finished',"
+            " submitted_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds',"
+            " started_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds',"
+            " finished_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds'"
+            "  + ($2 + 1) * interval '60 seconds' WHERE id = $1",
+            eid,
+            n,
+        )
+    async with pool.acquire() as conn:
+        workload = await load_history(conn, None)
+        recent = await load_history(conn, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    assert [a.id for a in workload.apps] == ids[:3]
+    assert [a.arrival for a in workload.apps] == [0.0, 10.0, 20.0]
+    assert [round(a.runtime) for a in workload.apps] == [60, 120, 180]
+    assert [a.user for a in workload.apps] == ["ann", "bob", "ann"]
+    first = workload.apps[0]
+    assert [i.essential for i in first.instances] == [True, False, False] and first.elastic
+    assert [n.name for n in workload.nodes] == ["n1"]
+    assert recent.apps == ()
+    results = simulate(workload, ["fifo", "fair", "rigid-fifo"], check=True)
+    assert all(r.finished == 3 for r in results)
+    assert set(results[1].per_user) == {"ann", "bob"}
+    assert parse_since("2026-11-30").tzinfo is not None
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("yesterday")
