@@ -169,12 +169,12 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'NODE':<20} {'STATE':<6} {'CORES':>11} {'MEMORY GiB':>13} {'INSTANCES':>9}  LABELS")
+    print(f"{'NODE':<20} {'STATE':<7} {'CORES':>11} {'MEMORY GiB':>13} {'INSTANCES':>9}  LABELS")
     for n in rows:
         cores = f"{n['cores_reserved']:.1f}/{n['cores']:.1f}"
         mem = f"{n['memory_reserved'] / 2**30:.1f}/{n['memory'] / 2**30:.1f}"
         print(
-            f"{n['name'][:20]:<20} {n['state']:<6} {cores:>11} {mem:>13} {n['instances']:>9}"
+            f"{n['name'][:20]:<20} {n['state']:<7} {cores:>11} {mem:>13} {n['instances']:>9}"
             f"  {','.join(n['labels'])}"
         )
     return 0
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nodes)
 
     add_zapp_parser(sub)
+    sched.add_parser(sub)
 
     sub.add_parser(
         "simulate",

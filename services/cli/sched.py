@@ -27,8 +27,8 @@ def cmd_drain(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(node, indent=2, sort_keys=True))
         return 0
     until = (
-        f"; its essential instances end at {node['drain_deadline'][:19]}"
-        if node.get("drain_deadline")
+        f"; what still runs there in {node['deadline']:g} s ends as on a lost node"
+        if node.get("deadline") is not None
         else ""
     )
     print(f"node {args.name}: draining{until}")

@@ -247,7 +247,11 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
         placed = await conn.fetch(
             "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
             " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
-            " WHERE i.id = p.id AND i.state = 'created' RETURNING i.id",
+            " WHERE i.id = p.id AND i.state = 'created'"
+            # a node drained since the snapshot takes nothing new
+            "  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = p.node"
+            "   AND n.drained_at IS NOT NULL)"
+            " RETURNING i.id",
             ids,
             [n for _, n in decisions.starts],
         )

@@ -690,3 +690,73 @@ async def test_the_deployment_s_history_replays_under_each_policy(
     assert parse_since("2026-11-30").tzinfo is not None
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday")
+
+
+async def test_a_drained_node_takes_nothing_new_and_its_elastic_instances_move(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    from services.scheduler import drain
+
+    deps, asked = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=3))  # all three on n1
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+
+    await handlers.HANDLERS[m.NodeDrainRequested](m.NodeDrainRequested(node="n1"), deps)
+    assert asked
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert sorted(s.instance_id for s in stops) == sorted(
+        starts[n].instance_id for n in ("worker1", "worker2")
+    )  # the elastic ones; the essential worker0 stays
+    shown = {n["name"]: n for n in await api_store.list_nodes(pool)}
+    assert shown["n1"]["state"] == "drained" and shown["n2"]["state"] == "up"
+    for name in ("worker1", "worker2"):
+        await handlers.on_instance_ended(_verdict(starts[name], "stopped", 0), deps)
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize+pack"))
+    moved = [s for s in await _outbox(pool) if isinstance(s, m.StartInstance)]
+    assert {s.instance for s in moved} == {"worker1", "worker2"}
+    nodes = await pool.fetch(
+        "SELECT name, node FROM instances WHERE execution_id = $1 ORDER BY name", eid
+    )
+    assert [(r["name"], r["node"]) for r in nodes] == [
+        ("worker0", "n1"),
+        ("worker1", "n2"),
+        ("worker2", "n2"),
+    ]
+    # a new execution goes to n2 only, however tight it is there
+    other = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize+pack"))
+    assert await pool.fetchval("SELECT node FROM instances WHERE execution_id = $1", other) == "n2"
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # no deadline: stays
+
+    await handlers.HANDLERS[m.NodeDrainRequested](
+        m.NodeDrainRequested(node="n1", drain=False), deps
+    )
+    shown = {n["name"]: n for n in await api_store.list_nodes(pool)}
+    assert shown["n1"]["state"] == "up"
+
+
+async def test_past_the_drain_deadline_essential_instances_end_as_on_a_lost_node(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    from services.scheduler import drain
+
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=1))
+    await handlers.HANDLERS[m.NodeDrainRequested](
+        m.NodeDrainRequested(node="n1", deadline=3600.0), deps
+    )
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # not yet
+    assert await _state(pool, eid) == "running"
+    await pool.execute("UPDATE nodes SET drain_deadline = now() - interval '1 second'")
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 1
+    row = await pool.fetchrow(
+        "SELECT e.state, e.error, i.reason FROM executions e JOIN instances i"
+        " ON i.execution_id = e.id WHERE e.id = $1",
+        eid,
+    )
+    assert row["state"] == "cleaning_up" and row["reason"] == "node-lost"
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert [s.instance_id for s in stops] == [starts["worker0"].instance_id]
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # nothing held any more
