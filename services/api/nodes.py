@@ -8,7 +8,6 @@ the only writer of node state, which records it and moves the node's work
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -16,31 +15,12 @@ from aiohttp import web
 
 from common import messages as m
 from common.bus import Outgoing
-from common.errors import FieldError, InvalidRequest, NotFound, UserError
+from common.errors import FieldError, InvalidRequest, NotFound
 from common.outbox import enqueue
+from services.api import auth
 from services.api.shop import json_object
 
 MAX_DEADLINE = 365 * 24 * 3600.0  # seconds a drain's deadline may be at most
-
-
-class Forbidden(UserError):
-    """The caller lacks the capability a route needs."""
-
-    status = 403
-
-
-def _require(request: web.Request, capability: str) -> None:
-    """The caller must hold `capability` (services/api/auth.py identifies the caller)."""
-    try:
-        auth = importlib.import_module("services.api.auth")
-    except ImportError:  # no users yet: every request acts as the admin role
-        return
-    caller = auth.caller(request)
-    if not caller.can(capability):
-        raise Forbidden(
-            f"this needs the {capability} capability",
-            [FieldError("", f"the role {caller.role} lacks {capability}")],
-        )
 
 
 def _deadline(body: dict[str, Any]) -> float | None:
@@ -76,14 +56,14 @@ async def _ask(request: web.Request, drain: bool, deadline: float | None) -> web
 
 async def drain(request: web.Request) -> web.Response:
     """Drain a node (202: the scheduler drains it)."""
-    _require(request, "change-config")
+    auth.caller(request).require("change-config")  # 403 otherwise
     body = await json_object(request) if request.can_read_body else {}
     return await _ask(request, True, _deadline(body))
 
 
 async def undrain(request: web.Request) -> web.Response:
     """Let a drained node take new instances again (202)."""
-    _require(request, "change-config")
+    auth.caller(request).require("change-config")
     return await _ask(request, False, None)
 
 

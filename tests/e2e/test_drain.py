@@ -13,7 +13,7 @@ from tests.e2e.conftest import ROOT, SERVE_FOREVER, Platform, service, zapp
 
 
 def _zoe(p: Platform, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ZOE_URL=p.url.removesuffix("/api/v1"))
+    env = dict(os.environ, ZOE_URL=p.url.removesuffix("/api/v1"), ZOE_TOKEN=p.env.admin_token)
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
         env=env,
@@ -32,6 +32,11 @@ async def test_drain_moves_elastic_work_keeps_essential_and_ends_it_past_the_dea
     platform: Platform,
 ) -> None:
     p = platform
+    plain = await p.new_user("plain-user", "user")
+    status, body = await p.acall("POST", f"/nodes/{p.node}/drain", {}, token=plain)
+    assert status == 403 and "change-config" in body["error"]
+    status, _ = await p.acall("POST", f"/nodes/{p.node}/drain", {}, token=None)
+    assert status == 401
     status, body = await p.acall("POST", "/nodes/no-such-node/drain", {})
     assert status == 404 and body["error"] == "node no-such-node does not exist"
     status, body = await p.acall("POST", f"/nodes/{p.node}/drain", {"deadline": -1})
