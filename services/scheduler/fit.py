@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from operator import attrgetter
 
 from .model import InstanceReq, NodeState
 from .placement import millicores
@@ -23,6 +24,8 @@ GIB = 1 << 30
 
 # (millicores, bytes, labels) of every essential instance of a set, largest first
 Signature = tuple[tuple[int, int, frozenset[str]], ...]
+# (cores, bytes, labels) of every essential instance of a set, as they come
+Shape = tuple[tuple[float, int, frozenset[str]], ...]
 
 
 def cores_text(mc: int) -> str:
@@ -42,15 +45,16 @@ def labels_text(labels: frozenset[str]) -> str:
     return ",".join(sorted(labels))
 
 
-def signature(gang: Sequence[InstanceReq]) -> Signature:
-    """The shape of an essential set, largest first (what feasibility depends on)."""
-    return tuple(
-        sorted(
-            ((millicores(i.cores), i.memory, i.labels) for i in gang),
-            key=lambda s: (s[0], s[1]),
-            reverse=True,
-        )
-    )
+def shape_of(gang: Sequence[InstanceReq]) -> Shape:
+    """What an essential set's feasibility and description depend on: (cores, bytes,
+    labels) of each instance, in its order."""
+    return tuple([(i.cores, i.memory, i.labels) for i in gang])
+
+
+_UNKNOWN = object()
+_cores = attrgetter("cores")
+_memory = attrgetter("memory")
+_labels = attrgetter("labels")
 
 
 class Emptied:
@@ -79,8 +83,8 @@ class Emptied:
             float(sum(m * n for _, m, _, n in self.classes)),
         )
         self._eligible: dict[frozenset[str], list[tuple[int, int, frozenset[str], int]]] = {}
-        self._cache: dict[Signature, str | None] = {}
-        self._slots: dict[tuple[int, int, frozenset[str], int], bool] = {}
+        self._cache: dict[Signature, object] = {}
+        self._slots: dict[tuple[float, int, frozenset[str], int], bool] = {}
 
     def eligible(self, labels: frozenset[str]) -> list[tuple[int, int, frozenset[str], int]]:
         found = self._eligible.get(labels)
@@ -90,24 +94,31 @@ class Emptied:
 
     def never(self, gang: Sequence[InstanceReq]) -> str | None:
         """Why this essential set can never start on this cluster ("unschedulable: ..."),
-        or None when the emptied cluster holds it."""
+        or None when the emptied cluster holds it. Cheap when many sets are alike: the
+        quick acceptance is memoised per envelope (largest cores, largest memory, labels,
+        count), the full answer per shape."""
         if not gang:
             return None
-        c = max(millicores(i.cores) for i in gang)
-        m = max(i.memory for i in gang)
-        labels = frozenset().union(*(i.labels for i in gang))
+        c = max(map(_cores, gang))
+        m = max(map(_memory, gang))
+        labels = frozenset().union(*map(_labels, gang))
         envelope = (c, m, labels, len(gang))
         fits = self._slots.get(envelope)
         if fits is None:
-            fits = self._slots[envelope] = self._enough_slots(c, m, labels, len(gang))
+            fits = self._slots[envelope] = self._enough_slots(millicores(c), m, labels, len(gang))
         if fits:
             return None
-        sig = signature(gang)
-        if sig in self._cache:
-            return self._cache[sig]
-        why = self._why(sig)
-        self._cache[sig] = why
-        return why
+        sig: Signature = tuple(
+            sorted(
+                ((millicores(i.cores), i.memory, i.labels) for i in gang),
+                key=lambda k: (k[0], k[1]),
+                reverse=True,
+            )
+        )
+        found = self._cache.get(sig, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = self._cache[sig] = self._why(sig)
+        return found  # type: ignore[return-value]
 
     def _why(self, sig: Signature) -> str | None:
         for c, m, labels in dict.fromkeys(sig):

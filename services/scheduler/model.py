@@ -8,6 +8,7 @@ hold (rows from PostgreSQL, or the simulator's own bookkeeping).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +66,32 @@ class ExecutionState:
 class Reason:
     """Why a waiting execution did not start in a pass.
 
-    `text` names the cause and stays the same while the cause does; `detail` adds what
-    may change at every pass (the room left, how many wait ahead). `schedulable` is
-    False when the cluster as it is could never hold the execution's essential set.
+    `cause` says what stays the same while the cause does, `detail` what may change at
+    every pass (the room left, how many wait ahead); both are plain values, put in words
+    only when read (`text`, `detail_text`, `str()`), so a pass pays nothing for words
+    nobody reads, and equal values read the same. `schedulable` is False when the
+    cluster as it is could never hold the execution's essential set.
     """
 
-    text: str
-    detail: str = ""
+    cause: tuple[Any, ...]
+    detail: tuple[Any, ...] = ()
     schedulable: bool = True
 
+    @property
+    def text(self) -> str:
+        from .reasons import render
+
+        return render(self.cause)
+
+    @property
+    def detail_text(self) -> str:
+        from .reasons import render
+
+        return render(self.detail) if self.detail else ""
+
     def __str__(self) -> str:
-        return f"{self.text}; {self.detail}" if self.detail else self.text
+        detail = self.detail_text
+        return f"{self.text}; {detail}" if detail else self.text
 
 
 @dataclass(frozen=True, slots=True)

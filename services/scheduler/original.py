@@ -67,7 +67,7 @@ class OriginalPass:
                 if gang:
                     why = self.emptied.never(gang)
                     reasons[ex.id] = (
-                        Reason(R.IN_ORDER.format(stopped_at.id))
+                        R.words(R.IN_ORDER.format(stopped_at.id))
                         if why is None
                         else R.unschedulable(why)
                     )

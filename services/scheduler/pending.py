@@ -20,12 +20,17 @@ REFRESH = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What an execution's row says: the reason (None: none), its cause, when written."""
+    """What an execution's row says: the reason's words (None: none) and whether it is
+    schedulable; the reason they were made from, when known (not after a takeover), and
+    the monotonic time they were written (-inf: read, not written)."""
 
     text: str | None
     schedulable: bool
-    cause: str | None = None  # `Reason.text` of the stored reason, when known
-    at: float = float("-inf")  # monotonic time of the write (-inf: read, not written)
+    reason: Reason | None = None
+    at: float = float("-inf")
+
+
+_NONE = Stored(None, True)
 
 
 class PendingReasons:
@@ -45,30 +50,38 @@ class PendingReasons:
         self, active: list[int], reasons: dict[int, Reason], now: float
     ) -> list[tuple[int, str | None, bool]]:
         """The rows to write: (id, reason or None, schedulable); remembers them as
-        written. Executions no longer active lose their reason."""
+        written. Executions no longer active lose their reason. Reasons are compared as
+        values: words are made only for the rows written (and once after a takeover)."""
         out: list[tuple[int, str | None, bool]] = []
         stored = self.stored
         keep: dict[int, Stored] = {}
         for ex_id in active:
-            old = stored.get(ex_id, Stored(None, True))
+            old = stored.get(ex_id, _NONE)
             reason = reasons.get(ex_id)
             if reason is None:
-                new = Stored(None, True, None, old.at)
-            else:
-                new = Stored(str(reason), reason.schedulable, reason.text, now)
-            if new.text == old.text and new.schedulable == old.schedulable:
-                keep[ex_id] = old
+                if old.text is None and old.schedulable:
+                    keep[ex_id] = old
+                else:
+                    keep[ex_id] = _NONE
+                    out.append((ex_id, None, True))
                 continue
-            if (
-                reason is not None
-                and old.cause == reason.text
-                and old.schedulable == reason.schedulable
-                and now - old.at < REFRESH
-            ):
-                keep[ex_id] = old  # only the detail moved, and it was written recently
+            if old.reason is not None:
+                if old.reason == reason:
+                    keep[ex_id] = old
+                    continue
+                if (
+                    old.reason.cause == reason.cause
+                    and old.reason.schedulable == reason.schedulable
+                    and now - old.at < REFRESH
+                ):
+                    keep[ex_id] = old  # only the detail moved, and it was written recently
+                    continue
+            text = str(reason)
+            if old.reason is None and text == old.text and reason.schedulable == old.schedulable:
+                keep[ex_id] = Stored(text, reason.schedulable, reason, old.at)
                 continue
-            keep[ex_id] = new
-            out.append((ex_id, new.text, new.schedulable))
+            keep[ex_id] = Stored(text, reason.schedulable, reason, now)
+            out.append((ex_id, text, reason.schedulable))
         for ex_id, old in stored.items():
             if ex_id not in keep and (old.text is not None or not old.schedulable):
                 out.append((ex_id, None, True))

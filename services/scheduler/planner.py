@@ -104,6 +104,7 @@ class Pass:
         self.reclaim_misses = _Misses()
         self.reasons: dict[int, Reason] = {}
         self.holder: dict[int, int] = {}  # id of a closed bucket -> the execution holding it
+        self.describe = R.Describer(cluster, self.holder)
         self.milli: dict[float, int] = {}
         self.work = 0  # searches and reclaim probes done: what `lookahead` bounds
 
@@ -139,6 +140,7 @@ class Pass:
         never = self.emptied.never
         reasons = self.reasons
         holder = self.holder
+        describe = self.describe
         cut: Reason | None = None  # why the executions after the last one examined wait
         end = len(self.execs)
         for pos, ex in enumerate(self.execs):
@@ -152,7 +154,7 @@ class Pass:
             if examined >= 0:
                 examined += 1
                 if examined > policy.scan:
-                    cut, end = Reason(R.AHEAD, f"{examined - 1} examined ahead"), pos
+                    cut, end = R.words(R.AHEAD, f"{examined - 1} examined ahead"), pos
                     break
             work = self.work
             placed = self._start_gang(pos, gang, stops)
@@ -161,7 +163,7 @@ class Pass:
                 starts.extend(placed)
                 continue
             examined = max(examined, 0)
-            reasons[ex.id] = R.blocked(self.cluster, gang, holder)
+            reasons[ex.id] = describe.blocked(gang)
             if self.now - ex.submitted_at >= policy.reserve_after:
                 label_sets = {i.labels for i in gang}
                 holds.append((pos, label_sets))
@@ -170,14 +172,15 @@ class Pass:
                     for bucket in self.cluster.eligible(labels):
                         holder.setdefault(id(bucket), ex.id)
                     closed_all = self.cluster.close(labels) or closed_all
+                describe.moved()
                 if closed_all:
                     # every node is held: nothing further down may start
-                    cut, end = Reason(R.HOLDS_ALL.format(ex.id)), pos + 1
+                    cut, end = R.words(R.HOLDS_ALL.format(ex.id)), pos + 1
                     break
             elif self.work > work:  # a miss known without searching costs nothing
                 blocked += 1
                 if blocked > policy.lookahead:
-                    cut, end = Reason(R.AHEAD, f"{blocked} blocked ahead"), pos + 1
+                    cut, end = R.words(R.AHEAD, f"{blocked} blocked ahead"), pos + 1
                     break
         if cut is not None:
             for pos in range(end, len(self.execs)):
@@ -277,11 +280,13 @@ class Pass:
         return idx
 
     def _take(self, idx: int, c: int, m: int) -> None:
+        self.describe.moved()
         self.cluster.change(idx, c, m, 1)
         self.free_c -= c
         self.free_m -= m
 
     def _give(self, idx: int, c: int, m: int) -> None:
+        self.describe.moved()
         self.cluster.change(idx, -c, -m, -1)
         self.free_c += c
         self.free_m += m

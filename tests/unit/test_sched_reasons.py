@@ -92,3 +92,32 @@ def test_the_flexible_policy_serves_in_order():
     texts, _ = reasons(nodes, [held, first, second], "flexible")
     assert texts[1].startswith("needs 1 instance of 3 cores")
     assert texts[2] == "waiting its turn: the queue is served in order, behind execution 1"
+
+
+def test_only_changed_reasons_are_written_and_a_moving_detail_at_most_every_refresh():
+    from services.scheduler import reasons as R
+    from services.scheduler.pending import REFRESH, PendingReasons
+
+    rows = PendingReasons()
+    rows.load([{"id": 1, "pending_reason": None, "schedulable": True}])
+    room = R.words("needs 1 instance of 2 cores and 1 GiB", "the room is 1 core")
+    assert rows.changes([1], {1: room}, 0.0) == [(1, str(room), True)]
+    assert rows.changes([1], {1: room}, 1.0) == []  # unchanged: nothing to write
+    moved = R.words("needs 1 instance of 2 cores and 1 GiB", "the room is 0 cores")
+    assert rows.changes([1], {1: moved}, 2.0) == []  # only the detail moved, just written
+    assert rows.changes([1], {1: moved}, REFRESH + 1) == [(1, str(moved), True)]
+    never = R.unschedulable("unschedulable: no node has 64 cores")
+    assert rows.changes([1], {1: never}, REFRESH + 2) == [(1, str(never), False)]
+    assert rows.changes([1, 2], {}, REFRESH + 3) == [(1, None, True)]  # it started
+    assert rows.changes([2], {2: never}, REFRESH + 4) == [(2, str(never), False)]
+    assert rows.changes([], {}, REFRESH + 5) == [(2, None, True)]  # it ended
+
+
+def test_after_a_takeover_what_the_rows_say_is_not_written_again():
+    from services.scheduler import reasons as R
+    from services.scheduler.pending import PendingReasons
+
+    never = R.unschedulable("unschedulable: no node has 64 cores")
+    rows = PendingReasons()
+    rows.load([{"id": 1, "pending_reason": str(never), "schedulable": False}])
+    assert rows.changes([1], {1: never}, 0.0) == []
