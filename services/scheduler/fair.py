@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter, itemgetter
 
 from .model import ExecutionState, InstanceReq
 
 RankKey = tuple[float, float, float, int]
+
+_first = itemgetter(0)
+_cores = attrgetter("cores")
+_memory = attrgetter("memory")
 
 
 def drf_order(
@@ -48,9 +53,9 @@ def drf_order(
     for ex in executions:
         if ex.placed:
             acc = held.setdefault(ex.user, [0.0, 0.0])
-            for inst, _ in ex.placed:
-                acc[0] += inst.cores
-                acc[1] += inst.memory
+            insts = list(map(_first, ex.placed))
+            acc[0] += sum(map(_cores, insts))
+            acc[1] += sum(map(_memory, insts))
     share = {user: dominant(user, c, m) for user, (c, m) in held.items()}
     by_class: dict[float, dict[str, list[int]]] = {}
     for i in sorted(range(len(executions)), key=keys.__getitem__):
@@ -59,6 +64,17 @@ def drf_order(
     order: list[int] = []
     for cls in sorted(by_class):
         queues = by_class[cls]
+        if len(queues) == 1:  # one user in the class: its own order, nothing to share
+            ((user, queue),) = queues.items()
+            order.extend(queue)
+            for i in queue:
+                if waiting[i]:
+                    gang = [r for r in executions[i].pending if r.essential]
+                    if never(gang) is None:
+                        share[user] = share.get(user, 0.0) + dominant(
+                            user, sum(map(_cores, gang)), sum(map(_memory, gang))
+                        )
+            continue
         heads = dict.fromkeys(queues, 0)
         heap = [(share.get(user, 0.0), keys[queue[0]], user) for user, queue in queues.items()]
         heapq.heapify(heap)
@@ -70,8 +86,8 @@ def drf_order(
             if waiting[i]:  # the essential set it waits for joins its user's share
                 gang = [r for r in executions[i].pending if r.essential]
                 if never(gang) is None:
-                    cores = sum(r.cores for r in gang)
-                    memory = sum(r.memory for r in gang)
+                    cores = sum(map(_cores, gang))
+                    memory = sum(map(_memory, gang))
                     share[user] = share.get(user, 0.0) + dominant(user, cores, memory)
             heads[user] += 1
             if heads[user] < len(queue):
