@@ -1,0 +1,326 @@
+"""Least privilege for a deployment: one RabbitMQ user per service and a PostgreSQL role
+that is not a superuser, each with a generated password kept under ``var/secrets/``.
+
+``make up`` (deploy/up.sh) runs ``python -m deploy.provision``, which writes one
+environment file per service process, ``var/secrets/zoe-<service>.env`` (mode 0600),
+holding that process's own ``ZOE_AMQP_URL`` and ``ZOE_DATABASE_URL``; deploy/lib.sh
+starts each process with its file. The broker users' rights are derived from the route
+table (``common.routes.permissions``), never written by hand; ``guest`` gets no right on
+the deployment's vhost. Tests call the same functions for a vhost and database of their
+own. What each user may do, and why: docs/operations.md, "Least privilege".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from common import routes
+
+SECRETS = Path("var/secrets")
+# Names the role the services connect to PostgreSQL as (and owning the database).
+DEFAULT_ROLE = "zoe"
+# The superuser deploy/install.sh makes for provisioning and the test suite.
+ADMIN_ROLE = "zoe_admin"
+
+Ctl = Callable[..., str]
+
+
+class Secrets:
+    """Generated passwords, one file each in a directory only root reads (0700, files
+    0600); a password once made is kept, so provisioning again changes nothing."""
+
+    def __init__(self, root: Path = SECRETS) -> None:
+        self.root = root
+
+    def password(self, name: str) -> str:
+        """The password kept as ``<name>.password``, made on first use."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        path = self.root / f"{name}.password"
+        if path.exists():
+            return path.read_text().strip()
+        value = secrets.token_urlsafe(24)  # URL-safe: goes into a URL as it is
+        write_private(path, value + "\n")
+        return value
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (from its creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    """Run ``rabbitmqctl -q args`` (in a session of its own, so that a timeout kills its
+    Erlang VM too); returns what it printed, raises with its error when it fails."""
+    proc = subprocess.Popen(
+        ["rabbitmqctl", "-q", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise RuntimeError(f"rabbitmqctl {args[0]} timed out after {timeout:g}s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {err.strip() or out.strip()}")
+    return out
+
+
+# ---- RabbitMQ ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUser:
+    """The broker user of one service process (an executor's: of one node)."""
+
+    process: str  # zoe-api, zoe-scheduler, zoe-monitor, zoe-executor-<node>
+    service: str
+    node: str | None
+    name: str  # the RabbitMQ user, <deployment>-<service>[-<node>]
+
+    @property
+    def permissions(self) -> routes.Permissions:
+        return routes.permissions(self.service, self.node)
+
+
+def broker_users(deployment: str, nodes: Iterable[str]) -> list[BrokerUser]:
+    """The users of a deployment: api, scheduler, monitor, and one per executor node."""
+    out = [
+        BrokerUser(f"zoe-{s}", s, None, f"{deployment}-{s}")
+        for s in ("api", "scheduler", "monitor")
+    ]
+    for node in dict.fromkeys(nodes):
+        out.append(
+            BrokerUser(f"zoe-executor-{node}", "executor", node, f"{deployment}-executor-{node}")
+        )
+    return out
+
+
+def provision_broker(
+    base_url: str,
+    deployment: str,
+    nodes: Iterable[str],
+    store: Secrets,
+    *,
+    ctl: Ctl = rabbitmqctl,
+) -> dict[str, str]:
+    """Make the vhost of ``base_url`` and each service's user in it with the rights the
+    route table gives it (an existing user gets its kept password and rights again);
+    take ``guest``'s rights on the vhost away. Returns each process's AMQP URL."""
+    vhost = unquote(urlsplit(base_url).path[1:]) or "/"
+    if vhost not in ctl("list_vhosts", "name", "--no-table-headers").split():
+        ctl("add_vhost", vhost)
+    existing = {
+        line.split("\t")[0] for line in ctl("list_users", "--no-table-headers").splitlines()
+    }
+    urls = {}
+    for user in broker_users(deployment, nodes):
+        password = store.password(f"amqp-{user.name}")
+        if user.name in existing:
+            ctl("change_password", user.name, password)
+        else:
+            ctl("add_user", user.name, password)
+        rights = user.permissions
+        ctl("set_permissions", "-p", vhost, user.name, rights.configure, rights.write, rights.read)
+        ctl(
+            "set_topic_permissions",
+            "-p",
+            vhost,
+            user.name,
+            routes.EVENTS,
+            rights.topic_write,
+            ".*",
+        )
+        urls[user.process] = with_credentials(base_url, user.name, password)
+    if "guest" in existing and vhost != "/":
+        for line in ctl("list_permissions", "-p", vhost, "--no-table-headers").splitlines():
+            if line.split("\t")[0] == "guest":
+                ctl("clear_permissions", "-p", vhost, "guest")
+    return urls
+
+
+def remove_broker_users(deployment: str, nodes: Iterable[str], *, ctl: Ctl = rabbitmqctl) -> None:
+    """Delete a deployment's broker users (their passwords stay in the secrets)."""
+    existing = {
+        line.split("\t")[0] for line in ctl("list_users", "--no-table-headers").splitlines()
+    }
+    for user in broker_users(deployment, nodes):
+        if user.name in existing:
+            ctl("delete_user", user.name)
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` with ``user:password@`` in place of whatever credentials it had."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def provision_database(
+    admin_url: str, database_url: str, store: Secrets, *, role: str = DEFAULT_ROLE
+) -> str:
+    """Make ``role`` a login role that is no superuser and may create neither roles nor
+    databases, with its kept password; make (or hand over) the database of
+    ``database_url`` owned by it, tables included. ``admin_url``: a superuser's
+    connection (any database). Returns ``database_url`` as ``role`` with its password."""
+    password = store.password(f"postgres-{role}")
+    name = urlsplit(database_url).path.lstrip("/")
+    if not name:
+        raise ValueError(f"{database_url}: no database named in the URL")
+    conn = await asyncpg.connect(admin_url)
+    try:
+        attributes = f"LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS PASSWORD {_literal(password)}"
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await conn.execute(f"ALTER ROLE {_ident(role)} {attributes}")
+        else:
+            await conn.execute(f"CREATE ROLE {_ident(role)} {attributes}")
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f"ALTER DATABASE {_ident(name)} OWNER TO {_ident(role)}")
+        else:
+            await conn.execute(f"CREATE DATABASE {_ident(name)} OWNER {_ident(role)}")
+    finally:
+        await conn.close()
+    await _hand_over(with_database(admin_url, name), role)
+    return with_credentials(database_url, role, password)
+
+
+async def _hand_over(admin_url: str, role: str) -> None:
+    """Give ``role`` the tables and sequences an earlier version made as a superuser."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"ALTER SCHEMA public OWNER TO {_ident(role)}")
+        rows = await conn.fetch(
+            "SELECT c.relname, c.relkind FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')"
+            " AND pg_get_userbyid(c.relowner) <> $1"
+            " ORDER BY c.relkind = 'S'",  # tables first: their sequences go with them
+            role,
+        )
+        for row in rows:
+            if row["relkind"] == "S":
+                owned = await conn.fetchval(
+                    "SELECT pg_get_userbyid(relowner) = $2 FROM pg_class"
+                    " WHERE relname = $1 AND relkind = 'S'",
+                    row["relname"],
+                    role,
+                )
+                if owned:
+                    continue
+            kind = "SEQUENCE" if row["relkind"] == "S" else "TABLE"
+            await conn.execute(
+                f"ALTER {kind} public.{_ident(row['relname'])} OWNER TO {_ident(role)}"
+            )
+    finally:
+        await conn.close()
+
+
+async def drop_role(admin_url: str, role: str) -> None:
+    """Drop ``role`` (its database must be gone or handed over first)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {_ident(role)}")
+    finally:
+        await conn.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming the database ``name``."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def admin_database_url(store: Secrets, database_url: str) -> str:
+    """A superuser's connection to the servers of ``database_url``: ``zoe_admin`` with
+    the password deploy/install.sh keeps in ``postgres-admin.password`` when there is
+    one, else ``postgres`` without a password (a server that trusts loopback)."""
+    path = store.root / "postgres-admin.password"
+    url = with_database(database_url, "postgres")
+    if path.exists():
+        return with_credentials(url, ADMIN_ROLE, path.read_text().strip())
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc="postgres@" + parts.netloc.rpartition("@")[2]))
+
+
+# ---- make up ----------------------------------------------------------------------------
+
+
+def write_env_files(store: Secrets, amqp: dict[str, str], database_url: str) -> list[Path]:
+    """One ``<process>.env`` per service process (0600): its own broker URL and the
+    database role's URL. The executor of ``make up``'s one node is ``zoe-executor``."""
+    written = []
+    for process, url in amqp.items():
+        name = "zoe-executor" if process.startswith("zoe-executor-") else process
+        path = store.root / f"{name}.env"
+        write_private(path, f"ZOE_AMQP_URL={url}\nZOE_DATABASE_URL={database_url}\n")
+        written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m deploy.provision``: the users, role and env files of ``make up``."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.provision", description=main.__doc__)
+    parser.add_argument("--amqp-url", default=os.environ.get("ZOE_AMQP_URL"), required=False)
+    parser.add_argument("--database-url", default=os.environ.get("ZOE_DATABASE_URL"))
+    parser.add_argument("--deployment", default=os.environ.get("ZOE_DEPLOYMENT", "zoe"))
+    parser.add_argument("--node", action="append", default=[], help="an executor's node")
+    parser.add_argument("--secrets", type=Path, default=SECRETS)
+    parser.add_argument("--role", default=DEFAULT_ROLE)
+    parser.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="the broker is not local (rabbitmqctl cannot reach it): every process gets"
+        " --amqp-url as it is",
+    )
+    args = parser.parse_args(argv)
+    if not args.amqp_url or not args.database_url:
+        parser.error("--amqp-url and --database-url (or ZOE_AMQP_URL, ZOE_DATABASE_URL) are needed")
+    if len(args.node) != 1:
+        parser.error("make up runs one executor: give exactly one --node")
+    store = Secrets(args.secrets)
+    if args.no_broker:
+        amqp = {u.process: args.amqp_url for u in broker_users(args.deployment, args.node)}
+    else:
+        amqp = provision_broker(args.amqp_url, args.deployment, args.node, store)
+    database = asyncio.run(
+        provision_database(
+            admin_database_url(store, args.database_url), args.database_url, store, role=args.role
+        )
+    )
+    for path in write_env_files(store, amqp, database):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
