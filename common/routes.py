@@ -254,7 +254,9 @@ def markdown() -> str:
 
 SERVICES = ("api", "scheduler", "monitor", "executor")
 DEFAULT_EXCHANGE = "amq.default"  # the name permissions give the default exchange
-SERVER_NAMED = r"amq\.gen-.*"  # exclusive queues the broker names (replies, event streams)
+# Exclusive queues named for their connection (replies, event streams): aio-pika names
+# them amq_<uuid>, the broker amq.gen-<...>.
+SERVER_NAMED = r"amq_[0-9a-f]{32}|amq\.gen-[A-Za-z0-9_-]+"
 # Who declares exclusive queues of their own: the api (log replies, event streams).
 _SERVER_NAMED_BY = frozenset({"api"})
 
@@ -305,8 +307,12 @@ def permissions(service: str, node: str | None = None) -> Permissions:
     sent = [r for r in ROUTES if r.sender == service]
     # Replies (to ``reply_to``) and the readiness probe go to the default exchange.
     published = [r.exchange or DEFAULT_EXCHANGE for r in sent] + [DEFAULT_EXCHANGE]
-    if any(q.kind == "heartbeats" for q in mine):
-        published.append(DLX)  # the bus dead-letters a refused heartbeat itself
+    # Making a queue that dead-letters (quorum) needs write on the dead-letter exchange,
+    # and the bus dead-letters a refused heartbeat itself. Making one also needs read on
+    # the queue: a service makes only its own; the shared ones are made at provisioning
+    # (deploy/provision.py), and declaring a queue that exists needs configure alone.
+    if mine:
+        published.append(DLX)
     keys = [_key_pattern(r, node) for r in sent if r.exchange == EVENTS]
     return Permissions(
         configure=_any_of([*declared, *own], raw),

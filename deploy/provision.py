@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 
-from common import routes
+from common import routes, topology
+from common.settings import Settings
 
 SECRETS = Path("var/secrets")
 # Names the role the services connect to PostgreSQL as (and owning the database).
@@ -121,6 +123,7 @@ def provision_broker(
     nodes: Iterable[str],
     store: Secrets,
     *,
+    quorum_size: int = 0,
     ctl: Ctl = rabbitmqctl,
 ) -> dict[str, str]:
     """Make the vhost of ``base_url`` and each service's user in it with the rights the
@@ -129,9 +132,13 @@ def provision_broker(
     vhost = unquote(urlsplit(base_url).path[1:]) or "/"
     if vhost not in ctl("list_vhosts", "name", "--no-table-headers").split():
         ctl("add_vhost", vhost)
-    existing = {
-        line.split("\t")[0] for line in ctl("list_users", "--no-table-headers").splitlines()
-    }
+    existing = _users(ctl)
+    # The vhost's own administrator (no broker-wide tag): it makes the topology below.
+    admin, admin_password = f"{deployment}-admin", store.password(f"amqp-{deployment}-admin")
+    ctl("change_password" if admin in existing else "add_user", admin, admin_password)
+    ctl("set_permissions", "-p", vhost, admin, ".*", ".*", ".*")
+    admin_url = with_credentials(base_url, admin, admin_password)
+    asyncio.run(declare_topology(admin_url, nodes, quorum_size))
     urls = {}
     for user in broker_users(deployment, nodes):
         password = store.password(f"amqp-{user.name}")
@@ -158,14 +165,33 @@ def provision_broker(
     return urls
 
 
+def _users(ctl: Ctl) -> set[str]:
+    return {line.split("\t")[0] for line in ctl("list_users", "--no-table-headers").splitlines()}
+
+
+async def declare_topology(url: str, nodes: Iterable[str], quorum_size: int = 0) -> None:
+    """Make the exchanges, the shared queues and each node's command queue, as the
+    vhost's administrator: making a queue that dead-letters needs read on it, which a
+    service has on its own queues only (declaring one that exists needs configure)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await topology.declare_topology(channel, quorum_size)
+        for node in nodes:
+            queue = await topology.declare_queue(
+                channel, routes.executor_queue(node), None, quorum_size
+            )
+            await queue.bind(routes.COMMANDS, routing_key=node)
+    finally:
+        await connection.close()
+
+
 def remove_broker_users(deployment: str, nodes: Iterable[str], *, ctl: Ctl = rabbitmqctl) -> None:
     """Delete a deployment's broker users (their passwords stay in the secrets)."""
-    existing = {
-        line.split("\t")[0] for line in ctl("list_users", "--no-table-headers").splitlines()
-    }
-    for user in broker_users(deployment, nodes):
-        if user.name in existing:
-            ctl("delete_user", user.name)
+    existing = _users(ctl)
+    for name in [f"{deployment}-admin", *(u.name for u in broker_users(deployment, nodes))]:
+        if name in existing:
+            ctl("delete_user", name)
 
 
 def with_credentials(url: str, user: str, password: str) -> str:
@@ -311,7 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_broker:
         amqp = {u.process: args.amqp_url for u in broker_users(args.deployment, args.node)}
     else:
-        amqp = provision_broker(args.amqp_url, args.deployment, args.node, store)
+        quorum = Settings.from_env().amqp_quorum_size
+        amqp = provision_broker(
+            args.amqp_url, args.deployment, args.node, store, quorum_size=quorum
+        )
     database = asyncio.run(
         provision_database(
             admin_database_url(store, args.database_url), args.database_url, store, role=args.role

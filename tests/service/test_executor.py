@@ -1178,8 +1178,10 @@ async def test_commands_naming_a_container_that_is_not_the_nodes_leave_it_alone(
                     m.InstanceStartFailed, execution_id=forged_start.execution_id
                 )
                 refused = await wait_for(
-                    lambda: {e["command"] for e in logs if e["event"] == "command.refused"}
-                    >= {"stop", "start", "logs"},
+                    lambda: (
+                        {e["command"] for e in logs if e["event"] == "command.refused"}
+                        >= {"stop", "start", "logs"}
+                    ),
                     what="the three commands refused and logged",
                 )
         assert refused
@@ -1201,8 +1203,10 @@ async def test_a_start_over_the_nodes_capacity_is_refused_with_its_reason(
     async def outcome(start: m.StartInstance) -> Any:
         await bus.publish(start, node=node)
         return await wait_for(
-            lambda: facts.all(m.InstanceStarted, execution_id=start.execution_id)
-            or facts.all(m.InstanceStartFailed, execution_id=start.execution_id),
+            lambda: (
+                facts.all(m.InstanceStarted, execution_id=start.execution_id)
+                or facts.all(m.InstanceStartFailed, execution_id=start.execution_id)
+            ),
             what=f"the outcome of the start of {start.container_name}",
         )
 
