@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from common import routes, topology
 from common.settings import Settings
 
 SECRETS = Path("var/secrets")
-# Names the role the services connect to PostgreSQL as (and owning the database).
+# The role the services connect to PostgreSQL as (owning the database), when none is
+# named: ``make up`` names it after the deployment, so that two share no role.
 DEFAULT_ROLE = "zoe"
 # The superuser deploy/install.sh makes for provisioning and the test suite.
 ADMIN_ROLE = "zoe_admin"
@@ -66,25 +68,30 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+def rabbitmqctl(*args: str, timeout: float = 60, attempts: int = 4) -> str:
     """Run ``rabbitmqctl -q args`` (in a session of its own, so that a timeout kills its
-    Erlang VM too); returns what it printed, raises with its error when it fails."""
-    proc = subprocess.Popen(
-        ["rabbitmqctl", "-q", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise RuntimeError(f"rabbitmqctl {args[0]} timed out after {timeout:g}s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {err.strip() or out.strip()}")
-    return out
+    Erlang VM too); returns what it printed, raises with its error when it fails.
+    Tried again a few times: a broker that restarts refuses commands meanwhile."""
+    for attempt in range(attempts):
+        proc = subprocess.Popen(
+            ["rabbitmqctl", "-q", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            out, err = "", f"timed out after {timeout:g}s"
+            proc.returncode = -1
+        if proc.returncode == 0:
+            return out
+        if attempt < attempts - 1:
+            time.sleep(2 * (attempt + 1))
+    raise RuntimeError(f"rabbitmqctl {args[0]} failed: {err.strip() or out.strip()}")
 
 
 # ---- RabbitMQ ---------------------------------------------------------------------------
@@ -301,12 +308,15 @@ def admin_database_url(store: Secrets, database_url: str) -> str:
 # ---- make up ----------------------------------------------------------------------------
 
 
-def write_env_files(store: Secrets, amqp: dict[str, str], database_url: str) -> list[Path]:
+def write_env_files(
+    store: Secrets, amqp: dict[str, str], database_url: str, local: str | None = None
+) -> list[Path]:
     """One ``<process>.env`` per service process (0600): its own broker URL and the
-    database role's URL. The executor of ``make up``'s one node is ``zoe-executor``."""
+    database role's URL. The executor of this host's node ``local`` is ``zoe-executor``;
+    another node's file, ``zoe-executor-<node>.env``, is for that node's host."""
     written = []
     for process, url in amqp.items():
-        name = "zoe-executor" if process.startswith("zoe-executor-") else process
+        name = "zoe-executor" if local and process == f"zoe-executor-{local}" else process
         path = store.root / f"{name}.env"
         write_private(path, f"ZOE_AMQP_URL={url}\nZOE_DATABASE_URL={database_url}\n")
         written.append(path)
@@ -319,9 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--amqp-url", default=os.environ.get("ZOE_AMQP_URL"), required=False)
     parser.add_argument("--database-url", default=os.environ.get("ZOE_DATABASE_URL"))
     parser.add_argument("--deployment", default=os.environ.get("ZOE_DEPLOYMENT", "zoe"))
-    parser.add_argument("--node", action="append", default=[], help="an executor's node")
+    parser.add_argument("--node", required=True, help="the node of this host's executor")
+    parser.add_argument(
+        "--add-node",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="an executor on another host: its user, queue and zoe-executor-NODE.env",
+    )
     parser.add_argument("--secrets", type=Path, default=SECRETS)
-    parser.add_argument("--role", default=DEFAULT_ROLE)
+    parser.add_argument(
+        "--role", help="the services' database role (default: the deployment's name)"
+    )
     parser.add_argument(
         "--no-broker",
         action="store_true",
@@ -331,22 +350,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.amqp_url or not args.database_url:
         parser.error("--amqp-url and --database-url (or ZOE_AMQP_URL, ZOE_DATABASE_URL) are needed")
-    if len(args.node) != 1:
-        parser.error("make up runs one executor: give exactly one --node")
+    nodes = [args.node, *args.add_node]
     store = Secrets(args.secrets)
+    role = args.role or args.deployment
     if args.no_broker:
-        amqp = {u.process: args.amqp_url for u in broker_users(args.deployment, args.node)}
+        amqp = {u.process: args.amqp_url for u in broker_users(args.deployment, nodes)}
     else:
         quorum = Settings.from_env().amqp_quorum_size
-        amqp = provision_broker(
-            args.amqp_url, args.deployment, args.node, store, quorum_size=quorum
-        )
+        amqp = provision_broker(args.amqp_url, args.deployment, nodes, store, quorum_size=quorum)
     database = asyncio.run(
         provision_database(
-            admin_database_url(store, args.database_url), args.database_url, store, role=args.role
+            admin_database_url(store, args.database_url), args.database_url, store, role=role
         )
     )
-    for path in write_env_files(store, amqp, database):
+    for path in write_env_files(store, amqp, database, args.node):
         print(f"wrote {path}")
     return 0
 

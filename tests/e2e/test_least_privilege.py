@@ -103,14 +103,18 @@ async def test_secrets_are_readable_by_their_owner_only(
     assert store.password("x") == password  # kept, not made again
     assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "secrets" / "x.password").stat().st_mode & 0o777 == 0o600
-    written = provision.write_env_files(store, provisioned.amqp, provisioned.database_url)
+    n1, n2 = provisioned.nodes
+    written = provision.write_env_files(store, provisioned.amqp, provisioned.database_url, n1)
     assert {p.name for p in written} == {
         "zoe-api.env",
         "zoe-scheduler.env",
         "zoe-monitor.env",
-        "zoe-executor.env",
+        "zoe-executor.env",  # this host's node
+        f"zoe-executor-{n2}.env",  # for the other node's host
     }
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in written)
+    executor = (store.root / "zoe-executor.env").read_text()
+    assert f"ZOE_AMQP_URL={provisioned.executor(n1)}\n" in executor
 
 
 async def test_each_service_user_does_its_work_on_the_bus_and_nothing_else(
