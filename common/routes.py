@@ -323,6 +323,19 @@ def permissions(service: str, node: str | None = None) -> Permissions:
     )
 
 
+def relayed_by(service: str) -> str:
+    """The outbox rows (``exchange routing_key``, as a regex PostgreSQL and Python both
+    read) that ``service``'s relay publishes: those of the routes it sends, which are
+    the rows its broker user may publish."""
+    parts = []
+    for r in ROUTES:
+        if r.sender == service and r.exchange in (EVENTS, COMMANDS):
+            literals = _FIELD.split(f"{r.exchange} {r.key}")[::2]
+            # a field is one key part or more (a node name may hold dots)
+            parts.append(".+".join(re.escape(x) for x in literals))
+    return "^(" + "|".join(dict.fromkeys(parts)) + ")$" if parts else "^$"
+
+
 def _key_pattern(route: Route, node: str | None) -> str:
     """The keys a route's messages are published with, ``{node}`` being ``node``."""
     parts = _FIELD.split(route.key)  # literal, field, literal, ..., literal

@@ -24,12 +24,14 @@ import pytest
 
 from common import db, routes
 from common import messages as m
-from common.bus import Bus, declare_executor_queue
+from common.bus import Bus, Outgoing, declare_executor_queue
+from common.outbox import Relay, enqueue
 from deploy import provision
 from tests.conftest import AMQP_BASE, PG_BASE, TestEnv, _rabbitmqctl, _remove_containers
 from tests.e2e.conftest import Platform, service, zapp
 
 ADMIN_URL = PG_BASE.rstrip("/") + "/postgres"
+FAR = 10**9  # an execution and instance id no test here makes
 
 
 @dataclass
@@ -134,17 +136,21 @@ async def test_each_service_user_does_its_work_on_the_bus_and_nothing_else(
         await declare_executor_queue(executor2, n2)
         for bus in (scheduler, api, executor1):
             assert await bus.ping(timeout=5)
-        stop = m.StopInstance(execution_id=1, instance_id=1, container_name="c", network="n")
+        # ids no execution of the platform test below has
+        stop = m.StopInstance(
+            execution_id=FAR, instance_id=FAR, container_name=f"{n1}-none", network="n"
+        )
         await scheduler.publish(stop, node=n1)  # the scheduler commands a node
         await executor1.publish(
-            m.InstanceRemoved(node=n1, execution_id=1, instance_id=1, container_name="c")
+            m.InstanceRemoved(node=n1, execution_id=FAR, instance_id=FAR, container_name="c")
         )  # a node reports its own facts
 
     connection = await aio_pika.connect(provisioned.executor(n1))
     try:
         channel = await connection.channel()
         own = await channel.get_queue(routes.executor_queue(n1), ensure=False)
-        assert (await own.get(timeout=5)).body == m.encode(stop)  # its own queue it reads
+        got = await own.get(timeout=5, no_ack=True)
+        assert got.body == m.encode(stop)  # its own queue it reads
 
         # ... not another node's
         channel = await connection.channel()
@@ -163,7 +169,7 @@ async def test_each_service_user_does_its_work_on_the_bus_and_nothing_else(
         await refused(commands.publish(aio_pika.Message(m.encode(stop)), routing_key=n2))
         channel = await connection.channel(publisher_confirms=True)
         events = await channel.get_exchange(routes.EVENTS, ensure=False)
-        forged = m.InstanceRemoved(node=n2, execution_id=1, instance_id=1, container_name="c")
+        forged = m.InstanceRemoved(node=n2, execution_id=FAR, instance_id=FAR, container_name="c")
         key = routes.routing_key(forged)
         assert key.endswith(n2)
         reason = await refused(events.publish(aio_pika.Message(m.encode(forged)), routing_key=key))
@@ -222,6 +228,27 @@ def test_permissions_follow_the_route_table() -> None:
                 assert allows(rights.topic_write, key) == (r.sender == who), (who, key)
     assert not allows(routes.permissions("executor", "n1").read, routes.executor_queue("n10"))
     assert not allows(routes.permissions("monitor").write, routes.COMMANDS)
+
+
+async def test_a_relay_publishes_only_the_rows_its_service_sends(
+    provisioned: Provisioned,
+) -> None:
+    n2 = provisioned.nodes[1]  # no executor of the platform test below reads its queue
+    await db.migrate(provisioned.database_url)
+    verdict = m.NodeLost(node=f"{n2}-gone")
+    command = m.StopInstance(
+        execution_id=FAR, instance_id=FAR, container_name=f"{n2}-none", network="n"
+    )
+    async with db.pool(provisioned.database_url, max_size=2) as pool:
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, [Outgoing(command, node=n2), Outgoing(verdict)])
+        async with Bus(provisioned.amqp["zoe-monitor"], name="t-monitor-relay") as monitor:
+            assert await Relay(pool, monitor, sender="monitor").publish_once() == 1
+        left = await pool.fetch("SELECT exchange, routing_key FROM outbox")
+        assert [tuple(r) for r in left] == [(routes.COMMANDS, n2)]  # the scheduler's
+        async with Bus(provisioned.amqp["zoe-scheduler"], name="t-sched-relay") as scheduler:
+            assert await Relay(pool, scheduler, sender="scheduler").publish_once() == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
 
 
 # ---- the database -----------------------------------------------------------------------
