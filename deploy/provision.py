@@ -180,8 +180,11 @@ async def declare_topology(url: str, nodes: Iterable[str], quorum_size: int = 0)
     """Make the exchanges, the shared queues and each node's command queue, as the
     vhost's administrator: making a queue that dead-letters needs read on it, which a
     service has on its own queues only (declaring one that exists needs configure)."""
-    connection = await aio_pika.connect(url)
+    connection = await aio_pika.connect_robust(url)
     try:
+        # a shared queue an earlier version declared otherwise is made anew here: a
+        # service could delete it, but not make it again
+        await topology.replace_outdated_queues(connection, quorum_size)
         channel = await connection.channel()
         await topology.declare_topology(channel, quorum_size)
         for node in nodes:
