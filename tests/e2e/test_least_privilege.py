@@ -361,7 +361,8 @@ async def test_the_platform_runs_as_its_least_privileged_users(
     async with platform.running():
         app = zapp("least-privileged", service("job", "echo least-privileged; sleep 1"))
         eid = (await platform.submit(app))["id"]
-        ended = await platform.wait_state(eid, "finished", "failed", "terminated")
+        # a generous deadline: on a loaded host a first start may take a minute
+        ended = await platform.wait_state(eid, "finished", "failed", "terminated", timeout=240)
         assert ended["state"] == "finished", ended
         status, log = await platform.acall("GET", f"/executions/{eid}/services/job0/logs")
         assert status == 200 and "least-privileged" in log
