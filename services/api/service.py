@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common import messages as m
 from common import routes
+from common.bus import incoming_headers
 from common.runtime import Runtime
 from common.settings import ApiSettings
 from services.api import amqp
@@ -41,6 +42,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             event_streams=settings.max_event_streams,
             log_follows=settings.max_log_follows,
             probe=rt.probe,
+            auth_backend=settings.auth_backend,
         )
         app[HUB] = hub
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout)
@@ -54,7 +56,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         deps = amqp.Deps(pool=pool, shop=shop, deployment=settings.deployment)
 
         async def on_request(msg: m.Message) -> m.ApiReply:
-            return await amqp.handle(msg, deps)
+            return await amqp.handle(msg, deps, incoming_headers())
 
         await rt.run_relay(pool, bus)
         await rt.consume(
