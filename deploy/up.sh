@@ -32,7 +32,7 @@ with_service_env zoe-scheduler "$VENV/bin/zoe-migrate"
 
 # The first admin, once (its password printed here, once), and an admin token for the
 # CLI in var/secrets/admin.token (mode 0600): `export ZOE_TOKEN_FILE=var/secrets/admin.token`.
-"$VENV/bin/python" -m services.api.bootstrap --token-file var/secrets/admin.token
+with_service_env zoe-api "$VENV/bin/python" -m services.api.bootstrap --token-file var/secrets/admin.token
 export ZOE_TOKEN_FILE=$PWD/var/secrets/admin.token
 
 # The api first, then the services that consume commands and facts; each declares the

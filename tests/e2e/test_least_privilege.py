@@ -27,7 +27,14 @@ from common import messages as m
 from common.bus import Bus, Outgoing, declare_executor_queue
 from common.outbox import Relay, enqueue
 from deploy import provision
-from tests.conftest import AMQP_BASE, PG_BASE, TestEnv, _rabbitmqctl, _remove_containers
+from tests.conftest import (
+    AMQP_BASE,
+    PG_BASE,
+    TestEnv,
+    _rabbitmqctl,
+    _remove_containers,
+    migrate,
+)
 from tests.e2e.conftest import Platform, service, zapp
 
 ADMIN_URL = PG_BASE.rstrip("/") + "/postgres"
@@ -346,7 +353,7 @@ async def test_the_platform_runs_as_its_least_privileged_users(
 ) -> None:
     """Every service process with its own broker user and the database role: an
     execution runs, ends and shows its log (the api asks the executor over the bus)."""
-    await db.migrate(provisioned.database_url)
+    await migrate(provisioned.env)  # as the role, with an admin and its token
     logs = log_dir / "least-privilege"
     logs.mkdir(exist_ok=True)
     n1 = provisioned.nodes[0]
