@@ -304,6 +304,7 @@ def start_command(
         # what the placement reserved: the executor re-checks it against its node
         cores_reserved=spec["cores_reserved"],
         memory_reserved=spec["memory_reserved"],
+        run_as_root=spec.get("run_as_root", False),
         shm_size=spec.get("shm_size"),
         work_dir=spec.get("work_dir"),
         ports=[

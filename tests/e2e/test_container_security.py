@@ -100,3 +100,29 @@ async def test_a_zapp_container_is_confined_and_cannot_gain_privileges(
         status, body = await platform.acall("POST", f"/executions/{eid}/terminate")
         assert status == 202, body
         await platform.wait_state(eid, "terminated", timeout=60)
+
+
+async def test_only_a_role_that_may_runs_a_zapp_as_root(
+    platform: Platform, docker: aiodocker.Docker, test_env: TestEnv
+) -> None:
+    rooted = service("main", SERVE_FOREVER, cores=0.1) | {"run_as_root": True}
+    body = {"name": "rooted", "application": zapp("rooted", rooted, will_end=False)}
+    user = await platform.new_user("rootless")
+    status, refused = await platform.acall("POST", "/executions", body, token=user)
+    assert status == 403, refused
+    assert refused["errors"][0]["path"] == "services[0].run_as_root"
+
+    status, execution = await platform.acall("POST", "/executions", body)  # the admin
+    assert status == 201, execution
+    eid = execution["id"]
+    try:
+        await platform.wait_state(eid, "running")
+        (container,) = await containers_of(docker, test_env, eid)
+        info = await container.show()
+        assert info["Config"]["User"] == "0:0"
+        assert "ALL" not in info["HostConfig"]["CapDrop"]
+        assert "NET_RAW" in info["HostConfig"]["CapDrop"]
+        assert info["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+    finally:
+        await platform.acall("POST", f"/executions/{eid}/terminate")
+        await platform.wait_state(eid, "terminated")
