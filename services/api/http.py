@@ -25,7 +25,7 @@ from common.errors import FieldError, InvalidRequest, NotFound, UserError
 from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
-from services.api import actions, events, limits, store
+from services.api import actions, events, limits, pages, store
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
@@ -290,7 +290,7 @@ def make_app(
     app[FOLLOWS] = limits.Slots(log_follows, "log follows")
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
-    app.router.add_get("/", index)
+    pages.add_routes(app)
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)
