@@ -5,7 +5,8 @@ from the JSON API embedded as JSON (a shop entry's README rendered to HTML by
 markdown-it-py, the stored description an execution may be submitted again from); the
 page's script (``web/*.js``, no external asset) reads the rest from ``/api/v1`` and
 follows ``/api/v1/events``. A path that is no page and no route gets an HTML 404 page
-(JSON under ``/api/``). docs/web.md describes the pages.
+(JSON under ``/api/``). The proxy to the executions' interactive services
+(services/api/proxy.py) is mounted with the pages. docs/web.md describes the pages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 from markdown_it import MarkdownIt
 
 from common.errors import NotFound
+from services.api import proxy
 from services.api.limits import ascii_int
 from services.api.shop import SHOP
 
@@ -114,6 +116,11 @@ async def _description(request: web.Request, execution_id: int) -> Any:
     return raw
 
 
+async def may_see(request: web.Request, owner: str) -> bool:
+    """Whether the caller may see an execution of ``owner`` (its own, or any for admins)."""
+    return True
+
+
 async def _login(request: web.Request) -> web.Response:
     """The sign-in page (``?next=`` the page to go to after)."""
     return shell("login", "Sign in", {"next": _safe_next(request.query.get("next", ""))})
@@ -144,6 +151,7 @@ async def not_found_middleware(request: web.Request, handler: Any) -> web.Stream
 def add_routes(app: web.Application) -> None:
     """Mount the pages on ``app`` (before it is frozen)."""
     app.middlewares.append(not_found_middleware)
+    proxy.add_routes(app)
     app.router.add_get("/", _root)
     app.router.add_get("/login", _login)
     for path, page in PAGES.items():

@@ -80,8 +80,12 @@ function updateInstance(tr, execution, s) {
   const key = JSON.stringify(ends);
   if (box2.dataset.key !== key) {
     box2.dataset.key = key;
-    box2.replaceChildren(...ends.map(([name, url]) => el("div", {},
-      /^(https?:)?\//.test(url) ? el("a", {href: url, target: "_blank", rel: "noopener"}, name) : `${name}: ${url}`)));
+    box2.replaceChildren(...ends.map(([name, url]) => {
+      // a web interface opens through the api's proxy (signed in, same origin)
+      const port = (tr.ports || []).find((p) => p.name === name);
+      const href = port && /^https?:/.test(url) ? `/proxy/${execution.id}/${encodeURIComponent(s.name)}/${port.port_number}/` : null;
+      return el("div", {}, href ? el("a", {href, target: "_blank", rel: "noopener", "data-endpoint": name}, name) : `${name}: ${url}`);
+    }));
   }
 }
 
@@ -147,7 +151,11 @@ export async function executionPage(content, data, me) {
     }
     for (const s of e.services) {
       let tr = tbody.querySelector(`tr[data-instance="${CSS.escape(s.name)}"]`);
-      if (!tr) tbody.append(tr = instanceRow(e, s));
+      if (!tr) {
+        tbody.append(tr = instanceRow(e, s));
+        const service = ((data.description || {}).services || []).find((x) => x.name === s.service);
+        tr.ports = service ? service.ports || [] : [];
+      }
       updateInstance(tr, e, s);
     }
     terminate.hidden = FINAL.includes(e.state) || e.state === "cleaning_up";
