@@ -225,3 +225,39 @@ async def test_pages_hold_at_phone_width(browser: Any, platform: Platform) -> No
         assert overflow <= 0, f"{path} is wider than the phone's screen by {overflow}px"
     await screenshot(page, "phone-zapp")
     await page.context.close()
+
+
+async def test_a_dropped_stream_reconnects_and_usage_is_charted(
+    browser: Any, platform: Platform
+) -> None:
+    from playwright.async_api import expect
+
+    execution = await platform.submit(
+        zapp("web-restart", service("srv", SERVE_FOREVER), will_end=False), name="web-restart"
+    )
+    page = await new_page(browser, platform)
+    try:
+        await page.goto(f"/executions/{execution['id']}")
+        await expect(page.locator("h1 .state")).to_have_text("running")
+        # the usage samples, charted as they come
+        await expect(page.locator("tr[data-instance=srv0] .chart svg polyline.cpu")).to_have_count(
+            1
+        )
+        await mark(page)
+        live = page.locator("#live")
+        await expect(live).to_have_text("live")
+
+        platform["api"].stop()  # the stream drops with the api
+        await expect(live).to_have_text("reconnecting…")
+        platform["api"].start()
+        await platform.wait_ready()
+        await expect(live).to_have_text("live")
+
+        await platform.acall("POST", f"/executions/{execution['id']}/terminate")
+        await expect(page.locator("h1 .state")).to_have_text("terminated")
+        assert await still_marked(page), "the page was reloaded"
+    finally:
+        if not platform["api"].alive:
+            platform["api"].start()
+            await platform.wait_ready()
+        await page.context.close()
