@@ -243,6 +243,7 @@ async def test_a_dropped_stream_reconnects_and_usage_is_charted(
         await expect(page.locator("tr[data-instance=srv0] .chart svg polyline.cpu")).to_have_count(
             1
         )
+        await screenshot(page, "execution-usage")
         await mark(page)
         live = page.locator("#live")
         await expect(live).to_have_text("live")
