@@ -15,12 +15,13 @@ import html
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from markdown_it import MarkdownIt
 
 from common.errors import NotFound
-from services.api import proxy
+from services.api import auth, proxy
 from services.api.limits import ascii_int
 from services.api.shop import SHOP
 
@@ -90,7 +91,7 @@ async def _page(request: web.Request, page: str) -> web.StreamResponse:
     title = {"zapp": "ZApp", "execution": "Execution", "logs": "Log"}.get(page, page.title())
     if page == "zapp":
         try:
-            entry = request.app[SHOP].get(request.match_info["zapp"])
+            entry = request.app[SHOP].get(request.match_info["zapp"], auth.caller(request))
         except NotFound:
             return not_found_page(request.path)
         data.update(readme_html=render_markdown(entry.readable_descr), name=entry.name)
@@ -107,25 +108,33 @@ async def _page(request: web.Request, page: str) -> web.StreamResponse:
 
 
 async def _description(request: web.Request, execution_id: int) -> Any:
-    """The stored description of an execution, for "submit again" (None if none)."""
+    """The stored description of an execution the caller may see, for "submit again"
+    (None for another user's or none: the page then says it does not exist)."""
     from services.api.http import DEPS  # http mounts these pages: imported when called
 
-    raw = await request.app[DEPS].pool.fetchval(
-        "SELECT description FROM executions WHERE id = $1", execution_id
+    return await request.app[DEPS].pool.fetchval(
+        "SELECT description FROM executions WHERE id = $1 AND ($2::text IS NULL OR user_name = $2)",
+        execution_id,
+        auth.caller(request).owner_filter(),
     )
-    return raw
 
 
-async def may_see(request: web.Request, owner: str) -> bool:
+def may_see(request: web.Request, owner: str) -> bool:
     """Whether the caller may see an execution of ``owner`` (its own, or any for admins)."""
-    return True
+    caller = auth.caller(request)
+    return caller.sees_all or caller.name == owner
 
 
+@auth.public
 async def _login(request: web.Request) -> web.Response:
     """The sign-in page (``?next=`` the page to go to after)."""
-    return shell("login", "Sign in", {"next": _safe_next(request.query.get("next", ""))})
+    # all the query after ``next=``: the page to return to may have a query of its own,
+    # quoted or not
+    raw = request.rel_url.raw_query_string.partition("next=")[2]
+    return shell("login", "Sign in", {"next": _safe_next(unquote(raw))})
 
 
+@auth.public  # a redirect only: the page it leads to needs a session
 async def _root(_: web.Request) -> web.Response:
     raise web.HTTPFound("/executions")
 

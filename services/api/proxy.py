@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import structlog
@@ -26,7 +26,7 @@ from aiohttp import web
 
 from common.errors import NotFound
 from common.states import EXECUTION_FINAL
-from services.api import limits
+from services.api import auth, limits
 from services.api.limits import ascii_int
 
 log = structlog.get_logger("api.proxy")
@@ -94,7 +94,7 @@ async def _target(request: web.Request) -> tuple[str, bool, dict[str, str]]:
         execution_id,
         name,
     )
-    if row is None or not await may_see(request, row["user_name"]):
+    if row is None or not may_see(request, row["user_name"]):
         raise Forbidden()
     if row["state"] != "running" or row["execution_state"] in EXECUTION_FINAL:
         raise NotFound(f"instance {name!r} of execution {execution_id} is not running")
@@ -139,8 +139,36 @@ def _forwarded_headers(request: web.Request, extra: dict[str, str]) -> dict[str,
     return out
 
 
+async def _authenticate(request: web.Request) -> None:
+    """Set the request's caller from a Bearer token or the session cookie.
+
+    Unlike the api's routes, an unsafe request with the session cookie needs no
+    ``X-CSRF-Token``: the proxied application's own requests cannot send one. The cookie
+    is SameSite=Strict, so another site's request does not carry it; what stands against
+    forged requests from the proxied application's own pages is that application's own
+    guard (Jupyter's XSRF cookie).
+    """
+    from services.api.http import DEPS
+
+    pool = request.app[DEPS].pool
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() == "bearer":
+        found = await auth.caller_of_token(pool, secret.strip())
+    else:
+        cookie = request.cookies.get(auth.SESSION_COOKIE)
+        found = await auth.caller_of_token(pool, cookie) if cookie else None
+    if found is None:
+        if request.method == "GET" and "websocket" not in request.headers.get("Upgrade", ""):
+            raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs)}")
+        raise auth.Unauthorized("authentication required")
+    request[auth.CALLER] = found
+
+
+@auth.public  # authenticated by `_authenticate`, without the api's CSRF header
 async def handle(request: web.Request) -> web.StreamResponse:
     """Forward one request (or a WebSocket) to the instance's port."""
+    await _authenticate(request)
     upstream, keep_prefix, extra = await _target(request)
     url = upstream + _upstream_path(request, keep_prefix)
     headers = _forwarded_headers(request, extra)
@@ -234,8 +262,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", PREFIX + "/{execution_id}/{instance}/{port}", _slash)
 
 
+@auth.public  # authenticated by `_authenticate`
 async def _slash(request: web.Request) -> web.StreamResponse:
     """The port's root without its trailing slash: redirected to it (after the checks)."""
+    await _authenticate(request)
     await _target(request)
     raise web.HTTPFound(request.raw_path + "/")
 

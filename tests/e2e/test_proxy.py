@@ -12,7 +12,7 @@ import pytest
 from services.executor.images import ensure_image
 from tests.conftest import wait_for
 from tests.e2e.conftest import ROOT, Platform
-from tests.e2e.test_web import browser, new_page, screenshot
+from tests.e2e.test_web import browser, new_page, password_of, screenshot
 
 pytestmark = pytest.mark.e2e
 __all__ = ["browser"]  # the fixture, used by name
@@ -53,14 +53,16 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
     async with aiodocker.Docker() as docker:
         await ensure_image(docker, "zoe/jupyter:1", zapps_root=ROOT / "zapps")
     token = "proxied-secret"
+    alice = await platform.new_user("webalice", "user", password_of("webalice"))
     status, execution = await platform.acall(
         "POST",
         "/executions",
         {"name": "web-jupyter", "zapp": "jupyter", "params": {"JUPYTER_TOKEN": token}},
+        token=alice,
     )
     assert status == 201, execution
     eid = execution["id"]
-    page = await new_page(browser, platform)
+    page = await new_page(browser, platform, "webalice", "user")
     try:
         await page.goto(f"/executions/{eid}")
         await expect(page.locator("h1 .state")).to_have_text("running", timeout=180_000)
@@ -85,12 +87,17 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
         assert printed.strip() == "42 through the proxy", printed
         await screenshot(notebook, "jupyter-through-proxy")
 
-        # no such execution and someone else's look the same: 403
-        for path in ("/proxy/999999999/jupyter0/8888/", f"/proxy/{eid}/nobody0/8888/"):
-            response = await page.request.get(path)
+        # someone else's execution and one that does not exist look the same: 403
+        other = await new_page(browser, platform, "webbob", "user")
+        for path in (base, base + "api/status", "/proxy/999999999/jupyter0/8888/"):
+            response = await other.request.get(path)
             assert response.status == 403, (path, response.status)
+            assert await response.json() == {"error": "forbidden", "errors": []}
+        await other.context.close()
+        response = await page.request.get(f"/proxy/{eid}/nobody0/8888/")
+        assert response.status == 403
 
-        await platform.acall("POST", f"/executions/{eid}/terminate")
+        await platform.acall("POST", f"/executions/{eid}/terminate", token=alice)
         await expect(page.locator("h1 .state")).to_have_text("terminated")
         await expect(link).to_have_count(0)  # the ended execution's link is gone
         response = await page.request.get(f"/proxy/{eid}/jupyter0/8888/api/status")

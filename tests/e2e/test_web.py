@@ -65,13 +65,29 @@ async def hello_image(platform: Platform) -> str:
     return "zoe/hello:1"
 
 
-async def new_page(browser: Any, platform: Platform, width: int = 1200) -> Any:
-    """A page of a fresh browser context (its own cookies) on the platform's api."""
+def password_of(user: str) -> str:
+    return f"{user}-secret-password"
+
+
+async def new_page(
+    browser: Any, platform: Platform, user: str = "webadmin", role: str = "admin", width: int = 1200
+) -> Any:
+    """A page of a fresh browser context (its own cookies), signed in as ``user`` (created
+    with ``role`` if new) through the sign-in page."""
+    from playwright.async_api import expect
+
+    await platform.new_user(user, role, password_of(user))
     context = await browser.new_context(
         base_url=platform.url.removesuffix("/api/v1"), viewport={"width": width, "height": 900}
     )
     context.set_default_timeout(WAIT)
-    return await context.new_page()
+    page = await context.new_page()
+    await page.goto("/login")
+    await page.get_by_label("Username").fill(user)
+    await page.get_by_label("Password").fill(password_of(user))
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#user-name")).to_have_text(user)
+    return page
 
 
 async def mark(page: Any) -> None:
@@ -88,7 +104,7 @@ async def test_start_hello_from_the_shop_and_follow_it(
 ) -> None:
     from playwright.async_api import expect
 
-    page = await new_page(browser, platform)
+    page = await new_page(browser, platform, "webalice", "user")
     await page.goto("/shop")
     await expect(page.get_by_role("link", name="Hello")).to_be_visible()
     await screenshot(page, "shop")
@@ -127,6 +143,48 @@ async def test_start_hello_from_the_shop_and_follow_it(
     await expect(page.locator("h1 .state")).to_have_text("finished")
     await expect(page.locator(".timeline")).to_contain_text("ended finished")
     await page.context.close()
+
+    # another user sees none of it
+    other = await new_page(browser, platform, "webbob", "user")
+    await other.goto("/executions")
+    await expect(other.get_by_role("heading", name="My executions")).to_be_visible()
+    await expect(other.get_by_text("No executions match.")).to_be_visible()
+    await expect(other.locator(f"tr[data-id='{execution_id}']")).to_have_count(0)
+    await other.goto(f"/executions/{execution_id}")
+    await expect(other.get_by_role("heading", name="Execution not found")).to_be_visible()
+    await other.goto(f"/executions/{execution_id}/logs/hello0")
+    await expect(other.locator("#log")).to_have_text("")
+    await other.context.close()
+
+
+async def test_sign_in_and_out(browser: Any, platform: Platform) -> None:
+    from playwright.async_api import expect
+
+    await platform.new_user("webcarol", "user", password_of("webcarol"))
+    context = await browser.new_context(base_url=platform.url.removesuffix("/api/v1"))
+    context.set_default_timeout(WAIT)
+    page = await context.new_page()
+    # a page without a session leads to the sign-in page, and back to it after
+    await page.goto("/executions?state=running&name=x")
+    await expect(page).to_have_url(re.compile(r"/login\?next="))
+    await page.get_by_label("Username").fill("webcarol")
+    await page.get_by_label("Password").fill("wrong")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert").filter(has_text="Wrong")).to_be_visible()
+    await screenshot(page, "login")
+    await page.get_by_label("Password").fill(password_of("webcarol"))
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/executions\?state=running&name=x$"))
+    await expect(page.locator("#user-name")).to_have_text("webcarol")
+    await expect(page.locator("#user-role")).to_have_text("user")
+    await expect(page.get_by_role("link", name="Users")).to_be_hidden()  # not an admin
+    assert any(c["name"] == "zoe_session" and c["httpOnly"] for c in await context.cookies())
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(re.compile(r"/login"))
+    await page.goto("/shop")
+    await expect(page).to_have_url(re.compile(r"/login\?next=/shop"))
+    await context.close()
 
 
 async def test_terminate_with_confirmation_changes_the_state_live(
