@@ -55,14 +55,10 @@ _HOP = frozenset(
 _WS_HEADERS = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"})
 
 
-class Forbidden(web.HTTPForbidden):
+def _forbidden() -> auth.Forbidden:
     """The same answer for an execution that is not the caller's and one that does not
     exist."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            text='{"error": "forbidden", "errors": []}', content_type="application/json"
-        )
+    return auth.Forbidden("forbidden")
 
 
 def _unreachable() -> web.Response:
@@ -86,7 +82,7 @@ async def _target(request: web.Request) -> tuple[str, bool, dict[str, str]]:
     port = ascii_int(request.match_info["port"], 65535)
     name = request.match_info["instance"]
     if execution_id is None or port is None or not limits.storable(name):
-        raise Forbidden()
+        raise _forbidden()
     row = await request.app[DEPS].pool.fetchrow(
         "SELECT e.user_name, e.state AS execution_state, i.state, i.endpoints, i.spec"
         " FROM instances i JOIN executions e ON e.id = i.execution_id"
@@ -95,7 +91,7 @@ async def _target(request: web.Request) -> tuple[str, bool, dict[str, str]]:
         name,
     )
     if row is None or not may_see(request, row["user_name"]):
-        raise Forbidden()
+        raise _forbidden()
     if row["state"] != "running" or row["execution_state"] in EXECUTION_FINAL:
         raise NotFound(f"instance {name!r} of execution {execution_id} is not running")
     spec = row["spec"] or {}
