@@ -68,7 +68,6 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
         await expect(page.locator("h1 .state")).to_have_text("running", timeout=180_000)
         link = page.locator("a[data-endpoint='Jupyter Notebook']")
         await expect(link).to_have_attribute("href", f"/proxy/{eid}/jupyter0/8888/")
-        await screenshot(page, "execution-jupyter")
 
         # the notebook's own token is never typed: the proxy sends it
         async with page.context.expect_page() as opened:
@@ -86,6 +85,9 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
         printed = await notebook.evaluate(RUN_CELL, "print(6 * 7, 'through the proxy')")
         assert printed.strip() == "42 through the proxy", printed
         await screenshot(notebook, "jupyter-through-proxy")
+        # back on the execution's page, the notebook's use charted meanwhile
+        await expect(page.locator("tr[data-instance=jupyter0] .chart svg")).to_have_count(1)
+        await screenshot(page, "execution-jupyter")
 
         # someone else's execution and one that does not exist look the same: 403
         other = await new_page(browser, platform, "webbob", "user")
