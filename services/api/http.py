@@ -294,12 +294,6 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
-@auth.public  # the page holds no data; what it fetches needs a caller
-async def index(_: web.Request) -> web.FileResponse:
-    """The web interface: the ZApp shop, executions and nodes."""
-    return web.FileResponse(WEB / "index.html")
-
-
 def _pool(request: web.Request) -> asyncpg.Pool:
     return request.app[DEPS].pool
 
