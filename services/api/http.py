@@ -305,6 +305,7 @@ def make_app(
     event_streams: int = limits.MAX_EVENT_STREAMS,
     log_follows: int = limits.MAX_LOG_FOLLOWS,
     probe: Probe | None = None,
+    auth_backend: str = "database",
 ) -> web.Application:
     """The aiohttp application with every route; at most ``event_streams`` event streams
     and ``log_follows`` log follows open at once (429 beyond). ``probe``: the process's
@@ -319,7 +320,7 @@ def make_app(
     app[FOLLOWS] = limits.Slots(log_follows, "log follows")
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
-    accounts.add_routes(app, deps.pool)
+    accounts.add_routes(app, deps.pool, auth_backend)
     pages.add_routes(app)
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
