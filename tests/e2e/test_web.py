@@ -82,6 +82,10 @@ async def new_page(
     )
     context.set_default_timeout(WAIT)
     page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
     try:
         await page.goto("/login")
         await page.get_by_label("Username").fill(user)
@@ -90,7 +94,7 @@ async def new_page(
         await expect(page.locator("#user-name")).to_have_text(user)
     except Exception:
         await screenshot(page, f"sign-in-failed-{user}")  # what the page showed instead
-        raise
+        raise AssertionError(f"signing in as {user} failed: {problems}") from None
     return page
 
 

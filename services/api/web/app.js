@@ -1,29 +1,18 @@
 // Zoe's web interface: each page has its own URL; the server names it in <body data-page>.
 "use strict";
-import {api, ApiError, el, flash} from "/ui/lib.js";
-import {shopPage, zappPage} from "/ui/shop.js";
-import {executionsPage} from "/ui/executions.js";
-import {executionPage} from "/ui/execution.js";
-import {logsPage} from "/ui/logs.js";
-import {nodesPage, queuePage, usersPage} from "/ui/admin.js";
-import {loginPage} from "/ui/login.js";
+import {api, el, flash} from "/ui/lib.js";
 
+// page -> [its module, the function that draws it]; a page loads only its own module
 const PAGES = {
-  shop: shopPage, zapp: zappPage, executions: executionsPage, execution: executionPage,
-  logs: logsPage, nodes: nodesPage, queue: queuePage, users: usersPage,
+  login: ["login.js", "loginPage"], shop: ["shop.js", "shopPage"], zapp: ["shop.js", "zappPage"],
+  executions: ["executions.js", "executionsPage"], execution: ["execution.js", "executionPage"],
+  logs: ["logs.js", "logsPage"], nodes: ["admin.js", "nodesPage"], queue: ["admin.js", "queuePage"],
+  users: ["admin.js", "usersPage"],
 };
-
-// The signed-in user; before users exist the API has no /me and everyone acts as admin.
-async function whoAmI() {
-  try {
-    return await api("/me");
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      return {name: "admin", role: "admin", capabilities: ["operate-all", "see-status", "change-config", "customise", "submit"]};
-    }
-    throw err;
-  }
-}
+const draw = async (page) => {
+  const [file, name] = PAGES[page];
+  return (await import("/ui/" + file))[name];
+};
 
 function header(me, page) {
   const can = (cap) => me.capabilities.includes(cap);
@@ -46,16 +35,16 @@ async function main() {
   const page = document.body.dataset.page;
   const data = JSON.parse(document.getElementById("page-data").textContent);
   const content = document.getElementById("content");
-  if (page === "login") return loginPage(content, data);
+  if (page === "login") return (await draw("login"))(content, data);
   if (page === "notfound") {
     content.replaceChildren(el("h1", {}, "Page not found"),
       el("p", {}, "There is no page at ", el("code", {}, data.path), "."),
       el("p", {}, el("a", {href: "/executions"}, "Your executions"), " · ", el("a", {href: "/shop"}, "the ZApp shop")));
   }
-  const me = await whoAmI();
+  const me = await api("/me");
   me.can = (cap) => me.capabilities.includes(cap);
   header(me, page);
-  if (PAGES[page]) await PAGES[page](content, data, me);
+  if (PAGES[page]) await (await draw(page))(content, data, me);
 }
 
 main().catch((err) => flash(err.message || String(err)));
