@@ -50,6 +50,18 @@ class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execu
     execution_id: Id
 
 
+class NodeDrainRequested(Message, frozen=True, kw_only=True, tag="node.drain"):
+    """An admin asked to drain a node (``drain``) or to put it back to work (not).
+
+    A drained node takes no new instances; its elastic instances move to other nodes;
+    its essential ones stay until their executions end or, ``deadline`` seconds after
+    the request (None: no deadline), end as if the node were lost."""
+
+    node: str
+    drain: bool = True
+    deadline: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 # ---- node facts (executor -> scheduler, monitor) ---------------------------------------
 
 

@@ -88,6 +88,7 @@ _OTHERS = "other platforms (reply: ApiReply)"
 ROUTES: tuple[Route, ...] = (
     Route(m.ExecutionSubmitted, EVENTS, "execution.submitted", "api", (SCHEDULER,)),
     Route(m.ExecutionTerminateRequested, EVENTS, "execution.terminate", "api", (SCHEDULER,)),
+    Route(m.NodeDrainRequested, EVENTS, "node.drain.{node}", "api", (SCHEDULER,)),
     Route(
         m.NodeHeartbeat,
         EVENTS,
