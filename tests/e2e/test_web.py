@@ -262,9 +262,24 @@ async def test_lists_admin_pages_errors_and_unknown_paths(
     await page.goto("/nodes")
     await expect(page.locator(f"tr[data-key='{platform.node}']")).to_contain_text("up")
     await screenshot(page, "nodes")
+    # drain the node from its page (after a confirmation), then undrain it
+    node = page.locator(f"tr[data-key='{platform.node}']")
+    await node.get_by_role("button", name="Drain").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Drain").click()
+    await expect(node.locator(".state")).to_have_text("drained")
+    await node.get_by_role("button", name="Undrain").click()
+    await expect(node.locator(".state")).to_have_text("up")
+
+    # an execution no node can hold waits, and its page and the queue say why
+    huge = await platform.submit(
+        zapp("web-huge", service("srv", SERVE_FOREVER, cores=64)), name="web-huge"
+    )
+    await page.goto(f"/executions/{huge['id']}")
+    await expect(page.locator(".waiting")).to_contain_text("could ever hold it")
     await page.goto("/queue")
-    await expect(page.get_by_role("status").first).to_be_visible()
+    await expect(page.locator(f"tr[data-key='{huge['id']}']")).to_contain_text("Queued:")
     await screenshot(page, "queue")
+    await platform.acall("POST", f"/executions/{huge['id']}/terminate")
 
     # an error of the start form next to its field, nothing started
     await page.goto("/shop/hello")

@@ -1,7 +1,7 @@
 // The cluster's pages: /nodes (capacity and reservations), /queue (what waits and why)
 // and /users (roles and quotas). Each re-reads its table on a state change, in place.
 "use strict";
-import {api, ApiError, bytes, cores, el, flash, follow, setText, stateBadge, when} from "/ui/lib.js";
+import {api, ApiError, bytes, confirmDialog, cores, el, flash, follow, setText, stateBadge, when} from "/ui/lib.js";
 import {whyWaiting} from "/ui/execution.js";
 
 // Re-read at most once a second however many events come.
@@ -43,15 +43,31 @@ const table = (caption, headings, tbody) => el("div", {class: "scroll"}, el("tab
   el("caption", {class: "sr-only"}, caption),
   el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", {scope: "col"}, h)))), tbody));
 
-export async function nodesPage(content) {
+// Drain (after a confirmation) or undrain a node: for roles that change the config.
+function drainButton(n, me, reload) {
+  if (!me.can("change-config") || n.state === "lost") return null;
+  const drained = n.state === "drained";
+  return el("button", {type: "button", class: drained ? "secondary" : "danger", onclick: async () => {
+    if (!drained && !(await confirmDialog(`Drain node ${n.name}? It takes no new instances; its elastic ones move elsewhere.`, "Drain"))) return;
+    try {
+      await api(`/nodes/${encodeURIComponent(n.name)}/${drained ? "undrain" : "drain"}`, {method: "POST", body: {}});
+      flash("");
+      setTimeout(reload, 1000);  // the scheduler records it
+    } catch (err) { flash(err.message); }
+  }}, drained ? "Undrain" : "Drain");
+}
+
+export async function nodesPage(content, data, me) {
   const tbody = el("tbody");
   content.replaceChildren(el("h1", {}, "Nodes"),
-    table("Nodes of the cluster", ["Node", "State", "Cores reserved", "Memory reserved", "Instances", "Labels", "Last heartbeat"], tbody));
+    table("Nodes of the cluster", ["Node", "State", "Cores reserved", "Memory reserved", "Instances", "Labels", "Last heartbeat", ""], tbody));
   const load = async () => keyed(tbody, await api("/nodes"), (n) => n.name, (n) => el("tr", {},
-    el("th", {scope: "row"}, n.name), el("td", {}, stateBadge(n.state)),
+    el("th", {scope: "row"}, n.name),
+    el("td", {}, stateBadge(n.state), n.drain_deadline ? el("small", {}, ` until ${when(n.drain_deadline)}`) : null),
     el("td", {}, bar(`Cores reserved on ${n.name}`, n.cores_reserved, n.cores, `${+n.cores_reserved.toFixed(2)} of ${cores(n.cores)}`)),
     el("td", {}, bar(`Memory reserved on ${n.name}`, n.memory_reserved, n.memory, `${bytes(n.memory_reserved)} of ${bytes(n.memory)}`)),
-    el("td", {}, n.instances), el("td", {}, (n.labels || []).join(", ") || "—"), el("td", {}, when(n.last_heartbeat))));
+    el("td", {}, n.instances), el("td", {}, (n.labels || []).join(", ") || "—"), el("td", {}, when(n.last_heartbeat)),
+    el("td", {}, drainButton(n, me, load))));
   await load();
   follow(throttled(load), load);
 }

@@ -23,6 +23,11 @@ function facts(e) {
 export async function whyWaiting(e, me) {
   if (!["submitted", "queued"].includes(e.state)) return "";
   if (e.state === "submitted") return "Submitted: the scheduler has not seen it yet.";
+  // the scheduler's own word, when it has looked at it
+  if (e.pending_reason) {
+    const reason = e.pending_reason.replace(/[^.!]$/, "$&.");
+    return `Queued: ${reason}` + (e.schedulable === false ? " No node of the cluster as it is could ever hold it." : "");
+  }
   const pending = e.services.filter((s) => s.essential && ["created"].includes(s.state));
   if (!me.can("see-status")) return "Queued: waiting for room on the cluster for its essential instances.";
   let nodes;
