@@ -127,6 +127,11 @@ class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
     environment: dict[str, str] = {}
     cores_limit: float
     memory_limit: int
+    # What the scheduler reserved for the instance on the node (at most the limits): the
+    # executor re-checks the sum over its running containers against its capacity.
+    # None: not stated (the command is checked against the node's capacity alone).
+    cores_reserved: float | None = None
+    memory_reserved: int | None = None
     shm_size: int | None = None
     work_dir: str | None = None
     ports: list[PortRequest] = []
