@@ -57,7 +57,13 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
     status, execution = await platform.acall(
         "POST",
         "/executions",
-        {"name": "web-jupyter", "zapp": "jupyter", "params": {"JUPYTER_TOKEN": token}},
+        {
+            "name": "web-jupyter",
+            "zapp": "jupyter",
+            "params": {"JUPYTER_TOKEN": token},
+            # within the test node's 1 GiB (a limit above a node's capacity is refused)
+            "resources": {"jupyter": {"memory": {"min": 512 << 20, "max": 1 << 30}}},
+        },
         token=alice,
     )
     assert status == 201, execution
