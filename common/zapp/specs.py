@@ -93,6 +93,7 @@ def template_values(description: Description, names: Names) -> dict[str, str]:
         "execution_id": str(names.execution_id),
         "execution_name": names.execution_name,
         "deployment_name": names.deployment,
+        "proxy_base": f"/proxy/{names.execution_id}",
     }
     for service in description.services:
         for instance in service.instance_names():

@@ -5,7 +5,9 @@ a variable, `{{` and `}}` are literal braces, and a lone brace is an error. So a
 `${HOME}` in a command must be written `${{HOME}}`, exactly as before.
 
 Variables of a description: `{user_name}`, `{execution_id}`, `{execution_name}`,
-`{deployment_name}`, `{dns_name#self}` and `{dns_name#<instance>}`. Port URL templates
+`{deployment_name}`, `{proxy_base}` (the api proxy's path of the execution,
+`/proxy/<execution_id>`: a web interface served under `{proxy_base}/{dns_name#self}/<port>`
+works through the proxy), `{dns_name#self}` and `{dns_name#<instance>}`. Port URL templates
 use `{ip_port}` and `{proxy_path}`.
 """
 
@@ -16,7 +18,9 @@ from collections.abc import Mapping
 
 DNS_PREFIX = "dns_name#"
 SELF = "self"
-SIMPLE_VARIABLES = frozenset({"user_name", "execution_id", "execution_name", "deployment_name"})
+SIMPLE_VARIABLES = frozenset(
+    {"user_name", "execution_id", "execution_name", "deployment_name", "proxy_base"}
+)
 URL_VARIABLES = frozenset({"ip_port", "proxy_path"})
 
 # Set by Zoe in every container; a description cannot override them.

@@ -25,7 +25,7 @@ from common.errors import FieldError, InvalidRequest, NotFound, UserError
 from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
-from services.api import accounts, actions, auth, events, limits, store, users
+from services.api import accounts, actions, auth, events, limits, pages, store, users
 from services.api import nodes as node_routes
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
@@ -295,12 +295,6 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
-@auth.public  # the page holds no data; what it fetches needs a caller
-async def index(_: web.Request) -> web.FileResponse:
-    """The web interface: the ZApp shop, executions and nodes."""
-    return web.FileResponse(WEB / "index.html")
-
-
 def _pool(request: web.Request) -> asyncpg.Pool:
     return request.app[DEPS].pool
 
@@ -328,7 +322,7 @@ def make_app(
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
     accounts.add_routes(app, deps.pool, auth_backend)
-    app.router.add_get("/", index)
+    pages.add_routes(app)
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)

@@ -161,25 +161,31 @@ def ids_of(labels: Mapping[str, str]) -> tuple[int, int]:
 
 def endpoints(container: Container, advertise_host: str) -> dict[str, str]:
     """Port name -> URL for the ports the container publishes: the port's url_template
-    with ``{ip_port}`` = "host:port" and ``{proxy_path}`` = "" (no proxy yet); the bare
-    "host:port" for a port without a template."""
+    with ``{ip_port}`` = "host:port" and ``{proxy_path}`` = the api proxy's path of the
+    port (``/proxy/<execution>/<instance>/<port>``, where a ZApp serving under
+    ``{proxy_base}`` answers); the bare "host:port" for a port without a template."""
     out = {}
     for label, value in container.labels.items():
         if label.startswith(LABEL_PORT_PREFIX) and value in container.host_ports:
             name = label.removeprefix(LABEL_PORT_PREFIX)
             template = container.labels.get(LABEL_URL_PREFIX + name)
-            out[name] = url(template, advertise_host, container.host_ports[value])
+            proxy_path = "/proxy/{}/{}/{}".format(
+                container.labels.get(LABEL_EXECUTION, ""),
+                container.labels.get(LABEL_INSTANCE, ""),
+                value.partition("/")[0],
+            )
+            out[name] = url(template, advertise_host, container.host_ports[value], proxy_path)
     return out
 
 
-def url(template: str | None, host: str, port: int) -> str:
+def url(template: str | None, host: str, port: int, proxy_path: str = "") -> str:
     """An endpoint URL (common.zapp's `url_for`: never fails, brackets an IPv6 host)."""
     if not template:
         return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     port_spec = PortTemplate(
         name="", port_number=0, protocol="", url_template=template, proxy=False
     )
-    return url_for(port_spec, host, port, proxy_path="")
+    return url_for(port_spec, host, port, proxy_path=proxy_path)
 
 
 def cpu_percent(sample: Stats, previous: Stats | None) -> float:

@@ -126,7 +126,7 @@ async def test_web_interface_is_served(platform: Platform) -> None:
         with urllib.request.urlopen(base + path, timeout=10) as resp:
             return resp.status, resp.read().decode()
 
-    status, page = await asyncio.to_thread(fetch, "/")
-    assert status == 200 and "<title>Zoe</title>" in page
-    status, script = await asyncio.to_thread(fetch, "/ui/app.js")
+    status, page = await asyncio.to_thread(fetch, "/")  # without a session: the sign-in page
+    assert status == 200 and "<title>Sign in · Zoe</title>" in page
+    status, script = await asyncio.to_thread(fetch, "/ui/lib.js")
     assert status == 200 and "/api/v1" in script

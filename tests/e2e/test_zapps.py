@@ -204,12 +204,14 @@ async def terminate(p: Platform, eid: int) -> None:
 
 
 def endpoint(execution: dict[str, Any], instance: str, port: str) -> str:
-    """`http://host:port/` of a published port, whatever URL template it has."""
+    """`http://host:port/path/` of a published port, whatever its URL template's scheme
+    (the path is where the service answers: a notebook's is under its proxy path)."""
     (inst,) = [s for s in execution["services"] if s["name"] == instance]
     published = inst["endpoints"][port]
     match = HOST_PORT.search(published)
     assert match, published
-    return f"http://{match.group(1)}:{match.group(2)}/"
+    path = published[match.end() :].split("?")[0].rstrip("/")
+    return f"http://{match.group(1)}:{match.group(2)}{path}/"
 
 
 async def http_json(url: str, token: str | None = None) -> tuple[int, Any]:
