@@ -38,7 +38,8 @@ apt_install() {
 
 # busybox-static feeds the zoe/busybox base image, debootstrap the zoe/debian one;
 # docker-compose checks deploy/compose.yaml in the test suite.
-apt_install busybox-static debootstrap docker-compose
+# chromium: the browser the web interface's tests drive (playwright, no download)
+apt_install busybox-static debootstrap docker-compose chromium
 
 # promtool checks the services' /metrics in the test suite. Debian ships it only inside
 # the prometheus package (the server, its web assets, a daemon its postinst starts, 96 MB):

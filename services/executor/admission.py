@@ -50,23 +50,14 @@ def _cores(nano: int) -> str:
     return f"{nano / NANO:g}"
 
 
-def claim_of(msg: m.StartInstance, cores: float, memory: int) -> Claim:
-    """The claim of a start on a node of ``cores`` and ``memory``; raises `StartRefused`
-    when its limits exceed the node's capacity (no container there could have them)."""
-    capacity = round(cores * NANO)
-    limit = round(msg.cores_limit * NANO)
-    if limit > capacity:
-        raise StartRefused(
-            f"cores_limit {msg.cores_limit:g} is over this node's capacity of {cores:g} cores"
-        )
-    if msg.memory_limit > memory:
-        raise StartRefused(
-            f"memory_limit {msg.memory_limit} is over this node's capacity of {memory} bytes"
-        )
-    reserved_cores = msg.cores_reserved if msg.cores_reserved is not None else 0.0
-    reserved_memory = msg.memory_reserved if msg.memory_reserved is not None else 0
-    # a reservation is at most the limit (a smaller limit would be what the node gives)
-    return Claim(min(round(reserved_cores * NANO), limit), min(reserved_memory, msg.memory_limit))
+def claim_of(msg: m.StartInstance) -> Claim:
+    """The claim of a start: what the scheduler reserved for it (none stated: nothing).
+    Its limits are not checked here: the engine lowers a limit above the node's capacity
+    to it (a ZApp's maximum may be more than a small node has), and a reservation that
+    does not fit beside the others is refused by the ledger."""
+    cores = msg.cores_reserved if msg.cores_reserved is not None else 0.0
+    memory = msg.memory_reserved if msg.memory_reserved is not None else 0
+    return Claim(round(cores * NANO), memory)
 
 
 @dataclass

@@ -120,7 +120,7 @@ async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
     try:
         # a refused mount or a start over the node's capacity fails before anything is made
         spec = facts.container_spec(msg, ex.settings, resolve=os.path.realpath)
-        claim = admission.claim_of(msg, ex.settings.cores, ex.settings.memory)
+        claim = admission.claim_of(msg)
         ex.ledger.admit(msg.container_name, claim)
         spec = dataclasses.replace(spec, labels={**spec.labels, **claim.labels()})
         try:

@@ -1211,7 +1211,7 @@ async def test_commands_naming_a_container_that_is_not_the_nodes_leave_it_alone(
         await foreign.delete(force=True)
 
 
-async def test_a_start_over_the_nodes_capacity_is_refused_with_its_reason(
+async def test_a_start_over_the_nodes_capacity_is_refused_or_held_to_it(
     test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
 ) -> None:
     async def outcome(start: m.StartInstance) -> Any:
@@ -1224,18 +1224,23 @@ async def test_a_start_over_the_nodes_capacity_is_refused_with_its_reason(
             what=f"the outcome of the start of {start.container_name}",
         )
 
-    over_cores = start_msg(test_env, LONG_RUNNING, cores=2)
-    over_memory = start_msg(test_env, LONG_RUNNING, memory=512 * MIB)
+    over_cores = start_msg(test_env, LONG_RUNNING, cores=2, cores_reserved=2)
+    over_memory = start_msg(test_env, LONG_RUNNING, memory=512 * MIB, memory_reserved=512 * MIB)
+    big_limits = start_msg(test_env, LONG_RUNNING, cores=4, memory=512 * MIB)
     first = start_msg(test_env, LONG_RUNNING, cores=1, cores_reserved=0.75, memory_reserved=MIB)
     second = start_msg(test_env, LONG_RUNNING, cores=0.5, cores_reserved=0.5)
     third = start_msg(test_env, LONG_RUNNING, cores=0.5, cores_reserved=0.5)
     async with executor_with(test_env, facts, docker, cores=1.0, memory=256 * MIB) as node:
         [failed] = await outcome(over_cores)
-        assert failed.reason == "cores_limit 2 is over this node's capacity of 1 cores"
+        assert failed.reason == "over this node's cores: 2 asked, 0 of 1 reserved by 0 containers"
         [failed] = await outcome(over_memory)
-        assert failed.reason == (
-            f"memory_limit {512 * MIB} is over this node's capacity of {256 * MIB} bytes"
-        )
+        assert failed.reason.startswith(f"over this node's memory: {512 * MIB} bytes asked")
+        # limits above the node (a ZApp's maximum) are lowered to what the node has
+        [started] = await outcome(big_limits)
+        assert isinstance(started, m.InstanceStarted)
+        host = (await docker.containers.container(big_limits.container_name).show())["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"]) == (1_000_000_000, 256 * MIB)
+        await stop_and_wait(bus, facts, node, big_limits)
         [started] = await outcome(first)
         assert isinstance(started, m.InstanceStarted)
         info = await docker.containers.container(first.container_name).show()

@@ -27,21 +27,19 @@ def start(**fields: Any) -> m.StartInstance:
     return m.StartInstance(**(base | fields))
 
 
-def test_limits_over_the_nodes_capacity_are_refused_with_the_limit_named() -> None:
-    with pytest.raises(StartRefused, match="cores_limit 3 is over this node's capacity of 2"):
-        claim_of(start(cores_limit=3), 2.0, 4 * GIB)
-    with pytest.raises(StartRefused, match=f"memory_limit {8 * GIB} is over"):
-        claim_of(start(memory_limit=8 * GIB), 2.0, 4 * GIB)
-    assert claim_of(start(cores_limit=2), 2.0, 4 * GIB) == Claim(0, 0)  # nothing reserved
-
-
-def test_a_claim_is_the_reservation_never_above_the_limit() -> None:
-    assert claim_of(start(cores_reserved=0.5, memory_reserved=GIB // 2), 2.0, 4 * GIB) == Claim(
+def test_a_claim_is_the_reservation_the_scheduler_stated() -> None:
+    assert claim_of(start(cores_reserved=0.5, memory_reserved=GIB // 2)) == Claim(
         500_000_000, GIB // 2
     )
-    assert claim_of(start(cores_limit=0.5, cores_reserved=1.5), 2.0, 4 * GIB).nano_cpus == (
-        500_000_000
-    )
+    assert claim_of(start(cores_limit=8, memory_limit=64 * GIB)) == Claim(0, 0)  # none stated
+
+
+def test_a_reservation_larger_than_the_node_is_refused() -> None:
+    ledger = Ledger(cores=2.0, memory=4 * GIB)
+    with pytest.raises(StartRefused, match="over this node's cores: 3 asked"):
+        ledger.admit("big", claim_of(start(cores_limit=3, cores_reserved=3)))
+    with pytest.raises(StartRefused, match="over this node's memory"):
+        ledger.admit("big", claim_of(start(memory_limit=8 * GIB, memory_reserved=8 * GIB)))
 
 
 def test_the_ledger_refuses_what_does_not_fit_and_counts_a_redelivery_once() -> None:
