@@ -18,7 +18,7 @@ from common import messages as m
 from common import routes
 from common.runtime import Runtime
 from common.settings import ApiSettings
-from services.api import amqp
+from services.api import amqp, hygiene
 from services.api.events import HUB, Hub
 from services.api.http import Deps, make_app
 from services.api.limits import MAX_BODY
@@ -41,6 +41,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             event_streams=settings.max_event_streams,
             log_follows=settings.max_log_follows,
             probe=rt.probe,
+            policy=hygiene.Policy.from_settings(settings),
         )
         app[HUB] = hub
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout)
