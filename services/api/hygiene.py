@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from common.errors import FieldError, UserError
 from common.settings import ApiSettings
-from services.api.openapi import UNSAFE, takes_json
+from services.api.routetable import UNSAFE, takes_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Names every api answers to, on any port: a client that used them is on this host.

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api import openapi
+from services.api import routetable
 from tests.e2e.conftest import SERVE_FOREVER, Platform, service, zapp
 
 pytestmark = pytest.mark.e2e
@@ -43,15 +43,15 @@ CHECKS = [
 ]
 EXAMPLES = 12  # per operation and mode: about a minute for the whole document
 NOT_DRAWN = {("GET", "/api/v1/events"), ("POST", "/api/v1/executions/{id}/terminate")}
-DRAWN = sorted(r.key for r in openapi.ROUTES if r.key not in openapi.PENDING | NOT_DRAWN)
+DRAWN = sorted(r.key for r in routetable.ROUTES if r.key not in routetable.PENDING | NOT_DRAWN)
 # (an operation without parameters or body has no invalid request to draw)
 CASES = [
     (method, path, mode)
     for method, path in DRAWN
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     if mode == GenerationMode.POSITIVE
-    or openapi.BY_KEY[method, path].params
-    or openapi.BY_KEY[method, path].request is not None
+    or routetable.BY_KEY[method, path].params
+    or routetable.BY_KEY[method, path].request is not None
 ]
 
 
@@ -97,7 +97,7 @@ async def test_drawn_requests_conform(
 
 
 def test_every_served_operation_is_drawn_or_called() -> None:
-    served = {r.key for r in openapi.ROUTES} - openapi.PENDING
+    served = {r.key for r in routetable.ROUTES} - routetable.PENDING
     assert served == set(DRAWN) | NOT_DRAWN
 
 
