@@ -21,6 +21,20 @@ from common import routes
 CHANNELS: list[tuple[type[m.Message], str, str, str]] = routes.described()
 
 
+# The headers of a request to `api.requests`: whose request it is.
+REQUEST_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "required": ["zoe-token"],
+    "properties": {
+        "zoe-token": {
+            "type": "string",
+            "description": "an API token of the platform's user (zoe token create);"
+            " the request acts as that user, with its role and quota",
+        }
+    },
+}
+
+
 def document() -> dict[str, Any]:
     """The AsyncAPI 3 document as plain data."""
     types = [c[0] for c in CHANNELS] + list(routes.REPLIES)
@@ -68,6 +82,9 @@ def document() -> dict[str, Any]:
         }
         for cls in types
     }
+    for cls, address, _, _ in CHANNELS:
+        if address == routes.API_REQUESTS:
+            messages[cls.__name__]["headers"] = REQUEST_HEADERS
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -88,8 +105,10 @@ def document() -> dict[str, Any]:
                 "outside 0..2^63-1, nested too deeply), is larger than the HTTP API's body "
                 "limit, or is refused gets an `ApiReply` with a 4xx `status` and "
                 "`{error, errors: [{path, message}]}` (the JSON path of each offending "
-                "field), then goes to the `dead-letters` queue. A submission's message id "
-                "is its idempotency key."
+                "field), then goes to the `dead-letters` queue. Each request carries its "
+                "platform's API token in the header `zoe-token` and acts as that token's "
+                "user (a 401 reply without one, or with an unknown, revoked or expired one). "
+                "A submission's message id is its idempotency key (per user)."
             ),
         },
         "defaultContentType": "application/json",

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import aio_pika
@@ -58,6 +59,17 @@ from common.routes import COMMANDS, DLX, EVENTS
 log = structlog.get_logger("bus")
 
 Handler = Callable[[Any], Awaitable[m.Message | None]]
+# The headers of the message a handler is handling (the api reads a request's token there).
+_HEADERS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "zoe_message_headers", default=MappingProxyType({})
+)
+
+
+def incoming_headers() -> Mapping[str, Any]:
+    """The AMQP headers of the message the running handler was given."""
+    return _HEADERS.get()
+
+
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 # Builds the reply a refused request gets (when it asks for one: ``reply_to``).
 RefusalReply = Callable[[UserError], m.Message]
@@ -411,6 +423,7 @@ class Bus:
             for k in ("execution_id", "instance_id", "node")
             if hasattr(decoded, k)
         }
+        _HEADERS.set(message.headers or {})
         with structlog.contextvars.bound_contextvars(msg=m.tag_of(decoded), **ids):
             backoff = Backoff(*self._retry_backoff)
             give_up = asyncio.get_running_loop().time() + self._transient_retry

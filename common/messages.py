@@ -231,11 +231,13 @@ class NodeLost(Message, frozen=True, kw_only=True, tag="verdict.node_lost"):
 
 
 class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execution"):
-    """An execution moved to ``state``."""
+    """An execution moved to ``state``; ``user`` is whose it is (for streams that show
+    each user their own; empty from versions before users)."""
 
     execution_id: Id
     state: str
     at: float
+    user: str = ""
 
 
 class LogsReply(Message, frozen=True, kw_only=True, tag="instance.logs_reply"):

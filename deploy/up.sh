@@ -42,6 +42,11 @@ say "building the base and demo images (skipped when present)"
 say "migrating the database"
 "$VENV/bin/zoe-migrate"
 
+# The first admin, once (its password printed here, once), and an admin token for the
+# CLI in var/secrets/admin.token (mode 0600): `export ZOE_TOKEN_FILE=var/secrets/admin.token`.
+"$VENV/bin/python" -m services.api.bootstrap --token-file var/secrets/admin.token
+export ZOE_TOKEN_FILE=$PWD/var/secrets/admin.token
+
 # The api first, then the services that consume commands and facts; each declares the
 # bus topology on start, so their order is otherwise free. Each other than the api gets
 # its own ZOE_METRICS_PORT (deploy/zoe.env.default) for /metrics, /healthz and /readyz.
@@ -63,3 +68,4 @@ say "submitting the demo ZApp"
 "$VENV/bin/zoe" ls
 
 say "Zoe is up: API on http://127.0.0.1:${ZOE_HTTP_PORT}/, logs in var/log/, pids in var/run/"
+say "an admin token is in var/secrets/admin.token: export ZOE_TOKEN_FILE=$ZOE_TOKEN_FILE (or zoe login)"

@@ -46,6 +46,7 @@ class TestEnv:
         self.deployment = f"zt{RUN_ID}"
         self.amqp_url = AMQP_BASE.rstrip("/") + "/" + quote(self.vhost, safe="")
         self.database_url = PG_BASE.rstrip("/") + "/" + self.database
+        self.admin_token = ""  # an API token of the user "admin" (set once migrated)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a service process of this session."""
@@ -94,7 +95,7 @@ def test_env() -> Iterator[TestEnv]:
     env = TestEnv()
     _rabbitmqctl("add_vhost", env.vhost)
     _rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
-    asyncio.run(db.migrate(env.database_url))
+    asyncio.run(migrate(env))
     try:
         yield env
     finally:
@@ -102,6 +103,23 @@ def test_env() -> Iterator[TestEnv]:
         with contextlib.suppress(RuntimeError):
             _rabbitmqctl("delete_vhost", env.vhost, attempts=2)
         asyncio.run(_drop_database(env.database))
+
+
+async def migrate(env: TestEnv) -> None:
+    """Migrate ``env``'s database and give it an admin with a token (``env.admin_token``)."""
+    await db.migrate(env.database_url)
+    env.admin_token = await new_user(env.database_url, "admin", "admin")
+
+
+async def new_user(database_url: str, name: str, role: str, password: str | None = None) -> str:
+    """A new API token of user ``name`` (created with ``role`` if it does not exist)."""
+    from services.api.bootstrap import ensure_user
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await ensure_user(conn, name, role, password=password)
+    finally:
+        await conn.close()
 
 
 async def _drop_database(name: str) -> None:

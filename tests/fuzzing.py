@@ -171,8 +171,9 @@ class Request:
 
 
 @st.composite
-def requests(draw: st.DrawFn, route: Route) -> Request:
-    """A request for ``route``: random segments, query, headers and (for a POST) body."""
+def requests(draw: st.DrawFn, route: Route, token: str | None = None) -> Request:
+    """A request for ``route``: random segments, query, headers and (for a POST, PUT or
+    PATCH) body; sent with ``token`` (when given) as its bearer."""
     path = route.path
     for name in re.findall(r"\{(\w+)\}", route.path):
         segment = draw(st.sampled_from(SHOP_IDS)) if "zapps" in path else None
@@ -188,8 +189,10 @@ def requests(draw: st.DrawFn, route: Route) -> Request:
         query.pop()
     target = path + ("?" + "&".join(query) if query else "")
     headers: dict[str, bytes | str] = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     body = None
-    if route.method == "POST":
+    if route.method in ("POST", "PUT", "PATCH"):
         body = draw(BODIES)
         headers["Content-Type"] = draw(CONTENT_TYPES)
         if draw(st.booleans()):
@@ -201,6 +204,8 @@ def problem(route: Route, answer: rawhttp.Answer) -> str | None:
     """What is wrong with an answer, if anything."""
     if answer.status >= 500:
         return f"status {answer.status}: {answer.body[:300]!r}"
+    if answer.status == 204:
+        return f"status 204 with a body: {answer.body[:300]!r}" if answer.body else None
     expected = NOT_JSON.get(route.path, "application/json")
     if answer.status >= 400 or expected == "application/json":
         if not answer.is_json:
@@ -219,9 +224,10 @@ def fuzz(
     route: Route,
     max_examples: int,
     seen: Callable[[Route, Request, rawhttp.Answer], Any],
+    token: str | None = None,
 ) -> None:
-    """Send ``max_examples`` drawn requests for ``route``; ``seen`` judges each answer
-    (raising makes hypothesis shrink to the smallest failing request)."""
+    """Send ``max_examples`` drawn requests for ``route`` as ``token``'s user; ``seen``
+    judges each answer (raising makes hypothesis shrink to the smallest failing one)."""
 
     @settings(
         max_examples=max_examples,
@@ -229,7 +235,7 @@ def fuzz(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(requests(route))
+    @given(requests(route, token))
     def one(req: Request) -> None:
         answer = rawhttp.request(port, req.method, req.target, req.body, req.headers)
         seen(route, req, answer)

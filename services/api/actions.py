@@ -15,7 +15,8 @@ import asyncpg
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.zapp import LoadedDescription, load_description
 from common.zapp.limits import MAX_EXECUTION_NAME
-from services.api import limits, store
+from services.api import auth, limits, quotas, store
+from services.api.auth import Caller
 from services.api.shop import Shop
 
 NAME_MAX = MAX_EXECUTION_NAME  # the size count of a description assumes it
@@ -28,14 +29,19 @@ async def submit(
     shop: Shop,
     deployment: str,
     body: dict[str, Any],
+    caller: Caller,
     *,
     request_id: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Create an execution from a request body; returns it and whether it is new.
+    """Create an execution of ``caller`` from a request body; returns it and whether it
+    is new.
 
     ``request_id`` makes the request idempotent: the same id again with the same body
     returns the execution the first one created; with another body it is a Conflict.
+    The caller needs the ``submit`` capability, a priority within their role's ceiling
+    and room in their quota (403 otherwise, nothing stored).
     """
+    caller.require(auth.SUBMIT)
     limits.check_json(body)  # an AMQP body is not parsed by `limits.loads`
     errors: list[FieldError] = [
         FieldError(k, "unknown field") for k in sorted(set(body) - SUBMIT_FIELDS)
@@ -56,20 +62,30 @@ async def submit(
         )
     loaded = None
     try:
-        loaded = description(shop, body)
+        loaded = description(shop, body, caller)
     except InvalidRequest as exc:
         errors += exc.errors
     if errors or loaded is None:
         raise InvalidRequest("invalid execution request", errors)
+    if priority > caller.max_priority:
+        raise auth.Forbidden(
+            "priority above the role's ceiling",
+            [
+                FieldError(
+                    "priority", f"role {caller.role!r} may ask for at most {caller.max_priority}"
+                )
+            ],
+        )
     out, created = await store.create_execution(
         pool,
         name=str(name),
-        user_name="admin",
+        user_name=caller.name,
         description=loaded.description,
         deployment=deployment,
         priority=int(priority),
         request_id=request_id,
         request_digest=digest(body) if request_id is not None else None,
+        quota=await quotas.quota_of(pool, caller.name),
     )
     out["warnings"] = list(loaded.warnings)
     return out, created
@@ -84,7 +100,7 @@ def digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def description(shop: Shop, body: dict[str, Any]) -> LoadedDescription:
+def description(shop: Shop, body: dict[str, Any], caller: Caller) -> LoadedDescription:
     """The description to run: ``application`` as given, or ``zapp`` from the shop."""
     if ("application" in body) == ("zapp" in body):
         raise InvalidRequest(
@@ -108,7 +124,7 @@ def description(shop: Shop, body: dict[str, Any]) -> LoadedDescription:
     if not isinstance(zapp_id, str):
         raise InvalidRequest("invalid execution request", [FieldError("zapp", "must be a string")])
     try:
-        return shop.render(zapp_id, body.get("params"), body.get("resources"))
+        return shop.render(zapp_id, body.get("params"), body.get("resources"), caller)
     except NotFound as exc:
         raise InvalidRequest(exc.message, [FieldError("zapp", exc.message)]) from exc
 

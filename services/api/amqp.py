@@ -6,11 +6,15 @@ exchange with routing key ``api.requests``, a ``reply_to`` queue and a
 the HTTP API would answer. A submission's message ``id`` is its idempotency key, so a
 redelivered request creates one execution. State changes are published on ``zoe.events``
 with routing key ``state.execution.<id>`` for whoever binds to them.
+
+Each request carries its platform's API token in the message header ``zoe-token`` and
+acts as that token's user (a platform is a user of its own); without one, or with an
+unknown, revoked or expired one, the reply is a 401.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +22,8 @@ import asyncpg
 
 from common import messages as m
 from common.errors import UserError
-from services.api import actions, store
+from services.api import actions, auth, store
+from services.api.auth import Caller
 from services.api.shop import Shop
 
 
@@ -31,7 +36,7 @@ class Deps:
     deployment: str
 
 
-async def on_submit(msg: m.SubmitRequest, deps: Deps) -> m.ApiReply:
+async def on_submit(msg: m.SubmitRequest, deps: Deps, caller: Caller) -> m.ApiReply:
     """Create an execution (idempotent on the message id)."""
     body: dict[str, Any] = {"name": msg.name, "priority": msg.priority}
     if msg.application is not None:
@@ -42,35 +47,43 @@ async def on_submit(msg: m.SubmitRequest, deps: Deps) -> m.ApiReply:
         if msg.resources is not None:
             body["resources"] = msg.resources
     execution, created = await actions.submit(
-        deps.pool, deps.shop, deps.deployment, body, request_id=f"amqp:{msg.id}"
+        deps.pool,
+        deps.shop,
+        deps.deployment,
+        body,
+        caller,
+        request_id=f"amqp:{caller.name}:{msg.id}",
     )
     return m.ApiReply(status=201 if created else 200, body=execution)
 
 
-async def on_terminate(msg: m.TerminateRequest, deps: Deps) -> m.ApiReply:
+async def on_terminate(msg: m.TerminateRequest, deps: Deps, caller: Caller) -> m.ApiReply:
     """Ask for an execution to end."""
-    state = await store.request_termination(deps.pool, msg.execution_id)
+    state = await store.request_termination(deps.pool, msg.execution_id, caller.owner_filter())
     return m.ApiReply(
         status=202, body={"id": msg.execution_id, "state": state, "terminating": True}
     )
 
 
-async def on_get(msg: m.GetRequest, deps: Deps) -> m.ApiReply:
+async def on_get(msg: m.GetRequest, deps: Deps, caller: Caller) -> m.ApiReply:
     """Read one execution."""
-    return m.ApiReply(status=200, body=await store.get_execution(deps.pool, msg.execution_id))
+    execution = await store.get_execution(deps.pool, msg.execution_id, caller.owner_filter())
+    return m.ApiReply(status=200, body=execution)
 
 
-HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[m.ApiReply]]] = {
+HANDLERS: dict[type[m.Message], Callable[[Any, Deps, Caller], Awaitable[m.ApiReply]]] = {
     m.SubmitRequest: on_submit,
     m.TerminateRequest: on_terminate,
     m.GetRequest: on_get,
 }
 
 
-async def handle(msg: m.Message, deps: Deps) -> m.ApiReply:
-    """Answer one request; a user error is an error reply (acked), not a dead letter."""
+async def handle(msg: m.Message, deps: Deps, headers: Mapping[str, Any]) -> m.ApiReply:
+    """Answer one request as the caller its ``zoe-token`` header names; a user error is
+    an error reply (acked), not a dead letter."""
     try:
-        return await HANDLERS[type(msg)](msg, deps)
+        caller = await auth.caller_of_message(deps.pool, headers)
+        return await HANDLERS[type(msg)](msg, deps, caller)
     except UserError as exc:
         return error_reply(exc)
 

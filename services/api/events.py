@@ -20,6 +20,7 @@ from aiohttp import web
 from common import messages as m
 from common.bus import EVENTS, Bus
 from common.errors import FieldError, InvalidRequest
+from services.api import auth
 from services.api.limits import Slots, ascii_int, write
 
 QUEUE_SIZE = 1000
@@ -77,12 +78,14 @@ KEEP_ALIVE = 15.0  # seconds between comments on a quiet stream
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events``: ``event: state`` lines with the execution id and state.
+    """``GET /api/v1/events``: ``event: state`` lines with the execution id and state,
+    of the caller's executions (everyone's for roles that operate all).
 
     429 when ``MAX_EVENT_STREAMS`` are open already; a client that stops reading is
     dropped after ``WRITE_TIMEOUT`` (and misses events while its queue is full).
     """
     only = _execution_filter(request)
+    owner = auth.caller(request).owner_filter()
     with request.app[STREAMS].hold():
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -100,6 +103,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     continue
                 if only is not None and event.execution_id != only:
                     continue
+                if owner is not None and event.user != owner:
+                    continue  # another user's execution
                 data = msgspec.json.encode(
                     {"execution_id": event.execution_id, "state": event.state, "at": event.at}
                 )

@@ -25,7 +25,7 @@ from common.errors import FieldError, InvalidRequest, NotFound, UserError
 from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
-from services.api import actions, events, hygiene, limits, openapi, store
+from services.api import accounts, actions, auth, events, hygiene, limits, openapi, store, users
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
@@ -78,7 +78,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     try:
         return await handler(request)
     except UserError as exc:
-        return web.json_response(exc.to_dict(), status=exc.status)
+        headers = auth.unauthorized_headers() if exc.status == 401 else None
+        return web.json_response(exc.to_dict(), status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -131,6 +132,7 @@ def _state_filter(request: web.Request) -> str | None:
     raise InvalidRequest("invalid query", [FieldError("state", f"must be one of {allowed}")])
 
 
+@auth.public
 async def health(request: web.Request) -> web.Response:
     """Liveness and the database's reachability."""
     await request.app[DEPS].pool.fetchval("SELECT 1")
@@ -151,39 +153,64 @@ async def submit(request: web.Request) -> web.Response:
         request.app[SHOP],
         deps.deployment,
         body,
+        auth.caller(request),
         request_id=request.headers.get("Idempotency-Key"),
     )
     return web.json_response(execution, status=201 if created else 200)
 
 
 async def list_executions(request: web.Request) -> web.Response:
-    """Executions, newest first; ``?state=`` filters, ``?limit=`` caps (default 100)."""
+    """The caller's executions, newest first; ``?all=1`` everyone's (operate-all),
+    ``?user=NAME`` one user's, ``?state=`` filters, ``?limit=`` caps (default 100)."""
     limit = _query_int(request, "limit", 1, MAX_LIST)
     rows = await store.list_executions(
         request.app[DEPS].pool,
         state=_state_filter(request),
         limit=100 if limit is None else limit,
+        user=_user_filter(request),
     )
     return web.json_response(rows)
 
 
+def _user_filter(request: web.Request) -> str | None:
+    """Whose executions a list shows: the caller's own by default; ``?all=1`` or another
+    ``?user=`` needs operate-all."""
+    caller = auth.caller(request)
+    everyone = request.query.get("all", "").lower() in ("1", "true", "yes")
+    who = request.query.get("user")
+    if who is not None:
+        users.check_name(who, "user")
+    if (everyone or (who is not None and who != caller.name)) and not caller.sees_all:
+        raise auth.Forbidden(
+            "only roles that operate everyone's executions may list others'",
+            [FieldError("all" if everyone else "user", f"role {caller.role!r} sees its own only")],
+        )
+    if who is not None:
+        return who
+    return None if everyone else caller.name
+
+
 async def get_execution(request: web.Request) -> web.Response:
-    """One execution with its service instances."""
+    """One execution with its service instances (the caller's, or anyone's for roles
+    that operate all: another's is a 404, as if it did not exist)."""
+    owner = auth.caller(request).owner_filter()
     return web.json_response(
-        await store.get_execution(request.app[DEPS].pool, _execution_id(request))
+        await store.get_execution(request.app[DEPS].pool, _execution_id(request), owner)
     )
 
 
 async def terminate(request: web.Request) -> web.Response:
     """Ask for an execution to be terminated (202: it ends terminated once cleaned up)."""
     execution_id = _execution_id(request)
-    state = await store.request_termination(request.app[DEPS].pool, execution_id)
+    owner = auth.caller(request).owner_filter()
+    state = await store.request_termination(request.app[DEPS].pool, execution_id, owner)
     return web.json_response({"id": execution_id, "state": state, "terminating": True}, status=202)
 
 
 async def endpoints(request: web.Request) -> web.Response:
     """The published endpoints of an execution's instances, with their URLs."""
-    execution = await store.get_execution(request.app[DEPS].pool, _execution_id(request))
+    owner = auth.caller(request).owner_filter()
+    execution = await store.get_execution(request.app[DEPS].pool, _execution_id(request), owner)
     return web.json_response(
         {s["name"]: s["endpoints"] for s in execution["services"] if s["endpoints"]}
     )
@@ -203,7 +230,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
     name = _instance_name(request, execution_id)
     tail = _query_int(request, "tail", 0, MAX_TAIL)
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
-    row = await store.find_instance(deps.pool, execution_id, name)
+    owner = auth.caller(request).owner_filter()
+    row = await store.find_instance(deps.pool, execution_id, name, owner)
     if row["node"] and row["container_name"] and not row["removed"]:
         with contextlib.ExitStack() as held:
             if follow:
@@ -262,12 +290,18 @@ async def _live_log(
 
 async def nodes(request: web.Request) -> web.Response:
     """The cluster: every node that ever registered, with capacity and reservations."""
+    auth.caller(request).require(auth.SEE_STATUS)
     return web.json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
+@auth.public  # the page holds no data; what it fetches needs a caller
 async def index(_: web.Request) -> web.FileResponse:
     """The web interface: the ZApp shop, executions and nodes."""
     return web.FileResponse(WEB / "index.html")
+
+
+def _pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[DEPS].pool
 
 
 def make_app(
@@ -284,7 +318,12 @@ def make_app(
     ``/metrics``, ``/healthz`` and ``/readyz``, served at the root beside ``/api/v1``.
     ``policy``: the names and origins requests must come with (services/api/hygiene.py)."""
     app = web.Application(
-        middlewares=[metrics_middleware, hygiene.middleware(policy), errors_middleware],
+        middlewares=[
+            metrics_middleware,
+            hygiene.middleware(policy),
+            errors_middleware,
+            auth.middleware(_pool),
+        ],
         client_max_size=MAX_BODY,
     )
     if probe is not None:
@@ -293,6 +332,7 @@ def make_app(
     app[FOLLOWS] = limits.Slots(log_follows, "log follows")
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
+    accounts.add_routes(app, deps.pool)
     app.router.add_get("/", index)
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)

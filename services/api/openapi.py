@@ -74,10 +74,12 @@ def _operation(route: Route, schemas: dict[Any, dict[str, Any]]) -> dict[str, An
         if content is not None:
             responses[str(status)]["content"] = content
     for status in error_statuses(route):
-        body = s.QuotaError if (status == 403 and route.access == "submit") else s.Error
+        schema = schemas[s.Error]
+        if status == 403 and route.access == "submit":  # over quota: which, and by how much
+            schema = {"anyOf": [schemas[s.QuotaError], schema]}
         responses[str(status)] = {
             "description": _REASONS[status],
-            "content": {"application/json": {"schema": schemas[body]}},
+            "content": {"application/json": {"schema": schema}},
         }
     op: dict[str, Any] = {
         "operationId": _operation_id(route),

@@ -23,12 +23,8 @@ from common.zapp import Description
 from common.zapp.limits import MAX_EXECUTION_NAME
 from common.zapp.manifest import Parameter
 
-Role = Literal["admin", "user", "guest"]
 UserName = Annotated[str, Meta(pattern="^[a-z][a-z0-9_.-]{0,62}$")]
 Priority = Annotated[int, Meta(ge=-100, le=100)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
-NonNegative = Annotated[float, Meta(ge=0)]
-Positive = Annotated[float, Meta(gt=0)]
 
 
 class _In(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +129,7 @@ class ExecutionSummary(_Out, frozen=True, kw_only=True):
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    runtime_limit: float | None  # seconds it may run (its user's quota): null, no limit
 
 
 class Execution(ExecutionSummary, frozen=True, kw_only=True):
@@ -220,21 +217,24 @@ class Validated(_Out, frozen=True, kw_only=True):
 
 # ---- users and sign-in -----------------------------------------------------------------
 
+Password = Annotated[str, Meta(min_length=8, max_length=1024)]
+
 
 class LoginRequest(_In, frozen=True, kw_only=True):
     """A user's name and password."""
 
-    username: str
-    password: str
+    username: Annotated[str, Meta(min_length=1, max_length=63)]
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
 class LoginReply(_Out, frozen=True, kw_only=True):
-    """A token for ``Authorization: Bearer``; the same sign-in is set as cookies."""
+    """A login token for ``Authorization: Bearer``; the same sign-in is set as the
+    session cookie (``zoe_session``) with its CSRF cookie (``zoe_csrf``)."""
 
     token: str
     user: str
-    role: Role
-    expires_at: datetime | None
+    role: str
+    expires_at: datetime
 
 
 class Quota(_Out, frozen=True, kw_only=True):
@@ -255,14 +255,28 @@ class QuotaUse(_Out, frozen=True, kw_only=True):
     memory: int
 
 
-class Me(_Out, frozen=True, kw_only=True):
-    """The caller: role, capabilities, priority ceiling, quota and use."""
+class User(_Out, frozen=True, kw_only=True):
+    """A user: role, its capabilities and priority ceiling, fair-share weight, quota."""
 
     name: str
-    role: Role
+    role: str
+    enabled: bool
+    created_at: datetime
+    weight: float
     capabilities: list[str]
     max_priority: int
     quota: Quota
+
+
+class NewUser(User, frozen=True, kw_only=True):
+    """A user just made; ``password`` only when it was generated (shown this once)."""
+
+    password: str | UnsetType = UNSET
+
+
+class Me(User, frozen=True, kw_only=True):
+    """The caller, and what their active executions hold."""
+
     usage: QuotaUse
 
 
@@ -274,15 +288,16 @@ class TokenRequest(_In, frozen=True, kw_only=True):
 
 
 class Token(_Out, frozen=True, kw_only=True):
-    """An API token (never its secret, except once when created)."""
+    """A token (never its secret, except once when it is made)."""
 
     id: int
-    description: str = ""
-    user: str | UnsetType = UNSET
-    kind: str | UnsetType = UNSET
-    created_at: datetime | UnsetType = UNSET
-    expires_at: datetime | UnsetType | None = UNSET
-    last_used_at: datetime | UnsetType | None = UNSET
+    user: str
+    kind: Literal["api", "login"]
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
 
 
 class NewToken(Token, frozen=True, kw_only=True):
@@ -292,46 +307,31 @@ class NewToken(Token, frozen=True, kw_only=True):
 
 
 class UserRequest(_In, frozen=True, kw_only=True):
-    """A new user; without ``password`` one is generated and answered once."""
+    """A new user of a role (``admin``, ``user``, ``guest``); without ``password`` one is
+    generated and answered once."""
 
     name: UserName
-    role: Role
-    password: Annotated[str, Meta(min_length=1, max_length=1024)] | UnsetType = UNSET
+    role: Annotated[str, Meta(min_length=1, max_length=63)]
+    password: Password | UnsetType = UNSET
 
 
 class UserPatch(_In, frozen=True, kw_only=True):
-    """Changes to a user; each field left out stays as it is."""
+    """Changes to a user; each field left out (or a null weight) stays as it is;
+    disabling a user revokes their tokens."""
 
-    role: Role | UnsetType = UNSET
+    role: Annotated[str, Meta(min_length=1, max_length=63)] | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
-    password: Annotated[str, Meta(min_length=1, max_length=1024)] | UnsetType = UNSET
-    weight: Positive | UnsetType | None = UNSET
+    password: Password | UnsetType = UNSET
+    weight: Annotated[float, Meta(gt=0, le=1e6)] | UnsetType | None = UNSET
 
 
 class QuotaRequest(_In, frozen=True, kw_only=True):
-    """A user's quota; each null: the role's default."""
+    """A user's quota; each null or left out: the role's default."""
 
-    executions: NonNegativeInt | None
-    cores: NonNegative | None
-    memory: NonNegativeInt | None
-    runtime: Positive | None
-
-
-class User(_Out, frozen=True, kw_only=True):
-    """A user."""
-
-    name: str
-    role: Role
-    enabled: bool
-    weight: float | UnsetType | None = UNSET
-    quota: Quota | UnsetType = UNSET
-    created_at: datetime | UnsetType = UNSET
-
-
-class NewUser(User, frozen=True, kw_only=True):
-    """A user just made; ``password`` only when it was generated (shown this once)."""
-
-    password: str | UnsetType = UNSET
+    executions: Annotated[int, Meta(ge=0, lt=2**62)] | None = None
+    cores: Annotated[float, Meta(ge=0, lt=2**62)] | None = None
+    memory: Annotated[int, Meta(ge=0, lt=2**62)] | None = None
+    runtime: Annotated[float, Meta(gt=0, lt=2**62)] | None = None
 
 
 def json_schema_of(types: list[Any], ref: str) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:

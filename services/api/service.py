@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common import messages as m
 from common import routes
+from common.bus import incoming_headers
 from common.runtime import Runtime
 from common.settings import ApiSettings
 from services.api import amqp, hygiene
@@ -55,7 +56,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         deps = amqp.Deps(pool=pool, shop=shop, deployment=settings.deployment)
 
         async def on_request(msg: m.Message) -> m.ApiReply:
-            return await amqp.handle(msg, deps)
+            return await amqp.handle(msg, deps, incoming_headers())
 
         await rt.run_relay(pool, bus)
         await rt.consume(

@@ -25,13 +25,10 @@ from common.zapp import (
     scan_shop,
     visible_to,
 )
-from services.api import limits
+from services.api import auth, limits
+from services.api.auth import Caller
 
 log = structlog.get_logger("api.shop")
-
-# Until users and roles exist, every request acts as this role, which may customise
-# resources.
-DEFAULT_ROLE = "admin"
 
 
 class Shop:
@@ -57,8 +54,9 @@ class Shop:
                     newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
         return count, newest
 
-    def entries(self, role: str = DEFAULT_ROLE) -> list[ShopEntry]:
-        """The entries ``role`` may see, in library order."""
+    def entries(self, caller: Caller) -> list[ShopEntry]:
+        """The entries ``caller`` may see, in library order: those its manifest opens to
+        the caller's role, or all of them with the ``whole-shop`` capability."""
         stamp = self._fingerprint()
         if stamp != self._stamp:
             entries, errors = scan_shop(self.root)
@@ -66,28 +64,29 @@ class Shop:
                 log.warning("shop.invalid", path=e.path, problem=e.message)
             self._entries = {e.id: e for e in entries}
             self._stamp = stamp
-        return [e for e in self._entries.values() if visible_to(e, role)]
+        whole = caller.can(auth.WHOLE_SHOP)
+        return [e for e in self._entries.values() if whole or visible_to(e, caller.role)]
 
-    def get(self, zapp_id: str, role: str = DEFAULT_ROLE) -> ShopEntry:
-        """One entry; NotFound if it does not exist or ``role`` may not see it."""
-        for e in self.entries(role):
+    def get(self, zapp_id: str, caller: Caller) -> ShopEntry:
+        """One entry; NotFound if it does not exist or ``caller`` may not see it."""
+        for e in self.entries(caller):
             if e.id == zapp_id:
                 return e
         raise NotFound(f"no ZApp {zapp_id!r} in the shop")
 
     def render(
-        self, zapp_id: str, params: Any, resources: Any, role: str = DEFAULT_ROLE
+        self, zapp_id: str, params: Any, resources: Any, caller: Caller
     ) -> LoadedDescription:
-        """The entry's description with parameters and resource overrides applied."""
-        entry = self.get(zapp_id, role)
+        """The entry's description with parameters and resource overrides applied (the
+        latter only with the ``customise`` capability)."""
+        entry = self.get(zapp_id, caller)
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("invalid parameters", [FieldError("params", "must be an object")])
         return render(
             entry,
             params or {},
-            role=role,
-            resources=resources,
-            can_customize_resources=role == DEFAULT_ROLE,
+            resources=resources,  # the caller may see it: `get` checked
+            can_customize_resources=caller.can(auth.CUSTOMISE),
         )
 
 
@@ -107,12 +106,12 @@ def _summary(entry: ShopEntry) -> dict[str, Any]:
 
 async def list_zapps(request: web.Request) -> web.Response:
     """Every ZApp of the shop the caller may see."""
-    return web.json_response([_summary(e) for e in request.app[SHOP].entries()])
+    return web.json_response([_summary(e) for e in request.app[SHOP].entries(auth.caller(request))])
 
 
 async def get_zapp(request: web.Request) -> web.Response:
     """One ZApp: its README (Markdown), logo (base64 PNG), parameters and description."""
-    entry = request.app[SHOP].get(request.match_info["id"])
+    entry = request.app[SHOP].get(request.match_info["id"], auth.caller(request))
     out = _summary(entry)
     out.update(
         readme=entry.readable_descr,
@@ -125,7 +124,7 @@ async def get_zapp(request: web.Request) -> web.Response:
 
 async def get_logo(request: web.Request) -> web.Response:
     """The ZApp's logo as an image."""
-    entry = request.app[SHOP].get(request.match_info["id"])
+    entry = request.app[SHOP].get(request.match_info["id"], auth.caller(request))
     if not entry.logo:
         raise NotFound(f"ZApp {entry.id!r} has no logo")
     return web.Response(body=entry.logo, content_type="image/png")
@@ -135,7 +134,7 @@ async def render_zapp(request: web.Request) -> web.Response:
     """The final description for ``{"params": {...}, "resources": {...}}``."""
     body = await json_object(request)
     loaded = request.app[SHOP].render(
-        request.match_info["id"], body.get("params"), body.get("resources")
+        request.match_info["id"], body.get("params"), body.get("resources"), auth.caller(request)
     )
     return web.json_response(
         {"description": msgspec.to_builtins(loaded.description), "warnings": loaded.warnings}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 from typing import Any
 
@@ -16,13 +17,15 @@ from common.errors import Conflict, FieldError, NotFound
 from common.outbox import enqueue
 from common.states import EXECUTION_FINAL, INSTANCE_HOLDING, sql_list
 from common.zapp import Description, expand
+from services.api import quotas
+from services.api.quotas import UNLIMITED, Quota
 
 _HOLDING = sql_list(INSTANCE_HOLDING)
 
 
 _EXEC_COLUMNS = (
     "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
-    " submitted_at, started_at, finished_at"
+    " submitted_at, started_at, finished_at, runtime_limit"
 )
 _INSTANCE_COLUMNS = (
     "id, name, service, essential, monitor, state, node, container_name, container_id,"
@@ -65,10 +68,12 @@ def _ids_of(pool: asyncpg.Pool) -> _Ids:
 # Stores an execution, its instances and its submission message in one statement;
 # returns one row per instance, each with the execution's columns too (e_*, i_*).
 # Nothing is stored when ``request_id`` was seen before (no row comes back).
-# ($23, the request's digest, is last so that the outbox's numbering stays as it was.)
+# ($23, the request's digest, and $24, the runtime limit, are last so that the outbox's
+# numbering stays as it was.)
 _CREATE = (
     "WITH e AS (INSERT INTO executions (id, name, user_name, description, will_end, size,"
-    "  priority, request_id, request_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $23)"
+    "  priority, request_id, request_digest, runtime_limit)"
+    "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $23, $24)"
     "  ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING"
     f"  RETURNING {_EXEC_COLUMNS}),"
     " i AS (INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
@@ -99,16 +104,20 @@ async def create_execution(
     priority: int = 0,
     request_id: str | None = None,
     request_digest: str | None = None,
+    quota: Quota = UNLIMITED,
 ) -> tuple[dict[str, Any], bool]:
     """Store an execution with its expanded instances and queue its submission, atomically.
+
+    ``quota`` is the user's: a submission that would take them past it is refused
+    (OverQuota) and nothing is stored; its runtime limit is stored with the execution.
 
     Returns the execution as ``get_execution`` shows it, and whether it was created now
     (False: ``request_id`` was seen before and this is the execution it created). A
     ``request_id`` seen before with another ``request_digest`` is a Conflict (a row
     stored before digests were kept matches any). One statement (one round trip, one
-    commit) whatever the number of instances.
+    commit) whatever the number of instances, plus a lock and a read under a quota.
     """
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, contextlib.AsyncExitStack() as held:
         execution_id = await _ids_of(pool).next(conn)
         specs = expand(
             description,
@@ -117,6 +126,15 @@ async def create_execution(
             user_name=user_name,
             deployment=deployment,
         )
+        if quota.limits_holdings and not await _seen(conn, request_id):
+            await held.enter_async_context(conn.transaction())
+            await quotas.check(
+                conn,
+                user_name,
+                quota,
+                cores=sum(s.cores_reserved for s in specs),
+                memory=sum(s.memory_reserved for s in specs),
+            )
         submitted = Outgoing(m.ExecutionSubmitted(execution_id=execution_id))
         rows = await conn.fetch(
             _CREATE,
@@ -141,6 +159,7 @@ async def create_execution(
             *outbox.columns([submitted]),
             outbox.CHANNEL,
             request_digest,
+            quota.runtime,
         )
         if not rows:
             existing = await conn.fetchrow(
@@ -158,14 +177,30 @@ async def create_execution(
     return out, True
 
 
+async def _seen(conn: asyncpg.Connection, request_id: str | None) -> bool:
+    """Whether an execution was created under ``request_id`` already (its retry is
+    answered with that execution, whatever the quota says now)."""
+    if request_id is None:
+        return False
+    found = await conn.fetchval("SELECT 1 FROM executions WHERE request_id = $1", request_id)
+    return found is not None
+
+
 def _prefixed(row: asyncpg.Record, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
 
 
-async def request_termination(pool: asyncpg.Pool, execution_id: int) -> str:
-    """Queue a termination request; returns the execution's current state."""
+async def request_termination(
+    pool: asyncpg.Pool, execution_id: int, owner: str | None = None
+) -> str:
+    """Queue a termination request; returns the execution's current state. ``owner``:
+    the user whose execution it must be (None: anyone's)."""
     async with pool.acquire() as conn, conn.transaction():
-        state = await conn.fetchval("SELECT state FROM executions WHERE id = $1", execution_id)
+        state = await conn.fetchval(
+            "SELECT state FROM executions WHERE id = $1 AND ($2::text IS NULL OR user_name = $2)",
+            execution_id,
+            owner,
+        )
         if state is None:
             raise NotFound(f"execution {execution_id} does not exist")
         if state in EXECUTION_FINAL:
@@ -198,22 +233,32 @@ def _instance(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_executions(
-    pool: asyncpg.Pool, *, state: str | None = None, limit: int = 100
+    pool: asyncpg.Pool, *, state: str | None = None, limit: int = 100, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Executions, newest first, optionally only those in ``state`` (one of
-    ``ExecutionState``: the caller checks it)."""
+    ``ExecutionState``: the caller checks it) and of ``user``."""
     rows = await pool.fetch(
         f"SELECT {_EXEC_COLUMNS} FROM executions WHERE ($1::text IS NULL OR state = $1)"
+        " AND ($3::text IS NULL OR user_name = $3)"
         " ORDER BY submitted_at DESC, id DESC LIMIT $2",
         state,
         limit,
+        user,
     )
     return [_execution(r) for r in rows]
 
 
-async def get_execution(db: asyncpg.Pool | asyncpg.Connection, execution_id: int) -> dict[str, Any]:
-    """One execution with its service instances."""
-    row = await db.fetchrow(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = $1", execution_id)
+async def get_execution(
+    db: asyncpg.Pool | asyncpg.Connection, execution_id: int, owner: str | None = None
+) -> dict[str, Any]:
+    """One execution with its service instances; NotFound unless it is ``owner``'s (None:
+    anyone's), so that another user's execution looks like none at all."""
+    row = await db.fetchrow(
+        f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = $1"
+        " AND ($2::text IS NULL OR user_name = $2)",
+        execution_id,
+        owner,
+    )
     if row is None:
         raise NotFound(f"execution {execution_id} does not exist")
     out = _execution(row)
@@ -228,14 +273,19 @@ async def get_execution(db: asyncpg.Pool | asyncpg.Connection, execution_id: int
     return out
 
 
-async def find_instance(pool: asyncpg.Pool, execution_id: int, name: str) -> asyncpg.Record:
-    """The instance called ``name`` in an execution, with where its container is."""
+async def find_instance(
+    pool: asyncpg.Pool, execution_id: int, name: str, owner: str | None = None
+) -> asyncpg.Record:
+    """The instance called ``name`` in an execution of ``owner`` (None: anyone's), with
+    where its container is."""
     row = await pool.fetchrow(
         "SELECT i.id, i.state, i.node, i.container_name, i.removed, l.log AS saved_log"
-        " FROM instances i LEFT JOIN instance_logs l ON l.instance_id = i.id"
-        " WHERE i.execution_id = $1 AND i.name = $2",
+        " FROM instances i JOIN executions e ON e.id = i.execution_id"
+        " LEFT JOIN instance_logs l ON l.instance_id = i.id"
+        " WHERE i.execution_id = $1 AND i.name = $2 AND ($3::text IS NULL OR e.user_name = $3)",
         execution_id,
         name,
+        owner,
     )
     if row is None:
         raise NotFound(f"execution {execution_id} has no service instance {name!r}")

@@ -30,14 +30,16 @@ class ApiError(Exception):
 class Client:
     """Calls ``/api/v1`` of the Zoe API at ``base_url``."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        self.base = base_url.rstrip("/") + "/api/v1"
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
+        self.url = base_url.rstrip("/")
+        self.base = self.url + "/api/v1"
         self.timeout = timeout
+        self.token = token
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         """Send a request; returns the decoded JSON (or text when ``raw``)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req = self.request(path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -51,4 +53,15 @@ class Client:
                 raise ApiError(exc.code, text) from None
         except urllib.error.URLError as exc:
             raise ApiError(0, f"cannot reach the Zoe API at {self.base}: {exc.reason}") from None
-        return payload if raw else json.loads(payload)
+        if raw:
+            return payload
+        return json.loads(payload) if payload else None
+
+    def request(
+        self, path: str, *, data: bytes | None = None, method: str = "GET"
+    ) -> urllib.request.Request:
+        """A request of ``/api/v1`` + ``path`` with the caller's token."""
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        return req

@@ -1,19 +1,22 @@
 """``zoe``: the command line of the Zoe platform.
 
-``ZOE_URL`` selects the API (default http://127.0.0.1:8080).
+``ZOE_URL`` selects the API (default http://127.0.0.1:8080); ``zoe login`` signs in
+(services/cli/config.py says where the token comes from: ``ZOE_TOKEN`` first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from common.states import EXECUTION_FINAL
+from services.cli import config
+from services.cli.accounts import add_parsers as add_account_parsers
 from services.cli.client import ApiError, Client
 from services.cli.zapp import add_parser as add_zapp_parser
 from services.cli.zapp import parse_params
@@ -26,7 +29,7 @@ def _print_json(value: Any) -> None:
 def _row(execution: dict[str, Any]) -> str:
     return (
         f"{execution['id']:>6}  {execution['name'][:24]:<24}  {execution['state']:<12}"
-        f"  {execution['submitted_at'][:19]}"
+        f"  {execution['user'][:12]:<12}  {execution['submitted_at'][:19]}"
     )
 
 
@@ -84,15 +87,20 @@ def _wait(client: Client, execution_id: int, until: str, timeout: float, *, quie
 
 
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    query = f"?state={args.state}" if args.state else ""
-    rows = client.call("GET", f"/executions{query}")
+    query = {"state": args.state, "user": args.user, "all": "1" if args.all else None}
+    rows = client.call("GET", "/executions" + _query(query))
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'ID':>6}  {'NAME':<24}  {'STATE':<12}  SUBMITTED")
+    print(f"{'ID':>6}  {'NAME':<24}  {'STATE':<12}  {'USER':<12}  SUBMITTED")
     for r in rows:
         print(_row(r))
     return 0
+
+
+def _query(params: dict[str, str | None]) -> str:
+    given = {k: v for k, v in params.items() if v is not None}
+    return "?" + urllib.parse.urlencode(given) if given else ""
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
@@ -142,10 +150,10 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    url = client.base + path + "?" + "&".join([*params, "follow=1"])
+    req = client.request(path + "?" + "&".join([*params, "follow=1"]))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
-        with urllib.request.urlopen(url) as resp:  # no timeout: a quiet log is fine
+        with urllib.request.urlopen(req) as resp:  # no timeout: a quiet log is fine
             while chunk := resp.read1(65536):
                 sys.stdout.write(decoder.decode(chunk))
                 sys.stdout.flush()
@@ -185,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoe",
         description="Run analytics applications (ZApps) on a cluster of Docker hosts.",
-        epilog="The API is at $ZOE_URL (default http://127.0.0.1:8080).",
+        epilog="The API is at $ZOE_URL (default http://127.0.0.1:8080). Sign in with"
+        " `zoe login`, or set ZOE_TOKEN (or ZOE_TOKEN_FILE) to an API token.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -209,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the execution as JSON")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("ls", help="list executions, newest first")
+    p = sub.add_parser("ls", help="list your executions, newest first")
     p.add_argument("--state", help="only executions in this state")
+    p.add_argument("--all", action="store_true", help="everyone's executions (admins)")
+    p.add_argument("--user", help="only this user's executions (another's: admins)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ls)
 
@@ -237,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nodes)
 
     add_zapp_parser(sub)
+    add_account_parsers(sub)
 
     sub.add_parser(
         "simulate",
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["simulate"]:
         sys.exit(cmd_simulate(argv[1:]))
     args = build_parser().parse_args(argv)
-    client = Client(os.environ.get("ZOE_URL", "http://127.0.0.1:8080"))
+    client = Client(config.url(), token=config.token())
     try:
         sys.exit(args.func(client, args))
     except ApiError as exc:

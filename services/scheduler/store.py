@@ -63,12 +63,14 @@ async def set_execution_state(
         sets.append("finished_at = now()")
     row = await conn.fetchrow(
         f"UPDATE executions SET {', '.join(sets)} WHERE id = $1 AND state = ANY($3::text[])"
-        " RETURNING id",
+        " RETURNING user_name",
         *args,
     )
     if row is None:
         return False
-    event = m.ExecutionStateChanged(execution_id=execution_id, state=new, at=time.time())
+    event = m.ExecutionStateChanged(
+        execution_id=execution_id, state=new, at=time.time(), user=row["user_name"]
+    )
     await enqueue(conn, [Outgoing(event)])
     return True
 
@@ -159,19 +161,23 @@ async def set_executions_state(
         " started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())"
         "  ELSE started_at END"
         " WHERE id = ANY($1::bigint[]) AND state = ANY($3::text[])"
-        " RETURNING id, extract(epoch FROM started_at - submitted_at) AS waited",
+        " RETURNING id, user_name, extract(epoch FROM started_at - submitted_at) AS waited",
         list(execution_ids),
         new,
         list(allowed_from),
     )
     moved: list[int] = [r["id"] for r in rows]
+    owners: dict[int, str] = {r["id"]: r["user_name"] for r in rows}
     if new == "running":
         for r in rows:
             metrics.START_WAIT.observe(max(0.0, float(r["waited"])))
     at = time.time()
     await enqueue(
         conn,
-        [Outgoing(m.ExecutionStateChanged(execution_id=i, state=new, at=at)) for i in moved],
+        [
+            Outgoing(m.ExecutionStateChanged(execution_id=i, state=new, at=at, user=owners[i]))
+            for i in moved
+        ],
     )
     return moved
 

@@ -11,7 +11,9 @@ such rows and acts, logging why:
   a stop of a missing one reports it gone);
 - an execution ``cleaning_up`` for longer than ``give_up_after`` ends: the containers
   still not reported gone are given up (recorded as their node's orphans, removed when
-  the node is heard from again) and the execution reaches its outcome.
+  the node is heard from again) and the execution reaches its outcome;
+- an execution running for longer than its runtime limit (its user's quota when it was
+  submitted) is terminated, with the error ``runtime-limit: ...``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,31 @@ class SweepRules:
 
 
 async def sweep(pool: asyncpg.Pool, rules: SweepRules) -> dict[str, int]:
-    """One sweep, in one transaction; returns how many rows of each kind it moved."""
+    """One sweep; returns how many rows of each kind it moved."""
+    moved = await _converge(pool, rules)
+    moved["overtime"] = await end_overtime(pool, rules.deployment)
+    return moved
+
+
+async def end_overtime(pool: asyncpg.Pool, deployment: str) -> int:
+    """Terminate the executions running past their runtime limit; returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, runtime_limit FROM executions"
+            " WHERE state IN ('starting', 'running') AND runtime_limit IS NOT NULL"
+            " AND started_at < now() - make_interval(secs => runtime_limit)"
+            " ORDER BY id FOR NO KEY UPDATE"
+        )
+        for r in rows:
+            limit = r["runtime_limit"]
+            error = f"runtime-limit: ran for longer than its limit of {limit:g} s"
+            await store.begin_cleanup(conn, deployment, r["id"], "terminated", error=error)
+            log.warning("sweep.runtime_limit", execution_id=r["id"], limit=limit)
+    return len(rows)
+
+
+async def _converge(pool: asyncpg.Pool, rules: SweepRules) -> dict[str, int]:
+    """Resend stuck commands and give up stuck cleanups, in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
         stuck = await conn.fetch(
             "SELECT DISTINCT i.execution_id FROM instances i"

@@ -163,6 +163,7 @@ class BenchPlatform:
         self.database_url = self.pg_base.rstrip("/") + "/" + self.database
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api/v1"
+        self.admin_token = ""  # set by `create`
         self.log_dir = ROOT / "var" / "bench" / "logs" / f"{self.label}-{self.run_id}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -177,6 +178,18 @@ class BenchPlatform:
             rabbitmqctl("add_vhost", self.vhost)
             rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         await db.migrate(self.database_url)
+        from services.api.bootstrap import ensure_user
+
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            self.admin_token = await ensure_user(conn, "admin", "admin")
+        finally:
+            await conn.close()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What each HTTP request of the benchmark sends: the admin's token."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     async def destroy(self) -> None:
         """Stop the services, remove what the deployment made; never raises (a failure

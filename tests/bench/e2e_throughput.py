@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with (
             db.pool(plat.database_url, max_size=2) as pool,
-            aiohttp.ClientSession(connector=connector) as session,
+            aiohttp.ClientSession(connector=connector, headers=plat.headers) as session,
         ):
             await plat.wait_api(session)
             registration_s = await plat.wait_nodes(pool, args.nodes)

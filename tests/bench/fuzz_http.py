@@ -48,13 +48,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await plat.create()
         plat.spawn("api", ["services.api"])
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=plat.headers) as session:
             await plat.wait_api(session)
         started = time.monotonic()
         for route in fuzzing.routes():
             if args.route and args.route not in str(route):
                 continue
-            await asyncio.to_thread(fuzzing.fuzz, plat.port, route, args.examples, seen)
+            await asyncio.to_thread(
+                fuzzing.fuzz, plat.port, route, args.examples, seen, plat.admin_token
+            )
             plat.check_alive()
         elapsed = time.monotonic() - started
     finally:

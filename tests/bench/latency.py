@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             events = Events()
             connection = await aio_pika.connect(plat.amqp_url)
-            async with connection, aiohttp.ClientSession() as session:
+            async with connection, aiohttp.ClientSession(headers=plat.headers) as session:
                 channel = await connection.channel()
                 await plat.wait_api(session)
                 queue = await channel.declare_queue(exclusive=True, auto_delete=True)

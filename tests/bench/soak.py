@@ -255,6 +255,7 @@ class AmqpClient:
     def __init__(self, url: str, rec: Record) -> None:
         self._url = url
         self._rec = rec
+        self.token = ""  # whose requests they are (the admin's, once the platform exists)
         self._conn: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._replies = ""
@@ -294,6 +295,7 @@ class AmqpClient:
             reply_to=self._replies,
             correlation_id=str(self._count),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"zoe-token": self.token},
         )
         try:
             assert self._channel is not None
@@ -320,7 +322,10 @@ async def load(
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     actions = ["long", "ephemeral", "terminate", "bad_http", "bad_amqp"]
     weights = [3, 3, 2, 1.5, 1]
-    async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
+    async with (
+        aiohttp.ClientSession(connector=connector, headers=plat.headers) as session,
+        asyncio.TaskGroup() as tg,
+    ):
         for n in range(10**6):
             if time.monotonic() >= until:
                 break
@@ -864,6 +869,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     try:
         await plat.create()
+        amqp.token = plat.admin_token
         plat.spawn(
             "hollow",
             [
@@ -882,7 +888,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ZOE_LOG_LEVEL="warning",
         )
         plat.start_core({"scheduler": {"ZOE_PASS_INTERVAL": "1"}})
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=plat.headers) as session:
             await plat.wait_api(session)
         async with db.pool(plat.database_url, max_size=2) as pool:
             await plat.wait_nodes(pool, args.nodes)

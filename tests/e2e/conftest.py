@@ -21,8 +21,15 @@ from typing import Any, Self
 import aiodocker
 import pytest
 
-from common import db
-from tests.conftest import TestEnv, _rabbitmqctl, _remove_containers, dead_letters, wait_for
+from tests.conftest import (
+    TestEnv,
+    _rabbitmqctl,
+    _remove_containers,
+    dead_letters,
+    migrate,
+    new_user,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +79,9 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+ADMIN: Any = object()  # `Platform.call`'s default: the request is the session admin's
+
+
 class Platform:
     """api, scheduler, monitor and one executor of one test session, plus an HTTP client."""
 
@@ -94,7 +104,8 @@ class Platform:
             "scheduler": ServiceProcess(
                 "scheduler",
                 "services.scheduler",
-                env.env(**common, ZOE_METRICS_PORT=port("scheduler")),
+                # a sweep a second: runtime limits are enforced within a second
+                env.env(**common, ZOE_METRICS_PORT=port("scheduler"), ZOE_SWEEP_INTERVAL="1"),
                 log_dir,
             ),
             "monitor": ServiceProcess(
@@ -143,11 +154,21 @@ class Platform:
     # ---- HTTP -------------------------------------------------------------------------
 
     def call(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        token: str | None = ADMIN,
     ) -> tuple[int, Any]:
+        """One request as the session's admin, or as ``token``'s user (None: nobody)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        token = self.env.admin_token if token is ADMIN else token
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
         for name, value in (headers or {}).items():
             req.add_header(name, value)
         try:
@@ -163,9 +184,19 @@ class Platform:
             return status, text
 
     async def acall(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        token: str | None = ADMIN,
     ) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.call, method, path, body, headers)
+        return await asyncio.to_thread(self.call, method, path, body, headers, token=token)
+
+    async def new_user(self, name: str, role: str = "user", password: str | None = None) -> str:
+        """A user of this session's platform (created if new); returns a token of theirs."""
+        return await new_user(self.env.database_url, name, role, password)
 
     async def submit(self, application: dict[str, Any], name: str = "test") -> dict[str, Any]:
         status, body = await self.acall(
@@ -321,7 +352,7 @@ async def platform_on(
     env.database_url = database_url
     _rabbitmqctl("add_vhost", env.vhost)
     _rabbitmqctl("set_permissions", "-p", env.vhost, "guest", ".*", ".*", ".*")
-    await db.migrate(env.database_url)
+    await migrate(env)
     logs = log_dir / suffix
     logs.mkdir(exist_ok=True)
     try:

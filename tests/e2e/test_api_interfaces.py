@@ -18,11 +18,17 @@ from tests.e2e.conftest import Platform, service, zapp
 pytestmark = pytest.mark.e2e
 
 
-async def _ask(channel: aio_pika.abc.AbstractChannel, request: m.Message) -> m.ApiReply:
+async def ask(
+    channel: aio_pika.abc.AbstractChannel, request: m.Message, token: str | None
+) -> m.ApiReply:
+    """Send an AMQP request as ``token``'s user (None: with no token) and await the reply."""
     replies = await channel.declare_queue(exclusive=True, auto_delete=True)
     correlation = uuid.uuid4().hex
+    headers = {"zoe-token": token} if token is not None else {}
     await channel.default_exchange.publish(
-        aio_pika.Message(m.encode(request), reply_to=replies.name, correlation_id=correlation),
+        aio_pika.Message(
+            m.encode(request), reply_to=replies.name, correlation_id=correlation, headers=headers
+        ),
         routing_key=API_QUEUE,
     )
     async with replies.iterator(timeout=30) as it:
@@ -42,21 +48,23 @@ async def test_amqp_requests_are_answered_and_idempotent(
         submit = m.SubmitRequest(
             name="via-amqp", application=zapp("amqp-app", service("job", "exit 0"))
         )
-        first = await _ask(channel, submit)
+        first = await ask(channel, submit, test_env.admin_token)
         assert first.status == 201, first.body
-        again = await _ask(channel, submit)  # the same message delivered twice
+        again = await ask(channel, submit, test_env.admin_token)  # the same message delivered twice
         assert again.status == 200 and again.body["id"] == first.body["id"]
         eid = first.body["id"]
 
-        got = await _ask(channel, m.GetRequest(execution_id=eid))
+        got = await ask(channel, m.GetRequest(execution_id=eid), test_env.admin_token)
         assert got.status == 200 and got.body["name"] == "via-amqp"
-        missing = await _ask(channel, m.GetRequest(execution_id=10**12))
+        missing = await ask(channel, m.GetRequest(execution_id=10**12), test_env.admin_token)
         assert missing.status == 404
-        bad = await _ask(channel, m.SubmitRequest(name="bad", application={"name": "x"}))
+        bad = await ask(
+            channel, m.SubmitRequest(name="bad", application={"name": "x"}), test_env.admin_token
+        )
         assert bad.status == 400
         assert any(e["path"].startswith("application.") for e in bad.body["errors"])
         await platform.wait_state(eid, "finished")
-        ended = await _ask(channel, m.TerminateRequest(execution_id=eid))
+        ended = await ask(channel, m.TerminateRequest(execution_id=eid), test_env.admin_token)
         assert ended.status == 409
     finally:
         await connection.close()
@@ -73,7 +81,11 @@ async def test_http_idempotency_key(platform: Platform) -> None:
             platform.url + "/executions",
             data=json.dumps(body).encode(),
             method="POST",
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                "Authorization": f"Bearer {platform.env.admin_token}",
+            },
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -86,7 +98,8 @@ async def test_http_idempotency_key(platform: Platform) -> None:
 
 async def test_state_changes_are_streamed(platform: Platform) -> None:
     states: list[str] = []
-    async with aiohttp.ClientSession() as session:
+    auth = {"Authorization": f"Bearer {platform.env.admin_token}"}
+    async with aiohttp.ClientSession(headers=auth) as session:
         async with session.get(
             platform.url + "/events", timeout=aiohttp.ClientTimeout(total=90)
         ) as resp:
@@ -112,7 +125,7 @@ async def test_a_shop_zapp_s_resources_override_works_over_amqp_as_over_http(
         channel = await connection.channel()
         override = {"hello": {"memory": {"min": 48 << 20, "max": 48 << 20}}}
         submit = m.SubmitRequest(name="sized", zapp="hello", params={}, resources=override)
-        reply = await _ask(channel, submit)
+        reply = await ask(channel, submit, test_env.admin_token)
         assert reply.status == 201, reply.body
         (instance,) = reply.body["services"]
         assert instance["memory"] == 48 << 20

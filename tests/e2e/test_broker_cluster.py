@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from common import db
-from tests.conftest import PG_BASE, TestEnv, dead_letters, wait_for
+from tests.conftest import PG_BASE, TestEnv, dead_letters, migrate, wait_for
 from tests.e2e.conftest import Platform, service, zapp
 from tests.private_rabbitmq import PrivateCluster
 
@@ -60,7 +60,7 @@ async def cluster_platform(
     admin = await asyncpg.connect(PG_BASE.rstrip("/") + "/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{env.database}"')
-        await db.migrate(env.database_url)
+        await migrate(env)
         logs = log_dir / "broker-cluster"
         logs.mkdir(exist_ok=True)
         async with Platform(env, f"{env.deployment}-n1", logs, **HOLLOW).running() as p:

@@ -63,6 +63,10 @@ async def serving(
         await runner.cleanup()
 
 
+def _admin(env: TestEnv) -> dict[str, str]:
+    return {"Authorization": f"Bearer {env.admin_token}"}
+
+
 async def test_event_streams_are_capped(
     pool: asyncpg.Pool, bus: Bus, test_env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,7 +74,7 @@ async def test_event_streams_are_capped(
     async with serving(pool, bus, test_env, streams=2) as (app, port):
         slots = app[events.STREAMS]
         url = f"http://127.0.0.1:{port}/api/v1/events"
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=_admin(test_env)) as session:
             first = await session.get(url)
             second = await session.get(url)
             for r in (first, second):
@@ -119,7 +123,8 @@ async def test_a_client_that_stops_reading_is_dropped(
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect(("127.0.0.1", port))
         try:
-            client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            bearer = f"Authorization: Bearer {test_env.admin_token}\r\n".encode()
+            client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n" + bearer + b"\r\n")
             await wait_for(lambda: slots.held == 1, timeout=10, what="the stream open")
             event = m.ExecutionStateChanged(
                 execution_id=1, state="running", at=datetime.now(UTC).isoformat()
@@ -150,7 +155,7 @@ async def test_log_follows_are_capped(
         async with serving(pool, bus, test_env, follows=1) as (app, port):
             slots = app[FOLLOWS]
             url = f"http://127.0.0.1:{port}/api/v1/executions/{eid}/services/srv0/logs"
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers=_admin(test_env)) as session:
                 first = await session.get(url, params={"follow": "1"})
                 assert first.status == 200
                 async with session.get(url, params={"follow": "1"}) as second:

@@ -28,4 +28,6 @@ def _judge(route: fuzzing.Route, req: fuzzing.Request, answer: rawhttp.Answer) -
 
 @pytest.mark.parametrize("route", fuzzing.routes(), ids=str)
 async def test_route_survives_random_requests(platform: Platform, route: fuzzing.Route) -> None:
-    await asyncio.to_thread(fuzzing.fuzz, platform.port, route, EXAMPLES_PER_ROUTE, _judge)
+    # an admin of its own: a fuzzed logout revokes this token, not the session admin's
+    token = await platform.new_user("fuzzer", "admin")
+    await asyncio.to_thread(fuzzing.fuzz, platform.port, route, EXAMPLES_PER_ROUTE, _judge, token)

@@ -17,7 +17,7 @@ from services.api.limits import MAX_ID
 from tests import rawhttp
 from tests.conftest import TestEnv, wait_for
 from tests.e2e.conftest import SERVE_FOREVER, Platform, service, zapp
-from tests.e2e.test_api_interfaces import _ask
+from tests.e2e.test_api_interfaces import ask as amqp_ask
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +34,7 @@ async def ask(
 ) -> rawhttp.Answer:
     target = (b"/api/v1" + path) if isinstance(path, bytes) else "/api/v1" + path
     names = {k.replace("_", "-"): v for k, v in headers.items()}
+    names.setdefault("Authorization", f"Bearer {platform.env.admin_token}")  # the admin's
     return await asyncio.to_thread(rawhttp.request, platform.port, method, target, body, names)
 
 
@@ -211,10 +212,10 @@ async def test_amqp_submissions_get_the_same_checks(platform: Platform, test_env
         channel = await connection.channel()
         app = zapp("amqp-409", service("job", "exit 0"))
         first = m.SubmitRequest(name="amqp-409", application=app)
-        created = await _ask(channel, first)
+        created = await amqp_ask(channel, first, test_env.admin_token)
         assert created.status == 201, created.body
         other = m.SubmitRequest(id=first.id, name="amqp-409", application=app, priority=3)
-        conflict = await _ask(channel, other)
+        conflict = await amqp_ask(channel, other, test_env.admin_token)
         assert conflict.status == 409, conflict.body
         assert conflict.body["errors"] == [
             {"path": "request_id", "message": "already used with a different body"}
@@ -222,9 +223,15 @@ async def test_amqp_submissions_get_the_same_checks(platform: Platform, test_env
         nested: Any = 1
         for _ in range(200):
             nested = [nested]
-        deep = await _ask(channel, m.SubmitRequest(name="deep", application={"x": nested}))
+        deep = await amqp_ask(
+            channel, m.SubmitRequest(name="deep", application={"x": nested}), test_env.admin_token
+        )
         assert deep.status == 400 and "nested too deep" in deep.body["error"], deep.body
-        nul = await _ask(channel, m.SubmitRequest(name="nul", application={"name": "a\x00"}))
+        nul = await amqp_ask(
+            channel,
+            m.SubmitRequest(name="nul", application={"name": "a\x00"}),
+            test_env.admin_token,
+        )
         assert nul.status == 400 and nul.body["errors"][0]["path"] == "application.name"
         await platform.wait_state(
             created.body["id"], *ENDED

@@ -83,6 +83,7 @@ class Submitter:
         req = urllib.request.Request(self.platform.url + "/executions", data=body, method="POST")
         req.add_header("Content-Type", "application/json")
         req.add_header("Idempotency-Key", key)
+        req.add_header("Authorization", f"Bearer {self.platform.env.admin_token}")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.e2e
 
 def zoe(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(
-        os.environ, ZOE_URL=platform.url.removesuffix("/api/v1"), ZOE_ZAPPS_ROOT=str(ROOT / "zapps")
+        os.environ,
+        ZOE_URL=platform.url.removesuffix("/api/v1"),
+        ZOE_ZAPPS_ROOT=str(ROOT / "zapps"),
+        ZOE_TOKEN=platform.env.admin_token,
     )
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],

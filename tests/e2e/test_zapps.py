@@ -26,7 +26,6 @@ import aiodocker
 import aiohttp
 import pytest
 
-from common import db
 from services.executor.images import (
     ImageBuildFailed,
     ImageError,
@@ -42,6 +41,7 @@ from tests.conftest import (
     _drop_database,
     _rabbitmqctl,
     _remove_containers,
+    migrate,
     wait_for,
 )
 from tests.e2e.conftest import ROOT, Platform
@@ -114,7 +114,7 @@ async def library(
         await asyncio.to_thread(
             _rabbitmqctl, "set_permissions", "-p", env.vhost, "guest", *[".*"] * 3
         )
-        await db.migrate(env.database_url)
+        await migrate(env)
         cleanup.push_async_callback(_drop_database, env.database)
         cleanup.push_async_callback(_remove_volumes, env.deployment)
         cleanup.push_async_callback(_remove_containers, env.deployment)

@@ -37,7 +37,15 @@ from services.executor.engine import (
     unix_nanos,
 )
 from services.executor.service import serve
-from tests.conftest import PG_BASE, Facts, TestEnv, node_facts, own_database, wait_for
+from tests.conftest import (
+    PG_BASE,
+    Facts,
+    TestEnv,
+    new_user,
+    node_facts,
+    own_database,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -590,8 +598,10 @@ async def test_api_and_cli_follow_a_log_while_the_container_runs(
             node,
             start.container_name,
         )
+        logs_db = f"{PG_BASE.rstrip('/')}/{test_env.database}_logs"
+        token = await new_user(logs_db, "admin", "admin")
         env = test_env.env(
-            ZOE_DATABASE_URL=f"{PG_BASE.rstrip('/')}/{test_env.database}_logs",
+            ZOE_DATABASE_URL=logs_db,
             ZOE_HTTP_PORT=str(port),
             ZOE_ZAPPS_ROOT=str(ROOT / "zapps"),
         )
@@ -599,7 +609,8 @@ async def test_api_and_cli_follow_a_log_while_the_container_runs(
         base = f"http://127.0.0.1:{port}"
         url = f"{base}/api/v1/executions/{execution_id}/services/main0/logs?follow=1"
         try:
-            async with aiohttp.ClientSession() as session:
+            auth = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(headers=auth) as session:
 
                 async def healthy() -> bool:
                     with contextlib.suppress(aiohttp.ClientError):
@@ -618,7 +629,7 @@ async def test_api_and_cli_follow_a_log_while_the_container_runs(
                     "-f",
                     str(execution_id),
                     "main0",
-                    env={**env, "ZOE_URL": base},
+                    env={**env, "ZOE_URL": base, "ZOE_TOKEN": token},
                     stdout=asyncio.subprocess.PIPE,
                 )
                 async with session.get(url) as response:

@@ -68,7 +68,12 @@ async def _sent(pool: asyncpg.Pool) -> list[m.Message]:
 async def test_a_lost_start_is_sent_again_once_per_deadline(pool: asyncpg.Pool) -> None:
     ids = await _execution(pool, "starting", "starting")
     rules = sweeper.SweepRules("zs", resend_after=300, give_up_after=3600)
-    assert await sweeper.sweep(pool, rules) == {"starts": 2, "stops": 0, "given_up": 0}
+    assert await sweeper.sweep(pool, rules) == {
+        "starts": 2,
+        "stops": 0,
+        "given_up": 0,
+        "overtime": 0,
+    }
     starts = [x for x in await _sent(pool) if isinstance(x, m.StartInstance)]
     assert sorted(s.container_name for s in starts) == [
         f"zs-{ids['eid']}-wrk0",
@@ -76,7 +81,12 @@ async def test_a_lost_start_is_sent_again_once_per_deadline(pool: asyncpg.Pool) 
     ]
     assert all(s.image == "zoe/busybox:1" for s in starts)
     # sent again: the deadline starts over
-    assert await sweeper.sweep(pool, rules) == {"starts": 0, "stops": 0, "given_up": 0}
+    assert await sweeper.sweep(pool, rules) == {
+        "starts": 0,
+        "stops": 0,
+        "given_up": 0,
+        "overtime": 0,
+    }
     # the started fact that comes of it is taken as any other
     deps = handlers.Deps(pool=pool, deployment="zs", request_pass=lambda: None)
     for s in starts:
@@ -102,7 +112,12 @@ async def test_a_cleanup_stuck_past_its_deadline_ends_and_leaves_orphans(
     await pool.execute("UPDATE executions SET outcome = 'terminated' WHERE id = $1", ids["eid"])
     # first the stops are sent again
     resend = sweeper.SweepRules("zs", resend_after=300, give_up_after=3600)
-    assert await sweeper.sweep(pool, resend) == {"starts": 0, "stops": 2, "given_up": 0}
+    assert await sweeper.sweep(pool, resend) == {
+        "starts": 0,
+        "stops": 2,
+        "given_up": 0,
+        "overtime": 0,
+    }
     stops = [x for x in await _sent(pool) if isinstance(x, m.StopInstance)]
     assert sorted(s.instance_id for s in stops) == sorted([ids["wrk0"], ids["wrk1"]])
     # past the last deadline the execution ends, its containers given up as orphans
@@ -124,4 +139,9 @@ async def test_a_cleanup_stuck_past_its_deadline_ends_and_leaves_orphans(
     assert sorted((o["node"], o["instance_id"]) for o in orphans) == sorted(
         [("n1", ids["wrk0"]), ("n1", ids["wrk1"])]
     )
-    assert await sweeper.sweep(pool, give_up) == {"starts": 0, "stops": 0, "given_up": 0}
+    assert await sweeper.sweep(pool, give_up) == {
+        "starts": 0,
+        "stops": 0,
+        "given_up": 0,
+        "overtime": 0,
+    }
