@@ -28,12 +28,15 @@ async def send(
     method: str,
     path: str,
     body: bytes | None = None,
+    token: str | None = None,
     **headers: str,
 ) -> tuple[int, Any]:
-    """One request to the api on ``port`` with exactly these headers (``Host`` too);
-    the answer's status and its JSON (or text)."""
+    """One request to the api on ``port`` with exactly these headers (``Host`` too),
+    as ``token``'s user; the answer's status and its JSON (or text)."""
     names = {k.replace("_", "-"): v for k, v in headers.items()}
     names.setdefault("Host", f"127.0.0.1:{port}")
+    if token is not None:
+        names["Authorization"] = f"Bearer {token}"
     async with (
         aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as http,
         http.request(
@@ -65,7 +68,7 @@ async def stored(platform: Platform, name: str) -> list[dict[str, Any]]:
 
 
 async def test_a_host_not_named_is_421_and_stores_nothing(platform: Platform) -> None:
-    port = platform.port
+    port, admin = platform.port, platform.env.admin_token
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
         status, body = await send(port, "GET", "/health", Host=host)
         assert status == 200, (host, body)
@@ -73,11 +76,13 @@ async def test_a_host_not_named_is_421_and_stores_nothing(platform: Platform) ->
     for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.rebind.example:{port}"):
         refused(await send(port, "GET", "/health", Host=host), 421, "Host")
         refused(await send(port, "GET", "/executions", Host=host), 421, "Host")
+        refused(await send(port, "GET", "/executions", None, admin, Host=host), 421, "Host")
     answer = await send(
         port,
         "POST",
         "/executions",
         submission("rebound"),
+        admin,
         Host=f"rebind.example:{port}",
         Content_Type="application/json",
     )
@@ -93,26 +98,29 @@ async def test_a_host_not_named_is_421_and_stores_nothing(platform: Platform) ->
 
 
 async def test_a_cross_site_state_change_is_403_and_stores_nothing(platform: Platform) -> None:
-    port = platform.port
+    port, admin = platform.port, platform.env.admin_token
     for origin in ("http://evil.example", "null", f"http://127.0.0.1:{port + 1}"):
         answer = await send(
             port,
             "POST",
             "/executions",
             submission("cross-site"),
+            admin,
             Content_Type="application/json",
             Origin=origin,
         )
         refused(answer, 403, "Origin")
         refused(
-            await send(port, "POST", f"/executions/{MAX_ID}/terminate", Origin=origin),
+            await send(port, "POST", f"/executions/{MAX_ID}/terminate", None, admin, Origin=origin),
             403,
             "Origin",
         )
     assert await stored(platform, "cross-site") == []
     # reading from another origin is not refused here (the browser keeps the answer from
     # the page: no CORS header is sent)
-    status, _ = await send(port, "GET", "/executions?limit=1", Origin="http://evil.example")
+    status, _ = await send(
+        port, "GET", "/executions?limit=1", None, admin, Origin="http://evil.example"
+    )
     assert status == 200
     # the api's own origin may act, and so may a request without Origin (the CLI)
     status, body = await send(
@@ -120,6 +128,7 @@ async def test_a_cross_site_state_change_is_403_and_stores_nothing(platform: Pla
         "POST",
         "/executions",
         submission("same-site"),
+        admin,
         Content_Type="application/json",
         Origin=f"http://127.0.0.1:{port}",
     )
@@ -128,7 +137,7 @@ async def test_a_cross_site_state_change_is_403_and_stores_nothing(platform: Pla
 
 
 async def test_a_body_that_is_not_json_is_415_and_stores_nothing(platform: Platform) -> None:
-    port = platform.port
+    port, admin = platform.port, platform.env.admin_token
     body = submission("not-json")
     for kind in (
         "text/plain",
@@ -137,21 +146,19 @@ async def test_a_body_that_is_not_json_is_415_and_stores_nothing(platform: Platf
         None,
     ):
         headers = {} if kind is None else {"Content_Type": kind}
-        refused(await send(port, "POST", "/executions", body, **headers), 415, "Content-Type")
-        refused(await send(port, "POST", "/zapps/validate", body, **headers), 415, "Content-Type")
-        answer = await send(port, "POST", "/zapps/hello/render", b"{}", **headers)
+        for route in ("/executions", "/zapps/validate"):
+            answer = await send(port, "POST", route, body, admin, **headers)
+            refused(answer, 415, "Content-Type")
+        answer = await send(port, "POST", "/zapps/hello/render", b"{}", admin, **headers)
         refused(answer, 415, "Content-Type")
     assert await stored(platform, "not-json") == []
     # JSON with a charset, or a +json type, is JSON; a route without a body does not care
-    status, answer = await send(
-        port, "POST", "/zapps/hello/render", b"{}", Content_Type="application/json; charset=utf-8"
-    )
-    assert status == 200, answer
-    status, answer = await send(
-        port, "POST", "/zapps/hello/render", b"{}", Content_Type="application/vnd.zoe+json"
-    )
-    assert status == 200, answer
-    status, answer = await send(port, "POST", f"/executions/{MAX_ID}/terminate")
+    for kind in ("application/json; charset=utf-8", "application/vnd.zoe+json"):
+        status, answer = await send(
+            port, "POST", "/zapps/hello/render", b"{}", admin, Content_Type=kind
+        )
+        assert status == 200, (kind, answer)
+    status, answer = await send(port, "POST", f"/executions/{MAX_ID}/terminate", None, admin)
     assert status == 404, answer
 
 
@@ -176,7 +183,7 @@ async def test_the_api_listens_on_loopback_only(platform: Platform) -> None:
 
 
 @pytest.fixture(scope="module")
-async def exposed(test_env: TestEnv, log_dir: Path) -> AsyncIterator[int]:
+async def exposed(test_env: TestEnv, log_dir: Path) -> AsyncIterator[tuple[int, str]]:
     """A second api of the session's platform, told its public name and a portal's
     origin, as behind a reverse proxy; its port."""
     port = _free_port()
@@ -197,13 +204,13 @@ async def exposed(test_env: TestEnv, log_dir: Path) -> AsyncIterator[int]:
                 return False
 
         await wait_for(up, timeout=60, interval=0.2, what="the exposed api")
-        yield port
+        yield port, test_env.admin_token
     finally:
         api.stop()
 
 
-async def test_configured_names_and_origins(exposed: int) -> None:
-    port = exposed
+async def test_configured_names_and_origins(exposed: tuple[int, str]) -> None:
+    port, admin = exposed
     for host in ("zoe.example.com", "zoe.example.com:443", "intranet:8443", f"127.0.0.1:{port}"):
         status, body = await send(port, "GET", "/health", Host=host)
         assert status == 200, (host, body)
@@ -215,7 +222,14 @@ async def test_configured_names_and_origins(exposed: int) -> None:
         ("https://portal.example.com", "zoe.example.com"),  # configured
     ):
         status, body = await send(
-            port, "POST", render, b"{}", Host=host, Origin=origin, Content_Type="application/json"
+            port,
+            "POST",
+            render,
+            b"{}",
+            admin,
+            Host=host,
+            Origin=origin,
+            Content_Type="application/json",
         )
         assert status == 200, (origin, body)
     answer = await send(
@@ -223,6 +237,7 @@ async def test_configured_names_and_origins(exposed: int) -> None:
         "POST",
         render,
         b"{}",
+        admin,
         Host="zoe.example.com",
         Origin="https://evil.example",
         Content_Type="application/json",
