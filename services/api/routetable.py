@@ -10,7 +10,7 @@ which routes take JSON from it, and the route access test walks it as every role
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from common.states import ExecutionState
@@ -49,8 +49,7 @@ class Route:
     access: str = SIGNED_IN
     request: Any = None
     params: tuple[Param, ...] = ()
-    description: str = ""
-    tags: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = ()
 
     @property
     def full_path(self) -> str:
@@ -70,7 +69,14 @@ TOKEN = Param("id", _ID, "a token id", "path")
 STATES = [st.value for st in ExecutionState]
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "the API and its database answer", {200: s.Health}, access=PUBLIC),
+    Route(
+        "GET",
+        "/health",
+        "the API and its database answer",
+        {200: s.Health},
+        access=PUBLIC,
+        tags=("meta",),
+    ),
     Route(
         "GET",
         "/openapi.json",
