@@ -88,6 +88,11 @@ async def test_a_host_not_named_is_421_and_stores_nothing(platform: Platform) ->
     )
     refused(answer, 421, "Host")
     assert await stored(platform, "rebound") == []
+    # no Host at all (HTTP/1.0) names nothing either
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /api/v1/health HTTP/1.0\r\n\r\n")
+        head = sock.recv(65536).split(b"\r\n", 1)[0]
+    assert head.split()[1] == b"421", head
     # the process's probes are held to the same names
     async with aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{port}/metrics"
