@@ -328,7 +328,7 @@ class UserPatch(_In, frozen=True, kw_only=True):
 class QuotaRequest(_In, frozen=True, kw_only=True):
     """A user's quota; each null or left out: the role's default."""
 
-    executions: Annotated[int, Meta(ge=0, lt=2**62)] | None = None
+    executions: Annotated[int, Meta(ge=0, lt=2**31)] | None = None  # an integer column
     cores: Annotated[float, Meta(ge=0, lt=2**62)] | None = None
     memory: Annotated[int, Meta(ge=0, lt=2**62)] | None = None
     runtime: Annotated[float, Meta(gt=0, lt=2**62)] | None = None
