@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import msgspec
 
@@ -102,6 +102,9 @@ class ApiSettings(Settings, frozen=True, kw_only=True):
     # Server-sent event streams and log follows open at once, per api process (429 beyond).
     max_event_streams: int = 256
     max_log_follows: int = 64
+    # Who checks a user name and password at sign-in: "database" (Zoe's own users table)
+    # is the one backend there is (services/api/auth.py, BACKENDS).
+    auth_backend: Literal["database"] = "database"
 
 
 class SchedulerSettings(Settings, frozen=True, kw_only=True):

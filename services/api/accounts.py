@@ -247,10 +247,10 @@ QUOTA_RULES = {
 }
 
 
-def add_routes(app: web.Application, pool: asyncpg.Pool) -> None:
-    """Mount the account routes on ``app``."""
+def add_routes(app: web.Application, pool: asyncpg.Pool, backend: str = "database") -> None:
+    """Mount the account routes on ``app``; passwords are checked by ``backend``."""
     app[POOL] = pool
-    app[BACKEND] = auth.BACKENDS["database"]
+    app[BACKEND] = auth.BACKENDS[backend]
     app.router.add_post("/api/v1/login", login)
     app.router.add_post("/api/v1/logout", logout)
     app.router.add_get("/api/v1/me", me)

@@ -9,7 +9,8 @@ its platform's token in the message header ``zoe-token``.
 Tokens are random secrets stored as their SHA-256 (a slow hash adds nothing to 256 random
 bits); passwords are stored with argon2id. Checking a password is the backend's: the
 internal database is the one backend now (``DatabaseBackend``); an LDAP or OAuth backend
-implements ``PasswordBackend`` and is chosen by ``ZOE_AUTH_BACKEND`` (docs/api.md).
+implements ``PasswordBackend``, is registered in ``BACKENDS`` and chosen by
+``ZOE_AUTH_BACKEND`` (docs/api.md).
 """
 
 from __future__ import annotations

@@ -311,6 +311,7 @@ def make_app(
     event_streams: int = limits.MAX_EVENT_STREAMS,
     log_follows: int = limits.MAX_LOG_FOLLOWS,
     probe: Probe | None = None,
+    auth_backend: str = "database",
     policy: hygiene.Policy = hygiene.LOCAL,
 ) -> web.Application:
     """The aiohttp application with every route; at most ``event_streams`` event streams
@@ -332,7 +333,7 @@ def make_app(
     app[FOLLOWS] = limits.Slots(log_follows, "log follows")
     app[events.STREAMS] = limits.Slots(event_streams, "event streams")
     add_routes(app, shop)
-    accounts.add_routes(app, deps.pool)
+    accounts.add_routes(app, deps.pool, auth_backend)
     app.router.add_get("/", index)
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)

@@ -42,6 +42,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             event_streams=settings.max_event_streams,
             log_follows=settings.max_log_follows,
             probe=rt.probe,
+            auth_backend=settings.auth_backend,
             policy=hygiene.Policy.from_settings(settings),
         )
         app[HUB] = hub
