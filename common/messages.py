@@ -50,6 +50,18 @@ class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execu
     execution_id: Id
 
 
+class NodeDrainRequested(Message, frozen=True, kw_only=True, tag="node.drain"):
+    """An admin asked to drain a node (``drain``) or to put it back to work (not).
+
+    A drained node takes no new instances; its elastic instances move to other nodes;
+    its essential ones stay until their executions end or, ``deadline`` seconds after
+    the request (None: no deadline), end as if the node were lost."""
+
+    node: str
+    drain: bool = True
+    deadline: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 # ---- node facts (executor -> scheduler, monitor) ---------------------------------------
 
 
@@ -115,6 +127,11 @@ class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
     environment: dict[str, str] = {}
     cores_limit: float
     memory_limit: int
+    # What the scheduler reserved for the instance on the node (at most the limits): the
+    # executor re-checks the sum over its running containers against its capacity.
+    # None: not stated (the command is checked against the node's capacity alone).
+    cores_reserved: float | None = None
+    memory_reserved: int | None = None
     shm_size: int | None = None
     work_dir: str | None = None
     ports: list[PortRequest] = []

@@ -1,16 +1,19 @@
 """The transactional outbox: state changes and the messages announcing them commit together.
 
 A handler calls ``enqueue(conn, ...)`` inside its transaction; ``Relay`` publishes the
-rows with pipelined confirms and deletes them. Any service's relay may publish any row
-(rows are taken with ``FOR UPDATE SKIP LOCKED``), so messages go out as long as one
-service runs. A crash between publish and commit publishes a row twice: consumers are
+rows with pipelined confirms and deletes them. Any relay may publish any row it takes
+(rows are taken with ``FOR UPDATE SKIP LOCKED``). A crash between publish and commit publishes a row twice: consumers are
 idempotent, as the bus is at-least-once anyway.
+
+A relay given its service (``sender``) publishes only the rows of the routes that service
+sends (``routes.relayed_by``): those its broker user may publish (docs/operations.md,
+"Least privilege"). Rows then wait for a process of the service that wrote them.
 
 Each process NOTIFYs a channel of its own, which only its own relay listens to: the
 writer's relay publishes at once (PostgreSQL delivers the notification on commit), and
 the other services' relays are not woken for rows they would not find (another relay
-took them). Every relay also polls, so rows of a process that died or has no relay go
-out within ``poll_interval``.
+took them). Every relay also polls, so rows of a process that died go out within
+``poll_interval`` (with a sender: once a process of the same service runs).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import asyncpg
 import structlog
 
 from common import messages as m
-from common import metrics
+from common import metrics, routes
 from common.bus import Bus, MessageTooLarge, Outgoing
 from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, is_transient, report_failure
@@ -86,11 +89,20 @@ def refused_for_itself(error: BaseException) -> bool:
 class Relay:
     """Publishes outbox rows; woken by NOTIFY, and by a poll in case a wake-up was missed."""
 
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, *, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        *,
+        poll_interval: float = 1.0,
+        sender: str | None = None,
+    ) -> None:
+        """``sender``: publish only the rows of the routes this service sends (None: all)."""
         self._pool = pool
         self._bus = bus
         self._poll = poll_interval
         self._wake = asyncio.Event()
+        self._rows = routes.relayed_by(sender) if sender is not None else ".*"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; broker or database errors are retried."""
@@ -131,9 +143,11 @@ class Relay:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE exchange || ' ' || routing_key ~ $2"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, exchange, routing_key, body, created_at",
                 BATCH,
+                self._rows,
             )
             if not rows:
                 return 0

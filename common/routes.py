@@ -88,6 +88,7 @@ _OTHERS = "other platforms (reply: ApiReply)"
 ROUTES: tuple[Route, ...] = (
     Route(m.ExecutionSubmitted, EVENTS, "execution.submitted", "api", (SCHEDULER,)),
     Route(m.ExecutionTerminateRequested, EVENTS, "execution.terminate", "api", (SCHEDULER,)),
+    Route(m.NodeDrainRequested, EVENTS, "node.drain.{node}", "api", (SCHEDULER,)),
     Route(
         m.NodeHeartbeat,
         EVENTS,
@@ -250,5 +251,121 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- least privilege: what each service's broker user may touch ------------------------
+
+SERVICES = ("api", "scheduler", "monitor", "executor")
+DEFAULT_EXCHANGE = "amq.default"  # the name permissions give the default exchange
+# Exclusive queues named for their connection (replies, event streams): aio-pika names
+# them amq_<uuid>, the broker amq.gen-<...>.
+SERVER_NAMED = r"amq_[0-9a-f]{32}|amq\.gen-[A-Za-z0-9_-]+"
+# Who declares exclusive queues of their own: the api (log replies, event streams).
+_SERVER_NAMED_BY = frozenset({"api"})
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """A broker user's rights in a vhost, as RabbitMQ's ``set_permissions`` takes them
+    (regexes over queue and exchange names), and its write rights on ``zoe.events`` by
+    routing key (``set_topic_permissions``)."""
+
+    configure: str
+    write: str
+    read: str
+    topic_write: str
+
+
+def _any_of(names: Iterable[str], raw: Iterable[str] = ()) -> str:
+    parts = [re.escape(n) for n in dict.fromkeys(names)] + list(raw)
+    return "^(" + "|".join(parts) + ")$" if parts else "^$"
+
+
+def _topology() -> tuple[list[str], list[str], list[str]]:
+    """What every service declares on connect (common/topology.py): the exchanges, the
+    dead letters, and the shared queues, each bound to its exchange."""
+    exchanges = [EVENTS, COMMANDS, DLX]
+    queues = [DEAD_LETTERS, *bindings()]
+    bound = [DEAD_LETTERS, *(q for q, keys in bindings().items() if keys)]
+    sources = [DLX, *(ex for keys in bindings().values() for ex, _ in keys)]
+    return [*exchanges, *queues], bound, sources
+
+
+def permissions(service: str, node: str | None = None) -> Permissions:
+    """The least a service's broker user needs, derived from the route table: declare
+    the topology every service declares, consume its own queues, publish what it sends.
+    An executor's user is one node's: it reads only ``executor.<node>`` and publishes
+    facts and heartbeats under its own node's keys only."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}: one of {', '.join(SERVICES)}")
+    if (service == "executor") != (node is not None):
+        raise ValueError("a node is given for the executor, and only for it")
+    declared, bound, sources = _topology()
+    mine = [q for q in QUEUES if q.service == service]
+    own = [q.name for q in mine if q.name != EXECUTOR]
+    raw = [SERVER_NAMED] if service in _SERVER_NAMED_BY else []
+    if node is not None:
+        own.append(executor_queue(node))
+        sources.append(COMMANDS)  # its queue is bound to the commands exchange
+    sent = [r for r in ROUTES if r.sender == service]
+    # Replies (to ``reply_to``) and the readiness probe go to the default exchange.
+    published = [r.exchange or DEFAULT_EXCHANGE for r in sent] + [DEFAULT_EXCHANGE]
+    # Making a queue that dead-letters (quorum) needs write on the dead-letter exchange,
+    # and the bus dead-letters a refused heartbeat itself. Making one also needs read on
+    # the queue: a service makes only its own; the shared ones are made at provisioning
+    # (deploy/provision.py), and declaring a queue that exists needs configure alone.
+    if mine:
+        published.append(DLX)
+    keys = [_key_pattern(r, node) for r in sent if r.exchange == EVENTS]
+    return Permissions(
+        configure=_any_of([*declared, *own], raw),
+        # binding a queue is writing to it; publishing is writing to an exchange
+        write=_any_of([*bound, *own, *published], raw),
+        read=_any_of([*own, *sources], raw),
+        topic_write="^(" + "|".join(keys) + ")$" if keys else "^$",
+    )
+
+
+def relayed_by(service: str) -> str:
+    """The outbox rows (``exchange routing_key``, as a regex PostgreSQL and Python both
+    read) that ``service``'s relay publishes: those of the routes it sends, which are
+    the rows its broker user may publish."""
+    parts = []
+    for r in ROUTES:
+        if r.sender == service and r.exchange in (EVENTS, COMMANDS):
+            literals = _FIELD.split(f"{r.exchange} {r.key}")[::2]
+            # a field is one key part or more (a node name may hold dots)
+            parts.append(".+".join(re.escape(x) for x in literals))
+    return "^(" + "|".join(dict.fromkeys(parts)) + ")$" if parts else "^$"
+
+
+def _key_pattern(route: Route, node: str | None) -> str:
+    """The keys a route's messages are published with, ``{node}`` being ``node``."""
+    parts = _FIELD.split(route.key)  # literal, field, literal, ..., literal
+    out = re.escape(parts[0])
+    for field_name, literal in zip(parts[1::2], parts[2::2], strict=True):
+        out += (re.escape(node) if field_name == "node" and node else "[^.]+") + re.escape(literal)
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m common.routes")
+    parser.add_argument("--permissions", metavar="SERVICE", choices=SERVICES)
+    parser.add_argument("--node", help="the executor's node (with --permissions executor)")
+    args = parser.parse_args(argv)
+    if args.permissions is None:
+        print(markdown(), end="")
+        return 0
+    try:
+        found = permissions(args.permissions, args.node)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(json.dumps({f: getattr(found, f) for f in Permissions.__slots__}))
+    return 0
+
+
 if __name__ == "__main__":
-    print(markdown(), end="")
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

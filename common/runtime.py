@@ -210,8 +210,10 @@ class Runtime:
         await self.loop(name, body)
 
     async def run_relay(self, pool: asyncpg.Pool, bus: Bus) -> None:
-        """Publish this process's outbox rows (and any left by others) until the loops stop."""
-        await self.loop("outbox.relay", Relay(pool, bus).run)
+        """Publish this service's outbox rows (any process's of it) until the loops stop:
+        those of the routes it sends, which its broker user may publish."""
+        sender = self.name.split(".")[0]
+        await self.loop("outbox.relay", Relay(pool, bus, sender=sender).run)
 
     async def consume(
         self,

@@ -120,22 +120,45 @@ if ! port_open 5672; then
 fi
 
 # --- PostgreSQL -----------------------------------------------------------------------
-# Zoe connects as postgres over TCP on loopback without a password. A fresh Debian
-# install authenticates TCP with scram, so we trust 127.0.0.1 and ::1 instead: fine on
-# a single-user host; elsewhere set a password and put it in ZOE_DATABASE_URL.
+# Nothing logs in without a password over TCP. Two roles have one, kept in var/secrets/:
+# zoe_admin, a superuser for provisioning (deploy/provision.py makes the services' role
+# "zoe", no superuser, owning the database) and for the test suite's own databases; and
+# that role "zoe". zoe_admin is made over the local socket as the postgres system user
+# (peer authentication, Debian's default), or over TCP when the server trusts loopback.
+# Loopback TCP authenticates with scram-sha-256 (Debian's default): the trust lines that
+# earlier versions of this script put on top of pg_hba.conf are replaced.
 pg_version() {
     local dirs=(/etc/postgresql/*/)
     [[ -d ${dirs[0]} ]] || return 0
     basename "$(printf '%s\n' "${dirs[@]%/}" | sort -V | tail -n1)"
 }
-pg_trusts_loopback() {
-    "$VENV/bin/python" - <<'PY' 2>/dev/null
-import asyncio, asyncpg
+pg_admin_password() {
+    "$VENV/bin/python" -c 'from deploy.provision import Secrets; print(Secrets().password("postgres-admin"))'
+}
+# pg_login USER [PASSWORD]: true when USER logs in on 127.0.0.1:5432 (with PASSWORD).
+pg_login() {
+    PGUSER=$1 PGPASSWORD=${2:-} "$VENV/bin/python" - <<'PY' 2>/dev/null
+import asyncio, os, asyncpg
 async def main():
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres", timeout=3)
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=5432, database="postgres", user=os.environ["PGUSER"],
+        password=os.environ["PGPASSWORD"] or None, timeout=3,
+    )
     await conn.close()
 asyncio.run(main())
 PY
+}
+pg_admin_works() { pg_login zoe_admin "$(pg_admin_password)"; }
+# SQL on standard input, run as a superuser: over TCP as postgres when loopback is
+# trusted, else over the local socket as the postgres system user (peer).
+pg_superuser_sql() {
+    local sql
+    sql=$(cat)
+    if pg_login postgres; then
+        PGPASSWORD= psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d postgres <<<"$sql"
+    else
+        runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres <<<"$sql"
+    fi
 }
 
 if ! port_open 5432; then
@@ -152,24 +175,50 @@ if ! port_open 5432; then
     wait_until 30 "PostgreSQL on 127.0.0.1:5432" port_open 5432
 fi
 
-if ! pg_trusts_loopback; then
-    version=$(pg_version)
-    hba=/etc/postgresql/$version/main/pg_hba.conf
-    [[ -f $hba ]] || die "cannot log in as postgres on 127.0.0.1:5432 and found no $hba"
-    if ! grep -q '^# zoe: loopback trust' "$hba"; then
-        say "trusting loopback connections in $hba"
+hba=/etc/postgresql/$(pg_version)/main/pg_hba.conf
+pg_reload=no
+if [[ -f $hba ]] && grep -q '^# zoe: loopback trust' "$hba"; then
+    say "replacing the loopback trust lines of $hba with scram-sha-256"
+    # ours are the marker and the two lines under it, on top of the file
+    {
+        echo '# zoe: loopback scram (deploy/install.sh)'
+        echo 'host    all    all    127.0.0.1/32    scram-sha-256'
+        echo 'host    all    all    ::1/128         scram-sha-256'
+        sed '/^# zoe: loopback trust/,+2d' "$hba"
+    } >"$hba.zoe-new"
+    cat "$hba.zoe-new" >"$hba" # keep owner and mode of the original
+    rm -f "$hba.zoe-new"
+    pg_reload=yes
+fi
+if [[ $pg_reload == yes ]]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main reload
+fi
+
+if ! pg_admin_works; then
+    say "making the PostgreSQL superuser zoe_admin (password in var/secrets/postgres-admin.password)"
+    password=$(pg_admin_password)
+    pg_superuser_sql <<SQL
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'zoe_admin') THEN
+        CREATE ROLE zoe_admin LOGIN SUPERUSER;
+    END IF;
+END \$\$;
+ALTER ROLE zoe_admin LOGIN SUPERUSER PASSWORD '$password';
+SQL
+    if ! pg_admin_works && [[ -f $hba ]] && ! grep -q '^# zoe: loopback scram' "$hba"; then
+        say "authenticating loopback connections with scram-sha-256 in $hba"
         # First matching line wins in pg_hba.conf, so ours go on top.
         {
-            echo '# zoe: loopback trust (deploy/install.sh)'
-            echo 'host    all    all    127.0.0.1/32    trust'
-            echo 'host    all    all    ::1/128         trust'
+            echo '# zoe: loopback scram (deploy/install.sh)'
+            echo 'host    all    all    127.0.0.1/32    scram-sha-256'
+            echo 'host    all    all    ::1/128         scram-sha-256'
             cat "$hba"
         } >"$hba.zoe-new"
-        cat "$hba.zoe-new" >"$hba" # keep owner and mode of the original
+        cat "$hba.zoe-new" >"$hba"
         rm -f "$hba.zoe-new"
+        pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main reload
     fi
-    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
-    wait_until 15 "PostgreSQL login as postgres on 127.0.0.1" pg_trusts_loopback
+    wait_until 15 "PostgreSQL login as zoe_admin on 127.0.0.1" pg_admin_works
 fi
 
 say "installed: $VENV, Docker engine, RabbitMQ, PostgreSQL"

@@ -97,15 +97,34 @@ probe_port() {
     esac
 }
 
+# with_service_env NAME COMMAND...: run COMMAND with the environment of service NAME:
+# var/secrets/NAME.env (its own broker user's and the database role's URLs, written by
+# deploy/provision.py; a standby scheduler has the scheduler's) exported over the rest.
+# A subshell: the secrets never reach the caller's environment nor a command line.
+with_service_env() {
+    local file="var/secrets/${1%-standby}.env"
+    shift
+    (
+        if [[ -f $file ]]; then
+            set -a
+            # shellcheck source=/dev/null
+            . "$file"
+            set +a
+        fi
+        "$@"
+    )
+}
+
 # start_service NAME: start zoe-api, zoe-scheduler, zoe-scheduler-standby (a second
 # zoe-scheduler), zoe-monitor or zoe-executor detached, as up.sh and restart.sh do.
 start_service() {
     local name=$1 program=${1%-standby}
     say "starting $name (log var/log/$name.log)"
     if [[ $name == zoe-api ]]; then
-        start_detached "$name" "$VENV/bin/$program"
+        with_service_env "$name" start_detached "$name" "$VENV/bin/$program"
     else
-        start_detached "$name" env ZOE_METRICS_PORT="$(probe_port "$name")" "$VENV/bin/$program"
+        with_service_env "$name" start_detached "$name" \
+            env ZOE_METRICS_PORT="$(probe_port "$name")" "$VENV/bin/$program"
     fi
 }
 

@@ -9,30 +9,18 @@ cd "$(dirname "$0")/.."
 deploy/install.sh
 load_env
 
-# Fields of a URL, read by Python rather than by hand: url_part URL FIELD.
-url_part() {
-    "$VENV/bin/python" - "$1" "$2" <<'PY'
-import sys
-from urllib.parse import unquote, urlsplit
-url, field = urlsplit(sys.argv[1]), sys.argv[2]
-if field == "vhost":
-    print(unquote(url.path[1:]) or "/")
-else:
-    print(getattr(url, field) or "")
-PY
-}
-
-# The broker's vhost, when the broker is ours: rabbitmqctl only reaches a local node.
-amqp_host=$(url_part "$ZOE_AMQP_URL" hostname)
-vhost=$(url_part "$ZOE_AMQP_URL" vhost)
-amqp_user=$(url_part "$ZOE_AMQP_URL" username)
-if [[ $amqp_host =~ ^(127\.0\.0\.1|localhost|::1)$ && $vhost != / ]] && command -v rabbitmqctl >/dev/null; then
-    if ! rabbitmqctl -q list_vhosts name --no-table-headers | grep -qxF -- "$vhost"; then
-        say "creating RabbitMQ vhost $vhost"
-        rabbitmqctl -q add_vhost "$vhost"
-    fi
-    rabbitmqctl -q set_permissions -p "$vhost" "${amqp_user:-guest}" '.*' '.*' '.*'
+# Least privilege (deploy/provision.py): one broker user per service process with the
+# rights the route table gives it, a PostgreSQL role that is no superuser owning the
+# database; their passwords and each process's URLs go to var/secrets/ (0600).
+# rabbitmqctl only reaches a local node: a remote broker's users are the site's to make.
+amqp_host=$("$VENV/bin/python" -c 'import sys, urllib.parse as u; print(u.urlsplit(sys.argv[1]).hostname or "")' "$ZOE_AMQP_URL")
+broker=()
+if ! [[ $amqp_host =~ ^(127\.0\.0\.1|localhost|::1)$ ]] || ! command -v rabbitmqctl >/dev/null; then
+    say "the broker at $amqp_host is not local: every service uses ZOE_AMQP_URL as it is"
+    broker=(--no-broker)
 fi
+say "provisioning the services' broker users and database role (var/secrets/)"
+"$VENV/bin/python" -m deploy.provision --node "$ZOE_NODE_NAME" "${broker[@]}"
 
 # Images before services: the executor may start the demo as soon as it is submitted.
 say "building the base and demo images (skipped when present)"
@@ -40,11 +28,11 @@ say "building the base and demo images (skipped when present)"
 
 # The schema before any service: each of them expects the tables in place.
 say "migrating the database"
-"$VENV/bin/zoe-migrate"
+with_service_env zoe-scheduler "$VENV/bin/zoe-migrate"
 
 # The first admin, once (its password printed here, once), and an admin token for the
 # CLI in var/secrets/admin.token (mode 0600): `export ZOE_TOKEN_FILE=var/secrets/admin.token`.
-"$VENV/bin/python" -m services.api.bootstrap --token-file var/secrets/admin.token
+with_service_env zoe-api "$VENV/bin/python" -m services.api.bootstrap --token-file var/secrets/admin.token
 export ZOE_TOKEN_FILE=$PWD/var/secrets/admin.token
 
 # The api first, then the services that consume commands and facts; each declares the

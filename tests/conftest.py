@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -31,7 +32,19 @@ from common.routes import DEAD_LETTERS, EVENTS
 
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP_BASE = os.environ.get("ZOE_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672/")
-PG_BASE = os.environ.get("ZOE_TEST_PG_BASE", "postgresql://postgres@127.0.0.1:5432/")
+
+
+def _pg_base() -> str:
+    """The superuser the tests make their databases as: ``zoe_admin`` with the password
+    deploy/install.sh keeps in var/secrets/ (loopback asks for one), else ``postgres``
+    (a server that trusts loopback)."""
+    secret = Path(__file__).resolve().parents[1] / "var" / "secrets" / "postgres-admin.password"
+    if secret.exists():
+        return f"postgresql://zoe_admin:{secret.read_text().strip()}@127.0.0.1:5432/"
+    return "postgresql://postgres@127.0.0.1:5432/"
+
+
+PG_BASE = os.environ.get("ZOE_TEST_PG_BASE") or _pg_base()
 
 
 class TestEnv:

@@ -26,6 +26,7 @@ from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
 from services.api import accounts, actions, auth, events, hygiene, limits, openapi, store, users
+from services.api import nodes as node_routes
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
@@ -338,6 +339,7 @@ def make_app(
     app.router.add_static("/ui", WEB)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/nodes", nodes)
+    node_routes.add_routes(app)
     app.router.add_get("/api/v1/events", events.stream)
     app.router.add_post("/api/v1/executions", submit)
     app.router.add_get("/api/v1/executions", list_executions)

@@ -118,7 +118,10 @@ def middleware(policy: Policy) -> Middleware:
                     "neither this api's origin nor one in ZOE_HTTP_ALLOWED_ORIGINS",
                 )
         resource = request.match_info.route.resource
-        if resource is not None and takes_json(request.method, resource.canonical):
+        has_body = request.body_exists
+        if resource is not None and takes_json(
+            request.method, resource.canonical, has_body=has_body
+        ):
             kind = request.content_type
             if kind != "application/json" and not kind.endswith("+json"):
                 return _refused(

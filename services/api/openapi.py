@@ -102,7 +102,10 @@ def _operation(route: Route, schemas: dict[Any, dict[str, Any]]) -> dict[str, An
             for p in route.params
         ]
     if route.request is not None:
-        op["requestBody"] = {"required": True, "content": _content(route.request, schemas)}
+        op["requestBody"] = {
+            "required": route.body_required,
+            "content": _content(route.request, schemas),
+        }
     return op
 
 

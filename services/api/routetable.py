@@ -50,6 +50,7 @@ class Route:
     request: Any = None
     params: tuple[Param, ...] = ()
     tags: tuple[str, ...] = ()
+    body_required: bool = True  # (when it takes one)
 
     @property
     def full_path(self) -> str:
@@ -65,6 +66,7 @@ EXECUTION = Param("id", _ID, "an execution id", "path")
 INSTANCE = Param("instance", {"type": "string"}, "an instance name, as `spark-worker0`", "path")
 ZAPP = Param("id", {"type": "string"}, "a ZApp id of the shop", "path")
 USER = Param("name", {"type": "string"}, "a user name", "path")
+NODE = Param("name", {"type": "string"}, "a node name", "path")
 TOKEN = Param("id", _ID, "a token id", "path")
 STATES = [st.value for st in ExecutionState]
 
@@ -181,6 +183,28 @@ ROUTES: tuple[Route, ...] = (
         "every node: capacity, reservations, liveness",
         {200: list[s.Node]},
         access="see-status",
+        tags=("executions",),
+    ),
+    Route(
+        "POST",
+        "/nodes/{name}/drain",
+        "drain a node: it takes no new instances, its work moves elsewhere",
+        {202: s.Drain},
+        (404,),
+        access="change-config",
+        request=s.DrainRequest,
+        body_required=False,
+        params=(NODE,),
+        tags=("executions",),
+    ),
+    Route(
+        "POST",
+        "/nodes/{name}/undrain",
+        "let a drained node take new instances again",
+        {202: s.Drain},
+        (404,),
+        access="change-config",
+        params=(NODE,),
         tags=("executions",),
     ),
     Route(
@@ -309,7 +333,8 @@ ROUTES: tuple[Route, ...] = (
 BY_KEY: dict[tuple[str, str], Route] = {r.key: r for r in ROUTES}
 
 
-def takes_json(method: str, path: str) -> bool:
-    """Whether the route ``method path`` (its aiohttp pattern) takes a JSON body."""
+def takes_json(method: str, path: str, *, has_body: bool) -> bool:
+    """Whether the route ``method path`` (its aiohttp pattern) takes a JSON body: one
+    that it needs, or one that it may take and that came."""
     route = BY_KEY.get((method, path))
-    return route is not None and route.request is not None
+    return route is not None and route.request is not None and (has_body or route.body_required)

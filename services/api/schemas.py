@@ -130,6 +130,8 @@ class ExecutionSummary(_Out, frozen=True, kw_only=True):
     started_at: datetime | None
     finished_at: datetime | None
     runtime_limit: float | None  # seconds it may run (its user's quota): null, no limit
+    pending_reason: str | None  # why it waits to be placed, while it does
+    schedulable: bool
 
 
 class Execution(ExecutionSummary, frozen=True, kw_only=True):
@@ -162,11 +164,27 @@ class Node(_Out, frozen=True, kw_only=True):
     cores: float
     memory: int
     labels: list[str]
-    state: Literal["up", "lost"]
+    state: Literal["up", "lost", "drained"]
     last_heartbeat: datetime
+    drain_deadline: datetime | None  # when what still runs on a drained node is ended
     cores_reserved: float
     memory_reserved: int
     instances: int
+
+
+class DrainRequest(_In, frozen=True, kw_only=True):
+    """Drain a node; what still runs there after ``deadline`` seconds ends as on a lost
+    node (none: it runs on)."""
+
+    deadline: Annotated[float, Meta(ge=0, le=365 * 24 * 3600)] | None = None
+
+
+class Drain(_Out, frozen=True, kw_only=True):
+    """A drain (or undrain) request was queued for the scheduler."""
+
+    name: str
+    draining: bool
+    deadline: float | None
 
 
 # ---- the shop --------------------------------------------------------------------------

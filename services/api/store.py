@@ -25,7 +25,7 @@ _HOLDING = sql_list(INSTANCE_HOLDING)
 
 _EXEC_COLUMNS = (
     "id, name, user_name, state, outcome, error, exit_code, will_end, size, priority,"
-    " submitted_at, started_at, finished_at, runtime_limit"
+    " submitted_at, started_at, finished_at, runtime_limit, pending_reason, schedulable"
 )
 _INSTANCE_COLUMNS = (
     "id, name, service, essential, monitor, state, node, container_name, container_id,"
@@ -295,7 +295,9 @@ async def find_instance(
 async def list_nodes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     """Nodes with their capacity, what is reserved on them, and their liveness."""
     rows = await pool.fetch(
-        "SELECT n.name, n.cores, n.memory, n.labels, n.state, n.last_heartbeat,"
+        "SELECT n.name, n.cores, n.memory, n.labels, n.last_heartbeat, n.drain_deadline,"
+        " CASE WHEN n.state = 'up' AND n.drained_at IS NOT NULL THEN 'drained'"
+        "  ELSE n.state END AS state,"
         " coalesce(sum(i.cores), 0) AS cores_reserved,"
         " coalesce(sum(i.memory), 0)::bigint AS memory_reserved, count(i.id) AS instances"
         " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
@@ -306,5 +308,7 @@ async def list_nodes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     for r in rows:
         node = dict(r)
         node["last_heartbeat"] = node["last_heartbeat"].isoformat()
+        if node["drain_deadline"] is not None:
+            node["drain_deadline"] = node["drain_deadline"].isoformat()
         out.append(node)
     return out

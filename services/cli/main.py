@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.states import EXECUTION_FINAL
-from services.cli import config
+from services.cli import config, sched
 from services.cli.accounts import add_parsers as add_account_parsers
 from services.cli.client import ApiError, Client
 from services.cli.zapp import add_parser as add_zapp_parser
@@ -72,13 +72,15 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
 def _wait(client: Client, execution_id: int, until: str, timeout: float, *, quiet: bool) -> Any:
     """Poll until the execution runs (or ends), or until it ends when ``until == 'end'``."""
     deadline = time.monotonic() + timeout
-    last = None
+    last = reason = None
     while True:
         execution = client.call("GET", f"/executions/{execution_id}")
         state = execution["state"]
         if state != last and not quiet:
             print(f"execution {execution_id}: {state}", file=sys.stderr)
             last = state
+        if not quiet:
+            reason = sched.print_pending(execution, reason)
         if state in EXECUTION_FINAL or (until == "running" and state == "running"):
             return execution
         if time.monotonic() > deadline:
@@ -111,6 +113,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
     print(_row(execution))
     if execution.get("error"):
         print(f"  error: {execution['error']}")
+    if (waiting := sched.pending_line(execution)) is not None:
+        print(f"  {waiting}")
     for s in execution["services"]:
         extra = []
         if s["exit_code"] is not None:
@@ -172,12 +176,12 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'NODE':<20} {'STATE':<6} {'CORES':>11} {'MEMORY GiB':>13} {'INSTANCES':>9}  LABELS")
+    print(f"{'NODE':<20} {'STATE':<7} {'CORES':>11} {'MEMORY GiB':>13} {'INSTANCES':>9}  LABELS")
     for n in rows:
         cores = f"{n['cores_reserved']:.1f}/{n['cores']:.1f}"
         mem = f"{n['memory_reserved'] / 2**30:.1f}/{n['memory'] / 2**30:.1f}"
         print(
-            f"{n['name'][:20]:<20} {n['state']:<6} {cores:>11} {mem:>13} {n['instances']:>9}"
+            f"{n['name'][:20]:<20} {n['state']:<7} {cores:>11} {mem:>13} {n['instances']:>9}"
             f"  {','.join(n['labels'])}"
         )
     return 0
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_zapp_parser(sub)
     add_account_parsers(sub)
+    sched.add_parser(sub)
 
     sub.add_parser(
         "simulate",

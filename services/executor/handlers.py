@@ -14,6 +14,7 @@ remembers the names it stopped (the most recent ones, for its lifetime).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,13 +24,20 @@ from typing import Any
 import structlog
 
 from common import messages as m
-from common import metrics
+from common import metrics, routes
 from common.bus import Bus
 from common.errors import ZoeError
 from common.runtime import shielded
 from common.settings import ExecutorSettings
-from services.executor import facts
-from services.executor.engine import Container, ContainerExists, Engine, Removed, Stats
+from services.executor import admission, facts
+from services.executor.engine import (
+    Container,
+    ContainerExists,
+    Engine,
+    NotManaged,
+    Removed,
+    Stats,
+)
 from services.executor.locks import KeyedLocks, RecentIds
 
 log = structlog.get_logger("executor")
@@ -48,6 +56,11 @@ class Executor:
     # the last usage sample of each running container (container id -> sample), sent
     # with every heartbeat; refreshed every ``usage_interval`` by the usage loop
     usage: dict[str, tuple[Stats, m.ContainerUsage]] = field(default_factory=dict)
+    # what the containers this node runs reserved: every start is checked against it
+    ledger: admission.Ledger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = admission.Ledger(self.settings.cores, self.settings.memory)
 
     @property
     def node(self) -> str:
@@ -95,13 +108,21 @@ async def start_instances(ex: Executor, msg: m.StartInstances) -> None:
             if not isinstance(result, Exception):
                 raise result  # a cancellation: the whole command is redelivered
             log.warning("instance.start_retried", container=one.container_name, error=repr(result))
-            await ex.bus.publish(one, node=ex.node)
+            # to its own queue by name: an executor may not publish on the commands exchange
+            await ex.bus.publish_raw(
+                [(routes.DEFAULT, routes.executor_queue(ex.node), m.encode(one))]
+            )
 
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
+    """Check the start (mounts, capacity), make its container, and say what happened."""
+    running = False
     try:
-        # a refused mount fails the start before anything is made
+        # a refused mount or a start over the node's capacity fails before anything is made
         spec = facts.container_spec(msg, ex.settings, resolve=os.path.realpath)
+        claim = admission.claim_of(msg, ex.settings.cores, ex.settings.memory)
+        ex.ledger.admit(msg.container_name, claim)
+        spec = dataclasses.replace(spec, labels={**spec.labels, **claim.labels()})
         try:
             # No lookup first: a start is almost never a redelivery, and the name is
             # what makes a second container impossible.
@@ -110,17 +131,30 @@ async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
             existing = await ex.engine.inspect(msg.container_name)
             if existing is None:  # removed meanwhile: try again with the redelivery
                 raise RuntimeError(f"container {msg.container_name} went while starting") from None
-            return await _resume(ex, existing)
+            fact = await _resume(ex, existing)
+            running = isinstance(fact, m.InstanceStarted)
+            return fact
+        running = container.running
+    except (NotManaged, admission.StartRefused, facts.VolumeRefused) as exc:
+        log.warning("command.refused", command="start", reason=str(exc))
+        return _start_failed(msg, ex.node, str(exc))
     except ZoeError as exc:  # the engine's refusal, or an image that cannot be made
         log.warning("instance.start_failed", reason=str(exc))
-        return m.InstanceStartFailed(
-            node=ex.node,
-            execution_id=msg.execution_id,
-            instance_id=msg.instance_id,
-            container_name=msg.container_name,
-            reason=str(exc),
-        )
+        return _start_failed(msg, ex.node, str(exc))
+    finally:
+        if msg.container_name in ex.ledger.pending:
+            ex.ledger.settle(msg.container_name, running=running)
     return facts.started(ex.node, container, ex.settings.advertise_host)
+
+
+def _start_failed(msg: m.StartInstance, node: str, reason: str) -> m.InstanceStartFailed:
+    return m.InstanceStartFailed(
+        node=node,
+        execution_id=msg.execution_id,
+        instance_id=msg.instance_id,
+        container_name=msg.container_name,
+        reason=reason,
+    )
 
 
 async def _resume(ex: Executor, container: Container) -> m.Message:
@@ -140,14 +174,19 @@ async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
     with structlog.contextvars.bound_contextvars(container=msg.container_name):
         async with ex.locks(msg.container_name):
             began = time.perf_counter()
-            gone = await ex.engine.stop_and_remove(
-                msg.container_name,
-                timeout=ex.settings.stop_timeout,
-                log_bytes=ex.settings.log_keep_bytes,
-            )
+            try:
+                gone = await ex.engine.stop_and_remove(
+                    msg.container_name,
+                    timeout=ex.settings.stop_timeout,
+                    log_bytes=ex.settings.log_keep_bytes,
+                )
+            except NotManaged as exc:  # not ours: left alone, and nothing to report
+                log.warning("command.refused", command="stop", reason=str(exc))
+                return
             if gone is not None:
                 ex.removed.add(gone.container_id)
             ex.stopped.add(msg.container_name)
+            ex.ledger.release(msg.container_name)
             # the container is gone: its fact goes out even if the stop is cancelled now
             await shielded(ex.bus.publish(_removed(ex, msg, gone)))
             metrics.STOP_DURATION.observe(time.perf_counter() - began)
@@ -190,6 +229,11 @@ async def read_logs(ex: Executor, msg: m.LogsRequest) -> m.LogsReply:
         text = await ex.engine.logs(
             msg.container_name, tail=msg.tail, max_bytes=ex.settings.log_keep_bytes
         )
+    except NotManaged as exc:
+        log.warning(
+            "command.refused", command="logs", container=msg.container_name, reason=str(exc)
+        )
+        return m.LogsReply(found=False, log=str(exc))
     except ZoeError as exc:
         log.warning("logs.failed", container=msg.container_name, reason=str(exc))
         return m.LogsReply(found=False, log=str(exc))

@@ -55,7 +55,9 @@ async def reconcile(ex: Executor) -> None:
     """Report every managed container as it is now, one container lock at a time."""
     await ex.engine.adopt_networks()
     reported: dict[str, int] = {}
-    for listed in await ex.engine.list_managed():
+    managed = await ex.engine.list_managed()
+    ex.ledger.sync(managed)  # what the running containers reserved, from their labels
+    for listed in managed:
         if listed.state == "created":
             continue
         async with ex.locks(listed.name):
@@ -79,6 +81,7 @@ async def report_ended(ex: Executor) -> int:
         async with ex.locks(listed.name):
             container = await ex.engine.inspect(listed.id)
             if container is not None and container.ended:
+                ex.ledger.release(container.name)
                 await ex.bus.publish(facts.exited(ex.node, container))
                 count += 1
     if count:
@@ -168,7 +171,9 @@ async def _event_fact(ex: Executor, event: ContainerEvent) -> m.Message | None:
         # Gone: its destroy event tells. Running again: nothing ended.
         if container is None or container.running:
             return None
+        ex.ledger.release(container.name)
         return facts.exited(ex.node, container)
+    ex.ledger.release(event.name)
     if event.container_id in ex.removed:  # a StopInstance of ours already reported it
         return None
     return facts.removed_elsewhere(ex.node, event)

@@ -7,9 +7,10 @@ service and the simulator call the same `schedule()`, so they make the same deci
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from .fair import clamp_priorities
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .original import OriginalPass
 from .planner import Pass
 from .policies import InvalidPolicy, Policy
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidPolicy",
     "NodeState",
     "Policy",
+    "Reason",
     "schedule",
 ]
 
@@ -31,12 +33,19 @@ def schedule(
     *,
     now: float,
     policy: Policy,
+    weights: Mapping[str, float] | None = None,
+    max_priority: Mapping[str, int] | None = None,
 ) -> Decisions:
     """Decide which pending instances start where, and which elastic ones to reclaim.
 
     `executions` are all active executions (waiting or running, whatever they hold):
-    running ones matter for the room they hold and as reclaim candidates.
+    running ones matter for the room they hold and as reclaim candidates. `weights`
+    gives each user's fair-share weight (a user not in it weighs 1; only fair policies
+    use it); `max_priority` each user's bound on priorities (the role's): a higher
+    priority counts as that bound.
     """
+    if max_priority:
+        executions = clamp_priorities(executions, max_priority)
     if policy.name == "flexible":
         return OriginalPass(nodes, executions, now, policy).run()
-    return Pass(nodes, executions, now, policy).run()
+    return Pass(nodes, executions, now, policy, weights or {}).run()

@@ -203,7 +203,14 @@ async def _lock_execution(conn: asyncpg.Connection, execution_id: int) -> str | 
     return (await _lock_executions(conn, [execution_id])).get(execution_id)
 
 
+def _on_drain(msg: m.NodeDrainRequested, deps: Deps) -> Awaitable[None]:
+    from services.scheduler.drain import on_drain  # it builds on this module
+
+    return on_drain(msg, deps)
+
+
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
+    m.NodeDrainRequested: _on_drain,
     m.ExecutionSubmitted: on_submitted,
     m.ExecutionTerminateRequested: on_terminate,
     m.NodeHeartbeat: on_heartbeat,

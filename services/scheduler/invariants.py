@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .fit import Emptied
 from .model import Decisions, ExecutionState, InstanceReq, NodeState
 from .placement import millicores
 
@@ -20,7 +21,9 @@ def check_decisions(
     once; starts go to known available nodes whose labels include the instance's; a node
     that receives a start ends within its capacity; an execution's pending essential
     instances start all together or not at all; elastic instances start only once the
-    execution's essential set is placed and its backoff has passed.
+    execution's essential set is placed and its backoff has passed; every execution
+    waiting for its essential set and not started has a reason, and no other; it is
+    called unschedulable exactly when the emptied cluster could not hold that set.
     """
     problems: list[str] = []
     by_node: dict[str, NodeState] = {}
@@ -58,6 +61,7 @@ def check_decisions(
             problems.append(f"essential instance {inst_id} reclaimed")
     problems.extend(_capacity(by_node, placed, pending, started, stopped))
     problems.extend(_gangs(executions, started, now))
+    problems.extend(_reasons(nodes, executions, decisions, started))
     return problems
 
 
@@ -106,4 +110,25 @@ def _gangs(executions: Sequence[ExecutionState], started: dict[int, str], now: f
                 problems.append(f"execution {ex.id}: elastic {inst.id} before its gang")
             if ex.not_before > now:
                 problems.append(f"execution {ex.id}: elastic {inst.id} during backoff")
+    return problems
+
+
+def _reasons(
+    nodes: Sequence[NodeState],
+    executions: Sequence[ExecutionState],
+    decisions: Decisions,
+    started: dict[int, str],
+) -> list[str]:
+    problems = []
+    emptied = Emptied(nodes)
+    for ex in executions:
+        gang = [i for i in ex.pending if i.essential]
+        reason = decisions.reasons.get(ex.id)
+        waits = bool(gang) and not all(i.id in started for i in gang)
+        if waits and reason is None:
+            problems.append(f"execution {ex.id} waits without a reason")
+        elif not waits and reason is not None:
+            problems.append(f"execution {ex.id} has a reason ({reason}) but does not wait")
+        elif reason is not None and reason.schedulable != (emptied.never(gang) is None):
+            problems.append(f"execution {ex.id}: schedulable {reason.schedulable} is wrong")
     return problems

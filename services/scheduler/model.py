@@ -8,6 +8,7 @@ hold (rows from PostgreSQL, or the simulator's own bookkeeping).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,8 @@ class ExecutionState:
     `pending` lists the instances not placed yet: while essential ones are among them the
     execution waits for its gang. `placed` lists the instances holding resources, with
     their node name. `size` is the size hint (smaller runs first under SIZE policies);
-    `not_before` delays elastic instances after a death (backoff).
+    `not_before` delays elastic instances after a death (backoff). `user` is who
+    submitted it (fair-share policies share the cluster between users).
     """
 
     id: int
@@ -57,6 +59,39 @@ class ExecutionState:
     pending: tuple[InstanceReq, ...] = ()
     placed: tuple[tuple[InstanceReq, str], ...] = ()
     not_before: float = 0.0
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a waiting execution did not start in a pass.
+
+    `cause` says what stays the same while the cause does, `detail` what may change at
+    every pass (the room left, how many wait ahead); both are plain values, put in words
+    only when read (`text`, `detail_text`, `str()`), so a pass pays nothing for words
+    nobody reads, and equal values read the same. `schedulable` is False when the
+    cluster as it is could never hold the execution's essential set.
+    """
+
+    cause: tuple[Any, ...]
+    detail: tuple[Any, ...] = ()
+    schedulable: bool = True
+
+    @property
+    def text(self) -> str:
+        from .reasons import render
+
+        return render(self.cause)
+
+    @property
+    def detail_text(self) -> str:
+        from .reasons import render
+
+        return render(self.detail) if self.detail else ""
+
+    def __str__(self) -> str:
+        detail = self.detail_text
+        return f"{self.text}; {detail}" if detail else self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +101,10 @@ class Decisions:
     `starts` are (instance id, node name) pairs: essential sets first, then elastic
     instances. `stops` are elastic instances to reclaim; they free room that some of the
     `starts` rely on, so the caller applies the stops before the starts, and puts the
-    stopped instances back among their execution's pending ones.
+    stopped instances back among their execution's pending ones. `reasons` says, for
+    every execution waiting for its essential set and not started, why.
     """
 
     starts: list[tuple[int, str]] = field(default_factory=list)
     stops: list[int] = field(default_factory=list)
+    reasons: dict[int, Reason] = field(default_factory=dict)

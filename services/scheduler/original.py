@@ -5,14 +5,17 @@ elastic instances tentatively placed in this pass, place the execution's essenti
 instances all or nothing, then place elastic instances again for every selected execution
 in order. When total free memory did not shrink, that step is undone and the pass stops.
 Placement is by container count (spread: fewest, pack: most) among the nodes that fit;
-nothing is ever reclaimed.
+nothing is ever reclaimed. An execution the cluster could not hold even emptied is passed
+over (the original stopped at it, and so at everything after it, for ever).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from . import reasons as R
+from .fit import Emptied
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .placement import Cluster, millicores
 from .policies import Policy, rank_key
 
@@ -32,6 +35,7 @@ class OriginalPass:
         self.now = now
         self.most = policy.placement == "pack"
         self.cluster = cluster = Cluster(nodes)
+        self.emptied = Emptied(nodes)
         for ex in executions:
             for inst, node in ex.placed:
                 idx = cluster.index.get(node, -1)
@@ -55,27 +59,47 @@ class OriginalPass:
         selected: list[ExecutionState] = []
         essentials: Placed = []
         elastic: Placed = []
+        reasons: dict[int, Reason] = {}
+        stopped_at: ExecutionState | None = None
         for ex in self.queue:
             gang = [i for i in ex.pending if i.essential]
+            if stopped_at is not None:
+                if gang:
+                    why = self.emptied.never(gang)
+                    reasons[ex.id] = (
+                        R.words(R.IN_ORDER.format(stopped_at.id))
+                        if why is None
+                        else R.unschedulable(why)
+                    )
+                continue
             if not gang and ex.not_before > self.now:
                 continue  # only elastic instances in backoff: nothing to do for it now
+            why = self.emptied.never(gang)
+            if why is not None:
+                reasons[ex.id] = R.unschedulable(why)
+                continue  # it can never start on this cluster: it stops nothing either
             before = self.free_m
             self._release(elastic)
             placed_gang = self._place_all(gang) if gang else []
+            if placed_gang is None:
+                reasons[ex.id] = R.blocked(self.cluster, gang, {})
             trial = [*selected, ex] if placed_gang is not None else selected
             trial_elastic = self._grow(trial)
             if self.free_m >= before:
                 self._release(trial_elastic)
                 self._release(placed_gang or [])
                 self._hold(elastic)
-                break
+                if gang and ex.id not in reasons:
+                    reasons[ex.id] = R.blocked(self.cluster, gang, {})
+                stopped_at = ex
+                continue
             selected = trial
             elastic = trial_elastic
             essentials.extend(placed_gang or [])
         names = self.cluster.names
         starts = [(inst.id, names[idx]) for inst, idx in essentials]
         starts.extend((inst.id, names[idx]) for inst, idx in elastic)
-        return Decisions(starts=starts, stops=[])
+        return Decisions(starts=starts, stops=[], reasons=reasons)
 
     def _grow(self, selected: list[ExecutionState]) -> Placed:
         placed: Placed = []

@@ -25,6 +25,8 @@ from services.scheduler.core import (
     Policy,
     schedule,
 )
+from services.scheduler.pending import PendingReasons
+from services.scheduler.pending import write as write_reasons
 
 log = structlog.get_logger("scheduler.pass")
 
@@ -33,23 +35,29 @@ _INSTANCES = st.sql_list(st.INSTANCE_SCHEDULED)
 
 
 async def load_snapshot(
-    conn: asyncpg.Connection, now: float
+    conn: asyncpg.Connection, now: float, reasons: PendingReasons | None = None
 ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
-    """Nodes, active executions, and the next time a backoff expires (if any)."""
+    """Nodes, active executions, and the next time a backoff expires (if any); tells
+    `reasons` what the rows hold. A drained node is not available: it takes nothing new."""
     nodes = [
         NodeState(
             name=r["name"],
             cores=r["cores"],
             memory=r["memory"],
             labels=frozenset(r["labels"]),
-            available=r["state"] == "up",
+            available=r["state"] == "up" and r["drained_at"] is None,
         )
-        for r in await conn.fetch("SELECT name, cores, memory, labels, state FROM nodes")
+        for r in await conn.fetch(
+            "SELECT name, cores, memory, labels, state, drained_at FROM nodes"
+        )
     ]
     execs = await conn.fetch(
-        "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state"
+        "SELECT id, extract(epoch FROM submitted_at) AS submitted, size, priority, state,"
+        " user_name, pending_reason, schedulable"
         f" FROM executions WHERE state IN {_EXECUTIONS}"
     )
+    if reasons is not None:
+        reasons.load(execs)
     rows = await conn.fetch(
         "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
         " i.node, extract(epoch FROM i.not_before) AS not_before"
@@ -85,6 +93,7 @@ async def load_snapshot(
             priority=e["priority"],
             pending=tuple(pending[e["id"]]) if e["state"] != "cleaning_up" else (),
             placed=tuple(placed[e["id"]]),
+            user=e["user_name"],
         )
         for e in execs
     ]
@@ -104,13 +113,15 @@ class ClusterView:
         self.pool = pool
         self.deployment = deployment
         self.policy = policy
+        self.reasons = PendingReasons()
+        self.users = Users()
 
     async def snapshot(
         self, now: float
     ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
         """Nodes, active executions, and the next time a backoff expires (if any)."""
         async with self.pool.acquire() as conn:
-            return await load_snapshot(conn, now)
+            return await load_snapshot(conn, now, self.reasons)
 
     async def run_pass(self) -> tuple[Decisions, float | None]:
         """Run one pass; returns what was decided and when a backoff next expires."""
@@ -122,9 +133,18 @@ class ClusterView:
         await admit_submitted(self.pool)
         await dispatch_waiting(self.pool, self.deployment)
         nodes, executions, next_wake = await self.snapshot(now)
-        if not nodes or not any(e.pending for e in executions):
-            return Decisions(), next_wake
-        decisions = schedule(nodes, executions, now=now, policy=self.policy)
+        if not any(e.pending for e in executions):
+            decisions = Decisions()
+        else:
+            weights, bounds = await self.users.get(self.pool)
+            decisions = schedule(
+                nodes,
+                executions,
+                now=now,
+                policy=self.policy,
+                weights=weights,
+                max_priority=bounds,
+            )
         if decisions.starts or decisions.stops:
             await apply(self.pool, self.deployment, decisions)
             log.info(
@@ -133,7 +153,38 @@ class ClusterView:
                 stops=len(decisions.stops),
                 ms=round(1000 * (time.time() - now), 1),
             )
+        changed = self.reasons.changes(
+            [e.id for e in executions], decisions.reasons, time.monotonic()
+        )
+        try:
+            await write_reasons(self.pool, changed)
+        except BaseException:
+            self.reasons.forget()  # read the rows again next pass
+            raise
         return decisions, next_wake
+
+
+class Users:
+    """Each user's fair-share weight (its own, else its role's) and priority bound (its
+    role's `max_priority`), read again at most every `REFRESH` seconds."""
+
+    REFRESH = 5.0
+
+    def __init__(self) -> None:
+        self.weights: dict[str, float] = {}
+        self.bounds: dict[str, int] = {}
+        self.read_at = float("-inf")
+
+    async def get(self, pool: asyncpg.Pool) -> tuple[dict[str, float], dict[str, int]]:
+        if time.monotonic() - self.read_at >= self.REFRESH:
+            rows = await pool.fetch(
+                "SELECT u.name, coalesce(u.weight, r.weight) AS weight, r.max_priority"
+                " FROM users u JOIN roles r ON r.name = u.role"
+            )
+            self.weights = {r["name"]: r["weight"] for r in rows}
+            self.bounds = {r["name"]: r["max_priority"] for r in rows}
+            self.read_at = time.monotonic()
+        return self.weights, self.bounds
 
 
 async def run_pass(
@@ -196,7 +247,11 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
         placed = await conn.fetch(
             "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
             " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
-            " WHERE i.id = p.id AND i.state = 'created' RETURNING i.id",
+            " WHERE i.id = p.id AND i.state = 'created'"
+            # a node drained since the snapshot takes nothing new
+            "  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = p.node"
+            "   AND n.drained_at IS NOT NULL)"
+            " RETURNING i.id",
             ids,
             [n for _, n in decisions.starts],
         )

@@ -8,7 +8,9 @@ A pass ranks every active execution (priority class, then the policy's order), t
    whole set fit. A blocked execution does not stop the pass: executions behind it may
    still start (backfilling), until `lookahead` more have been found blocked after a real
    search or `scan` more have been examined. One that has waited `reserve_after` seconds
-   holds the nodes it could use: nothing ranked after it may start there.
+   holds the nodes it could use: nothing ranked after it may start there. One that the
+   cluster could not hold even emptied (services/scheduler/fit.py) is skipped: it never
+   holds anything, nor counts against those bounds.
 2. *Elastic growth*: for each running execution in rank order (past its death backoff),
    place pending elastic instances while they fit.
 
@@ -17,10 +19,13 @@ Essential instances are never stopped; a node never holds more than its capacity
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import attrgetter
 
-from .model import Decisions, ExecutionState, InstanceReq, NodeState
+from . import reasons as R
+from .fair import drf_order
+from .fit import Emptied
+from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
 from .placement import Cluster, millicores
 from .policies import Policy, rank_keys
 from .reclaim import Victim, hold_placed
@@ -74,13 +79,20 @@ class Pass:
         executions: Sequence[ExecutionState],
         now: float,
         policy: Policy,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self.now = now
         self.policy = policy
         self.cluster = cluster = Cluster(nodes)
+        self.emptied = Emptied(nodes)
         waiting = [any(map(_essential, ex.pending)) for ex in executions]
         keys = rank_keys(executions, waiting, now, policy)
-        order = sorted(range(len(executions)), key=keys.__getitem__)
+        if policy.fair:
+            order = drf_order(
+                executions, keys, waiting, weights or {}, self.emptied.total, self.emptied.never
+            )
+        else:
+            order = sorted(range(len(executions)), key=keys.__getitem__)
         self.execs = [executions[i] for i in order]
         self.waiting = [waiting[i] for i in order]
         self.elastic = hold_placed(cluster, self.execs, index=policy.reclaim)
@@ -90,6 +102,9 @@ class Pass:
         self.free_m = sum(max(0, cluster.free_m[i]) for i in live)
         self.misses = _Misses()
         self.reclaim_misses = _Misses()
+        self.reasons: dict[int, Reason] = {}
+        self.holder: dict[int, int] = {}  # id of a closed bucket -> the execution holding it
+        self.describe = R.Describer(cluster, self.holder)
         self.milli: dict[float, int] = {}
         self.work = 0  # searches and reclaim probes done: what `lookahead` bounds
 
@@ -112,45 +127,73 @@ class Pass:
         names = self.cluster.names
         starts = [(i, names[idx]) for i, idx in essential_starts]
         starts.extend((i, names[idx]) for i, idx in elastic_starts)
-        return Decisions(starts=starts, stops=stops)
+        return Decisions(starts=starts, stops=stops, reasons=self.reasons)
 
     def _essential_sets(self, running: list[bool], starts: Placed, stops: list[int]) -> Holds:
         """Phase 1. Returns the holds taken: (rank, label sets) of each blocked execution
-        that waited `reserve_after`, whose nodes nothing ranked after it may take."""
+        that waited `reserve_after`, whose nodes nothing ranked after it may take. Says
+        in `self.reasons` why each waiting execution it did not start waits."""
         policy = self.policy
         blocked = 0
         examined = -1  # waiting executions examined since the first blocked one
         holds: Holds = []
+        never = self.emptied.never
+        reasons = self.reasons
+        holder = self.holder
+        describe = self.describe
+        cut: Reason | None = None  # why the executions after the last one examined wait
+        end = len(self.execs)
         for pos, ex in enumerate(self.execs):
             if running[pos]:
                 continue
+            gang = [i for i in ex.pending if i.essential]
+            why = never(gang)
+            if why is not None:
+                reasons[ex.id] = R.unschedulable(why)
+                continue  # it can never start here: it costs, holds and delays nothing
             if examined >= 0:
                 examined += 1
                 if examined > policy.scan:
+                    cut, end = R.words(R.AHEAD, f"{examined - 1} examined ahead"), pos
                     break
             work = self.work
-            placed = self._start_gang(pos, ex, stops)
+            placed = self._start_gang(pos, gang, stops)
             if placed is not None:
                 running[pos] = True
                 starts.extend(placed)
                 continue
             examined = max(examined, 0)
+            reasons[ex.id] = describe.blocked(gang)
             if self.now - ex.submitted_at >= policy.reserve_after:
-                label_sets = {i.labels for i in ex.pending if i.essential}
+                label_sets = {i.labels for i in gang}
                 holds.append((pos, label_sets))
-                if any([self.cluster.close(labels) for labels in label_sets]):
-                    break  # every node is held: nothing further down may start
+                closed_all = False
+                for labels in label_sets:
+                    for bucket in self.cluster.eligible(labels):
+                        holder.setdefault(id(bucket), ex.id)
+                    closed_all = self.cluster.close(labels) or closed_all
+                describe.moved()
+                if closed_all:
+                    # every node is held: nothing further down may start
+                    cut, end = R.words(R.HOLDS_ALL.format(ex.id)), pos + 1
+                    break
             elif self.work > work:  # a miss known without searching costs nothing
                 blocked += 1
                 if blocked > policy.lookahead:
+                    cut, end = R.words(R.AHEAD, f"{blocked} blocked ahead"), pos + 1
                     break
+        if cut is not None:
+            for pos in range(end, len(self.execs)):
+                if not running[pos]:
+                    ex = self.execs[pos]
+                    why = never([i for i in ex.pending if i.essential])
+                    reasons[ex.id] = cut if why is None else R.unschedulable(why)
         return holds
 
-    def _start_gang(self, pos: int, ex: ExecutionState, stops: list[int]) -> Placed | None:
-        """Place the pending essential set of `ex` (reclaiming if allowed), or nothing."""
+    def _start_gang(self, pos: int, gang: list[InstanceReq], stops: list[int]) -> Placed | None:
+        """Place the pending essential set `gang` (reclaiming if allowed), or nothing."""
         mc = self.mc
         reclaim = self.policy.reclaim
-        gang = [i for i in ex.pending if i.essential]
         gang.sort(key=_size_order, reverse=True)  # largest first: the hardest to fit
         lead = gang[0]
         c, m, labels = mc(lead.cores), lead.memory, lead.labels
@@ -237,11 +280,13 @@ class Pass:
         return idx
 
     def _take(self, idx: int, c: int, m: int) -> None:
+        self.describe.moved()
         self.cluster.change(idx, c, m, 1)
         self.free_c -= c
         self.free_m -= m
 
     def _give(self, idx: int, c: int, m: int) -> None:
+        self.describe.moved()
         self.cluster.change(idx, -c, -m, -1)
         self.free_c += c
         self.free_m += m

@@ -56,6 +56,9 @@ class Policy:
     - ``reserve_after``: a blocked execution that has waited this long holds the nodes
       its essential set could use: nothing ranked after it may start there (nor, without
       reclaiming, grow there), so it cannot starve.
+    - ``fair``: inside each priority class, users take turns by weighted Dominant
+      Resource Fairness (services/scheduler/fair.py), each in the policy's own order.
+      The policy ``fair`` is ``dynsize+fair``.
     """
 
     name: PolicyName = "dynsize"
@@ -68,6 +71,7 @@ class Policy:
     lookahead: int = 64
     scan: int = 1000
     reserve_after: float = 7200.0
+    fair: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in POLICY_NAMES:
@@ -93,6 +97,8 @@ class Policy:
         if not tokens or not tokens[0]:
             raise InvalidPolicy("empty policy")
         head = tokens[0]
+        if head == "fair":
+            return cls.from_name("+".join(["dynsize", "fair", *tokens[1:]]))
         if head not in POLICY_NAMES:
             raise InvalidPolicy(f"unknown policy {head!r}; expected one of {POLICY_NAMES}")
         name: PolicyName = head
@@ -120,6 +126,8 @@ class Policy:
             parts.append("reclaim" if self.reclaim else "noreclaim")
         if not self.priorities:
             parts.append("nopriority")
+        if self.fair:
+            parts.append("fair")
         for key in ("aging", "priority_aging", "lookahead", "scan", "reserve_after"):
             value = getattr(self, key)
             if value != getattr(default, key):
@@ -145,6 +153,10 @@ _NUMBERS: dict[str, type] = {
 def _apply_token(policy: Policy, token: str) -> Policy:
     if token in PLACEMENTS:
         return replace(policy, placement=token)
+    if token == "fair":
+        if policy.name == "flexible":
+            raise InvalidPolicy("the flexible heuristic keeps its own order: no 'fair'")
+        return replace(policy, fair=True)
     if token in _FLAGS:
         attr, value = _FLAGS[token]
         if attr == "priorities":

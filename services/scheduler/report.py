@@ -21,6 +21,12 @@ COLUMNS = (
     ("vs base", "", ""),
     ("pass ms", "mean_pass_ms", "{:.2f}"),
 )
+# Added when the workload has several users.
+USER_COLUMNS = (
+    ("worst user", "worst_user_mean_slowdown", "{:.2f}"),
+    ("jain", "jain_index", "{:.3f}"),
+    ("light/alone", "worst_light_user_vs_alone", "{:.2f}x"),
+)
 
 
 def render_table(workload: Workload, seed: int, results: Sequence[Result]) -> str:
@@ -30,10 +36,11 @@ def render_table(workload: Workload, seed: int, results: Sequence[Result]) -> st
     divided by the row's: how many times faster than the baseline.
     """
     base = next((r for r in results if r.policy == "rigid-fifo"), results[0] if results else None)
-    rows = [[title for title, _, _ in COLUMNS]]
+    columns = COLUMNS + (USER_COLUMNS if any(r.per_user_alone for r in results) else ())
+    rows = [[title for title, _, _ in columns]]
     for r in results:
         row = []
-        for _, attr, fmt in COLUMNS:
+        for _, attr, fmt in columns:
             if not attr:
                 ratio = (
                     base.mean_turnaround / r.mean_turnaround if base and r.mean_turnaround else 0
@@ -42,10 +49,13 @@ def render_table(workload: Workload, seed: int, results: Sequence[Result]) -> st
             else:
                 row.append(fmt.format(getattr(r, attr)))
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = [
         f"{workload.name} workload, {len(workload.apps)} apps, {len(workload.nodes)} nodes, "
         f"load {workload.load:g}, seed {seed} (times in seconds)"
+        if workload.name != "history"
+        else f"this deployment's history: {len(workload.apps)} finished executions replayed"
+        f" on its {len(workload.nodes)} nodes up (times in seconds)"
     ]
     for n, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [
@@ -54,6 +64,12 @@ def render_table(workload: Workload, seed: int, results: Sequence[Result]) -> st
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if len(columns) > len(COLUMNS):
+        lines.append(
+            "worst user: the largest mean slowdown of a user; jain: Jain's index over the"
+            " users' mean slowdowns; light/alone: the largest ratio, over every user but"
+            " the heaviest, of its mean slowdown to the one it gets alone on the cluster"
+        )
     unfinished = [r for r in results if r.finished < r.apps]
     for r in unfinished:
         lines.append(f"note: {r.policy} finished only {r.finished} of {r.apps} applications")

@@ -28,7 +28,7 @@ from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, is_transient, report_failure
 from common.runtime import Probe, Runtime
 from common.settings import SchedulerSettings
-from services.scheduler import handlers, passes, stats, sweeper
+from services.scheduler import drain, handlers, passes, stats, sweeper
 from services.scheduler.core import Policy
 
 log = structlog.get_logger("scheduler")
@@ -139,6 +139,11 @@ async def lead(
             "sweep", settings.sweep_interval, functools.partial(sweeper.sweep, pool, rules)
         )
         await rt.every("stats", settings.stats_interval, functools.partial(stats.collect, pool))
+        await rt.every(
+            "drains",
+            drain.ENFORCE_INTERVAL,
+            functools.partial(drain.enforce, pool, deps.rules, wake.set),
+        )
         # facts of started containers come in bursts: handled together
         started = functools.partial(handlers.on_started_many, deps=deps)
         await rt.consume(routes.SCHEDULER, on_message, batches={m.InstanceStarted: started})

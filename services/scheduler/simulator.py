@@ -10,22 +10,22 @@ Run ``python -m services.scheduler.simulator --policy all`` (or ``zoe simulate``
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .core import ExecutionState, InstanceReq, Policy, schedule
+from .fairness import heaviest, jain_index, per_user_slowdown, worst_ratio
 from .invariants import check_decisions
 from .model import Decisions
 from .placement import millicores
-from .policies import InvalidPolicy
-from .workload import SHAPES, App, Workload, make_workload, rigid
+from .workload import App, Workload, rigid
 
 ALL_POLICIES = (
     "rigid-fifo",
@@ -37,6 +37,7 @@ ALL_POLICIES = (
     "dynsize+noreclaim",
     "dynsize+spread",
     "dynsize",
+    "fair",
 )
 
 EPSILON = 1e-9
@@ -86,6 +87,7 @@ class _Run:
                 submitted_at=self.app.arrival,
                 size=self.app.size,
                 priority=self.app.priority,
+                user=self.app.user,
                 pending=tuple(self.pending.values()),
                 placed=tuple(self.placed.values()),
             )
@@ -115,8 +117,27 @@ class Result:
     passes: int
     mean_pass_ms: float
     turnarounds: tuple[float, ...] = field(repr=False, default=())
+    per_user: dict[str, float] = field(default_factory=dict)
+    # each user's mean slowdown with its applications alone on the cluster (multi-user runs)
+    per_user_alone: dict[str, float] = field(default_factory=dict)
 
-    def figures(self) -> dict[str, float | int | str]:
+    @property
+    def worst_user_mean_slowdown(self) -> float:
+        return max(self.per_user.values(), default=0.0)
+
+    @property
+    def jain_index(self) -> float:
+        return jain_index(self.per_user.values())
+
+    @property
+    def worst_light_user_vs_alone(self) -> float:
+        """The largest ratio, over users but the heaviest, of its mean slowdown to the
+        one it gets alone."""
+        return worst_ratio(self.per_user, self.per_user_alone, self.heavy_user)
+
+    heavy_user: str | None = None
+
+    def figures(self) -> dict[str, Any]:
         """The summary as a JSON-ready mapping (without the per-app turnarounds)."""
         return {
             "policy": self.policy,
@@ -132,7 +153,17 @@ class Result:
             "makespan_s": round(self.makespan, 1),
             "passes": self.passes,
             "mean_pass_ms": round(self.mean_pass_ms, 3),
-        }
+            "per_user": {u: round(v, 3) for u, v in self.per_user.items()},
+            "worst_user_mean_slowdown": round(self.worst_user_mean_slowdown, 3),
+            "jain_index": round(self.jain_index, 4),
+        } | (
+            {
+                "per_user_alone": {u: round(v, 3) for u, v in self.per_user_alone.items()},
+                "worst_light_user_vs_alone": round(self.worst_light_user_vs_alone, 3),
+            }
+            if self.per_user_alone
+            else {}
+        )
 
 
 class InvariantBroken(AssertionError):
@@ -142,10 +173,18 @@ class InvariantBroken(AssertionError):
 class Simulation:
     """One workload under one policy; `run()` plays it to the end."""
 
-    def __init__(self, workload: Workload, variant: Variant, *, check: bool = False) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        variant: Variant,
+        *,
+        check: bool = False,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         self.workload = rigid(workload) if variant.rigid else workload
         self.variant = variant
         self.check = check
+        self.weights = weights or {}
         self.nodes = self.workload.nodes
         self.cap_c = {n.name: millicores(n.cores) for n in self.nodes}
         self.cap_m = {n.name: n.memory for n in self.nodes}
@@ -209,7 +248,9 @@ class Simulation:
             return
         states = [r.snapshot() for r in self.active.values()]
         began = time.perf_counter()
-        decisions = schedule(self.nodes, states, now=now, policy=self.variant.policy)
+        decisions = schedule(
+            self.nodes, states, now=now, policy=self.variant.policy, weights=self.weights
+        )
         self.pass_time += time.perf_counter() - began
         self.passes += 1
         if self.check:
@@ -257,6 +298,11 @@ class Simulation:
             (r.finished - r.app.arrival) / r.app.runtime for r in done if r.finished is not None
         ]
         queue = [r.started - r.app.arrival for r in done if r.started is not None]
+        per_user = per_user_slowdown(
+            (r.app.user, (r.finished - r.app.arrival) / r.app.runtime)
+            for r in done
+            if r.finished is not None
+        )
         first = min((a.arrival for a in self.workload.apps), default=0.0)
         span = max(EPSILON, self.clock - first)
         capacity = sum(self.cap_c.values())
@@ -275,6 +321,7 @@ class Simulation:
             passes=self.passes,
             mean_pass_ms=1000.0 * self.pass_time / max(1, self.passes),
             turnarounds=tuple(turn),
+            per_user=per_user,
         )
 
 
@@ -288,69 +335,39 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def simulate(workload: Workload, labels: Iterable[str], *, check: bool = False) -> list[Result]:
-    """Run `workload` under each policy label, in order."""
-    return [Simulation(workload, Variant.parse(label), check=check).run() for label in labels]
-
-
-# -- command line ------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="zoe simulate", description="Simulate a workload under scheduling policies."
-    )
-    parser.add_argument("--workload", default="default", choices=sorted(SHAPES))
-    parser.add_argument(
-        "--policy",
-        default="all",
-        help="a policy (e.g. dynsize, dynsize+pack, flexible, rigid-fifo), a comma-separated "
-        "list, or 'all'",
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--load", type=float, default=0.9)
-    parser.add_argument("--apps", type=int, default=None, help="number of applications")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the turnaround CDF here")
-    parser.add_argument("--check", action="store_true", help="verify every decision")
-    return parser
+def simulate(
+    workload: Workload,
+    labels: Iterable[str],
+    *,
+    check: bool = False,
+    weights: Mapping[str, float] | None = None,
+) -> list[Result]:
+    """Run `workload` under each policy label, in order. With several users, each user
+    but the heaviest is also run alone (its applications only, same policy): what it
+    would get on a cluster of its own."""
+    counts = Counter(a.user for a in workload.apps)
+    results = []
+    for label in labels:
+        variant = Variant.parse(label)
+        result = Simulation(workload, variant, check=check, weights=weights).run()
+        if len(counts) > 1:
+            heavy = heaviest(counts)
+            alone = {}
+            for user in counts:
+                if user == heavy:
+                    continue
+                own = replace(workload, apps=tuple(a for a in workload.apps if a.user == user))
+                alone[user] = Simulation(own, variant, weights=weights).run().per_user[user]
+            result = replace(result, per_user_alone=alone, heavy_user=heavy)
+        results.append(result)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``zoe simulate``: run, then print a table or JSON."""
-    from .report import plot_turnarounds, render_table
+    """Entry point of ``zoe simulate`` (services/scheduler/simulate_cli.py)."""
+    from .simulate_cli import main as run
 
-    args = _parser().parse_args(argv)
-    labels = list(ALL_POLICIES) if args.policy == "all" else args.policy.split(",")
-    try:
-        for label in labels:
-            Variant.parse(label)
-        workload = make_workload(args.workload, args.seed, args.load, args.apps)
-    except (InvalidPolicy, ValueError) as exc:
-        print(f"zoe simulate: {exc}", file=sys.stderr)
-        return 2
-    results = simulate(workload, labels, check=args.check)
-    if args.json:
-        doc = {
-            "workload": args.workload,
-            "seed": args.seed,
-            "load": args.load,
-            "apps": len(workload.apps),
-            "results": [r.figures() for r in results],
-        }
-        print(json.dumps(doc, indent=2))
-    else:
-        print(render_table(workload, args.seed, results))
-    if args.plot:
-        floor = [a.runtime for a in workload.apps]
-        plot_turnarounds(results, args.plot, title=_title(workload, args.seed), floor=floor)
-    return 0
-
-
-def _title(workload: Workload, seed: int) -> str:
-    return (
-        f"{workload.name} workload: {len(workload.apps)} apps, load {workload.load:g}, seed {seed}"
-    )
+    return run(argv)
 
 
 if __name__ == "__main__":

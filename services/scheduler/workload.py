@@ -10,6 +10,11 @@ the size hint is the true work (core-seconds) times a log-normal error (sigma 0.
 
 ``small``: the same mix on 5 nodes of 16 cores and 64 GiB, 200 applications, at most 16
 workers: quick enough for tests.
+
+``multiuser``: the default cluster and mix shared by users: one heavy user submits 80 %
+of the applications, in bursts of 20 submitted at once (a script), and five light users
+4 % each, one at a time (Poisson arrivals); the offered load is the whole's.
+``multiuser-small``: the same on the small cluster.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class App:
     elastic: bool
     instances: tuple[InstanceReq, ...]
     priority: int = 0
+    user: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,7 @@ class Shape:
     apps: int
     max_workers: int
     max_rigid: int
+    light_users: int = 0  # with light users, a heavy one submits HEAVY_SHARE in bursts
 
 
 SHAPES: dict[str, Shape] = {
@@ -65,7 +72,28 @@ SHAPES: dict[str, Shape] = {
     "small": Shape(
         nodes=5, node_cores=16, node_memory_gib=64, apps=200, max_workers=16, max_rigid=12
     ),
+    "multiuser": Shape(
+        nodes=25,
+        node_cores=32,
+        node_memory_gib=128,
+        apps=4000,
+        max_workers=64,
+        max_rigid=32,
+        light_users=5,
+    ),
+    "multiuser-small": Shape(
+        nodes=5,
+        node_cores=16,
+        node_memory_gib=64,
+        apps=300,
+        max_workers=16,
+        max_rigid=12,
+        light_users=3,
+    ),
 }
+HEAVY = "heavy"
+HEAVY_SHARE = 0.8
+BURST = 20
 
 MEDIAN_RUNTIME = 600.0
 RUNTIME_SIGMA = 1.5
@@ -110,7 +138,27 @@ def make_workload(name: str, seed: int, load: float = 0.9, apps: int | None = No
     for app in drafts:
         clock += rng.expovariate(rate)
         timed.append(replace(app, arrival=clock))
+    if shape.light_users:
+        timed = _share_out(timed, shape.light_users, random.Random(f"users-{seed}"))
     return Workload(name=name, nodes=nodes, apps=tuple(timed), load=load)
+
+
+def _share_out(apps: list[App], light: int, rng: random.Random) -> list[App]:
+    """Give each application a user: the heavy one's come in bursts of `BURST`, each
+    submitted at once when its first one would have been (the mean rate is unchanged)."""
+    out: list[App] = []
+    burst_at: float | None = None
+    in_burst = 0
+    for app in apps:
+        if rng.random() < HEAVY_SHARE:
+            if burst_at is None or in_burst == BURST:
+                burst_at, in_burst = app.arrival, 0
+            in_burst += 1
+            out.append(replace(app, user=HEAVY, arrival=burst_at))
+        else:
+            out.append(replace(app, user=f"light{rng.randrange(light) + 1}"))
+    out.sort(key=lambda a: (a.arrival, a.id))
+    return out
 
 
 def _draw_app(rng: random.Random, shape: Shape, app_id: int, first_id: int) -> App:

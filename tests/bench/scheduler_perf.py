@@ -19,6 +19,9 @@ back among their execution's pending ones).
   instances by reclaiming. The worst case for a pass; reported beside.
 
 Every measure is repeated with 1,000 queued executions when `--queued` is another number.
+``fair`` reports steady passes of the fair policy (``dynsize+fair``, Dominant Resource
+Fairness between users) on `--nodes` nodes with 1,000 queued executions submitted by 100
+users (``--users`` spreads the main measures' executions over that many users too).
 ``--scaling`` instead measures a grid of node counts and queue lengths.
 The pool of applications is frozen out of the garbage collector's reach (`gc.freeze()`),
 as a long-running service would do after loading its state.
@@ -55,9 +58,10 @@ Figures = dict[str, float | int]
 class Bench:
     """A cluster and its executions, kept the way the service keeps them between passes."""
 
-    def __init__(self, nodes: int, seed: int, policy: Policy, supply: int) -> None:
+    def __init__(self, nodes: int, seed: int, policy: Policy, supply: int, users: int = 1) -> None:
         self.rng = random.Random(seed)
         self.policy = policy
+        self.users = users
         self.nodes = [
             NodeState(
                 name=f"n{i:05d}",
@@ -87,7 +91,11 @@ class Bench:
             app = next(self.pool)
             self.now += 0.01
             self.states[app.id] = ExecutionState(
-                id=app.id, submitted_at=self.now, size=app.size, pending=app.instances
+                id=app.id,
+                submitted_at=self.now,
+                size=app.size,
+                pending=app.instances,
+                user=f"u{app.id % self.users}" if self.users > 1 else "",
             )
             for inst in app.instances:
                 self.owner[inst.id] = app.id
@@ -149,9 +157,9 @@ def _pcts(times: list[float]) -> tuple[float, float]:
     return round(1000 * statistics.median(ordered), 2), round(1000 * p99, 2)
 
 
-def cold(nodes: int, queued: int, seed: int, policy: Policy) -> Figures:
+def cold(nodes: int, queued: int, seed: int, policy: Policy, users: int = 1) -> Figures:
     """One pass over `queued` executions on an empty cluster."""
-    bench = Bench(nodes, seed, policy, queued)
+    bench = Bench(nodes, seed, policy, queued, users)
     bench.submit(queued)
     gc.collect()
     gc.freeze()
@@ -164,10 +172,18 @@ def cold(nodes: int, queued: int, seed: int, policy: Policy) -> Figures:
     }
 
 
-def churn(nodes: int, queued: int, passes: int, seed: int, policy: Policy, top_up: bool) -> Figures:
+def churn(
+    nodes: int,
+    queued: int,
+    passes: int,
+    seed: int,
+    policy: Policy,
+    top_up: bool,
+    users: int = 1,
+) -> Figures:
     """Passes over a full cluster with `queued` executions waiting, under churn."""
     departures = max(1, nodes // 100)
-    bench = Bench(nodes, seed, policy, queued * 3 + 4000 + passes * departures * 5)
+    bench = Bench(nodes, seed, policy, queued * 3 + 4000 + passes * departures * 5, users)
     bench.submit(queued)
     bench.step()
     while bench.waiting() < queued:  # fill the cluster until the queue is as long as asked
@@ -203,16 +219,20 @@ def churn(nodes: int, queued: int, passes: int, seed: int, policy: Policy, top_u
     }
 
 
-def measure(nodes: int, queued: int, passes: int, seed: int, policy: Policy) -> dict[str, object]:
+def measure(
+    nodes: int, queued: int, passes: int, seed: int, policy: Policy, users: int = 1
+) -> dict[str, object]:
     """All three measures for one queue length."""
     figures: dict[str, object] = {"nodes": nodes, "queued": queued}
-    figures.update(cold(nodes, queued, seed, policy))
-    steady = churn(nodes, queued, passes, seed, policy, top_up=False)
+    figures.update(cold(nodes, queued, seed, policy, users))
+    steady = churn(nodes, queued, passes, seed, policy, top_up=False, users=users)
     figures["p50_pass_ms"] = steady["p50_pass_ms"]
     figures["p99_pass_ms"] = steady["p99_pass_ms"]
     figures["cpu_p99_pass_ms"] = steady["cpu_p99_pass_ms"]
     figures["steady"] = steady
-    figures["overload"] = churn(nodes, queued, max(1, passes // 2), seed, policy, top_up=True)
+    figures["overload"] = churn(
+        nodes, queued, max(1, passes // 2), seed, policy, top_up=True, users=users
+    )
     return figures
 
 
@@ -244,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--policy", default="dynsize")
+    parser.add_argument("--users", type=int, default=1, help="users submitting (default 1)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-fair", action="store_true", help="skip the fair policy's measure")
     parser.add_argument(
         "--scaling", action="store_true", help="a grid of node counts and queue lengths"
     )
@@ -259,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("  ".join(f"{k}={v}" for k, v in row.items()))
         return 0
     figures: dict[str, object] = {"policy": str(policy)}
-    figures.update(measure(args.nodes, args.queued, args.passes, args.seed, policy))
+    figures.update(measure(args.nodes, args.queued, args.passes, args.seed, policy, args.users))
     if args.queued != 1000:
-        small = measure(args.nodes, 1000, args.passes, args.seed, policy)
+        small = measure(args.nodes, 1000, args.passes, args.seed, policy, args.users)
         figures["p99_pass_ms_1000_queued"] = small["p99_pass_ms"]
         figures["cpu_p99_pass_ms_1000_queued"] = small["cpu_p99_pass_ms"]
         figures["queued_1000"] = small
+    if not args.no_fair:
+        fair = Policy.from_name("fair")
+        steady = churn(args.nodes, 1000, args.passes, args.seed, fair, top_up=False, users=100)
+        figures["fair_p99_pass_ms_1000_queued_100_users"] = steady["p99_pass_ms"]
+        figures["fair"] = {"policy": str(fair), "users": 100, "queued": 1000, **steady}
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -368,8 +368,11 @@ async def platform_on(
 async def container_creates(env: TestEnv) -> AsyncIterator[Counter[str]]:
     """How many times each container of this session is created while the block runs,
     from a live ``docker events`` stream (the engine keeps only the last 256 events, too
-    few to ask afterwards on a busy host)."""
+    few to ask afterwards on a busy host). A name counts the distinct containers (ids)
+    made under it: the engine may send an event made while the stream starts twice, once
+    replayed and once live."""
     created: Counter[str] = Counter()
+    seen: set[str] = set()
     # from the block's start: the stream replays what came before it listened
     since = f"{time.time():.3f}"
     proc = await asyncio.create_subprocess_exec(
@@ -391,7 +394,10 @@ async def container_creates(env: TestEnv) -> AsyncIterator[Counter[str]]:
     async def read() -> None:
         assert proc.stdout is not None
         async for line in proc.stdout:
-            created[json.loads(line)["Actor"]["Attributes"]["name"]] += 1
+            event = json.loads(line)
+            if event["Actor"]["ID"] not in seen:
+                seen.add(event["Actor"]["ID"])
+                created[event["Actor"]["Attributes"]["name"]] += 1
 
     reader = asyncio.create_task(read())
     try:

@@ -1154,3 +1154,96 @@ async def _gone(docker: aiodocker.Docker, network: str, start: m.StartInstance) 
     return (
         not await network_exists(docker, network) and await claimed_network(docker, start) is None
     )
+
+
+# ---- least privilege: only the node's own containers, only what fits -------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "another node's"])
+async def test_commands_naming_a_container_that_is_not_the_nodes_leave_it_alone(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str, kind: str
+) -> None:
+    name = f"{test_env.deployment}-foreign-{next(_ids)}"
+    labels = {"zoe.test": "foreign"}
+    if kind == "another node's":
+        labels |= {"zoe.deployment": test_env.deployment, "zoe.node": "another-node"}
+    # made with the engine's API, as anyone sharing the engine could
+    foreign = await docker.containers.create(
+        {"Image": busybox, "Cmd": ["sh", "-c", LONG_RUNNING], "Labels": labels}, name=name
+    )
+    try:
+        await foreign.start()
+        forged_stop = m.StopInstance(
+            execution_id=next(_ids), instance_id=1, container_name=name, network="none"
+        )
+        forged_start = msgspec.structs.replace(start_msg(test_env, "true"), container_name=name)
+        decoder = m.decoder(m.LogsReply)
+        with capture_logs() as logs:
+            async with executor_with(test_env, facts, docker) as node:
+                await bus.publish(forged_stop, node=node)
+                await bus.publish(forged_start, node=node)  # adopting it by its name
+                reply = decoder.decode(
+                    await bus.request(node, m.LogsRequest(container_name=name), timeout=10)
+                )
+                failed = await facts.wait(
+                    m.InstanceStartFailed, execution_id=forged_start.execution_id
+                )
+                refused = await wait_for(
+                    lambda: (
+                        {e["command"] for e in logs if e["event"] == "command.refused"}
+                        >= {"stop", "start", "logs"}
+                    ),
+                    what="the three commands refused and logged",
+                )
+        assert refused
+        assert "is not managed by this node" in failed.reason
+        assert not reply.found and "is not managed by this node" in reply.log
+        assert "hello-from-zoe" not in reply.log  # nothing of its log came out
+        info = await foreign.show()
+        assert info["State"]["Running"], "the foreign container was stopped"
+        assert labels.items() <= info["Config"]["Labels"].items()
+        assert "zoe.reserved.nano_cpus" not in info["Config"]["Labels"]
+        assert facts.all(m.InstanceRemoved, execution_id=forged_stop.execution_id) == []
+    finally:
+        await foreign.delete(force=True)
+
+
+async def test_a_start_over_the_nodes_capacity_is_refused_with_its_reason(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    async def outcome(start: m.StartInstance) -> Any:
+        await bus.publish(start, node=node)
+        return await wait_for(
+            lambda: (
+                facts.all(m.InstanceStarted, execution_id=start.execution_id)
+                or facts.all(m.InstanceStartFailed, execution_id=start.execution_id)
+            ),
+            what=f"the outcome of the start of {start.container_name}",
+        )
+
+    over_cores = start_msg(test_env, LONG_RUNNING, cores=2)
+    over_memory = start_msg(test_env, LONG_RUNNING, memory=512 * MIB)
+    first = start_msg(test_env, LONG_RUNNING, cores=1, cores_reserved=0.75, memory_reserved=MIB)
+    second = start_msg(test_env, LONG_RUNNING, cores=0.5, cores_reserved=0.5)
+    third = start_msg(test_env, LONG_RUNNING, cores=0.5, cores_reserved=0.5)
+    async with executor_with(test_env, facts, docker, cores=1.0, memory=256 * MIB) as node:
+        [failed] = await outcome(over_cores)
+        assert failed.reason == "cores_limit 2 is over this node's capacity of 1 cores"
+        [failed] = await outcome(over_memory)
+        assert failed.reason == (
+            f"memory_limit {512 * MIB} is over this node's capacity of {256 * MIB} bytes"
+        )
+        [started] = await outcome(first)
+        assert isinstance(started, m.InstanceStarted)
+        info = await docker.containers.container(first.container_name).show()
+        assert info["Config"]["Labels"]["zoe.reserved.nano_cpus"] == "750000000"
+        [failed] = await outcome(second)
+        assert failed.reason == (
+            "over this node's cores: 0.5 asked, 0.75 of 1 reserved by 1 containers"
+        )
+        await stop_and_wait(bus, facts, node, first)  # its reservation is free again
+        [started] = await outcome(third)
+        assert isinstance(started, m.InstanceStarted)
+        await stop_and_wait(bus, facts, node, third)
+    for refused in (over_cores, over_memory, second):
+        assert await containers_named(docker, refused.container_name) == []

@@ -104,10 +104,10 @@ async def _expire_backoffs(pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE instances SET not_before = now() - interval '1 second'")
 
 
-async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any]) -> int:
+async def _submit(pool: asyncpg.Pool, env: TestEnv, app: dict[str, Any], user: str = "u") -> int:
     loaded = load_description(app)
     created, _ = await api_store.create_execution(
-        pool, name="t", user_name="u", description=loaded.description, deployment=env.deployment
+        pool, name="t", user_name=user, description=loaded.description, deployment=env.deployment
     )
     return int(created["id"])
 
@@ -552,3 +552,211 @@ async def test_one_verdict_delivered_twice_at_once_is_decided_once(
     assert (row["state"], row["restart_count"], row["generation"]) == ("created", 1, 1)
     stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
     assert [x.container_name for x in stops] == [s.container_name]
+
+
+async def test_a_waiting_execution_s_reason_is_stored_once_and_cleared_when_it_fits(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
+    )
+    eid = await _submit(pool, test_env, _app(total=1, cores=8.0))
+    view = passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize"))
+    decisions, _ = await view.run_pass()
+    assert decisions.starts == []
+
+    async def row() -> asyncpg.Record:
+        return await pool.fetchrow(
+            "SELECT xmin::text AS version, pending_reason, schedulable FROM executions"
+            " WHERE id = $1",
+            eid,
+        )
+
+    first = await row()
+    assert first["pending_reason"] == "unschedulable: no node has 8 cores"
+    assert first["schedulable"] is False
+    shown = await api_store.get_execution(pool, eid)
+    assert shown["pending_reason"] == first["pending_reason"]
+    assert shown["schedulable"] is False
+    for _ in range(3):  # unchanged: not written again
+        await view.run_pass()
+    assert (await row())["version"] == first["version"]
+    # a scheduler taking over reads what is stored and writes nothing either
+    await passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize")).run_pass()
+    assert (await row())["version"] == first["version"]
+
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30, registered=True), deps
+    )
+    await view.run_pass()
+    smaller = await row()
+    assert smaller["pending_reason"] == "unschedulable: no node has 8 cores"  # 4 < 8 still
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n3", cores=16, memory=4 << 30, registered=True), deps
+    )
+    decisions, _ = await view.run_pass()
+    assert len(decisions.starts) == 1
+    cleared = await row()
+    assert cleared["pending_reason"] is None and cleared["schedulable"] is True
+
+
+async def test_a_reason_of_an_execution_that_fits_later_names_the_room(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30, registered=True), deps
+    )
+    view = passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize"))
+    first = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await view.run_pass()
+    second = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await view.run_pass()
+    assert await _state(pool, first) == "starting"
+    reason = await pool.fetchval("SELECT pending_reason FROM executions WHERE id = $1", second)
+    assert reason == (
+        "needs 1 instance of 2 cores and 64 MiB; the largest free room on a node is"
+        " 0 cores and 960 MiB"
+    )
+
+
+async def test_the_fair_policy_shares_the_cluster_by_the_users_weights(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    deps, _ = _deps(pool, test_env)
+    await pool.execute("DELETE FROM users WHERE name IN ('heavy', 'light')")
+    await pool.execute(
+        "INSERT INTO users (name, role, weight) VALUES ('heavy', 'user', NULL), ('light', 'user', 3)"
+    )
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30, registered=True), deps
+    )
+    heavy = [await _submit(pool, test_env, _app(cores=1.0), "heavy") for _ in range(6)]
+    light = [await _submit(pool, test_env, _app(cores=1.0), "light") for _ in range(6)]
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("fair"))
+    started = {
+        r["user_name"]: r["n"]
+        for r in await pool.fetch(
+            "SELECT user_name, count(*) AS n FROM executions WHERE state = 'starting'"
+            " GROUP BY user_name"
+        )
+    }
+    # light weighs 3 (heavy, without a weight of its own, its role's 1): 3 turns to 1
+    assert started == {"light": 3, "heavy": 1}
+    assert len(heavy) == len(light) == 6
+
+
+async def test_the_deployment_s_history_replays_under_each_policy(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    import datetime as dt
+
+    from services.scheduler.history import load_history, parse_since
+    from services.scheduler.simulator import simulate
+
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n1", cores=4, memory=4 << 30, labels=["ssd"], registered=True),
+        deps,
+    )
+    ids = [await _submit(pool, test_env, _app(total=3), user) for user in ("ann", "bob", "ann")]
+    ids.append(await _submit(pool, test_env, _app(), "cy"))  # never ran: not replayed
+    # they ran 60 s, 120 s and 180 s, submitted 10 s apart on 30 November
+    for n, eid in enumerate(ids[:3]):
+        await pool.execute(
+            "UPDATE executions SET state = 'finished',"
+            " submitted_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds',"
+            " started_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds',"
+            " finished_at = timestamptz '2026-11-30 00:00+00' + $2 * interval '10 seconds'"
+            "  + ($2 + 1) * interval '60 seconds' WHERE id = $1",
+            eid,
+            n,
+        )
+    async with pool.acquire() as conn:
+        workload = await load_history(conn, None)
+        recent = await load_history(conn, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    assert [a.id for a in workload.apps] == ids[:3]
+    assert [a.arrival for a in workload.apps] == [0.0, 10.0, 20.0]
+    assert [round(a.runtime) for a in workload.apps] == [60, 120, 180]
+    assert [a.user for a in workload.apps] == ["ann", "bob", "ann"]
+    first = workload.apps[0]
+    assert [i.essential for i in first.instances] == [True, False, False] and first.elastic
+    assert [n.name for n in workload.nodes] == ["n1"]
+    assert recent.apps == ()
+    results = simulate(workload, ["fifo", "fair", "rigid-fifo"], check=True)
+    assert all(r.finished == 3 for r in results)
+    assert set(results[1].per_user) == {"ann", "bob"}
+    assert parse_since("2026-11-30").tzinfo is not None
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("yesterday")
+
+
+async def test_a_drained_node_takes_nothing_new_and_its_elastic_instances_move(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    from services.scheduler import drain
+
+    deps, asked = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=3))  # all three on n1
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+
+    await handlers.HANDLERS[m.NodeDrainRequested](m.NodeDrainRequested(node="n1"), deps)
+    assert asked
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert sorted(s.instance_id for s in stops) == sorted(
+        starts[n].instance_id for n in ("worker1", "worker2")
+    )  # the elastic ones; the essential worker0 stays
+    shown = {n["name"]: n for n in await api_store.list_nodes(pool)}
+    assert shown["n1"]["state"] == "drained" and shown["n2"]["state"] == "up"
+    for name in ("worker1", "worker2"):
+        await handlers.on_instance_ended(_verdict(starts[name], "stopped", 0), deps)
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize+pack"))
+    moved = [s for s in await _outbox(pool) if isinstance(s, m.StartInstance)]
+    assert {s.instance for s in moved} == {"worker1", "worker2"}
+    nodes = await pool.fetch(
+        "SELECT name, node FROM instances WHERE execution_id = $1 ORDER BY name", eid
+    )
+    assert [(r["name"], r["node"]) for r in nodes] == [
+        ("worker0", "n1"),
+        ("worker1", "n2"),
+        ("worker2", "n2"),
+    ]
+    # a new execution goes to n2 only, however tight it is there
+    other = await _submit(pool, test_env, _app(total=1, cores=2.0))
+    await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize+pack"))
+    assert await pool.fetchval("SELECT node FROM instances WHERE execution_id = $1", other) == "n2"
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # no deadline: stays
+
+    await handlers.HANDLERS[m.NodeDrainRequested](
+        m.NodeDrainRequested(node="n1", drain=False), deps
+    )
+    shown = {n["name"]: n for n in await api_store.list_nodes(pool)}
+    assert shown["n1"]["state"] == "up"
+
+
+async def test_past_the_drain_deadline_essential_instances_end_as_on_a_lost_node(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    from services.scheduler import drain
+
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=1))
+    await handlers.HANDLERS[m.NodeDrainRequested](
+        m.NodeDrainRequested(node="n1", deadline=3600.0), deps
+    )
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # not yet
+    assert await _state(pool, eid) == "running"
+    await pool.execute("UPDATE nodes SET drain_deadline = now() - interval '1 second'")
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 1
+    row = await pool.fetchrow(
+        "SELECT e.state, e.error, i.reason FROM executions e JOIN instances i"
+        " ON i.execution_id = e.id WHERE e.id = $1",
+        eid,
+    )
+    assert row["state"] == "cleaning_up" and row["reason"] == "node-lost"
+    stops = [x for x in await _outbox(pool) if isinstance(x, m.StopInstance)]
+    assert [s.instance_id for s in stops] == [starts["worker0"].instance_id]
+    assert await drain.enforce(pool, deps.rules, lambda: None) == 0  # nothing held any more

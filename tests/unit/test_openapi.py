@@ -112,6 +112,8 @@ def _execution(**extra: Any) -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "runtime_limit": None,
+        "pending_reason": None,
+        "schedulable": True,
         **extra,
     }
 

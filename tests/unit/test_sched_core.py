@@ -185,33 +185,36 @@ def test_elastic_instances_wait_for_their_backoff(policy):
 
 def test_flexible_stops_at_the_first_execution_it_cannot_serve_and_fifo_backfills():
     nodes = [node("a", 4)]
-    blocked = execution(1, [inst(1, 5)], at=0.0)
+    held = execution(9, [], [(inst(9, 2), "a")])
+    blocked = execution(1, [inst(1, 3)], at=0.0)  # fits once the node is empty
     small = execution(2, [inst(2, 1)], at=1.0)
-    assert run(nodes, [blocked, small], "flexible").starts == []
-    assert len(run(nodes, [blocked, small], "fifo").starts) == 1
+    assert run(nodes, [held, blocked, small], "flexible").starts == []
+    assert len(run(nodes, [held, blocked, small], "fifo").starts) == 1
 
 
 def test_an_execution_that_waited_too_long_holds_its_nodes():
     nodes = [node("a", 4), node("b", 4, 32, "ssd")]
-    held = execution(9, [], [(inst(9, 2), "a")])
-    blocked = execution(1, [inst(1, 5)], at=0.0)  # fits on no node
+    held = execution(9, [], [(inst(9, 2), "a"), (inst(9, 1), "b")])
+    blocked = execution(1, [inst(1, 3), inst(1, 3)], at=0.0)  # fits only an emptied cluster
     small = execution(2, [inst(2, 1)], at=1.0)
     assert len(run(nodes, [held, blocked, small], "fifo", now=100.0).starts) == 1  # backfill
     assert run(nodes, [held, blocked, small], "fifo", now=10_000.0).starts == []  # held
-    labelled = execution(3, [inst(3, 8, labels={"ssd"})], at=0.0)
+    labelled = execution(3, [inst(3, 4, labels={"ssd"})], at=0.0)
     decisions = run(nodes, [held, labelled, small], "fifo", now=10_000.0)
     assert started_on(decisions) == {small.pending[0].id: "a"}  # it holds only the ssd node
 
 
 def test_lookahead_and_scan_bound_the_waiting_executions_examined():
-    nodes = [node("a", 4), node("b", 4)]
-    # Each needs a node larger than any, each in a way no earlier miss covers.
-    blocked = [execution(i, [inst(i, 5.0 - 0.1 * i, float(i))], at=float(i)) for i in range(1, 6)]
+    nodes = [node("a", 8), node("b", 8)]
+    held = execution(98, [], [(inst(98, 5), "a"), (inst(98, 5), "b")], at=-1.0)
+    # Each needs more room than any node has left, each in a way no earlier miss covers.
+    blocked = [execution(i, [inst(i, 4.0 - 0.1 * i, float(i))], at=float(i)) for i in range(1, 6)]
     small = execution(99, [inst(99, 1)], at=50.0)
-    assert run(nodes, [*blocked, small], "fifo+lookahead=2").starts == []
-    assert len(run(nodes, [*blocked, small], "fifo+lookahead=5").starts) == 1
-    assert len(run(nodes, [*blocked, small], "fifo+scan=5").starts) == 1
-    assert run(nodes, [*blocked, small], "fifo+scan=4").starts == []
+    queue = [held, *blocked, small]
+    assert run(nodes, queue, "fifo+lookahead=2").starts == []
+    assert len(run(nodes, queue, "fifo+lookahead=5").starts) == 1
+    assert len(run(nodes, queue, "fifo+scan=5").starts) == 1
+    assert run(nodes, queue, "fifo+scan=4").starts == []
 
 
 def test_memory_is_a_hard_limit_too():

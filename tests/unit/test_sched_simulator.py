@@ -66,3 +66,35 @@ def test_command_line_json_table_and_plot(capsys, tmp_path):
 def test_command_line_rejects_an_unknown_policy(capsys):
     assert main(["--workload", "small", "--policy", "lottery"]) == 2
     assert "lottery" in capsys.readouterr().err
+
+
+def test_the_multiuser_workload_reports_each_user_and_the_fairness(capsys):
+    workload = make_workload("multiuser-small", 4, apps=120)
+    users = {a.user for a in workload.apps}
+    assert "heavy" in users and len(users) == 4
+    heavy = [a for a in workload.apps if a.user == "heavy"]
+    assert len(heavy) > len(workload.apps) / 2
+    assert len({a.arrival for a in heavy}) < len(heavy)  # it submits in bursts
+    argv = ["--workload", "multiuser-small", "--apps", "120", "--seed", "4", "--policy"]
+    assert main([*argv, "dynsize,fair", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for row in doc["results"]:
+        assert set(row["per_user"]) == users
+        assert row["worst_user_mean_slowdown"] == max(row["per_user"].values())
+        assert 1 / len(users) <= row["jain_index"] <= 1
+        assert set(row["per_user_alone"]) == users - {"heavy"}
+        assert row["worst_light_user_vs_alone"] > 0
+    assert main([*argv, "fair"]) == 0
+    assert "jain" in capsys.readouterr().out
+
+
+def test_jain_s_index():
+    from services.scheduler.fairness import jain_index
+
+    assert jain_index([2.0, 2.0, 2.0]) == 1.0
+    assert jain_index([1.0, 0.0, 0.0, 0.0]) == 0.25
+
+
+def test_since_goes_with_history(capsys):
+    assert main(["--workload", "small", "--since", "2026-11-30"]) == 2
+    assert "--since goes with --history" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -36,6 +37,7 @@ from services.executor.engine.port import (
     ContainerSpec,
     EngineError,
     LogChunk,
+    NotManaged,
     Removed,
     Stats,
 )
@@ -77,6 +79,26 @@ class DockerEngine:
     def _managed_labels(self) -> list[str]:
         return [f"{LABEL_DEPLOYMENT}={self._deployment}", f"{LABEL_NODE}={self._node}"]
 
+    def _own(self, data: dict[str, Any], name: str) -> dict[str, Any]:
+        """``data`` (an inspect) if it describes a container of this deployment and node;
+        else `NotManaged`: whatever its name, another's container is left alone."""
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_DEPLOYMENT) != self._deployment or labels.get(LABEL_NODE) != self._node:
+            raise NotManaged(
+                f"container {name} is not managed by this node: it lacks the labels"
+                f" {LABEL_DEPLOYMENT}={self._deployment} and {LABEL_NODE}={self._node}"
+            )
+        return data
+
+    async def _show_own(self, name: str) -> DockerContainer | None:
+        """The managed container called ``name`` (by its id from now on, so that another
+        made under the same name meanwhile is not touched); None when there is none."""
+        data = await unless_gone(self._docker.containers.container(name).show())
+        if data is None:
+            return None
+        self._own(data, name)
+        return self._docker.containers.container(data["Id"])
+
     # ---- images --------------------------------------------------------------------------
 
     async def ensure_image(self, ref: str) -> None:
@@ -107,7 +129,9 @@ class DockerEngine:
         """Inspect a container; None when it does not exist."""
         with engine_errors():
             data = await unless_gone(self._docker.containers.container(name_or_id).show())
-        return translate.container_from_inspect(data) if data is not None else None
+        if data is None:
+            return None
+        return translate.container_from_inspect(self._own(data, name_or_id))
 
     async def create_and_start(self, spec: ContainerSpec) -> Container:
         """Create (network first) and start a container; remove it again if that fails.
@@ -170,10 +194,13 @@ class DockerEngine:
         return info
 
     async def stop_and_remove(self, name: str, *, timeout: float, log_bytes: int) -> Removed | None:
-        """Stop, inspect the exit, keep the log tail, force-remove; None when absent."""
-        container = self._docker.containers.container(name)
+        """Stop, inspect the exit, keep the log tail, force-remove; None when absent;
+        `NotManaged` (and nothing done) for a container that is not this node's."""
 
-        async def stop_read_remove() -> Removed:
+        async def stop_read_remove() -> Removed | None:
+            container = await self._show_own(name)
+            if container is None:
+                return None
             await container.stop(t=max(0, math.ceil(timeout)))
             data = await container.show()
             text = await log_tail(container, tail=None, max_bytes=log_bytes)
@@ -184,10 +211,17 @@ class DockerEngine:
             return await unless_gone(stop_read_remove())
 
     async def logs(self, name: str, *, tail: int | None, max_bytes: int) -> str | None:
-        """The container's log tail (stdout and stderr); None when it does not exist."""
-        container = self._docker.containers.container(name)
+        """The container's log tail (stdout and stderr); None when it does not exist;
+        `NotManaged` for a container that is not this node's."""
+
+        async def read() -> str | None:
+            container = await self._show_own(name)
+            if container is None:
+                return None
+            return await log_tail(container, tail=tail, max_bytes=max_bytes)
+
         with engine_errors():
-            return await unless_gone(log_tail(container, tail=tail, max_bytes=max_bytes))
+            return await unless_gone(read())
 
     async def follow_logs(
         self, name: str, *, cursor: str, tail: int | None, max_bytes: int
@@ -196,7 +230,8 @@ class DockerEngine:
         container = self._docker.containers.container(name)
 
         async def read() -> LogChunk:
-            info = await container.show()  # before the log: see LogChunk.running
+            # before the log: see LogChunk.running
+            info = self._own(await container.show(), name)
             text, after = await log_after(container, cursor=cursor, tail=tail, max_bytes=max_bytes)
             return LogChunk(text, after, (info.get("State") or {}).get("Status") in RUNNING_STATES)
 

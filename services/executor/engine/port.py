@@ -40,6 +40,11 @@ class ContainerExists(EngineError):
     """A container of that name exists already (made by an earlier delivery of a start)."""
 
 
+class NotManaged(EngineError):
+    """A container this engine does not manage (it lacks the deployment's and the node's
+    labels): a command naming it is refused, and the container is left alone."""
+
+
 # ---- plain data crossing the port -------------------------------------------------------
 
 
@@ -160,7 +165,8 @@ class Engine(Protocol):
         ...
 
     async def inspect(self, name_or_id: str) -> Container | None:
-        """The container, or None when it does not exist."""
+        """The container, or None when it does not exist; `NotManaged` when it is not
+        this engine's (``stop_and_remove``, ``logs`` and ``follow_logs`` refuse those too)."""
         ...
 
     async def create_and_start(self, spec: ContainerSpec) -> Container:
