@@ -165,6 +165,12 @@ async def test_a_body_that_is_not_json_is_415_and_stores_nothing(platform: Platf
         assert status == 200, (kind, answer)
     status, answer = await send(port, "POST", f"/executions/{MAX_ID}/terminate", None, admin)
     assert status == 404, answer
+    # a route whose JSON body is optional: none is fine, a body not JSON is not
+    drain = "/nodes/no-such-node/drain"
+    status, answer = await send(port, "POST", drain, None, admin)
+    assert status == 404, answer
+    answer = await send(port, "POST", drain, b"deadline=1", admin, Content_Type="text/plain")
+    refused(answer, 415, "Content-Type")
 
 
 def _outside_address() -> str | None:

@@ -93,6 +93,8 @@ class Caller:
             return {"name": self.target_user}
         if path.startswith("/api/v1/tokens/"):
             return {"id": self.target_token}
+        if path.startswith("/api/v1/nodes/"):
+            return {"name": "no-such-node"}  # never drain the session's node
         return {}
 
 
@@ -194,6 +196,7 @@ async def test_the_answers_about_a_real_execution_conform(
 ) -> None:
     calls = Calls(platform, callers["user"].token)
     other = await platform.new_user(_name("other"), "user")
+    admin = callers["admin"].token
     web = {
         "name": "web",
         "port_number": 8000,
@@ -213,11 +216,18 @@ async def test_the_answers_about_a_real_execution_conform(
         ident = {"id": first["id"]}
         calls("GET", "/api/v1/executions", 200, query={"limit": 5})
         calls("GET", "/api/v1/executions", 403, query={"all": "1"})
-        calls("GET", "/api/v1/executions", 200, query={"all": "1"}, token=callers["admin"].token)
+        calls("GET", "/api/v1/executions", 200, query={"all": "1"}, token=admin)
         calls("GET", "/api/v1/executions/{id}", 200, path_parameters=ident)
         calls("GET", "/api/v1/executions/{id}", 404, path_parameters=ident, token=other)
         calls("GET", "/api/v1/executions/{id}", 401, path_parameters=ident, token=None)
         calls("GET", "/api/v1/nodes", 200)
+        node = {"name": platform.node}
+        calls("POST", "/api/v1/nodes/{name}/undrain", 202, path_parameters=node, token=admin)
+        calls("POST", "/api/v1/nodes/{name}/undrain", 403, path_parameters=node)
+        nowhere = {"name": "no-such-node"}
+        calls("POST", "/api/v1/nodes/{name}/drain", 404, path_parameters=nowhere, token=admin)
+        calls("POST", "/api/v1/nodes/{name}/drain", 400, path_parameters=nowhere, token=admin,
+              body={"deadline": -1})  # fmt: skip
         calls("POST", "/api/v1/executions/{id}/terminate", 404, path_parameters={"id": 2**62})
         return int(first["id"])
 
