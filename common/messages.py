@@ -137,6 +137,9 @@ class StartInstance(Message, frozen=True, kw_only=True, tag="instance.start"):
     ports: list[PortRequest] = []
     volumes: list[VolumeRequest] = []
     labels: dict[str, str] = {}
+    # The ZApp says this service needs root in its containers (else they run as uid 1000
+    # with no capability); the api let only roles with run-as-root submit it.
+    run_as_root: bool = False
 
 
 class StartInstances(Message, frozen=True, kw_only=True, tag="instance.start_many"):

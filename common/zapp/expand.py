@@ -6,10 +6,10 @@ name as alias, so the DNS name of an instance is its instance name (`spark-maste
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from common.errors import FieldError, InvalidZApp
-from common.zapp import templates
+from common.zapp import shell, templates
 from common.zapp.model import Description, Service
 from common.zapp.sizes import size_errors
 from common.zapp.specs import (
@@ -51,6 +51,8 @@ def expand(
     See `specs.instance_spec` for the resources. Every instance also gets `EXECUTION_ID`,
     `DEPLOY_NAME` (= `deployment`), `ZOE_USER`, `SERVICE_NAME` (= its instance name) and
     `ZOE_WORKSPACE`, which win over variables of the same name in the description.
+    Template values in a command are quoted for where they stand (`shell`), so no name
+    can break out of its word; a volume named `workspace` is `user_name`'s workspace.
 
     Raises `InvalidZApp`, before building anything, when the specs would be larger than
     the limits (`sizes`), which `load_description` already checked for names up to their
@@ -82,7 +84,9 @@ def _instances(
         for i, (variable, value) in enumerate(service.environment)
     ]
     command = (
-        None if service.command is None else _prepare(service.command, values, f"{path}.command")
+        None
+        if service.command is None
+        else _prepare(service.command, values, f"{path}.command", shell.split_command)
     )
     specs = []
     for index, name in enumerate(service.instance_names()):
@@ -94,18 +98,26 @@ def _instances(
                 index,
                 command=None if command is None else name.join(command),
                 environment=env,
+                user_name=names.user_name,
             )
         )
     return specs
 
 
-def _prepare(text: str, values: Mapping[str, str], path: str) -> list[str]:
+def _prepare(
+    text: str,
+    values: Mapping[str, str],
+    path: str,
+    split: Callable[[str, Mapping[str, str], str], list[str]] = templates.split_on,
+) -> list[str]:
     try:
-        return templates.split_on(text, values, SELF)
+        return split(text, values, SELF)
     except templates.TemplateSyntaxError:
         message = templates.SYNTAX_MESSAGE
     except templates.UnknownVariable as exc:
         message = f"unknown template variable {{{exc.args[0]}}}"
+    except shell.UnquotableVariable:
+        message = shell.REFUSED_MESSAGE
     raise InvalidZApp(_ERROR_MESSAGE, errors=[FieldError(path, message)])
 
 

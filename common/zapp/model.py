@@ -42,7 +42,11 @@ class Port(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Volume(msgspec.Struct, frozen=True, kw_only=True):
-    """A Docker volume mounted at `path` in every instance of the service."""
+    """A Docker volume mounted at `path` in every instance of the service.
+
+    `name` is a volume of the ZApp's own (shared by the executions of the deployment
+    that name it), or `workspace`: the workspace of the user who starts the execution.
+    """
 
     name: str
     path: str
@@ -53,6 +57,8 @@ class Service(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One service of a ZApp: `total_count` instances, the first `essential_count` essential.
 
     `environment` values and `command` are templates (see `common.zapp.templates`).
+    `run_as_root`: its containers run as root (uid 0) instead of the unprivileged user
+    of the ZApp images (uid 1000); only a caller allowed to `run-as-root` may start it.
     """
 
     name: str
@@ -68,6 +74,7 @@ class Service(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     command: str | None
     work_dir: str | None = None
     labels: list[str] = []
+    run_as_root: bool = False
 
     def instance_names(self) -> list[str]:
         """The names of this service's instances, `<name><index>` from 0."""
@@ -82,6 +89,11 @@ class Description(msgspec.Struct, frozen=True, kw_only=True):
     will_end: bool
     size: int
     services: list[Service]
+
+    @property
+    def needs_root(self) -> bool:
+        """Whether a service runs as root: starting it needs the `run-as-root` capability."""
+        return any(service.run_as_root for service in self.services)
 
     def instance_count(self) -> int:
         """How many instances the ZApp has at most, essential and elastic."""

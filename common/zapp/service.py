@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from common.zapp import images, templates
+from common.zapp import images, shell, templates
 from common.zapp.checks import (
     Collector,
     Unique,
@@ -49,7 +49,7 @@ _SERVICE_REQUIRED = (
     "volumes",
     "command",
 )
-_SERVICE_OPTIONAL = ("work_dir", "labels", "replicas", "network")
+_SERVICE_OPTIONAL = ("work_dir", "labels", "run_as_root", "replicas", "network")
 _COUNT_RULE = "must be an integer >= 1"
 _STARTUP_ORDER_RANGE = f"must be between {MIN_STARTUP_ORDER} and {MAX_STARTUP_ORDER}"
 _SERVICE_NAME_RULE = "must be 3 to 16 characters: letters, digits and '-'"
@@ -105,6 +105,9 @@ def check_service(c: Collector, value: object, path: str, registries: frozenset[
     if "volumes" in obj:
         volumes = check_volumes(c, obj["volumes"], key_path(path, "volumes"))
     command, work_dir, labels = _extras(c, obj, path, draft)
+    run_as_root: bool | None = False
+    if "run_as_root" in obj:
+        run_as_root = check_bool(c, obj["run_as_root"], key_path(path, "run_as_root"))
     if c.failed_since(mark):
         return draft
     draft.service = Service(
@@ -121,6 +124,7 @@ def check_service(c: Collector, value: object, path: str, registries: frozenset[
         command=command,
         work_dir=work_dir,
         labels=known(labels),
+        run_as_root=known(run_as_root),
     )
     return draft
 
@@ -180,6 +184,7 @@ def _extras(
         )
         if command is not None:
             draft.template_texts.append((key_path(path, "command"), command))
+            _check_command_quoting(c, command, key_path(path, "command"))
     if obj.get("work_dir") is not None:
         work_dir = check_absolute_path(
             c, obj["work_dir"], key_path(path, "work_dir"), "must be an absolute path or null"
@@ -201,6 +206,16 @@ def _extras(
     if isinstance(replicas, bool) or replicas != 1:
         c.error(key_path(path, "replicas"), _REPLICAS_RULE)
     return command, work_dir, labels
+
+
+def _check_command_quoting(c: Collector, command: str, path: str) -> None:
+    """Refuse a variable standing where its value could not be quoted (see `shell`)."""
+    try:
+        shell.contexts(templates.parts(command))
+    except templates.TemplateSyntaxError:
+        pass  # reported with the other template errors
+    except shell.UnquotableVariable as exc:
+        c.error(path, str(exc))
 
 
 def _image(c: Collector, value: object, path: str, registries: frozenset[str]) -> str | None:

@@ -31,6 +31,7 @@ from common.zapp.limits import (
     MIN_MEMORY,
 )
 from common.zapp.model import CoresRange, MemoryRange, Port, Resources, Volume
+from common.zapp.specs import WORKSPACE, WORKSPACE_PREFIX
 
 N = TypeVar("N", int, float)
 
@@ -43,6 +44,12 @@ _CORES_RULE = f"must be a number >= {MIN_CORES:g} or null"
 _CORES_LOW = f"must be >= {MIN_CORES:g} (the engine's smallest CPU limit) or null"
 _MOUNT_COLON = "must not contain ':' (Docker would read what follows as mount options)"
 _CORES_HIGH = f"must be <= {MAX_CORES:g}"
+_WORKSPACE_RULE = (
+    f"must not start with {WORKSPACE_PREFIX!r}: those are users' workspaces; name the"
+    f" volume {WORKSPACE!r} to mount the workspace of the user who starts the execution"
+)
+# An execution's network claim is the volume <network>.network (services/executor/engine).
+CLAIM_SUFFIX = ".network"
 _VOLUME_NAME_RULE = (
     "must be a Docker volume name: 2 to 255 letters, digits, '_', '.' and '-',"
     " starting with a letter or digit"
@@ -223,8 +230,24 @@ def _check_url_template(c: Collector, path: str, text: str) -> None:
             )
 
 
+def _reserved(c: Collector, name: str, path: str) -> bool:
+    """Refuse a volume name that is not the ZApp's own: a user's workspace by its
+    stored name (another user's, whoever starts it) or an execution's network claim."""
+    if name.startswith(WORKSPACE_PREFIX):
+        c.error(path, _WORKSPACE_RULE)
+        return True
+    if name.endswith(CLAIM_SUFFIX):
+        c.error(path, f"must not end with {CLAIM_SUFFIX!r}: Zoe names its own volumes so")
+        return True
+    return False
+
+
 def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None:
-    """The `volumes` of a service; mount paths are unique within it."""
+    """The `volumes` of a service; mount paths are unique within it.
+
+    A name is the ZApp's own volume, or `workspace` (the user's own workspace); other
+    users' workspaces (`workspace-*`) and Zoe's network claims (`*.network`) are refused.
+    """
     items = check_array(c, value, path, max_items=MAX_VOLUMES)
     if items is None:
         return None
@@ -246,6 +269,8 @@ def check_volumes(c: Collector, value: object, path: str) -> list[Volume] | None
                 message=_VOLUME_NAME_RULE,
                 pattern=_VOLUME_NAME,
             )
+            if name is not None and _reserved(c, name, key_path(item_at, "name")):
+                name = None
         if "path" in obj:
             mount = check_absolute_path(
                 c, obj["path"], key_path(item_at, "path"), "must be an absolute path"

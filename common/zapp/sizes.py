@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import msgspec
 
 from common.errors import FieldError
-from common.zapp import specs, templates
+from common.zapp import shell, specs, templates
 from common.zapp.limits import (
     MAX_DEPLOYMENT,
     MAX_EXECUTION_NAME,
@@ -30,7 +30,8 @@ from common.zapp.model import Description, Service
 # The names that take the most bytes: an execution name is printable text, and no
 # printable character takes more than 4 bytes in JSON (`😀`; only control characters take
 # 6); user and deployment names name Docker volumes and containers, so they are ASCII
-# letters, digits, '_', '.' and '-', one byte each. `expand` checks the real names again.
+# letters, digits, '_', '.' and '-', one byte each. `expand` checks the real names again
+# (in a command, a value is quoted: a name of 128 `'` would take 7 bytes a character).
 LONGEST = specs.Names(
     execution_id=2**63 - 1,
     execution_name="\U0001f600" * MAX_EXECUTION_NAME,
@@ -82,24 +83,54 @@ def instance_bytes(service: Service, values: Mapping[str, str], names: specs.Nam
         index,
         command=None if service.command is None else "",
         environment=environment,
+        user_name=names.user_name,
     )
     size = len(msgspec.json.encode(skeleton))
     lengths = {specs.SELF: _encoded(instance)}
-    texts = [value for _, value in service.environment]
+    for _, text in service.environment:
+        size += _template_bytes(text, values, lengths)
     if service.command is not None:
-        texts.append(service.command)
-    for text in texts:
-        try:
-            pieces = templates.parts(text)
-        except templates.TemplateSyntaxError:
+        size += _command_bytes(service.command, values, lengths)
+    return size
+
+
+def _template_bytes(text: str, values: Mapping[str, str], lengths: dict[str, int]) -> int:
+    """Bytes of `text` filled with `values`, in JSON; `lengths` caches each value's."""
+    try:
+        pieces = templates.parts(text)
+    except templates.TemplateSyntaxError:
+        return 0
+    size = _encoded("".join(piece for is_variable, piece in pieces if not is_variable))
+    used = Counter(piece for is_variable, piece in pieces if is_variable)
+    for variable, count in used.items():
+        if variable not in lengths:
+            value = values.get(variable)
+            lengths[variable] = 0 if value is None else _encoded(value)
+        size += count * lengths[variable]
+    return size
+
+
+def _command_bytes(text: str, values: Mapping[str, str], lengths: dict[str, int]) -> int:
+    """`_template_bytes` of a command, whose values are quoted for where they stand
+    (`shell`); a command `expand` refuses counts its literal text only."""
+    try:
+        pieces = templates.parts(text)
+        found = shell.contexts(pieces)
+    except (templates.TemplateSyntaxError, shell.UnquotableVariable):
+        return 0
+    size = _encoded("".join(piece for is_variable, piece in pieces if not is_variable))
+    variables = [piece for is_variable, piece in pieces if is_variable]
+    quoted: dict[tuple[str, str], int] = {}
+    for variable, context in zip(variables, found, strict=True):
+        if variable == specs.SELF:  # an instance name: the same in every quoting
+            size += lengths[specs.SELF]
             continue
-        size += _encoded("".join(piece for is_variable, piece in pieces if not is_variable))
-        used = Counter(piece for is_variable, piece in pieces if is_variable)
-        for variable, count in used.items():
-            if variable not in lengths:
-                value = values.get(variable)
-                lengths[variable] = 0 if value is None else _encoded(value)
-            size += count * lengths[variable]
+        if (variable, context) not in quoted:
+            value = values.get(variable)
+            quoted[variable, context] = (
+                0 if value is None else _encoded(shell.quote(value, context))
+            )
+        size += quoted[variable, context]
     return size
 
 

@@ -6,6 +6,9 @@ what all of them take. Both build them here, so the count cannot drift from the 
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import msgspec
 
 from common.zapp import templates
@@ -18,6 +21,14 @@ DEFAULT_CORES = 0.1
 """Cores reserved for an instance whose `resources.cores.min` is null."""
 
 SELF = templates.DNS_PREFIX + templates.SELF
+
+WORKSPACE = "workspace"
+"""The volume name a description gives the workspace of the user who starts it."""
+
+WORKSPACE_PREFIX = "workspace-"
+"""Volumes named so are users' workspaces: a description may not name one itself."""
+
+_VOLUME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class PortSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +74,7 @@ class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
     volumes: list[VolumeSpec]
     work_dir: str | None
     labels: list[str]
+    run_as_root: bool = False
 
 
 class Names(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,14 +111,29 @@ def injected(names: Names, instance: str) -> dict[str, str]:
     }
 
 
+def workspace_volume(user_name: str) -> str:
+    """The volume of a user's workspace, without the deployment's prefix: a user name
+    that is not a valid volume name part is made one, with a hash so two such names
+    never collide. (The executor mounts `<deployment>-` this at /mnt/workspace.)"""
+    safe = _VOLUME_UNSAFE.sub("_", user_name)
+    if safe != user_name:
+        safe = f"{safe}_{hashlib.sha256(user_name.encode()).hexdigest()[:8]}"
+    return WORKSPACE_PREFIX + safe
+
+
 def instance_spec(
-    service: Service, index: int, *, command: str | None, environment: dict[str, str]
+    service: Service,
+    index: int,
+    *,
+    command: str | None,
+    environment: dict[str, str],
+    user_name: str,
 ) -> InstanceSpec:
     """The spec of instance `index` of `service`, given its resolved command and environment.
 
     Resources: the reserved memory is `memory.min`, or `DEFAULT_MEMORY` when null (capped
     by `memory.max`); the limit is `memory.max`, or the reservation when null. Cores work
-    the same with `DEFAULT_CORES`.
+    the same with `DEFAULT_CORES`. A volume named `workspace` is `user_name`'s workspace.
     """
     memory, cores = service.resources.memory, service.resources.cores
     memory_reserved = memory.min
@@ -141,9 +168,14 @@ def instance_spec(
             for port in service.ports
         ],
         volumes=[
-            VolumeSpec(name=volume.name, path=volume.path, read_only=volume.read_only)
+            VolumeSpec(
+                name=workspace_volume(user_name) if volume.name == WORKSPACE else volume.name,
+                path=volume.path,
+                read_only=volume.read_only,
+            )
             for volume in service.volumes
         ],
         work_dir=service.work_dir,
         labels=list(service.labels),
+        run_as_root=service.run_as_root,
     )

@@ -76,6 +76,13 @@ async def submit(
                 )
             ],
         )
+    if loaded.description.needs_root and not caller.can(auth.RUN_AS_ROOT):
+        root = [
+            FieldError(f"services[{i}].run_as_root", f"role {caller.role!r} may not run as root")
+            for i, service in enumerate(loaded.description.services)
+            if service.run_as_root
+        ]
+        raise auth.Forbidden("this ZApp's containers run as root", root)
     out, created = await store.create_execution(
         pool,
         name=str(name),

@@ -7,7 +7,6 @@ adopted container (found after a restart) reads the same as a freshly started on
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +14,7 @@ from collections.abc import Callable, Mapping
 from common import messages as m
 from common.errors import ZoeError
 from common.settings import ExecutorSettings
-from common.zapp import templates
+from common.zapp import specs, templates
 from common.zapp.expand import PortSpec as PortTemplate
 from common.zapp.expand import url_for
 from services.executor.engine import (
@@ -85,6 +84,7 @@ def container_spec(
         ports=ports,
         binds=binds,
         volumes=volumes,
+        run_as_root=msg.run_as_root,
     )
 
 
@@ -135,12 +135,8 @@ def host_path(path: str, allowed: tuple[str, ...], resolve: Callable[[str], str]
 
 
 def workspace_volume(deployment: str, user: str) -> str:
-    """The Docker volume holding a user's workspace; a user name that is not a valid
-    volume name part is made one, with a hash so two such names never collide."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
-    if safe != user:
-        safe = f"{safe}_{hashlib.sha256(user.encode()).hexdigest()[:8]}"
-    return f"{deployment}-workspace-{safe}"
+    """The Docker volume holding a user's workspace (common/zapp/specs.py names it)."""
+    return f"{deployment}-{specs.workspace_volume(user)}"
 
 
 # The log event for each fact ("instance.started", ...): `m.tag_of` inspects the type

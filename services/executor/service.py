@@ -24,6 +24,7 @@ from common.bus import Bus, declare_executor_queue
 from common.runtime import Runtime
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
+from services.executor.engine.translate import NodeCapacity
 from services.executor.handlers import Executor
 from services.executor.loops import (
     EVENTS_OVERLAP,
@@ -64,6 +65,7 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 zapps_root=Path(settings.zapps_root),
                 network_pool=settings.network_pool,
                 debian_mirror=settings.debian_mirror,
+                capacity=NodeCapacity(settings.cores, settings.memory),
             )
         bus = await rt.open_bus(name)
         await rt.serve_metrics()

@@ -301,6 +301,10 @@ def start_command(
         environment=spec.get("environment", {}),
         cores_limit=spec["cores_limit"],
         memory_limit=spec["memory_limit"],
+        # what the placement reserved: the executor re-checks it against its node
+        cores_reserved=spec["cores_reserved"],
+        memory_reserved=spec["memory_reserved"],
+        run_as_root=spec.get("run_as_root", False),
         shm_size=spec.get("shm_size"),
         work_dir=spec.get("work_dir"),
         ports=[

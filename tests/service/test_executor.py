@@ -456,6 +456,7 @@ async def test_volumes_workspace_and_allowed_host_paths_are_mounted(
 ) -> None:
     allowed = tmp_path / "data"
     (allowed / "in").mkdir(parents=True)
+    (allowed / "in").chmod(0o777)  # containers run as uid 1000
     shared = f"{test_env.deployment}-shared"
     workspace = f"{test_env.deployment}-workspace-alice"
     start = start_msg(
@@ -1003,9 +1004,11 @@ async def test_instances_share_a_spare_network_that_goes_with_the_last_of_them(
         ready = await wait_for(
             lambda: _two(spares(docker, test_env, node)), what="two spare networks"
         )
-        main = start_msg(test_env, LONG_RUNNING)
         # the worker reaches the main instance by its name in the execution's network
-        reach = "until ping -c1 -W1 main; do sleep 0.1; done; "
+        # (over TCP: ping needs a raw socket, which the unprivileged user has not)
+        main = start_msg(test_env, "while :; do nc -l -p 7000 -e echo pong; done")
+        reach = "until nc main 7000 </dev/null | grep -q pong; do sleep 0.1; done; "
+        reach += "echo bytes from main; "
         worker = instance_of(main, "worker", 1, reach + LONG_RUNNING)
         await asyncio.gather(bus.publish(main, node=node), bus.publish(worker, node=node))
         for start in (main, worker):

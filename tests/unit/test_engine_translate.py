@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.executor.engine.port import ContainerSpec, PortSpec
+from services.executor.engine.port import ContainerSpec, EngineError, PortSpec
 from services.executor.engine.translate import (
+    DROPPED_CAPABILITIES,
+    LOG_CONFIG,
+    PIDS_LIMIT,
+    ZAPP_USER,
+    LimitRefused,
+    NodeCapacity,
     container_event,
     container_from_inspect,
     container_from_summary,
@@ -56,12 +62,85 @@ def test_docker_config_carries_limits_ports_network_and_command() -> None:
 
 
 def test_docker_config_joins_the_network_found_and_keeps_the_images_command() -> None:
-    config = docker_config(spec(memory=0, shm_size=96 * MIB), "0.0.0.0", "zoe-net-abc")
+    config = docker_config(spec(shm_size=96 * MIB), "0.0.0.0", "zoe-net-abc")
     assert config["HostConfig"]["NetworkMode"] == "zoe-net-abc"
     assert list(config["NetworkingConfig"]["EndpointsConfig"]) == ["zoe-net-abc"]
-    assert config["HostConfig"]["MemorySwap"] == 0  # no limit, no swap limit either
     assert config["HostConfig"]["ShmSize"] == 96 * MIB
     assert "Cmd" not in config and "WorkingDir" not in config
+
+
+# confinement ---------------------------------------------------------------------------------
+
+DEFAULT_CAPABILITIES = {  # Docker 20.10's default set (moby oci/caps/defaults.go)
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+}  # fmt: skip
+
+
+def test_every_container_gets_no_new_privileges_a_pids_limit_and_bounded_logs() -> None:
+    for run_as_root in (False, True):
+        config = docker_config(spec(), "127.0.0.1", run_as_root=run_as_root)
+        host = config["HostConfig"]
+        assert host["SecurityOpt"] == ["no-new-privileges:true"]
+        assert host["PidsLimit"] == PIDS_LIMIT == 2048
+        assert host["Privileged"] is False
+        assert host["LogConfig"] == LOG_CONFIG
+        assert LOG_CONFIG == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+        assert "CapAdd" not in host
+
+
+def test_an_unprivileged_container_runs_as_the_zapp_user_without_capabilities() -> None:
+    config = docker_config(spec(), "127.0.0.1")
+    assert config["User"] == ZAPP_USER == "1000:1000"
+    assert config["HostConfig"]["CapDrop"] == ["ALL"]
+
+
+def test_a_root_container_keeps_docker_s_defaults_minus_the_dropped_ones() -> None:
+    config = docker_config(spec(), "127.0.0.1", run_as_root=True)
+    assert config["User"] == "0:0"
+    dropped = set(config["HostConfig"]["CapDrop"])
+    assert dropped == set(DROPPED_CAPABILITIES) == {"MKNOD", "NET_RAW", "SETFCAP", "SETPCAP"}
+    assert dropped <= DEFAULT_CAPABILITIES
+    assert DEFAULT_CAPABILITIES - dropped == {
+        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE",
+        "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    }  # fmt: skip
+
+
+def test_limits_above_the_node_are_lowered_to_its_capacity() -> None:
+    node = NodeCapacity(cores=2.0, memory=512 * MIB)
+    big = spec(memory=4096 * MIB, nano_cpus=8_000_000_000)
+    host = docker_config(big, "127.0.0.1", capacity=node)["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"], host["NanoCpus"]) == (
+        512 * MIB,
+        512 * MIB,
+        2_000_000_000,
+    )
+    small = docker_config(spec(), "127.0.0.1", capacity=node)["HostConfig"]
+    assert (small["Memory"], small["NanoCpus"]) == (64 * MIB, 500_000_000)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"memory": 0}, "memory limit 0 bytes is below 6291456 (6 MiB)"),
+        ({"memory": 6 * MIB - 1}, "memory limit 6291455 bytes is below 6291456 (6 MiB)"),
+        ({"nano_cpus": 0}, "CPU limit 0 NanoCpus is below 10000000 (0.01 core)"),
+        ({"nano_cpus": 9_999_999}, "CPU limit 9999999 NanoCpus is below 10000000 (0.01 core)"),
+    ],
+)
+def test_a_limit_docker_would_read_as_none_is_refused(
+    changes: dict[str, int], message: str
+) -> None:
+    with pytest.raises(LimitRefused) as info:
+        docker_config(spec(**changes), "127.0.0.1")
+    assert isinstance(info.value, EngineError)  # a start that fails, with its reason
+    assert str(info.value).startswith(f"container zoe-7-main: {message}")
+
+
+def test_a_node_too_small_for_any_container_is_refused() -> None:
+    with pytest.raises(LimitRefused, match=r"this node offers 0\.001 cores"):
+        docker_config(spec(), "127.0.0.1", capacity=NodeCapacity(cores=0.001, memory=1 << 30))
 
 
 def test_an_inspect_gives_the_state_exit_and_published_ports() -> None:

@@ -161,7 +161,7 @@ def test_injected_variables_win() -> None:
 def test_substituted_values_are_not_read_again() -> None:
     d = description(service(command="echo {execution_name}"))
     [spec] = expand(d, execution_id=3, execution_name="{user_name}", user_name="u", deployment="x")
-    assert spec.command == "echo {user_name}"
+    assert spec.command == "echo '{user_name}'"  # quoted for the shell, not filled again
 
 
 def test_a_description_that_would_not_validate_is_refused() -> None:
@@ -237,7 +237,7 @@ def test_a_zapp_too_large_once_expanded_is_refused_before_it_is_built() -> None:
     assert [(e.path, e.message) for e in info.value.errors] == [
         (
             "services",
-            "expanded, the 10000 instances take up to 9039000 bytes;"
+            "expanded, the 10000 instances take up to 9239000 bytes;"
             " at most 8388608 (8 MiB) are allowed",
         )
     ]

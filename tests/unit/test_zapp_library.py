@@ -105,17 +105,17 @@ def test_every_image_is_built_from_local_images_only() -> None:
         seen.add(ref)
         image_dir = find_image_dir(ref, ZAPPS)  # raises for a reference nothing defines
         pending += dockerfile_dependencies((image_dir / "Dockerfile").read_text())
-    assert {"zoe/spark:1", "zoe/jupyter:1", "zoe/mpi:1", "zoe/pytorch:1"} <= seen
+    assert {"zoe/spark:2", "zoe/jupyter:2", "zoe/mpi:2", "zoe/pytorch:2"} <= seen
 
 
 def test_shared_images_are_defined_once_and_used_by_several_zapps() -> None:
     users = {
         folder.name: zapp_used_images(folder)
         for folder in zapp_folders()
-        if "zoe/spark:1" in zapp_used_images(folder)
+        if "zoe/spark:2" in zapp_used_images(folder)
     }
     assert set(users) == {"spark", "spark-submit", "spark-history"}
-    assert "zoe/spark:1" in zapp_image_refs(ZAPPS / "spark")
+    assert "zoe/spark:2" in zapp_image_refs(ZAPPS / "spark")
     assert zapp_image_refs(ZAPPS / "spark-submit") == []  # it runs the spark ZApp's image
 
 

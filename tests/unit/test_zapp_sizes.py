@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from common.errors import InvalidZApp
-from common.zapp import InstanceSpec, expand, load_description, sizes, specs, templates
+from common.zapp import InstanceSpec, expand, load_description, shell, sizes, specs, templates
 from common.zapp.limits import (
     MAX_DEPLOYMENT,
     MAX_EXECUTION_NAME,
@@ -34,16 +34,26 @@ LONGEST_NAMES = msgspec.structs.asdict(sizes.LONGEST)
 def real_spec(
     description: Description, position: int, index: int, names: dict[str, Any]
 ) -> InstanceSpec:
-    """The spec of one instance, its templates filled by plain substitution: the oracle the
-    count is compared with (`test_the_oracle_is_what_expand_makes` checks it)."""
+    """The spec of one instance, its templates filled by plain substitution (in a command,
+    each value quoted for its place): the oracle the count is compared with
+    (`test_the_oracle_is_what_expand_makes` checks it)."""
     service = description.services[position]
     instance = f"{service.name}{index}"
     execution = specs.Names(**names)
     values = {**specs.template_values(description, execution), specs.SELF: instance}
     environment = {v: templates.substitute(t, values) for v, t in service.environment}
     environment.update(specs.injected(execution, instance))
-    command = None if service.command is None else templates.substitute(service.command, values)
-    return specs.instance_spec(service, index, command=command, environment=environment)
+    command = None
+    if service.command is not None:
+        pieces = templates.parts(service.command)
+        places = iter(shell.contexts(pieces))
+        command = "".join(
+            shell.quote(values[piece], next(places)) if is_variable else piece
+            for is_variable, piece in pieces
+        )
+    return specs.instance_spec(
+        service, index, command=command, environment=environment, user_name=execution.user_name
+    )
 
 
 def largest_spec(data: dict[str, Any], names: dict[str, Any]) -> int:

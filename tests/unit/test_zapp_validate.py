@@ -654,7 +654,7 @@ def test_too_much_expanded_text() -> None:
     [(path, message)] = errors(data)
     assert path == "services"
     assert message == (
-        "expanded, the 1000 instances take up to 131651000 bytes; at most 8388608 (8 MiB) are allowed"
+        "expanded, the 1000 instances take up to 131671000 bytes; at most 8388608 (8 MiB) are allowed"
     )
 
 

@@ -63,11 +63,13 @@ class DockerEngine:
         zapps_root: Path,
         network_pool: int = 0,
         debian_mirror: str = images.DEFAULT_DEBIAN_MIRROR,
+        capacity: translate.NodeCapacity | None = None,
     ) -> None:
         self._docker = docker
         self._deployment = deployment
         self._node = node
         self._publish_host = publish_host
+        self._capacity = capacity
         self._zapps_root = zapps_root
         self._debian_mirror = debian_mirror
         self._image_locks = KeyedLocks()
@@ -169,7 +171,14 @@ class DockerEngine:
             with engine_errors():
                 try:
                     return await self._docker.containers.create(
-                        translate.docker_config(spec, self._publish_host, network), name=spec.name
+                        translate.docker_config(
+                            spec,
+                            self._publish_host,
+                            network,
+                            capacity=self._capacity,
+                            run_as_root=spec.run_as_root,
+                        ),
+                        name=spec.name,
                     )
                 except DockerError as exc:
                     if exc.status == 409:

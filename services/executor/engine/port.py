@@ -82,6 +82,7 @@ class ContainerSpec:
     binds: tuple[str, ...] = ()  # "source:path[:ro]", source a host path or a volume
     # Named volumes among the binds' sources: made (labelled) before the container.
     volumes: tuple[str, ...] = ()
+    run_as_root: bool = False  # else the unprivileged ZApp user with no capability
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,29 +1,91 @@
 """Translations between the engine's plain data and Docker's JSON, without any I/O.
 
-`docker_config` writes the body of a container's creation; the others read what Docker
-answers (an inspect, a listing, an event, a stats sample) into the port's data classes.
+`docker_config` writes the body of a container's creation, with the confinement every
+ZApp container gets (docs/zapps.md, *Containers*); the others read what Docker answers
+(an inspect, a listing, an event, a stats sample) into the port's data classes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from services.executor.engine.port import Container, ContainerEvent, ContainerSpec, Removed, Stats
+from services.executor.engine.port import (
+    Container,
+    ContainerEvent,
+    ContainerSpec,
+    EngineError,
+    Removed,
+    Stats,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """What this node offers in all (the executor's ``ZOE_CORES`` and ``ZOE_MEMORY``)."""
+
+    cores: float
+    memory: int
+
+
+class LimitRefused(EngineError):
+    """A container's memory or CPU limit is one Docker would read as *no limit*, or
+    below the smallest it accepts: the start is refused, saying which."""
+
+
+ZAPP_USER = "1000:1000"
+"""The unprivileged user (and group) of the library's images, `zoe`: every container
+runs as it unless its service has ``run_as_root``."""
+
+ROOT_USER = "0:0"
+
+DROPPED_CAPABILITIES = ("MKNOD", "NET_RAW", "SETFCAP", "SETPCAP")
+"""Taken from Docker's default set in a container that runs as root (docs/zapps.md says
+why each); a container of the unprivileged user drops them all."""
+
+PIDS_LIMIT = 2048
+"""Processes and threads of one container: a fork bomb stops there (a Spark JVM runs a
+few hundred threads)."""
+
+LOG_CONFIG: dict[str, Any] = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+"""The engine keeps at most 30 MB of a container's output (3 files of 10 MB)."""
+
+MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a memory limit below 6 MiB
+MIN_NANO_CPUS = 10_000_000  # 0.01 core: Docker's smallest CPU limit; 0 would be none
 
 
 def docker_config(
-    spec: ContainerSpec, publish_host: str, network: str | None = None
+    spec: ContainerSpec,
+    publish_host: str,
+    network: str | None = None,
+    *,
+    capacity: NodeCapacity | None = None,
+    run_as_root: bool = False,
+    pids_limit: int = PIDS_LIMIT,
 ) -> dict[str, Any]:
     """The body of Docker's ``containers/create`` for ``spec``, attached to ``network``
-    (the execution's network as the engine found it; by default ``spec.network``)."""
+    (the execution's network as the engine found it; by default ``spec.network``).
+
+    Every container gets no new privileges, a pids limit, bounded logs, and runs as
+    `ZAPP_USER` with no capability at all, or as root with Docker's default capabilities
+    but `DROPPED_CAPABILITIES` when ``run_as_root``. Its memory and CPU limits are
+    lowered to the node's ``capacity``; raises `LimitRefused` for a limit of 0 (which
+    Docker reads as *no limit*) or below Docker's smallest.
+    """
     network = network or spec.network
+    memory, nano_cpus = limits(spec, capacity)
     host_config: dict[str, Any] = {
-        "Memory": spec.memory,
+        "Memory": memory,
         # No swap beyond the memory limit: the limit is what the scheduler reserved.
-        "MemorySwap": spec.memory if spec.memory else 0,
-        "NanoCpus": spec.nano_cpus,
+        "MemorySwap": memory,
+        "NanoCpus": nano_cpus,
+        "PidsLimit": pids_limit,
+        "SecurityOpt": ["no-new-privileges:true"],
+        "CapDrop": list(DROPPED_CAPABILITIES) if run_as_root else ["ALL"],
+        "Privileged": False,
+        "LogConfig": LOG_CONFIG,
         "NetworkMode": network,
         "PortBindings": {p.key: [{"HostIp": publish_host, "HostPort": ""}] for p in spec.ports},
         "Binds": list(spec.binds),
@@ -32,6 +94,7 @@ def docker_config(
         host_config["ShmSize"] = spec.shm_size
     config: dict[str, Any] = {
         "Image": spec.image,
+        "User": ROOT_USER if run_as_root else ZAPP_USER,
         "Env": [f"{k}={v}" for k, v in spec.environment.items()],
         "Labels": dict(spec.labels),
         "Hostname": spec.hostname,
@@ -44,6 +107,34 @@ def docker_config(
     if spec.work_dir:
         config["WorkingDir"] = spec.work_dir
     return config
+
+
+def limits(spec: ContainerSpec, capacity: NodeCapacity | None) -> tuple[int, int]:
+    """``spec``'s memory (bytes) and CPU (NanoCpus) limits, at most the node's capacity.
+
+    Raises `LimitRefused` for a limit below Docker's smallest (0 included: Docker would
+    read it as *no limit*).
+    """
+    if spec.memory < MIN_MEMORY:
+        raise LimitRefused(
+            f"container {spec.name}: memory limit {spec.memory} bytes is below"
+            f" {MIN_MEMORY} (6 MiB), the smallest Docker accepts (0 would be no limit)"
+        )
+    if spec.nano_cpus < MIN_NANO_CPUS:
+        raise LimitRefused(
+            f"container {spec.name}: CPU limit {spec.nano_cpus} NanoCpus is below"
+            f" {MIN_NANO_CPUS} (0.01 core), the smallest Docker accepts (0 would be no limit)"
+        )
+    memory, nano_cpus = spec.memory, spec.nano_cpus
+    if capacity is not None:
+        memory = min(memory, capacity.memory)
+        nano_cpus = min(nano_cpus, int(capacity.cores * 1e9))
+        if memory < MIN_MEMORY or nano_cpus < MIN_NANO_CPUS:
+            raise LimitRefused(
+                f"container {spec.name}: this node offers {capacity.cores:g} cores and"
+                f" {capacity.memory} bytes, below what one container needs at least"
+            )
+    return memory, nano_cpus
 
 
 def container_from_inspect(data: Mapping[str, Any]) -> Container:
