@@ -89,6 +89,13 @@ class ApiSettings(Settings, frozen=True, kw_only=True):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Names the api answers to in the Host header besides 127.0.0.1, localhost, [::1]
+    # and ZOE_HTTP_HOST:ZOE_HTTP_PORT (anything else is a 421: DNS rebinding): "name"
+    # on any port, "name:port" on that one, "*" any name (services/api/hygiene.py).
+    http_allowed_hosts: tuple[str, ...] = ()
+    # Origins a state-changing request may come from besides the api's own (the Host it
+    # was sent to), as "https://zoe.example.com"; any other is a 403.
+    http_allowed_origins: tuple[str, ...] = ()
     zapps_root: str = "zapps"
     # Longest a request waits for a log reply from an executor, in seconds.
     rpc_timeout: float = 5.0

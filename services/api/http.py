@@ -25,7 +25,18 @@ from common.errors import FieldError, InvalidRequest, NotFound, UserError
 from common.probe import Probe
 from common.retry import is_transient
 from common.states import ExecutionState
-from services.api import accounts, actions, auth, events, limits, pages, store, users
+from services.api import (
+    accounts,
+    actions,
+    auth,
+    events,
+    hygiene,
+    limits,
+    openapi,
+    pages,
+    store,
+    users,
+)
 from services.api import nodes as node_routes
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
@@ -307,12 +318,19 @@ def make_app(
     log_follows: int = limits.MAX_LOG_FOLLOWS,
     probe: Probe | None = None,
     auth_backend: str = "database",
+    policy: hygiene.Policy = hygiene.LOCAL,
 ) -> web.Application:
     """The aiohttp application with every route; at most ``event_streams`` event streams
     and ``log_follows`` log follows open at once (429 beyond). ``probe``: the process's
-    ``/metrics``, ``/healthz`` and ``/readyz``, served at the root beside ``/api/v1``."""
+    ``/metrics``, ``/healthz`` and ``/readyz``, served at the root beside ``/api/v1``.
+    ``policy``: the names and origins requests must come with (services/api/hygiene.py)."""
     app = web.Application(
-        middlewares=[metrics_middleware, errors_middleware, auth.middleware(_pool)],
+        middlewares=[
+            metrics_middleware,
+            hygiene.middleware(policy),
+            errors_middleware,
+            auth.middleware(_pool),
+        ],
         client_max_size=MAX_BODY,
     )
     if probe is not None:
@@ -334,4 +352,5 @@ def make_app(
     app.router.add_post("/api/v1/executions/{id}/terminate", terminate)
     app.router.add_get("/api/v1/executions/{id}/endpoints", endpoints)
     app.router.add_get("/api/v1/executions/{id}/services/{instance}/logs", logs)
+    openapi.install(app)  # serves the document; refuses to start with an undeclared route
     return app

@@ -19,7 +19,7 @@ from common import routes
 from common.bus import incoming_headers
 from common.runtime import Runtime
 from common.settings import ApiSettings
-from services.api import amqp
+from services.api import amqp, hygiene
 from services.api.events import HUB, Hub
 from services.api.http import Deps, make_app
 from services.api.limits import MAX_BODY
@@ -43,6 +43,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             log_follows=settings.max_log_follows,
             probe=rt.probe,
             auth_backend=settings.auth_backend,
+            policy=hygiene.Policy.from_settings(settings),
         )
         app[HUB] = hub
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout)

@@ -124,7 +124,7 @@ async def test_a_client_that_stops_reading_is_dropped(
         client.connect(("127.0.0.1", port))
         try:
             bearer = f"Authorization: Bearer {test_env.admin_token}\r\n".encode()
-            client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n" + bearer + b"\r\n")
+            client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n" + bearer + b"\r\n")
             await wait_for(lambda: slots.held == 1, timeout=10, what="the stream open")
             event = m.ExecutionStateChanged(
                 execution_id=1, state="running", at=datetime.now(UTC).isoformat()
