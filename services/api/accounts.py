@@ -24,6 +24,8 @@ BACKEND = web.AppKey("auth_backend", auth.PasswordBackend)  # type: ignore[type-
 MAX_PASSWORD = 1024
 MIN_PASSWORD = 8
 QUOTA_WHOLE = {"executions": True, "cores": False, "memory": True, "runtime": False}
+# below what each column holds (executions: an integer column; the rest: 64 bits)
+QUOTA_BELOW = {"executions": 2**31, "cores": 2**62, "memory": 2**62, "runtime": 2**62}
 
 
 def _fields(body: dict[str, Any], allowed: set[str]) -> None:
@@ -74,7 +76,8 @@ async def login(request: web.Request) -> web.Response:
         }
     )
     age = int(auth.LOGIN_LIFETIME.total_seconds())
-    secure = request.secure
+    # behind a TLS proxy (docs/operations.md) the api itself is reached over plain HTTP
+    secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
     response.set_cookie(
         auth.SESSION_COOKIE, token["token"], max_age=age, path="/", httponly=True,
         samesite="Strict", secure=secure,
@@ -230,7 +233,7 @@ async def set_quota(request: web.Request) -> web.Response:
         if value is None:
             continue
         number = isinstance(value, int) or (isinstance(value, float) and not whole)
-        if isinstance(value, bool) or not number or not 0 <= value < 2**62:
+        if isinstance(value, bool) or not number or not 0 <= value < QUOTA_BELOW[key]:
             errors.append(FieldError(key, QUOTA_RULES[key]))
         elif key == "runtime" and value == 0:
             errors.append(FieldError(key, QUOTA_RULES[key]))
@@ -240,7 +243,7 @@ async def set_quota(request: web.Request) -> web.Response:
 
 
 QUOTA_RULES = {
-    "executions": "must be a whole number of executions, 0 or more, or null",
+    "executions": "must be a whole number of executions from 0 to 2147483647, or null",
     "cores": "must be a number of cores, 0 or more, or null",
     "memory": "must be a whole number of bytes, 0 or more, or null",
     "runtime": "must be a number of seconds above 0, or null",

@@ -95,7 +95,10 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.json_response({"error": exc.reason, "errors": []}, status=exc.status)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # a 405's
+        return web.json_response(
+            {"error": exc.reason, "errors": []}, status=exc.status, headers=allow
+        )
     except Exception as exc:
         if is_transient(exc):
             log.warning("http.unavailable", path=request.path, error=repr(exc))
