@@ -105,6 +105,9 @@ class ApiSettings(Settings, frozen=True, kw_only=True):
     # Who checks a user name and password at sign-in: "database" (Zoe's own users table)
     # is the one backend there is (services/api/auth.py, BACKENDS).
     auth_backend: Literal["database"] = "database"
+    # The gateway as users reach it, e.g. https://zoe.example.org (behind a TLS proxy):
+    # endpoint links served through its proxy are given on it. "": as the executor said.
+    public_url: str = ""
 
 
 class SchedulerSettings(Settings, frozen=True, kw_only=True):

@@ -22,7 +22,7 @@ import asyncpg
 
 from common import messages as m
 from common.errors import UserError
-from services.api import actions, auth, store
+from services.api import actions, auth, endpoints, store
 from services.api.auth import Caller
 from services.api.shop import Shop
 
@@ -34,6 +34,7 @@ class Deps:
     pool: asyncpg.Pool
     shop: Shop
     deployment: str
+    public_url: str = ""
 
 
 async def on_submit(msg: m.SubmitRequest, deps: Deps, caller: Caller) -> m.ApiReply:
@@ -68,7 +69,7 @@ async def on_terminate(msg: m.TerminateRequest, deps: Deps, caller: Caller) -> m
 async def on_get(msg: m.GetRequest, deps: Deps, caller: Caller) -> m.ApiReply:
     """Read one execution."""
     execution = await store.get_execution(deps.pool, msg.execution_id, caller.owner_filter())
-    return m.ApiReply(status=200, body=execution)
+    return m.ApiReply(status=200, body=endpoints.shown(execution, deps.public_url))
 
 
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps, Caller], Awaitable[m.ApiReply]]] = {

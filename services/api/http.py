@@ -37,6 +37,7 @@ from services.api import (
     store,
     users,
 )
+from services.api import endpoints as endpoints_of
 from services.api import nodes as node_routes
 from services.api.limits import MAX_BODY, ascii_int
 from services.api.shop import SHOP, Shop, add_routes, json_object
@@ -58,6 +59,7 @@ class Deps:
     bus: Bus
     deployment: str
     rpc_timeout: float
+    public_url: str = ""  # the gateway as users reach it (endpoint links); "": none
 
 
 DEPS = web.AppKey("deps", Deps)
@@ -209,9 +211,9 @@ async def get_execution(request: web.Request) -> web.Response:
     """One execution with its service instances (the caller's, or anyone's for roles
     that operate all: another's is a 404, as if it did not exist)."""
     owner = auth.caller(request).owner_filter()
-    return web.json_response(
-        await store.get_execution(request.app[DEPS].pool, _execution_id(request), owner)
-    )
+    deps = request.app[DEPS]
+    execution = await store.get_execution(deps.pool, _execution_id(request), owner)
+    return web.json_response(endpoints_of.shown(execution, deps.public_url))
 
 
 async def terminate(request: web.Request) -> web.Response:
@@ -225,7 +227,9 @@ async def terminate(request: web.Request) -> web.Response:
 async def endpoints(request: web.Request) -> web.Response:
     """The published endpoints of an execution's instances, with their URLs."""
     owner = auth.caller(request).owner_filter()
-    execution = await store.get_execution(request.app[DEPS].pool, _execution_id(request), owner)
+    deps = request.app[DEPS]
+    execution = await store.get_execution(deps.pool, _execution_id(request), owner)
+    endpoints_of.shown(execution, deps.public_url)
     return web.json_response(
         {s["name"]: s["endpoints"] for s in execution["services"] if s["endpoints"]}
     )

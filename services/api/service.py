@@ -37,7 +37,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         hub = Hub()
         await hub.attach(bus)
         app = make_app(
-            Deps(pool, bus, settings.deployment, settings.rpc_timeout),
+            Deps(pool, bus, settings.deployment, settings.rpc_timeout, settings.public_url),
             shop,
             event_streams=settings.max_event_streams,
             log_follows=settings.max_log_follows,
@@ -54,7 +54,9 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         log.info("api.listening", host=settings.http_host, port=settings.http_port)
         rt.on_drained(site.stop)  # in-flight HTTP requests finish before the relay stops
 
-        deps = amqp.Deps(pool=pool, shop=shop, deployment=settings.deployment)
+        deps = amqp.Deps(
+            pool=pool, shop=shop, deployment=settings.deployment, public_url=settings.public_url
+        )
 
         async def on_request(msg: m.Message) -> m.ApiReply:
             return await amqp.handle(msg, deps, incoming_headers())
