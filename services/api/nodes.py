@@ -17,7 +17,7 @@ from common import messages as m
 from common.bus import Outgoing
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.outbox import enqueue
-from services.api import auth
+from services.api import auth, limits
 from services.api.shop import json_object
 
 MAX_DEADLINE = 365 * 24 * 3600.0  # seconds a drain's deadline may be at most
@@ -46,6 +46,8 @@ async def _ask(request: web.Request, drain: bool, deadline: float | None) -> web
     from services.api.http import DEPS  # the application's key, where make_app puts it
 
     name = request.match_info["name"]
+    if not limits.storable(name):  # no node has such a name, and PostgreSQL refuses it
+        raise NotFound(f"node {name!r} does not exist")
     async with request.app[DEPS].pool.acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT 1 FROM nodes WHERE name = $1", name) is None:
             raise NotFound(f"node {name} does not exist")
