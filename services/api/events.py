@@ -66,8 +66,8 @@ class Hub:
 
     async def unsubscribe(self, q: asyncio.Queue[Any]) -> None:
         """Forget a subscriber; the last one to leave unbinds the queue."""
+        self._subscribers.discard(q)  # at once, even if the unbinding waits
         async with self._binding:
-            self._subscribers.discard(q)
             if not self._subscribers and self._queue is not None:
                 await self._queue.unbind(EVENTS, routing_key=STATE_EVENTS)
 
@@ -75,6 +75,7 @@ class Hub:
 HUB = web.AppKey("hub", Hub)
 STREAMS = web.AppKey("event_streams", Slots)  # at most MAX_EVENT_STREAMS, set by make_app
 KEEP_ALIVE = 15.0  # seconds between comments on a quiet stream
+UNSUBSCRIBE_TIMEOUT = 5.0  # seconds a gone client's unbinding may take
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -109,10 +110,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     {"execution_id": event.execution_id, "state": event.state, "at": event.at}
                 )
                 await write(request, response, b"event: state\ndata: " + data + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         finally:
-            await asyncio.shield(hub.unsubscribe(q))  # even when the client's task is cancelled
+            # even when the client's task is cancelled (then re-raised: the process may be
+            # ending), and bounded: the bus may be closed already
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(hub.unsubscribe(q)), UNSUBSCRIBE_TIMEOUT)
     return response
 
 
