@@ -94,6 +94,12 @@ def check_description(data: object) -> bool:
 
 LOWER = string.ascii_lowercase
 plain_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="{}\x00"), max_size=8)
+# Text of a shell command around template variables: none of the shell's quoting,
+# substitution or comment characters, after which a value cannot be quoted safely (the
+# validator refuses those; tests/unit/test_zapp_shell.py covers them).
+shell_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="{}\x00#$`\\'\"<()"), max_size=8
+)
 images = st.sampled_from(
     ["zoe/app:1", "ubuntu", "zapps/a/b:2.0", "zoe/x@sha256:" + "0" * 64, "busybox"]
 )
@@ -124,10 +130,21 @@ def valid_descriptions(draw: st.DrawFn) -> dict[str, Any]:
         ]
     )
     template = st.lists(piece, max_size=4).map("".join)
+    variables = st.sampled_from(
+        [
+            "{user_name}",
+            "{execution_id}",
+            "{execution_name}",
+            "{deployment_name}",
+            "{dns_name#self}",
+            *(f"{{dns_name#{i}}}" for i in instances),
+        ]
+    )
+    command = st.lists(shell_text | variables, max_size=4).map("".join)
     monitors = [draw(st.booleans()) for _ in names]
     monitors[draw(st.integers(0, len(names) - 1))] = True
     services = [
-        draw(service(name, count, monitor, template))
+        draw(service(name, count, monitor, template, command))
         for name, count, monitor in zip(names, counts, monitors, strict=True)
     ]
     data: dict[str, Any] = {
@@ -146,7 +163,12 @@ def valid_descriptions(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def service(
-    draw: st.DrawFn, name: str, count: int, monitor: bool, template: st.SearchStrategy[str]
+    draw: st.DrawFn,
+    name: str,
+    count: int,
+    monitor: bool,
+    template: st.SearchStrategy[str],
+    command: st.SearchStrategy[str],
 ) -> dict[str, Any]:
     memory_min = draw(st.none() | st.integers(MIN_MEMORY, 2**40))
     memory_max = draw(st.none() | st.integers(memory_min or MIN_MEMORY, 2**46))
@@ -196,7 +218,7 @@ def service(
             {"name": f"vol{i}", "path": mount, "read_only": draw(st.booleans())}
             for i, mount in enumerate(mounts)
         ],
-        "command": draw(st.none() | template.filter(bool)),
+        "command": draw(st.none() | command.filter(bool)),
     }
     if draw(st.booleans()):
         data["work_dir"] = draw(st.sampled_from(["/", "/work", "/home/zoe"]))
