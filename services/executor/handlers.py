@@ -170,7 +170,13 @@ async def _resume(ex: Executor, container: Container) -> m.Message:
 
 
 async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
-    """Stop and remove the instance's container (idempotent), then its unused network."""
+    """Stop and remove the instance's container (idempotent), then its unused network.
+
+    Its reservation is released as the command arrives: the scheduler sends a stop only
+    for what it counts as leaving (a reclaimed instance, or a lost node's leftovers that
+    it placed elsewhere already), and a start it places in that room may arrive while
+    this stop still waits for the container to end."""
+    ex.ledger.release(msg.container_name)
     with structlog.contextvars.bound_contextvars(container=msg.container_name):
         async with ex.locks(msg.container_name):
             began = time.perf_counter()
@@ -186,7 +192,6 @@ async def stop_instance(ex: Executor, msg: m.StopInstance) -> None:
             if gone is not None:
                 ex.removed.add(gone.container_id)
             ex.stopped.add(msg.container_name)
-            ex.ledger.release(msg.container_name)
             # the container is gone: its fact goes out even if the stop is cancelled now
             await shielded(ex.bus.publish(_removed(ex, msg, gone)))
             metrics.STOP_DURATION.observe(time.perf_counter() - began)
