@@ -192,7 +192,7 @@ async def caller_of_token(pool: asyncpg.Pool, secret: str) -> Caller | None:
 
 # ---- HTTP ------------------------------------------------------------------------------
 
-CALLER = "zoe.caller"  # the request's key for its Caller
+CALLER = web.RequestKey("zoe.caller", Caller)  # the request's key for its Caller
 PoolOf = Callable[[web.Request], asyncpg.Pool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -208,7 +208,7 @@ def caller(request: web.Request) -> Caller:
     found = request.get(CALLER)
     if found is None:
         raise Unauthorized("authentication required")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _is_public(request: web.Request, handler: Any) -> bool:
