@@ -75,7 +75,12 @@ export async function logsPage(content, data) {
     // the follow ended: the container stopped, or the stream dropped (then follow again)
     const {s: after} = await instanceState();
     if (after.state === "running") setTimeout(() => run(false), 1000);
-    else setText(status, `${instance} ${after.state}${after.exit_code !== null ? ` (exit code ${after.exit_code})` : ""}: the log is complete.`);
+    else {
+      // the whole log once more: a follow that ended as the container did may miss its
+      // last lines
+      await snapshot().catch((err) => flash(err.message));
+      setText(status, `${instance} ${after.state}${after.exit_code !== null ? ` (exit code ${after.exit_code})` : ""}: the log is complete.`);
+    }
   };
   await run(true);
   // a later start of the instance (placed, started again) is followed too
