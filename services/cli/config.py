@@ -38,7 +38,11 @@ def token() -> str | None:
     if os.environ.get("ZOE_TOKEN"):
         return os.environ["ZOE_TOKEN"].strip()
     if os.environ.get("ZOE_TOKEN_FILE"):
-        return Path(os.environ["ZOE_TOKEN_FILE"]).read_text().strip()
+        path = Path(os.environ["ZOE_TOKEN_FILE"])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"zoe: cannot read ZOE_TOKEN_FILE {path}: {exc.strerror}") from None
     found = stored().get("token")
     return found if isinstance(found, str) else None
 

@@ -39,6 +39,14 @@ def test_the_environment_overrides_the_stored_token(
     assert config.token() == "zoe_from_env"
 
 
+def test_an_unreadable_token_file_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZOE_TOKEN_FILE", str(tmp_path / "missing.token"))
+    with pytest.raises(SystemExit, match="cannot read ZOE_TOKEN_FILE .*missing.token"):
+        config.token()
+
+
 def test_a_broken_config_file_is_no_token() -> None:
     path = config.config_path()
     path.parent.mkdir(parents=True)
