@@ -43,7 +43,7 @@ def test_an_unreadable_token_file_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ZOE_TOKEN_FILE", str(tmp_path / "missing.token"))
-    with pytest.raises(SystemExit, match="cannot read ZOE_TOKEN_FILE .*missing.token"):
+    with pytest.raises(SystemExit, match=r"cannot read ZOE_TOKEN_FILE .*missing\.token"):
         config.token()
 
 
