@@ -51,7 +51,7 @@ async def test_jupyter_through_the_proxy(browser: Any, platform: Platform) -> No
     from playwright.async_api import expect
 
     async with aiodocker.Docker() as docker:
-        await ensure_image(docker, "zoe/jupyter:1", zapps_root=ROOT / "zapps")
+        await ensure_image(docker, "zoe/jupyter:2", zapps_root=ROOT / "zapps")
     token = "proxied-secret"
     alice = await platform.new_user("webalice", "user", password_of("webalice"))
     status, execution = await platform.acall(
