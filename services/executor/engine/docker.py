@@ -27,6 +27,7 @@ from services.executor.engine import translate
 from services.executor.engine.calls import engine_errors, unless_gone
 from services.executor.engine.logs import log_after, log_tail
 from services.executor.engine.networks import Networks
+from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks
 from services.executor.engine.port import (
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -40,10 +41,15 @@ from services.executor.engine.port import (
     NotManaged,
     Removed,
     Stats,
+    TransientEngineError,
 )
 from services.executor.locks import KeyedLocks
 
 log = structlog.get_logger("executor.engine")
+
+
+class ImageUnavailable(TransientEngineError):
+    """The deployment's registry did not answer: the start is tried again."""
 
 
 class _ImageMissing(Exception):
@@ -64,6 +70,9 @@ class DockerEngine:
         network_pool: int = 0,
         debian_mirror: str = images.DEFAULT_DEBIAN_MIRROR,
         capacity: translate.NodeCapacity | None = None,
+        overlay: OverlayNetworks | None = None,
+        registry: str = "",
+        workspace_nfs: str = "",
     ) -> None:
         self._docker = docker
         self._deployment = deployment
@@ -75,7 +84,12 @@ class DockerEngine:
         self._image_locks = KeyedLocks()
         self._images: set[str] = set()  # images seen present: not checked before a create
         self._volumes: set[str] = set()  # named volumes made (or found) by this engine
-        self._networks = Networks(docker, deployment=deployment, node=node, pool_size=network_pool)
+        self._registry = registry
+        self._workspace_nfs = workspace_nfs
+        # Bridge networks of this engine, or the swarm's overlay networks (ZOE_SWARM).
+        self._networks: Networks | OverlayNetworks = overlay or Networks(
+            docker, deployment=deployment, node=node, pool_size=network_pool
+        )
 
     @property
     def _managed_labels(self) -> list[str]:
@@ -104,17 +118,23 @@ class DockerEngine:
     # ---- images --------------------------------------------------------------------------
 
     async def ensure_image(self, ref: str) -> None:
-        """Build a missing image with services/executor/images/ (one build per ref)."""
+        """Pull a missing image from the deployment's registry (``ZOE_REGISTRY``), else
+        build it with services/executor/images/ and push it there (one per ref);
+        `ImageUnavailable` (transient) when the registry does not answer."""
         async with self._image_locks(ref):
             with engine_errors():
                 if not await images.image_present(self._docker, ref):
                     log.info("image.missing", image=ref)
-                    await images.ensure_image(
-                        self._docker,
-                        ref,
-                        zapps_root=self._zapps_root,
-                        debian_mirror=self._debian_mirror,
-                    )
+                    try:
+                        await images.ensure_image(
+                            self._docker,
+                            ref,
+                            zapps_root=self._zapps_root,
+                            debian_mirror=self._debian_mirror,
+                            registry=self._registry,
+                        )
+                    except images.RegistryUnavailable as exc:
+                        raise ImageUnavailable(str(exc)) from exc
         self._images.add(ref)
 
     async def image_tags(self, prefix: str) -> list[str]:
@@ -154,8 +174,14 @@ class DockerEngine:
                 await self.ensure_image(spec.image)
                 container = await self._create(spec)
             try:
-                with engine_errors():
-                    await container.start()
+                try:
+                    with engine_errors():
+                        await container.start()
+                except EngineError as exc:
+                    gone = self._network_gone(exc)
+                    if gone is not None:
+                        raise gone from exc
+                    raise
                 info = await self.inspect(container.id)
                 if info is None:
                     raise EngineError(f"container {spec.name} vanished right after its start")
@@ -183,11 +209,23 @@ class DockerEngine:
                 except DockerError as exc:
                     if exc.status == 409:
                         raise ContainerExists(exc.message) from exc
+                    gone = self._network_gone(EngineError(exc.message))
+                    if gone is not None:
+                        raise gone from exc
                     if exc.status == 404 and not await images.image_present(
                         self._docker, spec.image
                     ):
                         raise _ImageMissing(spec.image) from exc
                     raise
+
+    def _network_gone(self, exc: EngineError) -> NetworkUnavailable | None:
+        """An overlay network removed between its ensure and the container's start (a
+        release or the sweep elsewhere) makes the start fail: transient, as the next
+        try makes it again."""
+        if isinstance(self._networks, OverlayNetworks) and "network" in str(exc).lower():
+            if "not found" in str(exc).lower():
+                return NetworkUnavailable(f"the execution's overlay network went: {exc}")
+        return None
 
     async def start(self, name: str) -> Container:
         """Start an existing (created) container and inspect it; remove it if that fails."""
@@ -310,7 +348,7 @@ class DockerEngine:
             )
         self._volumes.add(name)
 
-    def spare_networks(self) -> Networks:
+    def spare_networks(self) -> Networks | OverlayNetworks:
         """The executions' networks, keeping spares made ahead inside ``async with``."""
         return self._networks
 

@@ -36,6 +36,11 @@ class EngineError(ZoeError):
     """The engine refused or failed a call; the message is the engine's own."""
 
 
+class TransientEngineError(EngineError):
+    """A failure that may pass (the swarm's manager or the registry not answering now):
+    the start that met it is tried again with backoff before it is reported failed."""
+
+
 class ContainerExists(EngineError):
     """A container of that name exists already (made by an earlier delivery of a start)."""
 
