@@ -28,6 +28,7 @@ from services.executor.engine import DockerEngine, Engine
 from services.executor.engine.overlay import OverlayNetworks
 from services.executor.engine.swarm import check_swarm
 from services.executor.engine.translate import NodeCapacity
+from services.executor.facts import parse_nfs_export
 from services.executor.handlers import Executor
 from services.executor.loops import (
     EVENTS_OVERLAP,
@@ -53,6 +54,8 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
         raise ValueError(f"ZOE_ENGINE must be docker or hollow, not {settings.engine!r}")
     name = f"executor.{settings.node_name}"
     routes.executor_queue(settings.node_name)  # refuses a node name taken by a shared queue
+    if settings.workspace_nfs:
+        parse_nfs_export(settings.workspace_nfs)  # a bad value is refused at start
     async with Runtime(name, settings, stop) as rt:
         engine: Engine
         requests: NetworkRequests | None = None

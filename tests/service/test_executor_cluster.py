@@ -295,3 +295,59 @@ async def test_zapp_build_pushes_each_image_to_the_registry_unless_told_not_to(
             ["docker", "rmi", "-f", ref, f"{registry}/{ref}"],
             capture_output=True,
         )
+
+
+# ---- an NFS workspace -------------------------------------------------------------------
+# The kernel of these machines has no NFS (no nfsd, no nfs file system, no modprobe): the
+# volume's creation with the exact driver options is checked on the real engine, and the
+# start then fails with the kernel's reason for the mount.
+
+
+async def test_with_an_nfs_export_the_workspace_is_a_local_volume_with_nfs_options(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    user = f"nfs{uuid.uuid4().hex[:6]}"
+    workspace = f"{test_env.deployment}-workspace-{user}"
+    start = start_msg(test_env, "sleep 30", environment={"ZOE_USER": user})
+    try:
+        async with tx.executor_with(
+            test_env, facts, docker, workspace_nfs="198.18.1.9:/srv/zoe/"
+        ) as node:
+            await bus.publish(start, node=node)
+            fact = await facts.wait(
+                m.InstanceStartFailed, execution_id=start.execution_id, timeout=120
+            )
+        volume = await aiodocker.volumes.DockerVolume(docker, workspace).show()
+        assert volume["Driver"] == "local"
+        assert volume["Options"] == {
+            "type": "nfs",
+            "o": "addr=198.18.1.9,rw,nfsvers=4",
+            "device": f":/srv/zoe/{user}",
+        }
+        assert volume["Labels"]["zoe.deployment"] == test_env.deployment
+        # no NFS in this kernel: the mount fails, and the reason says so
+        assert "failed to mount local volume" in fact.reason, fact.reason
+        assert await containers_named(docker, start.container_name) == []
+    finally:
+        await tx.remove_volumes(docker, workspace)
+
+
+async def test_a_workspace_volume_made_without_the_nfs_options_is_refused_saying_so(
+    test_env: TestEnv, bus: Bus, facts: Facts, docker: aiodocker.Docker, busybox: str
+) -> None:
+    user = f"nfs{uuid.uuid4().hex[:6]}"
+    workspace = f"{test_env.deployment}-workspace-{user}"
+    await docker.volumes.create({"Name": workspace})
+    start = start_msg(test_env, "sleep 30", environment={"ZOE_USER": user})
+    try:
+        async with tx.executor_with(
+            test_env, facts, docker, workspace_nfs="198.18.1.9:/srv/zoe"
+        ) as node:
+            await bus.publish(start, node=node)
+            fact = await facts.wait(
+                m.InstanceStartFailed, execution_id=start.execution_id, timeout=120
+            )
+        assert f"volume {workspace} exists with the options" in fact.reason, fact.reason
+        assert f"docker volume rm {workspace}" in fact.reason
+    finally:
+        await tx.remove_volumes(docker, workspace)

@@ -72,3 +72,37 @@ def test_network_requests_have_their_own_queue_no_node_can_take() -> None:
 
     assert re.fullmatch(executor.read, routes.EXECUTOR_NETWORKS)
     assert re.fullmatch(executor.configure, "amq_" + "0" * 32)  # its reply queue
+
+
+def test_an_nfs_export_makes_each_users_workspace_a_directory_of_it() -> None:
+    from common import messages as m
+    from common.settings import ExecutorSettings
+    from services.executor.facts import container_spec, nfs_volume_options, parse_nfs_export
+
+    assert parse_nfs_export("10.0.0.5:/srv/zoe/") == ("10.0.0.5", "/srv/zoe")
+    for bad in ("/srv/zoe", "10.0.0.5:srv", ":/srv", "a,b:/srv", "h:/s p"):
+        with pytest.raises(ValueError, match="ZOE_WORKSPACE_NFS"):
+            parse_nfs_export(bad)
+    assert nfs_volume_options("10.0.0.5:/srv/zoe", "alice") == {
+        "type": "nfs",
+        "o": "addr=10.0.0.5,rw,nfsvers=4",
+        "device": ":/srv/zoe/alice",
+    }
+    settings = ExecutorSettings(deployment="zt", workspace_nfs="10.0.0.5:/srv/zoe")
+    start = m.StartInstance(
+        execution_id=1,
+        instance_id=1,
+        instance="main",
+        container_name="zt-1-main",
+        network="zt-1",
+        image="zoe/busybox:1",
+        cores_limit=1,
+        memory_limit=1 << 26,
+        environment={"ZOE_USER": "alice"},
+    )
+    spec = container_spec(start, settings)
+    assert spec.volume_options == {
+        "zt-workspace-alice": nfs_volume_options(settings.workspace_nfs, "alice")
+    }
+    plain = container_spec(start, ExecutorSettings(deployment="zt"))
+    assert plain.volume_options == {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ class DockerEngine:
         """
         try:
             for volume in spec.volumes:
-                await self._ensure_volume(volume)
+                await self._ensure_volume(volume, spec.volume_options.get(volume))
             if spec.image not in self._images:
                 await self.ensure_image(spec.image)
             try:
@@ -337,14 +337,26 @@ class DockerEngine:
 
     # ---- volumes and networks ------------------------------------------------------------
 
-    async def _ensure_volume(self, name: str) -> None:
+    async def _ensure_volume(self, name: str, options: Mapping[str, str] | None = None) -> None:
         """Create a named volume labelled with the deployment (so it can be found and
-        removed with it) unless this engine did already; creating it again is harmless."""
+        removed with it) unless this engine did already; creating it again is harmless.
+
+        With ``options`` (an NFS workspace: ``ZOE_WORKSPACE_NFS``) it is a volume of the
+        local driver with those options; one of that name made otherwise before is
+        refused, saying so (Docker would answer with it as it is)."""
         if name in self._volumes:
             return
+        body: dict[str, Any] = {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+        if options:
+            body.update(Driver="local", DriverOpts=dict(options))
         with engine_errors():
-            await self._docker.volumes.create(
-                {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+            # aiodocker's volumes.create drops the answer: its options are checked here
+            made = await self._docker._query_json("volumes/create", method="POST", data=body)
+        if options and dict((made or {}).get("Options") or {}) != dict(options):
+            raise EngineError(
+                f"volume {name} exists with the options {made.get('Options') or {}},"
+                f" not {dict(options)} (ZOE_WORKSPACE_NFS): remove it (docker volume rm"
+                f" {name}) so that it is made again"
             )
         self._volumes.add(name)
 

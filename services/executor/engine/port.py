@@ -87,6 +87,8 @@ class ContainerSpec:
     binds: tuple[str, ...] = ()  # "source:path[:ro]", source a host path or a volume
     # Named volumes among the binds' sources: made (labelled) before the container.
     volumes: tuple[str, ...] = ()
+    # Driver options of some of them (the local driver's: an NFS workspace), by name.
+    volume_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     run_as_root: bool = False  # else the unprivileged ZApp user with no capability
 
 
