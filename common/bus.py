@@ -87,14 +87,15 @@ class HandlerTimeout(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to publish: to the events exchange, or to one node's command queue."""
+    """One message to publish: to its route's exchange (events, or a shared queue by the
+    default exchange), or to one node's command queue."""
 
     message: m.Message
     node: str | None = None  # set: a command for this node's executor
 
     @property
     def exchange(self) -> str:
-        return COMMANDS if self.node is not None else EVENTS
+        return COMMANDS if self.node is not None else routes.route_of(self.message).exchange
 
     @property
     def routing_key(self) -> str:
