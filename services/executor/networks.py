@@ -13,6 +13,7 @@ by the sweep when unused) or removed when nothing uses them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +22,11 @@ import structlog
 from common import messages as m
 from common import routes
 from common.bus import Bus
+from common.retry import Backoff
 from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks, overlay_name
 
 log = structlog.get_logger("executor")
+RELEASE_SETTLE = 15.0
 _REPLY = m.decoder(m.NetworkReply)
 
 
@@ -92,10 +95,21 @@ async def ensure_network(req: NetworkRequests, msg: m.NetworkEnsure) -> m.Networ
 
 
 async def release_network(req: NetworkRequests, msg: m.NetworkRelease) -> None:
-    """Remove the execution's overlay network unless a container somewhere uses it."""
+    """Remove the execution's overlay network unless a container somewhere uses it.
+
+    A worker's container just removed may still count as attached for a moment (its
+    engine detaches it from the swarm after the removal), so "in use" is tried again
+    for ``RELEASE_SETTLE`` seconds; past that, another host uses it (its own release
+    comes later) or the sweep removes it."""
     name = overlay_name(req.deployment, msg.execution_id)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + RELEASE_SETTLE
+    backoff = Backoff(0.5, 4.0)
     try:
-        await req.overlay.remove(name)
+        while not await req.overlay.remove(name) and loop.time() < give_up:
+            if not await req.overlay.exists(name):
+                return
+            await asyncio.sleep(backoff.next())
     except Exception as exc:  # the sweep tries again later
         log.warning("network.release_failed", network=name, reason=str(exc))
 

@@ -210,6 +210,11 @@ class OverlayNetworks:
         log.info("network.removed", network=name, driver="overlay")
         return True
 
+    async def exists(self, name: str) -> bool:
+        """Whether the engine knows a network of that name."""
+        with engine_errors():
+            return await unless_gone(self._docker.networks.get(name)) is not None
+
     async def _delete(self, name: str) -> bool:
         await aiodocker.networks.DockerNetwork(self._docker, name).delete()
         return True
