@@ -22,6 +22,7 @@ import structlog
 
 from common import routes
 from common.bus import Bus, declare_executor_queue
+from common.errors import StartRefused
 from common.runtime import Runtime
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
@@ -53,9 +54,12 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
     if settings.engine not in ("docker", "hollow"):
         raise ValueError(f"ZOE_ENGINE must be docker or hollow, not {settings.engine!r}")
     name = f"executor.{settings.node_name}"
-    routes.executor_queue(settings.node_name)  # refuses a node name taken by a shared queue
-    if settings.workspace_nfs:
-        parse_nfs_export(settings.workspace_nfs)  # a bad value is refused at start
+    try:
+        routes.executor_queue(settings.node_name)  # not a name a shared queue takes
+        if settings.workspace_nfs:
+            parse_nfs_export(settings.workspace_nfs)
+    except ValueError as exc:
+        raise StartRefused(str(exc)) from None
     async with Runtime(name, settings, stop) as rt:
         engine: Engine
         requests: NetworkRequests | None = None

@@ -51,11 +51,21 @@ facts = tx.facts
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_an_executor_told_of_a_swarm_its_engine_is_not_in_exits_saying_so(
-    test_env: TestEnv, facts: Facts
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        (
+            {"ZOE_SWARM": "true"},
+            ["not in a swarm", "'inactive'", "/var/run/docker.sock"],  # names the engine
+        ),
+        ({"ZOE_WORKSPACE_NFS": "nfs-host-without-path"}, ["ZOE_WORKSPACE_NFS must be"]),
+    ],
+)
+async def test_an_executor_that_cannot_serve_exits_at_start_saying_why(
+    test_env: TestEnv, facts: Facts, setting: dict[str, str], says: list[str]
 ) -> None:
     name = node_name(test_env)
-    env = executor_env(test_env, name, ZOE_SWARM="true", ZOE_METRICS_PORT="0", ZOE_LOG_JSON="0")
+    env = executor_env(test_env, name, ZOE_METRICS_PORT="0", ZOE_LOG_JSON="0", **setting)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -67,9 +77,10 @@ async def test_an_executor_told_of_a_swarm_its_engine_is_not_in_exits_saying_so(
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode()
-    assert proc.returncode not in (0, None), text
-    assert "not in a swarm" in text and "'inactive'" in text, text
-    assert "/var/run/docker.sock" in text, text  # names the engine
+    assert proc.returncode == 2, text
+    assert "service.refused" in text and "Traceback" not in text, text
+    for part in says:
+        assert part in text, text
     assert facts.all(m.NodeHeartbeat, node=name) == []  # it never registered
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import aiodocker
 
-from common.errors import ZoeError
+from common.errors import StartRefused
 from services.executor.engine.calls import engine_errors
 
 
-class SwarmRefused(ZoeError):
+class SwarmRefused(StartRefused):
     """The engine is not an active node of the deployment's swarm (``ZOE_SWARM``)."""
 
 
