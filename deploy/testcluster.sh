@@ -116,8 +116,10 @@ start_engine() {
     d=$(hostdir "$i")
     mkdir -p "$d/data" "$d/exec"
     say "host$i: dockerd (log $d/dockerd.log)"
-    # nsenter --net, not `ip netns exec`: that remounts /sys and dockerd loses its cgroups
-    in_host "$i" setsid nohup /usr/sbin/dockerd \
+    # nsenter --net, not `ip netns exec`: that remounts /sys and dockerd loses its cgroups;
+    # a UTS namespace of its own so that the engine (and its swarm node) is called host<i>
+    in_host "$i" setsid nohup unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "host$i" \
+        /usr/sbin/dockerd \
         --data-root "$PWD/$d/data" --exec-root "$PWD/$d/exec" \
         -H "unix://$(sock "$i")" --pidfile "$PWD/$d/docker.pid" \
         --bip "172.30.$i.1/24" --cgroup-parent "zt-host$i" \
@@ -133,7 +135,7 @@ make_swarm() {
         hdocker "$i" swarm join --token "$token" --advertise-addr "$(addr "$i")" \
             "$(addr 1):2377" >/dev/null
     done
-    # every engine is called after the machine: name the swarm nodes as Zoe does
+    # and label them as Zoe names them
     for i in $(seq 1 "$n"); do
         hdocker 1 node update --label-add "zoe.node=host$i" \
             "$(hdocker "$i" info --format '{{.Swarm.NodeID}}')" >/dev/null

@@ -33,9 +33,9 @@ async def test_the_hosts_form_one_swarm(cluster: Cluster) -> None:
     assert {n["Status"]["State"] for n in swarm_nodes} == {"ready"}
     managers = [n for n in swarm_nodes if n["Spec"].get("Role") == "manager"]
     assert len(managers) == 1
-    assert {n["Spec"]["Labels"]["zoe.node"] for n in swarm_nodes} == {
-        f"host{i}" for i in range(1, cluster.hosts + 1)
-    }
+    names = {f"host{i}" for i in range(1, cluster.hosts + 1)}
+    assert {n["Spec"]["Labels"]["zoe.node"] for n in swarm_nodes} == names
+    assert {n["Description"]["Hostname"] for n in swarm_nodes} == names
     for i in range(1, cluster.hosts + 1):
         async with cluster.docker(i) as engine:
             info = await engine.system.info()
