@@ -150,7 +150,7 @@ async def run_executor(
         await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
         if network_requests is not None:
             await bus.consume(
-                routes.EXECUTOR_NETWORKS, network_requests.handle, timeout=settings.network_timeout
+                routes.EXECUTOR_NETWORKS, network_requests.handle, timeout=settings.handler_timeout
             )
         log.info("executor.ready", queue=queue)
         if on_ready is not None:
