@@ -200,7 +200,7 @@ class OverlayNetworks:
             gone = await unless_gone(self._delete(name))
         except DockerError as exc:
             if in_use(exc):
-                log.info("network.in_use", network=name)
+                log.debug("network.in_use", network=name)
                 return False
             raise EngineError(
                 f"overlay network {name} could not be removed: {exc.message}"
