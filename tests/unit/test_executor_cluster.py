@@ -106,3 +106,26 @@ def test_an_nfs_export_makes_each_users_workspace_a_directory_of_it() -> None:
     }
     plain = container_spec(start, ExecutorSettings(deployment="zt"))
     assert plain.volume_options == {}
+
+
+def test_endpoint_urls_use_the_advertised_host() -> None:
+    from services.executor.engine import Container
+    from services.executor.facts import endpoints
+
+    container = Container(
+        id="c1",
+        name="zt-1-nb0",
+        state="running",
+        labels={
+            "zoe.execution": "1",
+            "zoe.instance": "nb0",
+            "zoe.port.ui": "8888/tcp",
+            "zoe.url.ui": "http://{ip_port}/lab",
+            "zoe.port.raw": "7077/tcp",
+        },
+        host_ports={"8888/tcp": 32768, "7077/tcp": 32769},
+    )
+    assert endpoints(container, "198.18.0.12") == {
+        "ui": "http://198.18.0.12:32768/lab",
+        "raw": "198.18.0.12:32769",
+    }
