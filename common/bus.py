@@ -87,14 +87,15 @@ class HandlerTimeout(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to publish: to the events exchange, or to one node's command queue."""
+    """One message to publish: to its route's exchange (events, or a shared queue by the
+    default exchange), or to one node's command queue."""
 
     message: m.Message
     node: str | None = None  # set: a command for this node's executor
 
     @property
     def exchange(self) -> str:
-        return COMMANDS if self.node is not None else EVENTS
+        return COMMANDS if self.node is not None else routes.route_of(self.message).exchange
 
     @property
     def routing_key(self) -> str:
@@ -251,8 +252,11 @@ class Bus:
 
     # ---- request/reply ------------------------------------------------------------------
 
-    async def request(self, node: str, message: m.Message, *, timeout: float) -> bytes:
-        """Send a command to one node's executor and wait for its reply's body."""
+    async def request(
+        self, node: str, message: m.Message, *, timeout: float, queue: str | None = None
+    ) -> bytes:
+        """Send a command to one node's executor and wait for its reply's body; with
+        ``queue``, send it to that shared queue instead (``node`` unused)."""
         assert self._sub is not None
         if self._rpc_queue is None:
             self._rpc_queue = await self._sub.declare_queue(exclusive=True, auto_delete=True)
@@ -266,7 +270,10 @@ class Bus:
             msg.correlation_id = correlation
             msg.expiration = timeout
             # not mandatory: an unknown node is a request nobody answers (a timeout)
-            await self._exchanges[COMMANDS].publish(msg, routing_key=node, mandatory=False)
+            if queue is not None:
+                await self._exchanges[""].publish(msg, routing_key=queue, mandatory=False)
+            else:
+                await self._exchanges[COMMANDS].publish(msg, routing_key=node, mandatory=False)
             return await asyncio.wait_for(future, timeout)
         finally:
             self._rpc_waiting.pop(correlation, None)

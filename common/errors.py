@@ -14,6 +14,11 @@ class ZoeError(Exception):
     """Base of every error Zoe raises on purpose."""
 
 
+class StartRefused(ZoeError):
+    """A service cannot run with its settings or environment (an executor told of a swarm
+    its engine is not in, say): logged as one plain error, and the process exits 2."""
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
     """One broken rule: the JSON path of the offending value and what is wrong with it."""

@@ -17,6 +17,7 @@ from typing import TypeVar
 import structlog
 import uvloop
 
+from common.errors import StartRefused
 from common.logging import configure
 from common.settings import Settings
 
@@ -42,6 +43,9 @@ def run(name: str, settings: S, serve: Callable[[S, asyncio.Event], Awaitable[No
         # service's CPU goes to the loop and its socket writes)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
+    except StartRefused as exc:  # what the operator must change, without a traceback
+        log.error("service.refused", reason=str(exc))
+        return 2
     except Exception:
         log.exception("service.crashed")
         return 1

@@ -260,6 +260,33 @@ class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execu
     user: str = ""
 
 
+class NetworkEnsure(Message, frozen=True, kw_only=True, tag="network.ensure"):
+    """An executor on a swarm worker engine asks one on a manager engine to create the
+    overlay network of an execution (idempotent; the reply is a NetworkReply). The
+    network's name is derived from the execution by the manager's executor:
+    ``<deployment>-x<execution_id>``."""
+
+    node: str  # the asking node
+    execution_id: Id
+
+
+class NetworkRelease(Message, frozen=True, kw_only=True, tag="network.release"):
+    """An executor removed the last container of an execution on its (worker) engine:
+    a manager's executor removes the execution's overlay network unless a container on
+    another host still uses it. No reply."""
+
+    node: str
+    execution_id: Id
+
+
+class NetworkReply(Message, frozen=True, kw_only=True, tag="network.reply"):
+    """A manager's executor's answer to a NetworkEnsure: ``ok``, or why not."""
+
+    ok: bool
+    network: str = ""
+    reason: str = ""
+
+
 class LogsReply(Message, frozen=True, kw_only=True, tag="instance.logs_reply"):
     """An executor's answer to a LogsRequest.
 

@@ -40,6 +40,8 @@ MONITOR = "monitor"
 MONITOR_HEARTBEATS = "monitor.heartbeats"
 API_REQUESTS = "api.requests"
 EXECUTOR = "executor.{node}"  # one per node
+# Overlay network requests, consumed by the executors whose engine is a swarm manager.
+EXECUTOR_NETWORKS = "executor.networks"
 
 
 QueueKind = Literal["quorum", "heartbeats"]
@@ -52,7 +54,9 @@ class Queue:
     ``quorum``: durable, replicated, with a delivery limit and dead-lettering to
     ``zoe.dlx``; ``heartbeats``: a classic queue of transient messages with a time to
     live (a heartbeat is worth nothing a few seconds later, and the next one replaces a
-    lost one), whose refused messages the bus sends to the dead letters itself.
+    lost one), whose refused messages the bus sends to the dead letters itself; the
+    network requests' queue is of this kind too (a request is worth nothing once its
+    sender stopped waiting, and it asks again).
     """
 
     name: str
@@ -82,6 +86,7 @@ QUEUES: tuple[Queue, ...] = (
     Queue(MONITOR_HEARTBEATS, "monitor", "heartbeats"),
     Queue(API_REQUESTS, "api"),
     Queue(EXECUTOR, "executor"),
+    Queue(EXECUTOR_NETWORKS, "executor", "heartbeats"),
 )
 
 _OTHERS = "other platforms (reply: ApiReply)"
@@ -115,12 +120,30 @@ ROUTES: tuple[Route, ...] = (
     Route(m.StartInstances, COMMANDS, "{node}", "scheduler", (EXECUTOR,)),
     Route(m.StopInstance, COMMANDS, "{node}", "scheduler", (EXECUTOR,)),
     Route(m.LogsRequest, COMMANDS, "{node}", "api", (EXECUTOR,)),
+    Route(
+        m.NetworkEnsure,
+        DEFAULT,
+        EXECUTOR_NETWORKS,
+        "executor",
+        (EXECUTOR_NETWORKS,),
+        persistent=False,
+        optional=True,  # sent as a request (a timeout when nobody answers)
+    ),
+    Route(
+        m.NetworkRelease,
+        DEFAULT,
+        EXECUTOR_NETWORKS,
+        "executor",
+        (EXECUTOR_NETWORKS,),
+        persistent=False,
+        optional=True,
+    ),
     Route(m.SubmitRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
     Route(m.TerminateRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
     Route(m.GetRequest, DEFAULT, API_REQUESTS, _OTHERS, (API_REQUESTS,)),
 )
 # Replies go to the ``reply_to`` queue of the request they answer: no route of their own.
-REPLIES: tuple[type[m.Message], ...] = (m.LogsReply, m.ApiReply)
+REPLIES: tuple[type[m.Message], ...] = (m.LogsReply, m.NetworkReply, m.ApiReply)
 ALL_MESSAGES: tuple[type[m.Message], ...] = tuple(r.message for r in ROUTES) + REPLIES
 
 _BY_MESSAGE = {r.message: r for r in ROUTES}
@@ -146,14 +169,20 @@ def routing_key(message: m.Message, node: str | None = None) -> str:
 def queue(name: str) -> Queue:
     """The declaration of the queue called ``name`` (``executor.<node>`` included)."""
     for q in QUEUES:
-        if q.name == name or (q.name == EXECUTOR and name.startswith("executor.")):
+        if q.name == name:
             return q
+    if name.startswith("executor."):
+        return next(q for q in QUEUES if q.name == EXECUTOR)
     raise KeyError(f"no queue {name!r} in common/routes.py")
 
 
 def executor_queue(node: str) -> str:
-    """The command queue of one node's executor."""
-    return EXECUTOR.format(node=node)
+    """The command queue of one node's executor (a node cannot be called ``networks``:
+    ``executor.networks`` is the overlay network requests' queue)."""
+    name = EXECUTOR.format(node=node)
+    if name == EXECUTOR_NETWORKS:
+        raise ValueError(f"a node cannot be called {node!r}: {name} is a shared queue")
+    return name
 
 
 def messages_for(queue_name: str) -> tuple[type[m.Message], ...]:
@@ -184,8 +213,11 @@ def bindings() -> dict[str, list[tuple[str, str]]]:
     for q in QUEUES:
         if q.name == EXECUTOR:
             continue
-        keys = [_FIELD.sub("*", r.key) for r in ROUTES if q.name in r.consumers]
-        out[q.name] = [(EVENTS, k) for k in dict.fromkeys(keys)] if q.name != API_REQUESTS else []
+        # routes on the default exchange reach their queue by its name: no binding
+        keys = [
+            _FIELD.sub("*", r.key) for r in ROUTES if q.name in r.consumers and r.exchange == EVENTS
+        ]
+        out[q.name] = [(EVENTS, k) for k in dict.fromkeys(keys)]
     return out
 
 
@@ -258,8 +290,9 @@ DEFAULT_EXCHANGE = "amq.default"  # the name permissions give the default exchan
 # Exclusive queues named for their connection (replies, event streams): aio-pika names
 # them amq_<uuid>, the broker amq.gen-<...>.
 SERVER_NAMED = r"amq_[0-9a-f]{32}|amq\.gen-[A-Za-z0-9_-]+"
-# Who declares exclusive queues of their own: the api (log replies, event streams).
-_SERVER_NAMED_BY = frozenset({"api"})
+# Who declares exclusive queues of their own: the api (log replies, event streams),
+# and the executors (their replies from a swarm manager's executor).
+_SERVER_NAMED_BY = frozenset({"api", "executor"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,25 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     advertise_host: str = "127.0.0.1"
     # Host address published container ports bind to.
     publish_host: str = "127.0.0.1"
+    # The deployment's engines form one Docker Swarm: executions get an attachable
+    # overlay network (one across every host) instead of a bridge on each engine. The
+    # executor refuses to start unless its engine is an active swarm node (of the swarm
+    # ``swarm_cluster_id`` names, when set).
+    swarm: bool = False
+    swarm_cluster_id: str = ""
+    # How long an executor on a worker engine waits for a manager's executor to answer
+    # its request for an execution's overlay network.
+    network_timeout: float = 10.0
+    # host:port of the deployment's image registry (e.g. 198.18.0.1:5055): a missing
+    # image is pulled from there (never from anywhere else), and one built here is
+    # pushed there. Empty: no registry, each host builds its images.
+    registry: str = ""
+    # How long a start whose network or image cannot be had for now (no swarm manager
+    # answers, the registry does not) is retried, with backoff, before it fails.
+    start_retry: float = 120.0
+    # "server:/export/path": the users' workspace volumes are NFS mounts of
+    # /export/path/<user> (the local driver with NFS options), the same on every host.
+    workspace_nfs: str = ""
     # Host directories (and what is below them) a container may mount, e.g. /data,/srv.
     # Empty: no host path at all, only named volumes.
     host_paths: tuple[str, ...] = ()

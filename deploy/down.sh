@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make down`: stop the services deploy/up.sh started, by their pid files.
+# `make down`: stop the services and the registry deploy/up.sh started, by their pid files.
 #   --purge  also remove the containers (and networks) labelled zoe.deployment=$ZOE_DEPLOYMENT
 #            that the platform left behind, e.g. after a crash or a SIGKILL
 #   --all    also stop the dockerd that deploy/install.sh started (var/run/dockerd.pid)
@@ -27,6 +27,9 @@ load_env
 for service in zoe-api zoe-scheduler-standby zoe-scheduler zoe-monitor zoe-executor; do
     stop_pidfile "$service" 20
 done
+
+# the registry's images stay in var/registry for the next `make up`
+deploy/registry.sh stop
 
 if [[ $purge == yes ]] && "$DOCKER" info >/dev/null 2>&1; then
     label="zoe.deployment=$ZOE_DEPLOYMENT"

@@ -39,7 +39,9 @@ apt_install() {
 # busybox-static feeds the zoe/busybox base image, debootstrap the zoe/debian one;
 # docker-compose checks deploy/compose.yaml in the test suite.
 # chromium: the browser the web interface's tests drive (playwright, no download)
-apt_install busybox-static debootstrap docker-compose chromium
+# docker-registry: the deployment's image registry (deploy/registry.sh; the package
+# starts nothing without systemd); iproute2 (ip netns) and iptables: deploy/testcluster.sh
+apt_install busybox-static debootstrap docker-compose chromium docker-registry iproute2 iptables curl
 
 # promtool checks the services' /metrics in the test suite. Debian ships it only inside
 # the prometheus package (the server, its web assets, a daemon its postinst starts, 96 MB):

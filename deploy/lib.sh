@@ -4,6 +4,10 @@
 
 DOCKER=/usr/bin/docker # Debian's client, matching the engine's API (1.41)
 VENV=.venv
+# Where pid files, logs and the services' secrets go; deploy/testcluster.sh keeps its own.
+RUN_DIR=${RUN_DIR:-var/run}
+LOG_DIR=${LOG_DIR:-var/log}
+SECRETS_DIR=${SECRETS_DIR:-var/secrets}
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -27,39 +31,40 @@ wait_until() {
     done
 }
 
-# True when var/run/$1.pid names a live process whose command line mentions $1
-# (so a recycled pid of an unrelated process is not mistaken for ours; a standby runs
-# the program of its name without -standby).
+# is_running NAME [PROGRAM]: true when $RUN_DIR/NAME.pid names a live process whose
+# command line mentions PROGRAM (default NAME; so a recycled pid of an unrelated process
+# is not mistaken for ours; a standby runs the program of its name without -standby).
 is_running() {
-    local pidfile="var/run/$1.pid" pid
+    local pidfile="$RUN_DIR/$1.pid" pid
     [[ -f $pidfile ]] || return 1
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "${1%-standby}"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "${2:-${1%-standby}}"
 }
 
 # start_detached NAME COMMAND...: run COMMAND in its own session, immune to the
-# terminal closing, output appended to var/log/NAME.log, pid in var/run/NAME.pid.
+# terminal closing, output appended to $LOG_DIR/NAME.log, pid in $RUN_DIR/NAME.pid.
 # Without job control a background child is not a group leader, so setsid execs in
 # place and $! is the program's own pid.
 start_detached() {
     local name=$1
     shift
-    mkdir -p var/log var/run
-    setsid nohup "$@" >>"var/log/$name.log" 2>&1 </dev/null &
-    echo $! >"var/run/$name.pid"
+    mkdir -p "$LOG_DIR" "$RUN_DIR"
+    setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/$name.pid"
 }
 
-# stop_pidfile NAME [GRACE]: SIGTERM the process of var/run/NAME.pid, wait up to GRACE
-# seconds (default 20) for it to exit, then SIGKILL; remove the pid file.
+# stop_pidfile NAME [GRACE] [PROGRAM]: SIGTERM the process of $RUN_DIR/NAME.pid (if
+# is_running NAME PROGRAM), wait up to GRACE seconds (default 20) for it to exit, then
+# SIGKILL; remove the pid file.
 stop_pidfile() {
-    local name=$1 grace=${2:-20} pid deadline
-    if ! is_running "$name"; then
-        rm -f "var/run/$name.pid"
+    local name=$1 grace=${2:-20} program=${3:-} pid deadline
+    if ! is_running "$name" "$program"; then
+        rm -f "$RUN_DIR/$name.pid"
         return 0
     fi
-    pid=$(<"var/run/$name.pid")
+    pid=$(<"$RUN_DIR/$name.pid")
     say "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + grace))
@@ -70,7 +75,7 @@ stop_pidfile() {
         say "$name did not stop within ${grace}s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    rm -f "var/run/$name.pid"
+    rm -f "$RUN_DIR/$name.pid"
 }
 
 # The services' environment: deploy/zoe.env (site settings, optional) first, then
@@ -98,11 +103,11 @@ probe_port() {
 }
 
 # with_service_env NAME COMMAND...: run COMMAND with the environment of service NAME:
-# var/secrets/NAME.env (its own broker user's and the database role's URLs, written by
+# $SECRETS_DIR/NAME.env (its own broker user's and the database role's URLs, written by
 # deploy/provision.py; a standby scheduler has the scheduler's) exported over the rest.
 # A subshell: the secrets never reach the caller's environment nor a command line.
 with_service_env() {
-    local file="var/secrets/${1%-standby}.env"
+    local file="$SECRETS_DIR/${1%-standby}.env"
     shift
     (
         if [[ -f $file ]]; then
@@ -119,7 +124,7 @@ with_service_env() {
 # zoe-scheduler), zoe-monitor or zoe-executor detached, as up.sh and restart.sh do.
 start_service() {
     local name=$1 program=${1%-standby}
-    say "starting $name (log var/log/$name.log)"
+    say "starting $name (log $LOG_DIR/$name.log)"
     if [[ $name == zoe-api ]]; then
         with_service_env "$name" start_detached "$name" "$VENV/bin/$program"
     else
@@ -140,9 +145,9 @@ probe() {
 service_ready() {
     # alive by its pid alone: right after the start its command line may still be the
     # launcher's (setsid, nohup), which is_running would not recognise
-    kill -0 "$(cat "var/run/$1.pid" 2>/dev/null)" 2>/dev/null || {
-        tail -n 30 "var/log/$1.log" >&2 || true
-        die "$1 exited; the end of var/log/$1.log is above"
+    kill -0 "$(cat "$RUN_DIR/$1.pid" 2>/dev/null)" 2>/dev/null || {
+        tail -n 30 "$LOG_DIR/$1.log" >&2 || true
+        die "$1 exited; the end of $LOG_DIR/$1.log is above"
     }
     case $1 in
         zoe-scheduler | zoe-scheduler-standby)

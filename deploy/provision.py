@@ -49,15 +49,27 @@ class Secrets:
         self.root = root
 
     def password(self, name: str) -> str:
-        """The password kept as ``<name>.password``, made on first use."""
+        """The password kept as ``<name>.password``, made on first use. It never starts
+        with ``-``: rabbitmqctl would read it as an option ("Password is not provided");
+        one kept from before that starts so is made anew (provisioning sets it again)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         path = self.root / f"{name}.password"
         if path.exists():
-            return path.read_text().strip()
-        value = secrets.token_urlsafe(24)  # URL-safe: goes into a URL as it is
+            kept = path.read_text().strip()
+            if kept and not kept.startswith("-"):
+                return kept
+        value = new_password()
         write_private(path, value + "\n")
         return value
+
+
+def new_password() -> str:
+    """24 random bytes, URL-safe (it goes into a URL as it is), not starting with ``-``."""
+    while True:
+        value = secrets.token_urlsafe(24)
+        if not value.startswith("-"):
+            return value
 
 
 def write_private(path: Path, text: str) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make up`: install what is missing, build the local images, migrate the database,
-# start api, scheduler, monitor and one executor in the background, submit the demo ZApp.
+# start the registry (ZOE_REGISTRY), api, scheduler, monitor and one executor in the
+# background, submit the demo ZApp.
 # Running it again leaves running services alone and submits one more demo execution.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,11 @@ if ! [[ $amqp_host =~ ^(127\.0\.0\.1|localhost|::1)$ ]] || ! command -v rabbitmq
 fi
 say "provisioning the services' broker users and database role (var/secrets/)"
 "$VENV/bin/python" -m deploy.provision --node "$ZOE_NODE_NAME" "${broker[@]}"
+
+# The registry before the executor: it pulls the images it lacks from there.
+if [[ -n $ZOE_REGISTRY ]]; then
+    deploy/registry.sh start --addr "$ZOE_REGISTRY"
+fi
 
 # Images before services: the executor may start the demo as soon as it is submitted.
 say "building the base and demo images (skipped when present)"

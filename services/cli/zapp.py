@@ -100,7 +100,7 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
 
     from common.logging import configure
     from common.settings import ExecutorSettings
-    from services.executor.images import build_zapp
+    from services.executor.images import build_zapp, push
 
     configure("zoe", "info", json=False)
     root = Path(os.environ.get("ZOE_ZAPPS_ROOT", "zapps"))
@@ -109,10 +109,18 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
         print(f"zoe: no ZApp folder {folder}", file=sys.stderr)
         return 1
 
+    settings = ExecutorSettings.from_env()
+    registry = "" if args.no_push else settings.registry
+
     async def build() -> list[str]:
-        mirror = ExecutorSettings.from_env().debian_mirror
         async with aiodocker.Docker() as docker:
-            return await build_zapp(docker, folder, debian_mirror=mirror)
+            refs = await build_zapp(
+                docker, folder, debian_mirror=settings.debian_mirror, registry=registry
+            )
+            # also those that were here already: the registry serves every host
+            for ref in refs if registry else ():
+                await push(docker, registry, ref)
+            return refs
 
     try:
         refs = asyncio.run(build())
@@ -120,7 +128,7 @@ def cmd_build(_: Client, args: argparse.Namespace) -> int:
         print(f"zoe: {exc}", file=sys.stderr)
         return 1
     for ref in refs:
-        print(f"{ref}: ready")
+        print(f"{ref}: ready" + (f", in {registry}" if registry else ""))
     return 0
 
 
@@ -148,7 +156,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_validate)
 
     p = zsub.add_parser(
-        "build", help="build a ZApp's images on this host's Docker engine (skips those present)"
+        "build",
+        help="build a ZApp's images on this host's Docker engine (skips those present) and"
+        " push them to $ZOE_REGISTRY when set",
     )
     p.add_argument("name", help="the ZApp's folder name in $ZOE_ZAPPS_ROOT (default zapps/)")
+    p.add_argument(
+        "--no-push", action="store_true", help="build here only, even with ZOE_REGISTRY set"
+    )
     p.set_defaults(func=cmd_build)

@@ -65,6 +65,11 @@ def container_spec(
         **{LABEL_URL_PREFIX + p.name: p.url_template for p in ports if p.url_template},
     }
     binds, volumes = mounts(msg, settings, resolve)
+    user = msg.environment.get("ZOE_USER")
+    options = {}
+    if settings.workspace_nfs and user and workspace_volume(settings.deployment, user) in volumes:
+        name = workspace_volume(settings.deployment, user)
+        options[name] = nfs_volume_options(settings.workspace_nfs, user)
     return ContainerSpec(
         name=msg.container_name,
         image=msg.image,
@@ -84,6 +89,7 @@ def container_spec(
         ports=ports,
         binds=binds,
         volumes=volumes,
+        volume_options=options,
         run_as_root=msg.run_as_root,
     )
 
@@ -241,3 +247,30 @@ def removed_elsewhere(node: str, event: ContainerEvent) -> m.InstanceRemoved:
         container_name=event.name,
         exit_code=event.exit_code,
     )
+
+
+def parse_nfs_export(export: str) -> tuple[str, str]:
+    """``ZOE_WORKSPACE_NFS`` ("server:/export/path") as (server, path); `ValueError`
+    saying what is wrong otherwise."""
+    server, colon, path = export.partition(":")
+    if not colon or not server or not path.startswith("/"):
+        raise ValueError(
+            f"ZOE_WORKSPACE_NFS must be server:/export/path (an absolute path), not {export!r}"
+        )
+    if any(c in server + path for c in ", ") or "=" in server:
+        raise ValueError(f"ZOE_WORKSPACE_NFS {export!r} holds a comma, a space or '='")
+    return server, path.rstrip("/") or "/"
+
+
+def nfs_volume_options(export: str, user: str) -> dict[str, str]:
+    """The local driver's options that make a user's workspace volume the NFS directory
+    ``<export path>/<user>`` (the user's name as in the volume's name), so that it is
+    the same on every host. The server is best given as an address (the kernel's NFS
+    mount takes ``addr=`` as one)."""
+    server, path = parse_nfs_export(export)
+    part = specs.workspace_volume(user).removeprefix(specs.WORKSPACE_PREFIX)
+    return {
+        "type": "nfs",
+        "o": f"addr={server},rw,nfsvers=4",
+        "device": f":{path.rstrip('/')}/{part}",
+    }

@@ -27,16 +27,19 @@ from common import messages as m
 from common import metrics, routes
 from common.bus import Bus
 from common.errors import ZoeError
+from common.retry import Backoff
 from common.runtime import shielded
 from common.settings import ExecutorSettings
 from services.executor import admission, facts
 from services.executor.engine import (
     Container,
     ContainerExists,
+    ContainerSpec,
     Engine,
     NotManaged,
     Removed,
     Stats,
+    TransientEngineError,
 )
 from services.executor.locks import KeyedLocks, RecentIds
 
@@ -126,7 +129,7 @@ async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
         try:
             # No lookup first: a start is almost never a redelivery, and the name is
             # what makes a second container impossible.
-            container = await ex.engine.create_and_start(spec)
+            container = await _create_retrying(ex, spec)
         except ContainerExists:
             existing = await ex.engine.inspect(msg.container_name)
             if existing is None:  # removed meanwhile: try again with the redelivery
@@ -145,6 +148,26 @@ async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:
         if msg.container_name in ex.ledger.pending:
             ex.ledger.settle(msg.container_name, running=running)
     return facts.started(ex.node, container, ex.settings.advertise_host)
+
+
+async def _create_retrying(ex: Executor, spec: ContainerSpec) -> Container:
+    """Create and start the container; a failure that may pass (the swarm's manager or
+    the registry not answering now) is tried again with backoff for up to
+    ``ZOE_START_RETRY`` seconds, then raised with its reason."""
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(1.0, 15.0)
+    give_up = loop.time() + ex.settings.start_retry
+    while True:
+        try:
+            return await ex.engine.create_and_start(spec)
+        except TransientEngineError as exc:
+            left = give_up - loop.time()
+            if left <= 0:
+                tried = ex.settings.start_retry
+                raise TransientEngineError(f"{exc} (tried for {tried:g} s)") from exc
+            delay = min(backoff.next(), left)
+            log.warning("instance.start_retrying", reason=str(exc), delay=round(delay, 2))
+            await asyncio.sleep(delay)
 
 
 def _start_failed(msg: m.StartInstance, node: str, reason: str) -> m.InstanceStartFailed:

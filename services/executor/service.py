@@ -20,11 +20,16 @@ from pathlib import Path
 import aiodocker
 import structlog
 
+from common import routes
 from common.bus import Bus, declare_executor_queue
+from common.errors import StartRefused
 from common.runtime import Runtime
 from common.settings import ExecutorSettings
 from services.executor.engine import DockerEngine, Engine
+from services.executor.engine.overlay import OverlayNetworks
+from services.executor.engine.swarm import check_swarm
 from services.executor.engine.translate import NodeCapacity
+from services.executor.facts import parse_nfs_export
 from services.executor.handlers import Executor
 from services.executor.loops import (
     EVENTS_OVERLAP,
@@ -35,6 +40,7 @@ from services.executor.loops import (
     usage_loop,
     watch_events,
 )
+from services.executor.networks import BusNetworkAsker, NetworkRequests
 
 log = structlog.get_logger("executor")
 
@@ -48,15 +54,31 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
     if settings.engine not in ("docker", "hollow"):
         raise ValueError(f"ZOE_ENGINE must be docker or hollow, not {settings.engine!r}")
     name = f"executor.{settings.node_name}"
+    try:
+        routes.executor_queue(settings.node_name)  # not a name a shared queue takes
+        if settings.workspace_nfs:
+            parse_nfs_export(settings.workspace_nfs)
+    except ValueError as exc:
+        raise StartRefused(str(exc)) from None
     async with Runtime(name, settings, stop) as rt:
         engine: Engine
+        requests: NetworkRequests | None = None
         if settings.engine == "hollow":
             from services.executor.hollow import HollowEngine
 
             log.warning("executor.hollow", note="a fake node: no container is started")
             engine = HollowEngine(node=settings.node_name)
+            bus = await rt.open_bus(name)
         else:
             docker = await rt.enter(aiodocker.Docker(url=settings.docker_url))
+            overlay = None
+            if settings.swarm:  # before the bus: a refused engine never registers its node
+                overlay = await _swarm_networks(docker, settings)
+            bus = await rt.open_bus(name)
+            if overlay is not None and not overlay.manager:
+                overlay.asker = BusNetworkAsker(
+                    bus, node=settings.node_name, timeout=settings.network_timeout
+                )
             engine = DockerEngine(
                 docker,
                 deployment=settings.deployment,
@@ -66,10 +88,29 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 network_pool=settings.network_pool,
                 debian_mirror=settings.debian_mirror,
                 capacity=NodeCapacity(settings.cores, settings.memory),
+                overlay=overlay,
+                registry=settings.registry,
+                workspace_nfs=settings.workspace_nfs,
             )
-        bus = await rt.open_bus(name)
+            if overlay is not None and overlay.manager:
+                requests = NetworkRequests(overlay, deployment=settings.deployment)
         await rt.serve_metrics()
-        await run_executor(settings, engine, bus, stop)
+        await run_executor(settings, engine, bus, stop, network_requests=requests)
+
+
+async def _swarm_networks(docker: aiodocker.Docker, settings: ExecutorSettings) -> OverlayNetworks:
+    """Check that the engine is an active node of the deployment's swarm (`SwarmRefused`
+    otherwise, which ends the executor) and keep the executions' overlay networks."""
+    where = settings.docker_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
+    state = await check_swarm(docker, where, settings.swarm_cluster_id)
+    log.info(
+        "executor.swarm",
+        manager=state.manager,
+        swarm_node=state.node_id,
+        address=state.node_addr,
+        cluster=state.cluster_id or None,
+    )
+    return OverlayNetworks(docker, deployment=settings.deployment, manager=state.manager)
 
 
 async def run_executor(
@@ -79,11 +120,13 @@ async def run_executor(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[], None] | None = None,
+    network_requests: NetworkRequests | None = None,
 ) -> None:
     """Reconcile, then serve commands, watch the engine and beat until ``stop``.
 
     Engine-agnostic, so a hollow engine (scale benchmarks) runs the same executor.
-    ``on_ready`` is called once the node consumes its queue. Several executors may
+    ``on_ready`` is called once the node consumes its queue; ``network_requests`` (an
+    executor on a swarm manager engine) consumes ``executor.networks`` too. Several executors may
     share one bus (hollow nodes): each consumes its own queue, and at the stop the
     first to stop consuming stops them all (they stop together).
     """
@@ -105,6 +148,10 @@ async def run_executor(
         if settings.report_ended_interval > 0:
             loops.append(tg.create_task(report_ended_loop(ex, stop)))
         await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
+        if network_requests is not None:
+            await bus.consume(
+                routes.EXECUTOR_NETWORKS, network_requests.handle, timeout=settings.handler_timeout
+            )
         log.info("executor.ready", queue=queue)
         if on_ready is not None:
             on_ready()

@@ -25,6 +25,7 @@ class InstanceReq:
     memory: int
     labels: frozenset[str]
     essential: bool
+    image: str = ""  # placement prefers a node already holding it ("": no preference)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class NodeState:
     memory: int
     labels: frozenset[str]
     available: bool = True
+    images: frozenset[str] = frozenset()  # the images it holds (its heartbeats say)
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,10 @@ class OriginalPass:
     def _place(self, inst: InstanceReq) -> int:
         c = millicores(inst.cores)
         idx = self.cluster.by_count(c, inst.memory, inst.labels, self.most)
+        if inst.image:  # a node holding the image first (not in the paper: no registry)
+            idx = self.cluster.prefer_image(
+                idx, c, inst.memory, inst.labels, inst.image, not self.most
+            )
         if idx >= 0:
             self.cluster.change(idx, c, inst.memory, 1)
             self.free_m -= inst.memory

@@ -46,9 +46,10 @@ async def load_snapshot(
             memory=r["memory"],
             labels=frozenset(r["labels"]),
             available=r["state"] == "up" and r["drained_at"] is None,
+            images=frozenset(r["images"]),
         )
         for r in await conn.fetch(
-            "SELECT name, cores, memory, labels, state, drained_at FROM nodes"
+            "SELECT name, cores, memory, labels, images, state, drained_at FROM nodes"
         )
     ]
     execs = await conn.fetch(
@@ -60,7 +61,7 @@ async def load_snapshot(
         reasons.load(execs)
     rows = await conn.fetch(
         "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
-        " i.node, extract(epoch FROM i.not_before) AS not_before"
+        " i.node, extract(epoch FROM i.not_before) AS not_before, i.spec->>'image' AS image"
         " FROM instances i JOIN executions e ON e.id = i.execution_id"
         f" WHERE e.state IN {_EXECUTIONS} AND i.state IN {_INSTANCES}"
         " ORDER BY i.id"
@@ -76,6 +77,7 @@ async def load_snapshot(
             memory=r["memory"],
             labels=frozenset(r["labels"]),
             essential=r["essential"],
+            image=r["image"] or "",
         )
         if r["state"] == "created":
             nb = r["not_before"]

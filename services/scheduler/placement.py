@@ -5,6 +5,9 @@ over-committed by rounding. Nodes are bucketed by label set; inside a bucket the
 kept in two sorted lists (by free cores and by free memory), so a request that fits
 nowhere is rejected in O(1) and best fit or worst fit is found by a bounded scan from a
 binary-search starting point instead of a scan of every node.
+
+A node that already holds an instance's image is preferred (`prefer_image`): pulling or
+building an image takes seconds to minutes, far more than a slightly looser packing.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Cluster:
 
     __slots__ = (
         "_eligible",
+        "_holders",
         "_wc",
         "_wm",
         "available",
@@ -65,6 +69,7 @@ class Cluster:
         "labels",
         "names",
         "node_bucket",
+        "node_images",
     )
 
     def __init__(self, nodes: Sequence[NodeState]) -> None:
@@ -74,6 +79,8 @@ class Cluster:
         self.cap_m: list[int] = []
         self.available: list[bool] = []
         self.labels: list[frozenset[str]] = []
+        self._holders: dict[str, list[int]] = {}  # image -> the nodes holding it
+        self.node_images: list[frozenset[str]] = []
         for node in nodes:
             if node.name in self.index:
                 continue
@@ -83,6 +90,9 @@ class Cluster:
             self.cap_m.append(node.memory)
             self.available.append(node.available)
             self.labels.append(node.labels)
+            self.node_images.append(node.images)
+            for image in node.images:
+                self._holders.setdefault(image, []).append(self.index[node.name])
         self.free_c = list(self.cap_c)
         self.free_m = list(self.cap_m)
         self.count = [0] * len(self.names)
@@ -228,6 +238,28 @@ class Cluster:
                 better = count > best_count if most else count < best_count
                 if best < 0 or better or (count == best_count and idx < best):
                     best, best_count = idx, count
+        return best
+
+    def prefer_image(
+        self, chosen: int, cores: int, memory: int, labels: frozenset[str], image: str, spread: bool
+    ) -> int:
+        """The node to use instead of ``chosen`` (the policy's pick, -1 for none) so that
+        a node already holding ``image`` wins: ``chosen`` itself when it holds it or no
+        fitting node does, else the fitting holder the policy likes best (least room left,
+        or most with ``spread``). Costs a look at the holders only when ``chosen`` is
+        not one of them."""
+        holders = self._holders.get(image) if image else None
+        if chosen < 0 or not holders or image in self.node_images[chosen]:
+            return chosen
+        wc, wm = self._wc, self._wm
+        best, best_score = chosen, 0.0
+        for idx in holders:
+            fc, fm = self.free_c[idx], self.free_m[idx]
+            if fc < cores or fm < memory or not self.open_to(idx) or not labels <= self.labels[idx]:
+                continue
+            score = (fc - cores) * wc + (fm - memory) * wm
+            if best == chosen or (score > best_score if spread else score < best_score):
+                best, best_score = idx, score
         return best
 
     def weights(self) -> tuple[float, float]:

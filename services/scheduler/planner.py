@@ -268,10 +268,13 @@ class Pass:
         if c > self.free_c or m > self.free_m or self.misses.blocked(c, m, labels):
             return -1
         self.work += 1
-        if self.policy.placement == "spread":
+        spread = self.policy.placement == "spread"
+        if spread:
             idx = self.cluster.worst_fit(c, m, labels)
         else:
             idx = self.cluster.best_fit(c, m, labels)
+        if inst.image:
+            idx = self.cluster.prefer_image(idx, c, m, labels, inst.image, spread)
         if idx < 0:
             if first:
                 self.misses.add(c, m, labels)

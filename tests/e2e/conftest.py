@@ -30,10 +30,13 @@ from tests.conftest import (
     new_user,
     wait_for,
 )
+from tests.e2e.cluster import cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["dead_letters"]  # from tests.conftest, for the e2e tests that import it here
+# dead_letters: from tests.conftest, for the e2e tests that import it here; cluster: the
+# test cluster fixture (deploy/testcluster.sh up 3), for every e2e test that asks for it
+__all__ = ["cluster", "dead_letters"]
 BASE_IMAGE = "zoe/busybox:1"
 
 

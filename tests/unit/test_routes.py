@@ -11,6 +11,7 @@ from common import messages as m
 from common import routes
 from services.api import amqp
 from services.executor import handlers as executor
+from services.executor import networks
 from services.monitor import handlers as monitor
 from services.scheduler import handlers as scheduler
 
@@ -18,7 +19,7 @@ TABLES = {
     "scheduler": scheduler.HANDLERS,
     "monitor": monitor.HANDLERS,
     "api": amqp.HANDLERS,
-    "executor": executor.HANDLERS,
+    "executor": {**executor.HANDLERS, **networks.HANDLERS},
 }
 
 

@@ -2,7 +2,9 @@
 
 - `port`: the `Engine` protocol, the data crossing it, its errors and label names;
 - `docker`: `DockerEngine`, the adapter over aiodocker;
-- `networks`: executions' networks on an engine, spares made ahead and claims;
+- `networks`: executions' bridge networks on an engine, spares made ahead and claims;
+- `overlay`: executions' overlay networks when the engines form one Docker Swarm;
+- `swarm`: the engine's place in the swarm, checked at start;
 - `translate`: Docker's JSON to and from the port's data, without I/O;
 - `logs`: log tails and the cursors of a followed log;
 - `calls`: Docker's failures in the engine's terms.
@@ -36,6 +38,7 @@ from services.executor.engine.port import (
     PortSpec,
     Removed,
     Stats,
+    TransientEngineError,
 )
 from services.executor.engine.translate import docker_config
 
@@ -65,6 +68,7 @@ __all__ = [
     "PortSpec",
     "Removed",
     "Stats",
+    "TransientEngineError",
     "after_cursor",
     "cursor_since",
     "docker_config",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from services.executor.engine import translate
 from services.executor.engine.calls import engine_errors, unless_gone
 from services.executor.engine.logs import log_after, log_tail
 from services.executor.engine.networks import Networks
+from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks
 from services.executor.engine.port import (
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -40,10 +41,15 @@ from services.executor.engine.port import (
     NotManaged,
     Removed,
     Stats,
+    TransientEngineError,
 )
 from services.executor.locks import KeyedLocks
 
 log = structlog.get_logger("executor.engine")
+
+
+class ImageUnavailable(TransientEngineError):
+    """The deployment's registry did not answer: the start is tried again."""
 
 
 class _ImageMissing(Exception):
@@ -64,6 +70,9 @@ class DockerEngine:
         network_pool: int = 0,
         debian_mirror: str = images.DEFAULT_DEBIAN_MIRROR,
         capacity: translate.NodeCapacity | None = None,
+        overlay: OverlayNetworks | None = None,
+        registry: str = "",
+        workspace_nfs: str = "",
     ) -> None:
         self._docker = docker
         self._deployment = deployment
@@ -75,7 +84,12 @@ class DockerEngine:
         self._image_locks = KeyedLocks()
         self._images: set[str] = set()  # images seen present: not checked before a create
         self._volumes: set[str] = set()  # named volumes made (or found) by this engine
-        self._networks = Networks(docker, deployment=deployment, node=node, pool_size=network_pool)
+        self._registry = registry
+        self._workspace_nfs = workspace_nfs
+        # Bridge networks of this engine, or the swarm's overlay networks (ZOE_SWARM).
+        self._networks: Networks | OverlayNetworks = overlay or Networks(
+            docker, deployment=deployment, node=node, pool_size=network_pool
+        )
 
     @property
     def _managed_labels(self) -> list[str]:
@@ -104,17 +118,23 @@ class DockerEngine:
     # ---- images --------------------------------------------------------------------------
 
     async def ensure_image(self, ref: str) -> None:
-        """Build a missing image with services/executor/images/ (one build per ref)."""
+        """Pull a missing image from the deployment's registry (``ZOE_REGISTRY``), else
+        build it with services/executor/images/ and push it there (one per ref);
+        `ImageUnavailable` (transient) when the registry does not answer."""
         async with self._image_locks(ref):
             with engine_errors():
                 if not await images.image_present(self._docker, ref):
                     log.info("image.missing", image=ref)
-                    await images.ensure_image(
-                        self._docker,
-                        ref,
-                        zapps_root=self._zapps_root,
-                        debian_mirror=self._debian_mirror,
-                    )
+                    try:
+                        await images.ensure_image(
+                            self._docker,
+                            ref,
+                            zapps_root=self._zapps_root,
+                            debian_mirror=self._debian_mirror,
+                            registry=self._registry,
+                        )
+                    except images.RegistryUnavailable as exc:
+                        raise ImageUnavailable(str(exc)) from exc
         self._images.add(ref)
 
     async def image_tags(self, prefix: str) -> list[str]:
@@ -144,7 +164,7 @@ class DockerEngine:
         """
         try:
             for volume in spec.volumes:
-                await self._ensure_volume(volume)
+                await self._ensure_volume(volume, spec.volume_options.get(volume))
             if spec.image not in self._images:
                 await self.ensure_image(spec.image)
             try:
@@ -154,8 +174,14 @@ class DockerEngine:
                 await self.ensure_image(spec.image)
                 container = await self._create(spec)
             try:
-                with engine_errors():
-                    await container.start()
+                try:
+                    with engine_errors():
+                        await container.start()
+                except EngineError as exc:
+                    gone = self._network_gone(exc)
+                    if gone is not None:
+                        raise gone from exc
+                    raise
                 info = await self.inspect(container.id)
                 if info is None:
                     raise EngineError(f"container {spec.name} vanished right after its start")
@@ -183,11 +209,23 @@ class DockerEngine:
                 except DockerError as exc:
                     if exc.status == 409:
                         raise ContainerExists(exc.message) from exc
+                    gone = self._network_gone(EngineError(exc.message))
+                    if gone is not None:
+                        raise gone from exc
                     if exc.status == 404 and not await images.image_present(
                         self._docker, spec.image
                     ):
                         raise _ImageMissing(spec.image) from exc
                     raise
+
+    def _network_gone(self, exc: EngineError) -> NetworkUnavailable | None:
+        """An overlay network removed between its ensure and the container's start (a
+        release or the sweep elsewhere) makes the start fail: transient, as the next
+        try makes it again."""
+        if isinstance(self._networks, OverlayNetworks) and "network" in str(exc).lower():
+            if "not found" in str(exc).lower():
+                return NetworkUnavailable(f"the execution's overlay network went: {exc}")
+        return None
 
     async def start(self, name: str) -> Container:
         """Start an existing (created) container and inspect it; remove it if that fails."""
@@ -299,18 +337,30 @@ class DockerEngine:
 
     # ---- volumes and networks ------------------------------------------------------------
 
-    async def _ensure_volume(self, name: str) -> None:
+    async def _ensure_volume(self, name: str, options: Mapping[str, str] | None = None) -> None:
         """Create a named volume labelled with the deployment (so it can be found and
-        removed with it) unless this engine did already; creating it again is harmless."""
+        removed with it) unless this engine did already; creating it again is harmless.
+
+        With ``options`` (an NFS workspace: ``ZOE_WORKSPACE_NFS``) it is a volume of the
+        local driver with those options; one of that name made otherwise before is
+        refused, saying so (Docker would answer with it as it is)."""
         if name in self._volumes:
             return
+        body: dict[str, Any] = {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+        if options:
+            body.update(Driver="local", DriverOpts=dict(options))
         with engine_errors():
-            await self._docker.volumes.create(
-                {"Name": name, "Labels": {LABEL_DEPLOYMENT: self._deployment}}
+            # aiodocker's volumes.create drops the answer: its options are checked here
+            made = await self._docker._query_json("volumes/create", method="POST", data=body)
+        if options and dict((made or {}).get("Options") or {}) != dict(options):
+            raise EngineError(
+                f"volume {name} exists with the options {made.get('Options') or {}},"
+                f" not {dict(options)} (ZOE_WORKSPACE_NFS): remove it (docker volume rm"
+                f" {name}) so that it is made again"
             )
         self._volumes.add(name)
 
-    def spare_networks(self) -> Networks:
+    def spare_networks(self) -> Networks | OverlayNetworks:
         """The executions' networks, keeping spares made ahead inside ``async with``."""
         return self._networks
 

@@ -36,6 +36,11 @@ class EngineError(ZoeError):
     """The engine refused or failed a call; the message is the engine's own."""
 
 
+class TransientEngineError(EngineError):
+    """A failure that may pass (the swarm's manager or the registry not answering now):
+    the start that met it is tried again with backoff before it is reported failed."""
+
+
 class ContainerExists(EngineError):
     """A container of that name exists already (made by an earlier delivery of a start)."""
 
@@ -82,6 +87,8 @@ class ContainerSpec:
     binds: tuple[str, ...] = ()  # "source:path[:ro]", source a host path or a volume
     # Named volumes among the binds' sources: made (labelled) before the container.
     volumes: tuple[str, ...] = ()
+    # Driver options of some of them (the local driver's: an NFS workspace), by name.
+    volume_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     run_as_root: bool = False  # else the unprivileged ZApp user with no capability
 
 

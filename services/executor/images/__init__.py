@@ -1,4 +1,5 @@
-"""Local image building: no registry is ever contacted.
+"""Image building on the host, and the deployment's own registry (``ZOE_REGISTRY``):
+no other registry is ever contacted.
 
 Two kinds of image exist on a Zoe host:
 
@@ -14,7 +15,9 @@ Two kinds of image exist on a Zoe host:
 Every step checks first whether the image is already there, so a repeated call costs one
 inspect per image (`build`). A failed build leaves no tag: the engine tags only a
 finished build, and an import tags in the same request that creates the image
-(`docker_http`). What runs on the host is in `host`; the CLI in `cli`.
+(`docker_http`). What runs on the host is in `host`; the CLI in `cli`. With a
+registry, a missing image is pulled from it (tagged as its plain reference) before
+anything is built, and what is built is pushed to it (`registry`).
 """
 
 from services.executor.images.base import BASE_IMAGES, DEFAULT_DEBIAN_MIRROR, BaseOptions
@@ -33,6 +36,7 @@ from services.executor.images.refs import (
     zapp_image_refs,
     zapp_used_images,
 )
+from services.executor.images.registry import RegistryUnavailable, pull, push, registry_ref
 
 __all__ = [
     "BASE_IMAGES",
@@ -43,6 +47,7 @@ __all__ = [
     "ContextEntry",
     "ImageBuildFailed",
     "ImageError",
+    "RegistryUnavailable",
     "UnknownImage",
     "build_library",
     "build_zapp",
@@ -52,7 +57,10 @@ __all__ = [
     "find_image_dir",
     "image_present",
     "library_image_refs",
+    "pull",
+    "push",
     "read_context_file",
+    "registry_ref",
     "split_ref",
     "zapp_image_refs",
     "zapp_used_images",

@@ -44,6 +44,7 @@ async def post_stream(
     data: Any,
     content_type: str,
     on_line: Callable[[dict[str, Any]], None] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """POST a body to a streaming endpoint (`build`, `images/create`) and read its lines.
 
@@ -54,7 +55,11 @@ async def post_stream(
     """
     url = URL(path).with_query(query)
     async with docker._query(
-        url, "POST", data=data, headers={"Content-Type": content_type}, timeout=None
+        url,
+        "POST",
+        data=data,
+        headers={"Content-Type": content_type, **(headers or {})},
+        timeout=None,
     ) as response:
         lines = []
         async for raw in response.content:

@@ -1,0 +1,161 @@
+"""deploy/testcluster.sh itself: three hosts in one swarm, registered as nodes, a
+registry they reach, `cut` and `heal`, and a `down` that leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import PG_BASE
+from tests.e2e.cluster import REGISTRY_URL, ROOT, Cluster, run_script, up, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+async def test_every_host_is_a_node_with_its_label(cluster: Cluster) -> None:
+    nodes = await cluster.nodes()
+    for i in range(1, cluster.hosts + 1):
+        node = nodes[f"host{i}"]
+        assert node["state"] == "up"
+        assert f"host{i}" in node["labels"]
+    assert cluster.status().returncode == 0
+
+
+async def test_the_hosts_form_one_swarm(cluster: Cluster) -> None:
+    async with cluster.docker(1) as manager:
+        swarm_nodes = await manager.nodes.list()
+    assert len(swarm_nodes) == cluster.hosts
+    assert {n["Status"]["State"] for n in swarm_nodes} == {"ready"}
+    managers = [n for n in swarm_nodes if n["Spec"].get("Role") == "manager"]
+    assert len(managers) == 1
+    names = {f"host{i}" for i in range(1, cluster.hosts + 1)}
+    assert {n["Spec"]["Labels"]["zoe.node"] for n in swarm_nodes} == names
+    assert {n["Description"]["Hostname"] for n in swarm_nodes} == names
+    for i in range(1, cluster.hosts + 1):
+        async with cluster.docker(i) as engine:
+            info = await engine.system.info()
+        assert info["Swarm"]["LocalNodeState"] == "active"
+        # only a manager knows the cluster
+        if i == 1:
+            assert info["Swarm"]["Cluster"]["ID"] == cluster.swarm_cluster_id
+        assert info["Swarm"]["ControlAvailable"] is (i == 1)
+        assert info["Swarm"]["NodeAddr"] == cluster.addrs[i]
+
+
+async def test_the_registry_holds_the_base_images_and_a_host_pulls_them(
+    cluster: Cluster,
+) -> None:
+    catalog = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"{REGISTRY_URL}/v2/_catalog", timeout=10).read()
+    )
+    for name in (b"zoe/busybox", b"zoe/debian", b"zoe/python"):
+        assert name in catalog
+    ref = f"{cluster.registry}/zoe/busybox:1"
+    async with cluster.docker(cluster.hosts) as engine:
+        # every host starts without images: what it needs comes from the registry
+        assert not [i for i in await engine.images.list() if ref in (i.get("RepoTags") or [])]
+        await engine.images.pull(ref)
+        try:
+            assert (await engine.images.inspect(ref))["Id"]
+        finally:
+            await engine.images.delete(ref, force=True)
+
+
+async def test_cut_takes_a_host_off_and_heal_brings_it_back(cluster: Cluster) -> None:
+    host = cluster.hosts
+    assert await cluster.reachable(host)
+    cluster.cut(host)
+    try:
+        assert not await cluster.reachable(host)
+        # the executor's heartbeats no longer reach the broker: the monitor's verdict
+        await wait_for(
+            _state_is(cluster, f"host{host}", "lost"),
+            timeout=cluster.node_timeout * 6 + 30,
+            interval=0.5,
+            what=f"host{host} declared lost",
+        )
+        assert "link=down" in cluster.status().stdout
+        assert (await cluster.node_state("host1")) == "up"
+    finally:
+        cluster.heal(host)
+    await wait_for(
+        lambda: cluster.reachable(host), timeout=30, interval=0.5, what=f"host{host} reachable"
+    )
+    await wait_for(
+        _state_is(cluster, f"host{host}", "up"),
+        timeout=120,
+        interval=0.5,
+        what=f"host{host} up again",
+    )
+    await wait_for(
+        lambda: cluster.status().returncode == 0, timeout=60, interval=1, what="status healthy"
+    )
+
+
+def _state_is(cluster: Cluster, name: str, state: str):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return (await cluster.node_state(name)) == state
+
+    return check
+
+
+def _leftovers() -> list[str]:
+    """What of a test cluster is still on this machine."""
+    out = []
+
+    def lines(*cmd: str) -> list[str]:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return proc.stdout.splitlines()
+
+    out += [f"netns {x}" for x in lines("ip", "netns", "list") if x.startswith("zt-")]
+    out += [f"link {x}" for x in lines("ip", "-o", "link", "show") if ": zt-" in x]
+    out += [f"rule {x}" for x in lines("iptables", "-S", "DOCKER-USER") if "zt-" in x]
+    out += [f"nat {x}" for x in lines("iptables", "-t", "nat", "-S") if "zt-" in x]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(ROOT / "var" / "testcluster") in cmdline:
+                out.append(f"process {proc.name}: {cmdline}")
+    if (ROOT / "var" / "testcluster").exists():
+        out.append("var/testcluster")
+    vhosts = lines("rabbitmqctl", "-q", "list_vhosts", "name")
+    out += [f"vhost {x}" for x in vhosts if x.strip() == "zt-cluster"]
+    return out
+
+
+async def _databases() -> list[str]:
+    conn = await asyncpg.connect(PG_BASE.rstrip("/") + "/postgres")
+    try:
+        rows = await conn.fetch(
+            "SELECT datname AS name FROM pg_database WHERE datname = 'zt_cluster'"
+            " UNION ALL SELECT rolname FROM pg_roles WHERE rolname = 'zt-cluster'"
+        )
+    finally:
+        await conn.close()
+    return [r["name"] for r in rows]
+
+
+async def test_down_twice_leaves_nothing_and_up_works_again(cluster: Cluster) -> None:
+    """Last of the module: takes the session's cluster down and makes it again."""
+    try:
+        for _ in range(2):
+            proc = run_script("down", timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert _leftovers() == []
+            assert await _databases() == []
+        status = run_script("status", timeout=60)
+        assert status.returncode != 0
+        assert "no test cluster" in status.stdout
+    finally:
+        # the session's cluster again, for the modules after this one
+        fresh = up()
+        cluster.__dict__.update(fresh.__dict__)
+    assert (await cluster.node_state("host1")) == "up"
