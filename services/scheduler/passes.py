@@ -33,6 +33,7 @@ log = structlog.get_logger("scheduler.pass")
 
 _EXECUTIONS = st.sql_list(st.EXECUTION_SCHEDULED)
 _INSTANCES = st.sql_list(st.INSTANCE_SCHEDULED)
+_ON_NODE = st.sql_list(st.INSTANCE_ON_NODE)
 
 
 async def load_snapshot(
@@ -252,12 +253,25 @@ async def _admit(pool: asyncpg.Pool) -> list[int]:
 
 async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     """Start placed instances that waited for room on their node (a reclaimed instance
-    still stopping) or for their startup group; returns how many were started."""
+    still stopping) or for their startup group; returns how many were started.
+
+    Only executions with a placed instance that fits its node's room now are looked at
+    (and locked): on a busy cluster hundreds of executions wait for room being freed,
+    and reading them all again at every pass would cost more than the pass itself. An
+    instance that does not fit alone cannot start; room freed after this look is seen by
+    the next pass (every end asks for one)."""
     async with pool.acquire() as conn, conn.transaction():
         # locked as the handlers lock them: executions first, in id order
         rows = await conn.fetch(
-            "SELECT id FROM executions WHERE id IN"
-            " (SELECT execution_id FROM instances WHERE state = 'placed')"
+            "WITH room AS (SELECT n.name, n.cores - coalesce(sum(j.cores), 0) AS cores,"
+            "  n.memory - coalesce(sum(j.memory), 0) AS memory"
+            "  FROM nodes n LEFT JOIN instances j ON j.node = n.name"
+            f"   AND j.state IN {_ON_NODE}"
+            "  WHERE n.name IN (SELECT node FROM instances WHERE state = 'placed')"
+            "  GROUP BY n.name)"
+            " SELECT id FROM executions WHERE id IN"
+            " (SELECT i.execution_id FROM instances i JOIN room r ON r.name = i.node"
+            "  WHERE i.state = 'placed' AND i.cores <= r.cores + 1e-9 AND i.memory <= r.memory)"
             " ORDER BY id FOR NO KEY UPDATE"
         )
         return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
