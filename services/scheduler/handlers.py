@@ -115,6 +115,8 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
             async with conn.transaction():
                 orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
         deps.nodes_stored[msg.node] = (said, now)
+        # (a failure before this line leaves `nodes_stored` as it was: the next heartbeat
+        # writes the row again and the view learns of it then)
         deps.view.node_changed(
             msg.node, cores=msg.cores, memory=msg.memory, labels=msg.labels, up=True
         )
