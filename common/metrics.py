@@ -149,6 +149,14 @@ START_WAIT = Histogram(
 LEADER = Gauge(
     "zoe_scheduler_leader", "1 while this scheduler holds the leadership lock.", registry=None
 )
+VIEW_RELOADS = Counter(
+    "zoe_scheduler_view_reloads_total",
+    "Full reads of the scheduler's in-memory view from PostgreSQL, by reason (start: a"
+    " term of leadership began; failed: a write whose outcome is unknown; reasons: a"
+    " write of pending reasons failed).",
+    ["reason"],
+    registry=None,
+)
 
 # ---- the monitor ------------------------------------------------------------------------
 
@@ -202,6 +210,7 @@ _EXPOSED: dict[str, tuple[Collector, ...]] = {
         DEATHS,
         START_WAIT,
         LEADER,
+        VIEW_RELOADS,
     ),
     "monitor": (NODES_LOST,),
     "executor": (START_DURATION, STOP_DURATION),

@@ -33,10 +33,13 @@ class Rules:
 
 
 async def apply_ends(
-    conn: asyncpg.Connection, rules: Rules, ends: Sequence[tuple[int, st.End]]
+    conn: asyncpg.Connection,
+    rules: Rules,
+    ends: Sequence[tuple[int, st.End]],
+    touched_out: set[int] | None = None,
 ) -> int:
     """Record and act on the ends of instances (in the caller's transaction); returns
-    how many of them changed anything."""
+    how many of them changed anything. Adds to ``touched_out`` the executions changed."""
     if not ends:
         return 0
     ids = sorted({i for i, _ in ends})
@@ -80,6 +83,8 @@ async def apply_ends(
     await _record(conn, decided, gone)
     touched = {row["execution_id"] for row, _, _ in decided}
     touched |= {rows[i]["execution_id"] for i in gone}
+    if touched_out is not None:
+        touched_out |= touched
     for row, end, decision in decided:
         await _act(conn, rules, row, end, decision)
     for execution_id in sorted(touched):
@@ -195,13 +200,16 @@ async def _restart(
         )
 
 
-async def lose_node(conn: asyncpg.Connection, rules: Rules, node: str) -> int | None:
+async def lose_node(
+    conn: asyncpg.Connection, rules: Rules, node: str, touched: set[int] | None = None
+) -> int | None:
     """A node went silent: it is lost, and every instance it held died (node-lost).
 
     Its containers may well still run, out of reach: they are given up (counted as gone,
     so cleanups do not wait for them) and recorded as the node's orphans, to be removed
     if the node comes back. Returns how many instances it held, or None when the node
-    was not up (lost already: a repeated verdict changes nothing).
+    was not up (lost already: a repeated verdict changes nothing). Adds to ``touched``
+    the executions changed.
     """
     lost = await conn.fetchval(
         "UPDATE nodes SET state = 'lost' WHERE name = $1 AND state = 'up' RETURNING name", node
@@ -221,7 +229,9 @@ async def lose_node(conn: asyncpg.Connection, rules: Rules, node: str) -> int | 
         " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         [(node, r["container_name"], r["execution_id"], r["id"]) for r in orphans],
     )
-    await apply_ends(conn, rules, [(r["id"], st.End("node-lost", gone=True)) for r in rows])
+    await apply_ends(
+        conn, rules, [(r["id"], st.End("node-lost", gone=True)) for r in rows], touched
+    )
     held = sum(r["state"] in st.INSTANCE_HOLDING for r in rows)
     log.warning("node.lost", node=node, instances=held, orphans=len(orphans))
     return held

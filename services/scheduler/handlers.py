@@ -21,6 +21,7 @@ from common import messages as m
 from common import states as st
 from common.db import storable_text
 from services.scheduler import ends, store
+from services.scheduler.view import Changes
 
 log = structlog.get_logger("scheduler")
 
@@ -43,6 +44,10 @@ class Deps:
     node_locks: defaultdict[str, asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
+    # What the handlers changed, said after each commit: the pass's view learns of it
+    # (services/scheduler/view.py). A handler of a new message that moves execution,
+    # instance or node rows must say so here.
+    view: Changes = field(default_factory=Changes)
 
     @property
     def rules(self) -> ends.Rules:
@@ -60,14 +65,17 @@ NODE_REFRESH = 30.0
 
 async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
     """A new execution: the next pass takes it into the queue (all new ones at once)."""
+    deps.view.executions_changed([msg.execution_id])
     deps.request_pass()
 
 
 async def on_terminate(msg: m.ExecutionTerminateRequested, deps: Deps) -> None:
     """A user ends an execution: stop everything it runs, then it ends terminated."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        await _lock_execution(conn, msg.execution_id)
-        await store.begin_cleanup(conn, deps.deployment, msg.execution_id, "terminated")
+    with deps.view.unsure():
+        async with deps.pool.acquire() as conn, conn.transaction():
+            await _lock_execution(conn, msg.execution_id)
+            await store.begin_cleanup(conn, deps.deployment, msg.execution_id, "terminated")
+    deps.view.executions_changed([msg.execution_id])
     deps.request_pass()
 
 
@@ -107,6 +115,11 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
             async with conn.transaction():
                 orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
         deps.nodes_stored[msg.node] = (said, now)
+        # (a failure before this line leaves `nodes_stored` as it was: the next heartbeat
+        # writes the row again and the view learns of it then)
+        deps.view.node_changed(
+            msg.node, cores=msg.cores, memory=msg.memory, labels=msg.labels, up=True
+        )
     if before == "lost":
         log.info("node.returned", orphans=orphans)
     elif before is None or msg.registered:
@@ -118,10 +131,15 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
 async def on_node_lost(msg: m.NodeLost, deps: Deps) -> None:
     """The monitor declared a node lost: mark it, end every instance it held (and act on
     each end), keep its containers as orphans; the pass no longer counts on it."""
+    touched: set[int] = set()
     async with deps.node_locks[msg.node]:
-        async with deps.pool.acquire() as conn, conn.transaction():
-            held = await ends.lose_node(conn, deps.rules, msg.node)
+        with deps.view.unsure():
+            async with deps.pool.acquire() as conn, conn.transaction():
+                held = await ends.lose_node(conn, deps.rules, msg.node, touched)
         deps.nodes_stored.pop(msg.node, None)  # its next heartbeat marks it up again
+        if held is not None:
+            deps.view.node_changed(msg.node, up=False)
+            deps.view.executions_changed(touched)
     if held is not None:
         deps.request_pass()
 
@@ -179,8 +197,11 @@ async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
         gone=msg.gone,
         detail=storable_text(msg.detail),  # the engine's words: stored with the error
     )
-    async with deps.pool.acquire() as conn, conn.transaction():
-        changed = await ends.apply_ends(conn, deps.rules, [(msg.instance_id, end)])
+    touched: set[int] = set()
+    with deps.view.unsure():
+        async with deps.pool.acquire() as conn, conn.transaction():
+            changed = await ends.apply_ends(conn, deps.rules, [(msg.instance_id, end)], touched)
+    deps.view.executions_changed(touched)
     if changed:
         deps.request_pass()
 

@@ -27,11 +27,13 @@ from services.scheduler.core import (
 )
 from services.scheduler.pending import PendingReasons
 from services.scheduler.pending import write as write_reasons
+from services.scheduler.view import Changes, View
 
 log = structlog.get_logger("scheduler.pass")
 
 _EXECUTIONS = st.sql_list(st.EXECUTION_SCHEDULED)
 _INSTANCES = st.sql_list(st.INSTANCE_SCHEDULED)
+_ON_NODE = st.sql_list(st.INSTANCE_ON_NODE)
 
 
 async def load_snapshot(
@@ -105,25 +107,55 @@ async def load_snapshot(
 class ClusterView:
     """The scheduler's view of the cluster, from which each pass decides.
 
-    Each pass reads it afresh from PostgreSQL (``load_snapshot``). The scheduler is the
-    only writer of execution, instance and node state, so the view could instead live
-    in memory between passes, updated by what the handlers and passes write: that change
-    stays inside this class (``snapshot``), the core and ``apply`` are unaffected.
+    With ``changes`` (the service's), the view lives in memory between passes
+    (``services/scheduler/view.py``): read whole on the first pass of a term, then
+    brought up to date by what the handlers say they changed and by the pass's own
+    placements. Without, each pass reads it afresh from PostgreSQL (``load_snapshot``),
+    as ``run_pass`` does. The core and ``apply`` are the same either way.
     """
 
-    def __init__(self, pool: asyncpg.Pool, deployment: str, policy: Policy) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        deployment: str,
+        policy: Policy,
+        changes: Changes | None = None,
+    ) -> None:
         self.pool = pool
         self.deployment = deployment
         self.policy = policy
         self.reasons = PendingReasons()
         self.users = Users()
+        self.changes = changes
+        self.view = View(self.reasons)
 
     async def snapshot(
         self, now: float
     ) -> tuple[list[NodeState], list[ExecutionState], float | None]:
         """Nodes, active executions, and the next time a backoff expires (if any)."""
-        async with self.pool.acquire() as conn:
-            return await load_snapshot(conn, now, self.reasons)
+        if self.changes is None:
+            async with self.pool.acquire() as conn:
+                return await load_snapshot(conn, now, self.reasons)
+        await self.sync()
+        return self.view.snapshot(now)
+
+    async def sync(self) -> None:
+        """Bring the in-memory view up to date with what the handlers said they changed."""
+        assert self.changes is not None
+        full, executions, nodes = self.changes.take()
+        try:
+            if full is not None or not self.view.loaded:
+                async with self.pool.acquire() as conn:
+                    await self.view.load(conn, full or "start")
+                return
+            for name, values in nodes:
+                self.view.apply_node(name, values)
+            if executions:
+                async with self.pool.acquire() as conn:
+                    await self.view.refresh(conn, executions)
+        except BaseException:
+            self.changes.reload("failed")
+            raise
 
     async def run_pass(self) -> tuple[Decisions, float | None]:
         """Run one pass; returns what was decided and when a backoff next expires."""
@@ -132,7 +164,9 @@ class ClusterView:
 
     async def _run_pass(self) -> tuple[Decisions, float | None]:
         now = time.time()
-        await admit_submitted(self.pool)
+        admitted = await _admit(self.pool)
+        if self.changes is not None:
+            self.changes.executions_changed(admitted)
         await dispatch_waiting(self.pool, self.deployment)
         nodes, executions, next_wake = await self.snapshot(now)
         if not any(e.pending for e in executions):
@@ -148,7 +182,13 @@ class ClusterView:
                 max_priority=bounds,
             )
         if decisions.starts or decisions.stops:
-            await apply(self.pool, self.deployment, decisions)
+            if self.changes is None:
+                await apply(self.pool, self.deployment, decisions)
+            else:
+                with self.changes.unsure():
+                    kept, conflicts = await apply(self.pool, self.deployment, decisions)
+                self.view.placed(kept)
+                self.changes.executions_changed(conflicts)
             log.info(
                 "pass.applied",
                 starts=len(decisions.starts),
@@ -162,6 +202,8 @@ class ClusterView:
             await write_reasons(self.pool, changed)
         except BaseException:
             self.reasons.forget()  # read the rows again next pass
+            if self.changes is not None:
+                self.changes.reload("reasons")
             raise
         return decisions, next_wake
 
@@ -199,29 +241,49 @@ async def run_pass(
 
 async def admit_submitted(pool: asyncpg.Pool) -> int:
     """Take every new execution into the queue, in one statement; returns how many."""
+    return len(await _admit(pool))
+
+
+async def _admit(pool: asyncpg.Pool) -> list[int]:
+    """``admit_submitted``, returning the executions moved."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch("SELECT id FROM executions WHERE state = 'submitted'")
-        moved = await store.set_executions_state(
+        return await store.set_executions_state(
             conn, [r["id"] for r in rows], "queued", ["submitted"]
         )
-    return len(moved)
 
 
 async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     """Start placed instances that waited for room on their node (a reclaimed instance
-    still stopping) or for their startup group; returns how many were started."""
+    still stopping) or for their startup group; returns how many were started.
+
+    Only executions with a placed instance that fits its node's room now are looked at
+    (and locked): on a busy cluster hundreds of executions wait for room being freed,
+    and reading them all again at every pass would cost more than the pass itself. An
+    instance that does not fit alone cannot start; room freed after this look is seen by
+    the next pass (every end asks for one)."""
     async with pool.acquire() as conn, conn.transaction():
         # locked as the handlers lock them: executions first, in id order
         rows = await conn.fetch(
-            "SELECT id FROM executions WHERE id IN"
-            " (SELECT execution_id FROM instances WHERE state = 'placed')"
+            "WITH room AS (SELECT n.name, n.cores - coalesce(sum(j.cores), 0) AS cores,"
+            "  n.memory - coalesce(sum(j.memory), 0) AS memory"
+            "  FROM nodes n LEFT JOIN instances j ON j.node = n.name"
+            f"   AND j.state IN {_ON_NODE}"
+            "  WHERE n.name IN (SELECT node FROM instances WHERE state = 'placed')"
+            "  GROUP BY n.name)"
+            " SELECT id FROM executions WHERE id IN"
+            " (SELECT i.execution_id FROM instances i JOIN room r ON r.name = i.node"
+            "  WHERE i.state = 'placed' AND i.cores <= r.cores + 1e-9 AND i.memory <= r.memory)"
             " ORDER BY id FOR NO KEY UPDATE"
         )
         return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
 
 
-async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> None:
+async def apply(
+    pool: asyncpg.Pool, deployment: str, decisions: Decisions
+) -> tuple[list[tuple[int, str]], set[int]]:
     """Store placements and reclaims, and queue their commands, in one transaction.
+    Returns the placements stored, and the executions put back (conflicts).
 
     An execution's placements are stored all together or not at all: when a message
     handler moved one of its instances since the snapshot was read, the others are put
@@ -245,7 +307,7 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
             await store.stop_instances(conn, deployment, decisions.stops)
             metrics.RECLAIMS.inc(len(decisions.stops))
         if not ids:
-            return
+            return [], set()
         placed = await conn.fetch(
             "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
             " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
@@ -270,3 +332,5 @@ async def apply(pool: asyncpg.Pool, deployment: str, decisions: Decisions) -> No
         metrics.PLACEMENTS.inc(sum(got[e] for e in executions))
         await store.set_executions_state(conn, executions, "starting", ["queued"])
         await store.dispatch_ready(conn, deployment, executions)
+    kept = {r["id"] for r in placed if owners[r["id"]] not in conflicts}
+    return [(i, n) for i, n in decisions.starts if i in kept], conflicts

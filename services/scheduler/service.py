@@ -3,7 +3,8 @@
 Only one scheduler is active at a time: it holds a PostgreSQL session advisory lock on
 a dedicated connection for as long as it lives. A standby waits for the lock; when the
 active process dies its connection drops, the lock is released and the standby takes
-over. All state lives in PostgreSQL, so taking over needs nothing but the lock. When
+over. All state lives in PostgreSQL, so taking over needs nothing but the lock: each
+term reads its in-memory view of the cluster from there again (services/scheduler/view.py). When
 the database fails over, the lock's connection breaks with the old primary: the term
 ends, and the lock is taken again on the promoted standby (which holds none).
 
@@ -30,6 +31,7 @@ from common.runtime import Probe, Runtime
 from common.settings import SchedulerSettings
 from services.scheduler import drain, handlers, passes, stats, sweeper
 from services.scheduler.core import Policy
+from services.scheduler.view import Changes
 
 log = structlog.get_logger("scheduler")
 
@@ -117,6 +119,9 @@ async def lead(
         await rt.loop("leadership", lambda done: _watch_leadership(leader, stop, term, done))
         wake = asyncio.Event()
         wake.set()  # rebuild from the database: run a pass at start
+        # what the handlers change, for the view the passes keep in memory: a new one
+        # each term, so a takeover reads everything from PostgreSQL again
+        changes = Changes()
         deps = handlers.Deps(
             pool=pool,
             deployment=settings.deployment,
@@ -124,25 +129,28 @@ async def lead(
             restart_backoff=settings.restart_backoff,
             restart_backoff_max=settings.restart_backoff_max,
             essential_restarts=settings.essential_restarts,
+            view=changes,
         )
 
         async def on_message(msg: m.Message) -> None:
             await handlers.HANDLERS[type(msg)](msg, deps)
 
         await rt.run_relay(pool, bus)
-        view = passes.ClusterView(pool, settings.deployment, policy)
+        view = passes.ClusterView(pool, settings.deployment, policy, changes)
         await rt.loop("passes", lambda done: _pass_loop(view, settings, wake, done))
         rules = sweeper.SweepRules(
             settings.deployment, settings.sweep_resend_after, settings.sweep_give_up_after
         )
         await rt.every(
-            "sweep", settings.sweep_interval, functools.partial(sweeper.sweep, pool, rules)
+            "sweep",
+            settings.sweep_interval,
+            functools.partial(sweeper.sweep, pool, rules, changes),
         )
         await rt.every("stats", settings.stats_interval, functools.partial(stats.collect, pool))
         await rt.every(
             "drains",
             drain.ENFORCE_INTERVAL,
-            functools.partial(drain.enforce, pool, deps.rules, wake.set),
+            functools.partial(drain.enforce, pool, deps.rules, wake.set, changes),
         )
         # facts of started containers come in bursts: handled together
         started = functools.partial(handlers.on_started_many, deps=deps)

@@ -26,6 +26,7 @@ import structlog
 from common.bus import Outgoing
 from common.outbox import enqueue
 from services.scheduler import store
+from services.scheduler.view import Changes
 
 log = structlog.get_logger("scheduler.sweeper")
 
@@ -39,15 +40,26 @@ class SweepRules:
     give_up_after: float = 900.0
 
 
-async def sweep(pool: asyncpg.Pool, rules: SweepRules) -> dict[str, int]:
-    """One sweep; returns how many rows of each kind it moved."""
-    moved = await _converge(pool, rules)
-    moved["overtime"] = await end_overtime(pool, rules.deployment)
+async def sweep(
+    pool: asyncpg.Pool, rules: SweepRules, view: Changes | None = None
+) -> dict[str, int]:
+    """One sweep; returns how many rows of each kind it moved. Says to ``view`` (the
+    pass's) which executions it changed."""
+    view = view if view is not None else Changes()
+    touched: set[int] = set()
+    with view.unsure():
+        moved = await _converge(pool, rules, touched)
+    view.executions_changed(touched)
+    touched = set()
+    with view.unsure():
+        moved["overtime"] = await end_overtime(pool, rules.deployment, touched)
+    view.executions_changed(touched)
     return moved
 
 
-async def end_overtime(pool: asyncpg.Pool, deployment: str) -> int:
-    """Terminate the executions running past their runtime limit; returns how many."""
+async def end_overtime(pool: asyncpg.Pool, deployment: str, touched: set[int] | None = None) -> int:
+    """Terminate the executions running past their runtime limit; returns how many
+    (adds them to ``touched``)."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             "SELECT id, runtime_limit FROM executions"
@@ -60,11 +72,14 @@ async def end_overtime(pool: asyncpg.Pool, deployment: str) -> int:
             error = f"runtime-limit: ran for longer than its limit of {limit:g} s"
             await store.begin_cleanup(conn, deployment, r["id"], "terminated", error=error)
             log.warning("sweep.runtime_limit", execution_id=r["id"], limit=limit)
+    if touched is not None:
+        touched.update(r["id"] for r in rows)
     return len(rows)
 
 
-async def _converge(pool: asyncpg.Pool, rules: SweepRules) -> dict[str, int]:
-    """Resend stuck commands and give up stuck cleanups, in one transaction."""
+async def _converge(pool: asyncpg.Pool, rules: SweepRules, touched: set[int]) -> dict[str, int]:
+    """Resend stuck commands and give up stuck cleanups, in one transaction (adds the
+    executions given up to ``touched``: a resend changes no state)."""
     async with pool.acquire() as conn, conn.transaction():
         stuck = await conn.fetch(
             "SELECT DISTINCT i.execution_id FROM instances i"
@@ -87,6 +102,7 @@ async def _converge(pool: asyncpg.Pool, rules: SweepRules) -> dict[str, int]:
         )
         given_up = await _give_up(conn, [r["id"] for r in ending])
         starts, stops = await _resend(conn, rules)
+    touched.update(r["id"] for r in ending)
     return {"starts": starts, "stops": stops, "given_up": given_up}
 
 

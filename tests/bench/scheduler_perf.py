@@ -1,11 +1,14 @@
-"""Speed of the scheduling core alone (no database, no broker): not a test, prints figures.
+"""Speed of a scheduling pass: the core alone, and the service's pass on PostgreSQL.
 
     python tests/bench/scheduler_perf.py --nodes 1000 --queued 10000 --json
+    python tests/bench/scheduler_perf.py --grid     # 100/1k/10k nodes x 100/1k/10k queued
 
 Cluster: nodes of 32 cores and 128 GiB, a tenth labelled ``ssd``; applications drawn from
-the simulator's default mix, a twentieth of them needing ``ssd``. Only `schedule()` is
-timed; the bench applies its decisions as the service would (stops put the instances
-back among their execution's pending ones).
+the simulator's default mix, a twentieth of them needing ``ssd``.
+
+The core (`schedule()` alone: no database, no broker), the bench applying its decisions
+as the service would (stops put the instances back among their execution's pending
+ones):
 
 - *cold*: `--queued` executions submitted to an empty cluster, one pass:
   ``placements_per_s`` is the instances it placed divided by its time.
@@ -18,11 +21,26 @@ back among their execution's pending ones).
   (up to 4x the departures per pass): executions pile up, most shrunk to their essential
   instances by reclaiming. The worst case for a pass; reported beside.
 
-Every measure is repeated with 1,000 queued executions when `--queued` is another number.
-``fair`` reports steady passes of the fair policy (``dynsize+fair``, Dominant Resource
-Fairness between users) on `--nodes` nodes with 1,000 queued executions submitted by 100
-users (``--users`` spreads the main measures' executions over that many users too).
-``--scaling`` instead measures a grid of node counts and queue lengths.
+The service (``service``, ``service_*``; skipped with ``--core-only``): the steady
+measure again, but each pass is the scheduler service's own
+(``passes.ClusterView.run_pass``: admit the new executions, dispatch the placed ones
+that waited, bring the view up to date, the core, the guarded writes, the pending
+reasons) on a PostgreSQL database made for the run (``ZOE_BENCH_PG_BASE``), for
+`--service-passes` passes. Executions arrive as the api stores them (one statement) and
+``ExecutionSubmitted`` says; they end as in the service: a termination
+(``on_terminate``), then the verdicts that their containers are gone; reclaimed
+instances stop (their verdicts) before the next pass. ``in_memory`` keeps the view
+between passes (``services/scheduler/view.py``); ``read_every_pass`` reads it from the
+database at each pass, as the scheduler did before, for the ratio. Times are the
+scheduler process's (the database's CPU is not counted in ``cpu_*``).
+
+Every core measure is repeated with 1,000 queued executions when `--queued` is another
+number. ``fair`` reports steady passes of the fair policy (``dynsize+fair``, Dominant
+Resource Fairness between users) on `--nodes` nodes with 1,000 queued executions
+submitted by 100 users (``--users`` spreads the main measures' executions over that many
+users too). ``--scaling`` measures the core on a grid of node counts and queue lengths;
+``--grid`` measures the core and the service on 100/1k/10k nodes x 100/1k/10k queued
+and writes a plot (``--plot``, default docs/img/scheduler_cost.png).
 The pool of applications is frozen out of the garbage collector's reach (`gc.freeze()`),
 as a long-running service would do after loading its state.
 """
@@ -30,29 +48,43 @@ as a long-running service would do after loading its state.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
+import logging
+import os
 import random
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-from services.scheduler.core import (
+import asyncpg  # noqa: E402
+import structlog  # noqa: E402
+
+from common import db  # noqa: E402
+from common import messages as m  # noqa: E402
+from common import states as st  # noqa: E402
+from services.scheduler import ends, handlers, passes  # noqa: E402
+from services.scheduler.core import (  # noqa: E402
     ExecutionState,
     InstanceReq,
     NodeState,
     Policy,
     schedule,
 )
-from services.scheduler.workload import GIB, App, make_workload
+from services.scheduler.view import Changes  # noqa: E402
+from services.scheduler.workload import GIB, App, make_workload  # noqa: E402
 
 SSD = frozenset({"ssd"})
 
 Figures = dict[str, float | int]
+ServiceFigures = dict[str, Any]
 
 
 class Bench:
@@ -219,6 +251,193 @@ def churn(
     }
 
 
+# ---- the service's pass, on the real PostgreSQL ----------------------------------------
+
+PG_BASE = os.environ.get("ZOE_BENCH_PG_BASE", "postgresql://postgres@127.0.0.1:5432/")
+_SPEC = {
+    "image": "zoe/bench:1",
+    "cores_limit": 1.0,
+    "memory_limit": GIB,
+    "cores_reserved": 1.0,
+    "memory_reserved": GIB,
+}
+
+
+class ServiceBench:
+    """The scheduler service's pass (``passes.ClusterView.run_pass``: admit, dispatch,
+    the view, the core, the guarded writes, the reasons) on a database of its own.
+
+    ``reread``: the view is read from PostgreSQL at every pass (as before the view was
+    kept in memory); else it is kept between passes and learns of the churn by the
+    handlers' deltas. Executions end as in the service: a termination (``on_terminate``),
+    then the monitor's verdicts that their containers are gone (``ends.apply_ends``)."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, nodes: int, seed: int, policy: Policy, supply: int, reread: bool
+    ) -> None:
+        self.pool = pool
+        self.nodes = nodes
+        self.rng = random.Random(seed)
+        self.apps = iter(Bench(0, seed, policy, supply)._apps(seed, supply))
+        self.changes = Changes()
+        self.deps = handlers.Deps(
+            pool=pool, deployment="bench", request_pass=lambda: None, view=self.changes
+        )
+        self.view = passes.ClusterView(pool, "bench", policy, None if reread else self.changes)
+        self.cpu: list[float] = []
+
+    async def setup(self) -> None:
+        await self.pool.execute("TRUNCATE executions, nodes, outbox, orphans CASCADE")
+        await self.pool.execute(
+            "INSERT INTO nodes (name, cores, memory, labels)"
+            " SELECT 'n' || lpad(i::text, 5, '0'), 32, $2,"
+            "  CASE WHEN i % 10 = 0 THEN ARRAY['ssd'] ELSE '{}'::text[] END"
+            " FROM generate_series(0, $1 - 1) AS i",
+            self.nodes,
+            128 * GIB,
+        )
+
+    async def submit(self, count: int) -> None:
+        """Store `count` executions as the api does, and tell the scheduler."""
+        apps = [next(self.apps) for _ in range(count)]
+        if not apps:
+            return
+        ids = [a.id for a in apps]
+        await self.pool.execute(
+            "INSERT INTO executions (id, name, description, will_end, size)"
+            " SELECT id, 'bench', '{}', true, size FROM unnest($1::bigint[], $2::float8[])"
+            " AS a(id, size)",
+            ids,
+            [a.size for a in apps],
+        )
+        rows = [
+            (a.id, f"w{k}", k, i.essential, k == 0, i.cores, i.memory, ",".join(sorted(i.labels)))
+            for a in apps
+            for k, i in enumerate(a.instances)
+        ]
+        await self.pool.execute(
+            "INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
+            " cores, memory, labels, spec)"
+            " SELECT e, n, 'w', k, es, mo, c, m, string_to_array(l, ','), $9::jsonb"
+            " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::bool[], $5::bool[],"
+            "  $6::float8[], $7::bigint[], $8::text[]) AS r(e, n, k, es, mo, c, m, l)",
+            *[list(col) for col in zip(*rows, strict=True)][:7],
+            [r[7] for r in rows],
+            _SPEC,
+        )
+        for a in apps:
+            await handlers.on_submitted(m.ExecutionSubmitted(execution_id=a.id), self.deps)
+
+    async def finish(self, count: int) -> None:
+        """End `count` running executions picked at random, as the service would."""
+        rows = await self.pool.fetch(
+            "SELECT id FROM executions WHERE state IN ('starting', 'running')"
+        )
+        picked = self.rng.sample([r["id"] for r in rows], min(count, len(rows)))
+        for ex_id in picked:
+            await handlers.on_terminate(
+                m.ExecutionTerminateRequested(execution_id=ex_id), self.deps
+            )
+        ended = await self.pool.fetch(
+            "SELECT id, container_name FROM instances"
+            " WHERE execution_id = ANY($1::bigint[]) AND state = 'stopping'",
+            picked,
+        )
+        touched: set[int] = set()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await ends.apply_ends(
+                conn,
+                self.deps.rules,
+                [(r["id"], st.End("exited", 0, r["container_name"], gone=True)) for r in ended],
+                touched,
+            )
+        self.changes.executions_changed(touched)
+        await self.pool.execute("TRUNCATE outbox")
+
+    async def waiting(self) -> int:
+        return int(
+            await self.pool.fetchval("SELECT count(*) FROM executions WHERE state = 'queued'")
+        )
+
+    async def step(self) -> tuple[float, int]:
+        began, began_cpu = time.perf_counter(), time.process_time()
+        decisions, _ = await self.view.run_pass()
+        elapsed = time.perf_counter() - began
+        self.cpu.append(time.process_time() - began_cpu)
+        return elapsed, len(decisions.starts)
+
+
+async def _service_churn(
+    url: str, nodes: int, queued: int, passes_: int, seed: int, policy: Policy, reread: bool
+) -> ServiceFigures:
+    departures = max(1, nodes // 100)
+    async with db.pool(url, max_size=4) as pool:
+        bench = ServiceBench(
+            pool, nodes, seed, policy, queued * 3 + 4000 + nodes * 3 + passes_ * departures, reread
+        )
+        await bench.setup()
+        await bench.submit(queued)
+        await bench.step()
+        while (waiting := await bench.waiting()) < queued:
+            await bench.submit(queued - waiting)
+            await bench.step()
+            await pool.execute("TRUNCATE outbox")
+        gc.collect()
+        bench.cpu.clear()
+        times: list[float] = []
+        placed = 0
+        for _ in range(passes_):
+            await bench.finish(departures)
+            await bench.submit(departures)
+            elapsed, started = await bench.step()
+            times.append(elapsed)
+            placed += started
+        held = await pool.fetchval(
+            "SELECT count(*) FROM instances WHERE state IN ('placed', 'starting', 'running')"
+        )
+        reloads = bench.changes.full
+    p50, p99 = _pcts(times)
+    cpu_p50, cpu_p99 = _pcts(bench.cpu)
+    return {
+        "view": "read every pass" if reread else "in memory",
+        "passes": passes_,
+        "instances_held": int(held),
+        "p50_pass_ms": p50,
+        "p99_pass_ms": p99,
+        "cpu_p50_pass_ms": cpu_p50,
+        "cpu_p99_pass_ms": cpu_p99,
+        "cpu_ms_per_placement": round(1000 * sum(bench.cpu) / max(1, placed), 3),
+        "placements": placed,
+        "pending_full_reload": reloads,
+    }
+
+
+def service(
+    nodes: int, queued: int, passes_: int, seed: int, policy: Policy, reread: bool
+) -> ServiceFigures:
+    """Steady passes of the service (`ServiceBench`) on a database made for the run."""
+    # the service's logs (a line per pass applied) to stderr, warnings and worse only
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    name = f"zoe_bench_sched_{os.getpid()}"
+    url = PG_BASE.rstrip("/") + "/" + name
+
+    async def run() -> ServiceFigures:
+        await db.migrate(url)
+        try:
+            return await _service_churn(url, nodes, queued, passes_, seed, policy, reread)
+        finally:
+            conn = await asyncpg.connect(PG_BASE)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+    return asyncio.run(run())
+
+
 def measure(
     nodes: int, queued: int, passes: int, seed: int, policy: Policy, users: int = 1
 ) -> dict[str, object]:
@@ -256,6 +475,76 @@ def scaling(passes: int, seed: int, policy: Policy) -> list[dict[str, object]]:
     return rows
 
 
+GRID = (100, 1000, 10000)
+
+
+def grid(passes_: int, service_passes: int, seed: int, policy: Policy) -> list[dict[str, object]]:
+    """How a pass's cost grows: the core alone and the service's pass (view in memory),
+    for every node count and queue length of `GRID`."""
+    rows: list[dict[str, object]] = []
+    for nodes in GRID:
+        for queued in GRID:
+            core = churn(nodes, queued, passes_, seed, policy, top_up=False)
+            svc = service(nodes, queued, service_passes, seed, policy, False)
+            rows.append(
+                {
+                    "nodes": nodes,
+                    "queued": queued,
+                    "executions": core["mean_executions"],
+                    "instances_held": svc["instances_held"],
+                    "core_p50_pass_ms": core["p50_pass_ms"],
+                    "core_p99_pass_ms": core["p99_pass_ms"],
+                    "core_cpu_p99_pass_ms": core["cpu_p99_pass_ms"],
+                    "p50_pass_ms": svc["p50_pass_ms"],
+                    "p99_pass_ms": svc["p99_pass_ms"],
+                    "cpu_p99_pass_ms": svc["cpu_p99_pass_ms"],
+                    "cpu_ms_per_placement": svc["cpu_ms_per_placement"],
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    """CPU time of a pass (p99) and CPU per placed instance against the queue length, a
+    line per node count, on log scales (CPU time: wall-clock time on a shared machine
+    measures the others' load as much)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for nodes in GRID:
+        mine = [r for r in rows if r["nodes"] == nodes]
+        queued = [r["queued"] for r in mine]
+        (line,) = left.plot(
+            queued, [r["cpu_p99_pass_ms"] for r in mine], "o-", label=f"{nodes} nodes"
+        )
+        left.plot(
+            queued,
+            [r["core_cpu_p99_pass_ms"] for r in mine],
+            "x--",
+            color=line.get_color(),
+            alpha=0.6,
+        )
+        right.plot(queued, [r["cpu_ms_per_placement"] for r in mine], "o-", label=f"{nodes} nodes")
+    left.set_title("CPU p99 of a pass (solid: service, view in memory; dashed: core)", fontsize=10)
+    left.set_ylabel("ms of CPU")
+    right.set_title("scheduler CPU per instance placed (service)", fontsize=10)
+    right.set_ylabel("ms of CPU")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("executions queued")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the figures as text or JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -270,8 +559,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scaling", action="store_true", help="a grid of node counts and queue lengths"
     )
+    parser.add_argument(
+        "--core-only", action="store_true", help="skip the service's pass on PostgreSQL"
+    )
+    parser.add_argument(
+        "--service-passes", type=int, default=50, help="passes of the service measured (50)"
+    )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="100/1k/10k nodes x 100/1k/10k queued: JSON, and a plot (--plot)",
+    )
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "scheduler_cost.png"))
     args = parser.parse_args(argv)
     policy = Policy.from_name(args.policy)
+    if args.grid:
+        rows = grid(args.passes, args.service_passes, args.seed, policy)
+        plot(rows, Path(args.plot))
+        print(json.dumps({"policy": str(policy), "plot": args.plot, "grid": rows}, indent=2))
+        return 0
     if args.scaling:
         rows = scaling(args.passes, args.seed, policy)
         if args.json:
@@ -287,6 +593,15 @@ def main(argv: list[str] | None = None) -> int:
         figures["p99_pass_ms_1000_queued"] = small["p99_pass_ms"]
         figures["cpu_p99_pass_ms_1000_queued"] = small["cpu_p99_pass_ms"]
         figures["queued_1000"] = small
+    if not args.core_only:
+        kept = service(args.nodes, args.queued, args.service_passes, args.seed, policy, False)
+        reread = service(args.nodes, args.queued, args.service_passes, args.seed, policy, True)
+        figures["service_p99_pass_ms"] = kept["p99_pass_ms"]
+        figures["service_cpu_p99_pass_ms"] = kept["cpu_p99_pass_ms"]
+        figures["service_read_every_pass_p99_pass_ms"] = reread["p99_pass_ms"]
+        figures["service_read_every_pass_cpu_p99_pass_ms"] = reread["cpu_p99_pass_ms"]
+        figures["service_p99_ratio"] = round(reread["p99_pass_ms"] / kept["p99_pass_ms"], 2)
+        figures["service"] = {"in_memory": kept, "read_every_pass": reread}
     if not args.no_fair:
         fair = Policy.from_name("fair")
         steady = churn(args.nodes, 1000, args.passes, args.seed, fair, top_up=False, users=100)
