@@ -44,6 +44,13 @@ class ExecutionSubmitted(Message, frozen=True, kw_only=True, tag="execution.subm
     execution_id: Id
 
 
+class ExecutionsSubmitted(Message, frozen=True, kw_only=True, tag="execution.submitted_many"):
+    """Several new executions, stored together by one statement (submissions that
+    reached the api at the same time), ask to be scheduled: as many ExecutionSubmitted."""
+
+    execution_ids: list[Id]
+
+
 class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execution.terminate"):
     """A user asked to terminate an execution."""
 

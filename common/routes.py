@@ -87,6 +87,7 @@ QUEUES: tuple[Queue, ...] = (
 _OTHERS = "other platforms (reply: ApiReply)"
 ROUTES: tuple[Route, ...] = (
     Route(m.ExecutionSubmitted, EVENTS, "execution.submitted", "api", (SCHEDULER,)),
+    Route(m.ExecutionsSubmitted, EVENTS, "execution.submitted_many", "api", (SCHEDULER,)),
     Route(m.ExecutionTerminateRequested, EVENTS, "execution.terminate", "api", (SCHEDULER,)),
     Route(m.NodeDrainRequested, EVENTS, "node.drain.{node}", "api", (SCHEDULER,)),
     Route(

@@ -58,7 +58,7 @@ _TO_RUNNING = st.sql_list(st.moving_to(st.INSTANCE_TRANSITIONS, st.InstanceState
 NODE_REFRESH = 30.0
 
 
-async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
+async def on_submitted(msg: m.ExecutionSubmitted | m.ExecutionsSubmitted, deps: Deps) -> None:
     """A new execution: the next pass takes it into the queue (all new ones at once)."""
     deps.request_pass()
 
@@ -212,6 +212,7 @@ def _on_drain(msg: m.NodeDrainRequested, deps: Deps) -> Awaitable[None]:
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.NodeDrainRequested: _on_drain,
     m.ExecutionSubmitted: on_submitted,
+    m.ExecutionsSubmitted: on_submitted,
     m.ExecutionTerminateRequested: on_terminate,
     m.NodeHeartbeat: on_heartbeat,
     m.NodeLost: on_node_lost,

@@ -25,6 +25,8 @@ def _sample(cls: type[m.Message]) -> m.Message:
         start = _sample(m.StartInstance)
         assert isinstance(start, m.StartInstance)
         return m.StartInstances(starts=[start, start])
+    if cls is m.ExecutionsSubmitted:
+        return m.ExecutionsSubmitted(execution_ids=[3, 4])
     kwargs = {}
     for f in msgspec.structs.fields(cls):
         if f.required:
