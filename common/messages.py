@@ -193,6 +193,15 @@ class InstanceStarted(Message, frozen=True, kw_only=True, tag="fact.started"):
     endpoints: dict[str, str] = {}  # port name -> its URL (the port's url_template filled)
 
 
+class InstancesStarted(Message, frozen=True, kw_only=True, tag="fact.started_many"):
+    """The containers of several instances run: the facts of the starts one
+    StartInstances command carried, sent together (each counts as the InstanceStarted
+    it carries)."""
+
+    node: str
+    started: list[InstanceStarted]
+
+
 class InstanceStartFailed(Message, frozen=True, kw_only=True, tag="fact.start_failed"):
     """The container of an instance could not be created or started."""
 

@@ -100,6 +100,7 @@ ROUTES: tuple[Route, ...] = (
         optional=True,
     ),
     Route(m.InstanceStarted, EVENTS, "fact.started.{node}", "executor", (SCHEDULER,)),
+    Route(m.InstancesStarted, EVENTS, "fact.started_many.{node}", "executor", (SCHEDULER,)),
     Route(m.InstanceStartFailed, EVENTS, "fact.start_failed.{node}", "executor", (MONITOR,)),
     Route(m.InstanceExited, EVENTS, "fact.exited.{node}", "executor", (MONITOR,)),
     Route(m.InstanceRemoved, EVENTS, "fact.removed.{node}", "executor", (MONITOR,)),

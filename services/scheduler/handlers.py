@@ -169,6 +169,11 @@ async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
         await store.dispatch_ready(conn, deps.deployment, changed)
 
 
+async def on_started_together(msg: m.InstancesStarted, deps: Deps) -> None:
+    """The facts of one StartInstances command, sent together: ``on_started_many``."""
+    await on_started_many(msg.started, deps)
+
+
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
     """Act on the monitor's verdict about one container (services/scheduler/ends.py)."""
     end = st.End(
@@ -217,5 +222,6 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.NodeHeartbeat: on_heartbeat,
     m.NodeLost: on_node_lost,
     m.InstanceStarted: on_started,
+    m.InstancesStarted: on_started_together,
     m.InstanceEnded: on_instance_ended,
 }
