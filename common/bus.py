@@ -306,7 +306,9 @@ class Bus:
                     mandatory=how.mandatory,
                 )
             )
-        if publishes:
+        if len(publishes) == 1:
+            await publishes[0]  # no task for a lone one (a heartbeat, a fact)
+        elif publishes:
             await asyncio.gather(*publishes)
 
     async def publish_each(
