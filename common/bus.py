@@ -41,6 +41,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -102,6 +103,85 @@ class Outgoing:
         return routes.routing_key(self.message, self.node)
 
 
+class _Acks:
+    """The acks of one bus's deliveries, sent together: what handlers finished in one
+    turn of the event loop goes out as ONE ``basic.ack`` with ``multiple`` (an ack frame
+    per message was a good part of a busy consumer's cost).
+
+    A multiple ack covers every delivery of its channel up to its tag, so it is sent only
+    up to the oldest delivery still being handled (or being rejected); what finished
+    after that one is acked message by message. Deliveries are counted per channel (a
+    reconnect opens a new one; acks for a closed one are dropped: the broker redelivers
+    those messages anyway).
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[Any, set[int]] = {}  # channel -> delivery tags not settled yet
+        self._done: dict[Any, list[AbstractIncomingMessage]] = {}  # channel -> to ack
+        self._flushing = False
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        channel = _channel_of(message)
+        if channel is not None and message.delivery_tag is not None:
+            self._open.setdefault(channel, set()).add(message.delivery_tag)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """The delivery was rejected (its frame sent): no longer open."""
+        found = self._open.get(_channel_of(message))
+        if found is not None:
+            found.discard(message.delivery_tag or 0)
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        """Ack ``message`` with whatever else finishes in this turn of the loop."""
+        channel = _channel_of(message)
+        if channel is None:
+            return  # its channel closed: the broker delivers it again
+        self.settled(message)
+        self._done.setdefault(channel, []).append(message)
+        if self._flushing:
+            return  # the running flush takes it on its next round
+        self._flushing = True
+        try:
+            await asyncio.sleep(0)  # the acks of this turn join
+            await self.flush()
+        finally:
+            self._flushing = False
+
+    async def flush(self) -> None:
+        """Send every ack waiting (until none is left)."""
+        while self._done:
+            channel, done = self._done.popitem()
+            if channel.is_closed:
+                self._open.pop(channel, None)
+                continue
+            still = self._open.get(channel)
+            oldest = min(still) if still else None
+            covered: list[AbstractIncomingMessage] = []
+            alone: list[AbstractIncomingMessage] = []
+            for d in done:
+                below = oldest is None or (d.delivery_tag or 0) < oldest
+                (covered if below else alone).append(d)
+            try:
+                if covered:
+                    last = max(covered, key=lambda d: d.delivery_tag or 0)
+                    await last.ack(multiple=len(covered) > 1)
+                for d in alone:
+                    await d.ack()
+            except Exception as exc:  # the channel went: its messages are redelivered
+                log.warning("ack.failed", error=repr(exc), messages=len(done))
+            # (deliveries may have come meanwhile: the set is dropped only if empty now)
+            if not self._open.get(channel, True):
+                self._open.pop(channel, None)
+
+
+def _channel_of(message: AbstractIncomingMessage) -> Any:
+    """The channel a message came on; None once that channel is closed."""
+    try:
+        return message.channel
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return None
+
+
 @dataclass
 class _Consumer:
     queue: AbstractQueue
@@ -144,6 +224,7 @@ class Bus:
         self._consumers: list[_Consumer] = []
         self._rpc_queue: AbstractQueue | None = None
         self._rpc_waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._acks = _Acks()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -226,7 +307,9 @@ class Bus:
                     mandatory=how.mandatory,
                 )
             )
-        if publishes:
+        if len(publishes) == 1:
+            await publishes[0]  # no task for a lone one (a heartbeat, a fact)
+        elif publishes:
             await asyncio.gather(*publishes)
 
     async def publish_each(
@@ -347,6 +430,7 @@ class Bus:
                 await self._reply(message, refusal_reply(error))
             if not heartbeats:
                 await message.reject(requeue=False)  # the queue dead-letters it
+                self._acks.settled(message)
                 return
             # A heartbeat queue dead-letters nothing itself (its messages expire, and
             # expired ones would go there too): send the refused one on, then drop it.
@@ -354,7 +438,7 @@ class Bus:
                 aio_pika.Message(message.body, headers={"x-zoe-queue": queue_name}),
                 routing_key=queue_name,
             )
-            await message.ack()
+            await self._acks.ack(message)
 
         async def flush(msg_type: type[m.Message], handle_many: BatchHandler) -> None:
             await asyncio.sleep(0)  # deliveries read in the same go join the batch
@@ -372,13 +456,14 @@ class Bus:
                     )
                 return
             for message, _ in batch:
-                await message.ack()
+                await self._acks.ack(message)
 
         def track(task: asyncio.Task[Any]) -> None:
             consumer.inflight.add(task)
             task.add_done_callback(consumer.inflight.discard)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            self._acks.delivered(message)
             metrics.MESSAGES_CONSUMED.labels(label).inc()
             if message.redelivered:
                 metrics.MESSAGES_REDELIVERED.labels(label).inc()
@@ -447,7 +532,7 @@ class Bus:
                 except Exception as exc:
                     if heartbeat:  # no delivery limit on its queue: the next replaces it
                         log.warning("heartbeat.dropped", error=repr(exc))
-                        await message.ack()
+                        await self._acks.ack(message)
                         return
                     now = asyncio.get_running_loop().time()
                     if is_transient(exc) and now < give_up:
@@ -458,10 +543,11 @@ class Bus:
                     log.exception("message.failed", redelivered=message.redelivered)
                     metrics.MESSAGES_REQUEUED.labels(label).inc()
                     await message.reject(requeue=True)  # counts against the delivery limit
+                    self._acks.settled(message)
                     return
             if reply is not None and message.reply_to:
                 await self._reply(message, reply)
-            await message.ack()
+            await self._acks.ack(message)
 
     async def _reply(self, request: AbstractIncomingMessage, reply: m.Message) -> None:
         out = _amqp_message(m.encode(reply), persistent=False)
@@ -480,6 +566,8 @@ class Bus:
             await asyncio.wait(inflight, timeout=timeout)
         for t in inflight:
             t.cancel()
+        with contextlib.suppress(Exception):
+            await self._acks.flush()  # what finished is acked before the link closes
 
 
 def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:

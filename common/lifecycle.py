@@ -54,8 +54,11 @@ def run(name: str, settings: S, serve: Callable[[S, asyncio.Event], Awaitable[No
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds`` unless ``stop`` is set first; returns whether it is set."""
+    if stop.is_set():
+        return True
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):  # no task of its own (periodic loops are many)
+            await stop.wait()
     except TimeoutError:
         return False
     return True

@@ -44,6 +44,13 @@ class ExecutionSubmitted(Message, frozen=True, kw_only=True, tag="execution.subm
     execution_id: Id
 
 
+class ExecutionsSubmitted(Message, frozen=True, kw_only=True, tag="execution.submitted_many"):
+    """Several new executions, stored together by one statement (submissions that
+    reached the api at the same time), ask to be scheduled: as many ExecutionSubmitted."""
+
+    execution_ids: list[Id]
+
+
 class ExecutionTerminateRequested(Message, frozen=True, kw_only=True, tag="execution.terminate"):
     """A user asked to terminate an execution."""
 
@@ -184,6 +191,15 @@ class InstanceStarted(Message, frozen=True, kw_only=True, tag="fact.started"):
     container_id: str
     container_name: str
     endpoints: dict[str, str] = {}  # port name -> its URL (the port's url_template filled)
+
+
+class InstancesStarted(Message, frozen=True, kw_only=True, tag="fact.started_many"):
+    """The containers of several instances run: the facts of the starts one
+    StartInstances command carried, sent together (each counts as the InstanceStarted
+    it carries)."""
+
+    node: str
+    started: list[InstanceStarted]
 
 
 class InstanceStartFailed(Message, frozen=True, kw_only=True, tag="fact.start_failed"):

@@ -92,6 +92,7 @@ QUEUES: tuple[Queue, ...] = (
 _OTHERS = "other platforms (reply: ApiReply)"
 ROUTES: tuple[Route, ...] = (
     Route(m.ExecutionSubmitted, EVENTS, "execution.submitted", "api", (SCHEDULER,)),
+    Route(m.ExecutionsSubmitted, EVENTS, "execution.submitted_many", "api", (SCHEDULER,)),
     Route(m.ExecutionTerminateRequested, EVENTS, "execution.terminate", "api", (SCHEDULER,)),
     Route(m.NodeDrainRequested, EVENTS, "node.drain.{node}", "api", (SCHEDULER,)),
     Route(
@@ -104,6 +105,7 @@ ROUTES: tuple[Route, ...] = (
         optional=True,
     ),
     Route(m.InstanceStarted, EVENTS, "fact.started.{node}", "executor", (SCHEDULER,)),
+    Route(m.InstancesStarted, EVENTS, "fact.started_many.{node}", "executor", (SCHEDULER,)),
     Route(m.InstanceStartFailed, EVENTS, "fact.start_failed.{node}", "executor", (MONITOR,)),
     Route(m.InstanceExited, EVENTS, "fact.exited.{node}", "executor", (MONITOR,)),
     Route(m.InstanceRemoved, EVENTS, "fact.removed.{node}", "executor", (MONITOR,)),

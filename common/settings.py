@@ -108,6 +108,13 @@ class ApiSettings(Settings, frozen=True, kw_only=True):
     # The gateway as users reach it, e.g. https://zoe.example.org (behind a TLS proxy):
     # endpoint links served through its proxy are given on it. "": as the executor said.
     public_url: str = ""
+    # Seconds a token's caller and a user's quota, once read, are used without reading
+    # them again (0: read on every request). A token revoked, a user disabled or a quota
+    # changed through this api process counts at once; through another, within this.
+    auth_cache_ttl: float = 2.0
+    # Submissions stored together in one statement (and announced by one message) when
+    # they arrive while the previous group is being stored: at most this many.
+    submit_group: int = 64
 
 
 class SchedulerSettings(Settings, frozen=True, kw_only=True):

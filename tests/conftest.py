@@ -213,6 +213,7 @@ class Facts:
 
     def __init__(self) -> None:
         self.items: list[m.Message] = []
+        self.together: list[m.InstancesStarted] = []  # as they came (also in ``items``)
 
     def all(self, kind: type[m.Message], **match: Any) -> list[Any]:
         return [
@@ -239,6 +240,7 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
     out = Facts()
     decoder = m.decoder(
         m.InstanceStarted
+        | m.InstancesStarted
         | m.InstanceStartFailed
         | m.InstanceExited
         | m.InstanceRemoved
@@ -252,7 +254,11 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
             await queue.bind(EVENTS, routing_key=key)
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            out.items.append(decoder.decode(message.body))
+            fact = decoder.decode(message.body)
+            if isinstance(fact, m.InstancesStarted):
+                out.together.append(fact)
+            # the facts of one StartInstances come together: each counts by itself
+            out.items.extend(fact.started if isinstance(fact, m.InstancesStarted) else [fact])
 
         await queue.consume(collect, no_ack=True)
         yield out

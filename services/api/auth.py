@@ -20,6 +20,7 @@ import datetime
 import functools
 import hashlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -163,31 +164,132 @@ BACKENDS: dict[str, PasswordBackend] = {"database": DatabaseBackend()}
 # ---- tokens to callers -----------------------------------------------------------------
 
 _CALLER_OF_TOKEN = (
-    "SELECT t.id, t.last_used_at, u.name, u.role, r.capabilities, r.max_priority"
-    " FROM tokens t JOIN users u ON u.name = t.user_name JOIN roles r ON r.name = u.role"
+    "SELECT t.id, t.last_used_at, t.expires_at, u.name, u.role, r.capabilities,"
+    " r.max_priority FROM tokens t JOIN users u ON u.name = t.user_name"
+    " JOIN roles r ON r.name = u.role"
     " WHERE t.digest = $1 AND t.revoked_at IS NULL AND u.enabled"
     "  AND (t.expires_at IS NULL OR t.expires_at > now())"
 )
 
 
+class Remembered:
+    """What this api process read about callers in the last ``ttl`` seconds: the caller
+    each token stands for, and each user's quota (services/api/quotas.py), so that a
+    busy client costs no query per request for them.
+
+    The bound: a token revoked, a user disabled, a role, quota or user changed by
+    *another* process (another api, the CLI on the database) is honoured at most
+    ``ttl`` seconds later; by this process (its HTTP and AMQP routes), at once
+    (``forget``). An expiry is checked on every use. ``ttl`` 0: nothing is kept.
+    """
+
+    MAX_ENTRIES = 10_000  # a process serving more callers than this starts afresh
+
+    def __init__(self, ttl: float = 0.0) -> None:
+        self.ttl = ttl
+        self._callers: dict[bytes, tuple[Caller, float, datetime.datetime | None]] = {}
+        self._quotas: dict[str, tuple[Any, float]] = {}
+        # grows at each ``forget``: what was read before one is not kept after it
+        self.generation = 0
+
+    def caller(self, token_digest: bytes) -> Caller | None:
+        found = self._callers.get(token_digest)
+        if found is None:
+            return None
+        caller, read_at, expires_at = found
+        if time.monotonic() - read_at >= self.ttl or (
+            expires_at is not None and expires_at <= datetime.datetime.now(datetime.UTC)
+        ):
+            del self._callers[token_digest]
+            return None
+        return caller
+
+    def keep_caller(
+        self,
+        token_digest: bytes,
+        caller: Caller,
+        expires_at: datetime.datetime | None,
+        generation: int,
+    ) -> None:
+        if self.ttl <= 0 or generation != self.generation:
+            return
+        if len(self._callers) >= self.MAX_ENTRIES:
+            self._callers.clear()
+        self._callers[token_digest] = (caller, time.monotonic(), expires_at)
+
+    def quota(self, user: str) -> Any | None:
+        found = self._quotas.get(user)
+        if found is None:
+            return None
+        if time.monotonic() - found[1] >= self.ttl:
+            del self._quotas[user]
+            return None
+        return found[0]
+
+    def keep_quota(self, user: str, quota: Any, generation: int) -> None:
+        if self.ttl <= 0 or generation != self.generation:
+            return
+        if len(self._quotas) >= self.MAX_ENTRIES:
+            self._quotas.clear()
+        self._quotas[user] = (quota, time.monotonic())
+
+    def forget(self) -> None:
+        """Drop everything (a token, user, role or quota changed here)."""
+        self.generation += 1
+        self._callers.clear()
+        self._quotas.clear()
+
+
+# one per pool (so per database), kept with its pool so that the id stays its own
+_remembered: dict[int, tuple[asyncpg.Pool, Remembered]] = {}
+
+
+def remembered(pool: asyncpg.Pool) -> Remembered:
+    """What this process remembers about the callers of ``pool``'s database (nothing,
+    unless ``remember`` set a time to live: the api service does)."""
+    if id(pool) not in _remembered:
+        _remembered[id(pool)] = (pool, Remembered())
+    return _remembered[id(pool)][1]
+
+
+def remember(pool: asyncpg.Pool, ttl: float) -> None:
+    """Keep callers and quotas read through ``pool`` for ``ttl`` seconds (ZOE_AUTH_CACHE_TTL)."""
+    _remembered[id(pool)] = (pool, Remembered(ttl))
+
+
+def forget(pool: asyncpg.Pool) -> None:
+    """A token, user, role or quota changed: read them all afresh from now on."""
+    found = _remembered.get(id(pool))
+    if found is not None:
+        found[1].forget()
+
+
 async def caller_of_token(pool: asyncpg.Pool, secret: str) -> Caller | None:
     """The caller a token stands for; None for an unknown, revoked or expired token or a
-    disabled user."""
+    disabled user. Read at most every ``Remembered.ttl`` seconds per token."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
-    row = await pool.fetchrow(_CALLER_OF_TOKEN, digest(secret))
+    key = digest(secret)
+    kept = remembered(pool)
+    found = kept.caller(key)
+    if found is not None:
+        return found
+    generation = kept.generation
+    row = await pool.fetchrow(_CALLER_OF_TOKEN, key)
     if row is None:
         return None
     last = row["last_used_at"]
     if last is None or datetime.datetime.now(datetime.UTC) - last > LAST_USED_EVERY:
         await pool.execute("UPDATE tokens SET last_used_at = now() WHERE id = $1", row["id"])
-    return Caller(
+    caller = Caller(
         name=row["name"],
         role=row["role"],
         capabilities=frozenset(row["capabilities"]),
         max_priority=row["max_priority"],
         token_id=row["id"],
     )
+    kept.keep_caller(key, caller, row["expires_at"], generation)
+    return caller
 
 
 # ---- HTTP ------------------------------------------------------------------------------

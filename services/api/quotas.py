@@ -60,9 +60,18 @@ class OverQuota(auth.Forbidden):
 
 
 async def quota_of(db: asyncpg.Pool | asyncpg.Connection, user: str) -> Quota:
-    """The user's quota: their overrides, else their role's defaults."""
+    """The user's quota: their overrides, else their role's defaults (read at most every
+    ``auth.Remembered.ttl`` seconds per user through a pool)."""
+    kept = auth.remembered(db) if isinstance(db, asyncpg.Pool) else None
+    found = kept.quota(user) if kept is not None else None
+    if isinstance(found, Quota):
+        return found
+    generation = kept.generation if kept is not None else 0
     q = (await users.get_user(db, user))["quota"]
-    return Quota(q["executions"], q["cores"], q["memory"], q["runtime"])
+    quota = Quota(q["executions"], q["cores"], q["memory"], q["runtime"])
+    if kept is not None:
+        kept.keep_quota(user, quota, generation)
+    return quota
 
 
 async def check(

@@ -19,7 +19,7 @@ from common import routes
 from common.bus import incoming_headers
 from common.runtime import Runtime
 from common.settings import ApiSettings
-from services.api import amqp, hygiene
+from services.api import amqp, auth, hygiene, store
 from services.api.events import HUB, Hub
 from services.api.http import Deps, make_app
 from services.api.limits import MAX_BODY
@@ -32,6 +32,8 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set."""
     async with Runtime("api", settings, stop) as rt:
         pool = await rt.open_pool()
+        auth.remember(pool, settings.auth_cache_ttl)
+        store.group_submissions(pool, settings.submit_group)
         bus = await rt.open_bus()
         shop = Shop(Path(settings.zapps_root))
         hub = Hub()

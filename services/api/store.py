@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
 
 from common import messages as m
 from common import outbox
@@ -21,6 +24,7 @@ from services.api import quotas
 from services.api.quotas import UNLIMITED, Quota
 
 _HOLDING = sql_list(INSTANCE_HOLDING)
+log = structlog.get_logger("api")
 
 
 _EXEC_COLUMNS = (
@@ -43,7 +47,7 @@ class _Ids:
     def __init__(self) -> None:
         self._free: collections.deque[int] = collections.deque()
 
-    async def next(self, conn: asyncpg.Connection) -> int:
+    async def next(self, conn: asyncpg.Connection | asyncpg.Pool) -> int:
         if not self._free:
             self._free.extend(
                 await conn.fetchval(
@@ -94,6 +98,167 @@ _CREATE = (
 )
 
 
+# Stores several executions (no request id, no quota to hold: nothing to refuse), their
+# instances and ONE submission message for all of them, in one statement; one row per
+# instance, as ``_CREATE``.
+_CREATE_MANY = (
+    "WITH e AS (INSERT INTO executions (id, name, user_name, description, will_end, size,"
+    "  priority, runtime_limit)"
+    "  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::bool[],"
+    "   $6::float8[], $7::int[], $8::float8[])"
+    f"  RETURNING {_EXEC_COLUMNS}),"
+    " i AS (INSERT INTO instances (execution_id, name, service, idx, essential, monitor,"
+    "  startup_order, cores, memory, labels, spec)"
+    "  SELECT e.id, s.name, s.service, s.idx, s.essential, s.monitor, s.startup_order,"
+    "   s.cores, s.memory, ARRAY(SELECT jsonb_array_elements_text(s.labels::jsonb)), s.spec"
+    "  FROM unnest($9::bigint[], $10::text[], $11::text[], $12::int[], $13::bool[],"
+    "   $14::bool[], $15::int[], $16::float8[], $17::bigint[], $18::text[], $19::jsonb[])"
+    "   WITH ORDINALITY AS s(execution_id, name, service, idx, essential, monitor,"
+    "   startup_order, cores, memory, labels, spec, n)"
+    "  JOIN e ON e.id = s.execution_id ORDER BY s.n"
+    f"  RETURNING execution_id AS owner, {_INSTANCE_COLUMNS}),"
+    f" o AS ({outbox.INSERT_ROWS.format(20, 21, 22)})"
+    " SELECT "
+    + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"i.{c.strip()} AS i_{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
+    + f", {outbox.NOTIFY.format(23)} AS notified FROM e JOIN i ON i.owner = e.id ORDER BY i.id"
+)
+
+
+@dataclass
+class _Submission:
+    """One submission waiting to be stored with others."""
+
+    execution_id: int
+    name: str
+    user_name: str
+    description: Description
+    priority: int
+    runtime: float | None
+    specs: list[Any]
+    stored: asyncio.Future[list[asyncpg.Record]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _Grouper:
+    """Stores the submissions that arrive while the previous ones are being stored
+    together: one statement, one commit and one message for up to ``size`` of them.
+    A lone submission is stored at once, as before; a group that fails is stored one
+    submission at a time, so that each fails (or not) by itself."""
+
+    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+        self._pool = pool
+        self._size = max(1, size)
+        self._waiting: list[_Submission] = []
+        self._draining: set[asyncio.Task[None]] = set()  # at most one: the owner of the work
+
+    async def store(self, sub: _Submission) -> list[asyncpg.Record]:
+        self._waiting.append(sub)
+        if not self._draining:
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        return await sub.stored
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group = [s for s in self._waiting[: self._size] if not s.stored.done()]
+            del self._waiting[: self._size]
+            if len(group) > 1:
+                try:
+                    rows = await self._pool.fetch(_CREATE_MANY, *_many_arguments(group))
+                except Exception as exc:  # each is tried alone below
+                    log.warning("submissions.group_failed", size=len(group), error=repr(exc))
+                else:
+                    _hand_out(group, rows)
+                    continue
+            for sub in group:
+                try:
+                    rows = await self._pool.fetch(_CREATE, *_one_arguments(sub))
+                except Exception as exc:
+                    if not sub.stored.done():
+                        sub.stored.set_exception(exc)
+                else:
+                    _hand_out([sub], rows)
+
+
+def _hand_out(group: list[_Submission], rows: list[asyncpg.Record]) -> None:
+    by_id: dict[int, list[asyncpg.Record]] = {}
+    for r in rows:
+        by_id.setdefault(r["e_id"], []).append(r)
+    for sub in group:
+        if not sub.stored.done():
+            sub.stored.set_result(by_id.get(sub.execution_id, []))
+
+
+def _many_arguments(group: list[_Submission]) -> list[Any]:
+    specs = [(sub.execution_id, s) for sub in group for s in sub.specs]
+    submitted = Outgoing(m.ExecutionsSubmitted(execution_ids=[s.execution_id for s in group]))
+    return [
+        [s.execution_id for s in group],
+        [s.name for s in group],
+        [s.user_name for s in group],
+        [msgspec.to_builtins(s.description) for s in group],
+        [s.description.will_end for s in group],
+        [float(s.description.size) for s in group],
+        [s.priority for s in group],
+        [s.runtime for s in group],
+        [e for e, _ in specs],
+        *_instance_arrays([s for _, s in specs]),
+        *outbox.columns([submitted]),
+        outbox.CHANNEL,
+    ]
+
+
+def _instance_arrays(specs: list[Any]) -> list[list[Any]]:
+    """The instance columns of ``_CREATE`` and ``_CREATE_MANY``, one array each."""
+    return [
+        [s.name for s in specs],
+        [s.service for s in specs],
+        [s.index for s in specs],
+        [s.essential for s in specs],
+        [s.monitor for s in specs],
+        [s.startup_order for s in specs],
+        [s.cores_reserved for s in specs],
+        [s.memory_reserved for s in specs],
+        [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
+        [msgspec.to_builtins(s) for s in specs],
+    ]
+
+
+def _one_arguments(
+    sub: _Submission, request_id: str | None = None, request_digest: str | None = None
+) -> list[Any]:
+    submitted = Outgoing(m.ExecutionSubmitted(execution_id=sub.execution_id))
+    return [
+        sub.execution_id,
+        sub.name,
+        sub.user_name,
+        msgspec.to_builtins(sub.description),
+        sub.description.will_end,
+        float(sub.description.size),
+        sub.priority,
+        request_id,
+        *_instance_arrays(sub.specs),
+        *outbox.columns([submitted]),
+        outbox.CHANNEL,
+        request_digest,
+        sub.runtime,
+    ]
+
+
+# one grouper per pool, for the pools of the api service (``group_submissions``)
+_groupers: dict[int, tuple[asyncpg.Pool, _Grouper]] = {}
+
+
+def group_submissions(pool: asyncpg.Pool, size: int) -> None:
+    """Store concurrent submissions through ``pool`` together, up to ``size`` a statement
+    (ZOE_SUBMIT_GROUP; 1: each alone)."""
+    _groupers[id(pool)] = (pool, _Grouper(pool, size))
+
+
 async def create_execution(
     pool: asyncpg.Pool,
     *,
@@ -116,51 +281,29 @@ async def create_execution(
     ``request_id`` seen before with another ``request_digest`` is a Conflict (a row
     stored before digests were kept matches any). One statement (one round trip, one
     commit) whatever the number of instances, plus a lock and a read under a quota.
+    Submissions with no ``request_id`` and no quota to hold that arrive together are
+    stored together (``group_submissions``): one statement and one message for them all.
     """
+    grouper = _groupers.get(id(pool))
+    if grouper is not None and request_id is None and not quota.limits_holdings:
+        # nothing to refuse and nothing to look up: stored with whatever arrives meanwhile
+        execution_id = await _ids_of(pool).next(pool)
+        sub = _submission(execution_id, name, user_name, description, deployment, priority, quota)
+        rows = await grouper[1].store(sub)
+        return _created(rows), True
     async with pool.acquire() as conn, contextlib.AsyncExitStack() as held:
         execution_id = await _ids_of(pool).next(conn)
-        specs = expand(
-            description,
-            execution_id=execution_id,
-            execution_name=name,
-            user_name=user_name,
-            deployment=deployment,
-        )
+        sub = _submission(execution_id, name, user_name, description, deployment, priority, quota)
         if quota.limits_holdings and not await _seen(conn, request_id):
             await held.enter_async_context(conn.transaction())
             await quotas.check(
                 conn,
                 user_name,
                 quota,
-                cores=sum(s.cores_reserved for s in specs),
-                memory=sum(s.memory_reserved for s in specs),
+                cores=sum(s.cores_reserved for s in sub.specs),
+                memory=sum(s.memory_reserved for s in sub.specs),
             )
-        submitted = Outgoing(m.ExecutionSubmitted(execution_id=execution_id))
-        rows = await conn.fetch(
-            _CREATE,
-            execution_id,
-            name,
-            user_name,
-            msgspec.to_builtins(description),
-            description.will_end,
-            float(description.size),
-            priority,
-            request_id,
-            [s.name for s in specs],
-            [s.service for s in specs],
-            [s.index for s in specs],
-            [s.essential for s in specs],
-            [s.monitor for s in specs],
-            [s.startup_order for s in specs],
-            [s.cores_reserved for s in specs],
-            [s.memory_reserved for s in specs],
-            [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
-            [msgspec.to_builtins(s) for s in specs],
-            *outbox.columns([submitted]),
-            outbox.CHANNEL,
-            request_digest,
-            quota.runtime,
-        )
+        rows = await conn.fetch(_CREATE, *_one_arguments(sub, request_id, request_digest))
         if not rows:
             existing = await conn.fetchrow(
                 "SELECT id, request_digest FROM executions WHERE request_id = $1", request_id
@@ -172,9 +315,35 @@ async def create_execution(
                     [FieldError("request_id", "already used with a different body")],
                 )
             return await get_execution(conn, existing["id"]), False
+    return _created(rows), True
+
+
+def _submission(
+    execution_id: int,
+    name: str,
+    user_name: str,
+    description: Description,
+    deployment: str,
+    priority: int,
+    quota: Quota,
+) -> _Submission:
+    specs = expand(
+        description,
+        execution_id=execution_id,
+        execution_name=name,
+        user_name=user_name,
+        deployment=deployment,
+    )
+    return _Submission(
+        execution_id, name, user_name, description, priority, quota.runtime, list(specs)
+    )
+
+
+def _created(rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """The execution as ``get_execution`` shows it, from the rows its insert returned."""
     out = _execution(_prefixed(rows[0], "e_"))
     out["services"] = [_instance(_prefixed(r, "i_")) for r in rows]
-    return out, True
+    return out
 
 
 async def _seen(conn: asyncpg.Connection, request_id: str | None) -> bool:

@@ -119,7 +119,9 @@ async def update_user(
                 "UPDATE tokens SET revoked_at = now() WHERE user_name = $1 AND revoked_at IS NULL",
                 name,
             )
-        return await get_user(conn, name)
+        out = await get_user(conn, name)
+    auth.forget(pool)  # committed: callers and quotas are read afresh
+    return out
 
 
 async def set_quota(pool: asyncpg.Pool, name: str, quota: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +132,7 @@ async def set_quota(pool: asyncpg.Pool, name: str, quota: dict[str, Any]) -> dic
         name,
         *(quota.get(q) for q in QUOTAS),
     )
+    auth.forget(pool)
     if row is None:
         raise NotFound(f"user {name!r} does not exist")
     return await get_user(pool, name)
@@ -209,5 +212,6 @@ async def revoke_token(pool: asyncpg.Pool, token_id: int, owner: str | None) -> 
         token_id,
         owner,
     )
+    auth.forget(pool)
     if row is None:
         raise NotFound(f"token {token_id} does not exist")

@@ -14,6 +14,7 @@ remembers the names it stopped (the most recent ones, for its lifetime).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -25,7 +26,7 @@ import structlog
 
 from common import messages as m
 from common import metrics, routes
-from common.bus import Bus
+from common.bus import Bus, Outgoing
 from common.errors import ZoeError
 from common.retry import Backoff
 from common.runtime import shielded
@@ -80,36 +81,71 @@ async def start_instance(ex: Executor, msg: m.StartInstance) -> None:
         instance=msg.instance, container=msg.container_name
     ):
         async with ex.locks(msg.container_name):
-            began = time.perf_counter()
-            stale = msg.container_name in ex.stopped
-            if stale:
-                fact: m.Message = _removed(ex, msg, None)
-                log.warning("instance.start_after_stop")
-            else:
-                fact = await _start(ex, msg)
+            fact = await _started_or_not(ex, msg)
             await ex.bus.publish(fact)
-            if not stale:  # the command to its fact, as the scheduler waits for it
-                outcome = "failed" if isinstance(fact, m.InstanceStartFailed) else "started"
-                metrics.START_DURATION.labels(outcome).observe(time.perf_counter() - began)
-        if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged above
-            log.info(facts.event_name(fact))
+        _log_fact(fact)
+
+
+async def _started_or_not(ex: Executor, msg: m.StartInstance) -> m.Message:
+    """Start the container (unless it was stopped here already: a stale start); its fact.
+    The caller holds the container's lock, and publishes the fact before releasing it."""
+    began = time.perf_counter()
+    if msg.container_name in ex.stopped:
+        log.warning("instance.start_after_stop", container=msg.container_name)
+        return _removed(ex, msg, None)
+    fact = await _start(ex, msg)
+    # the command to its fact, as the scheduler waits for it
+    outcome = "failed" if isinstance(fact, m.InstanceStartFailed) else "started"
+    metrics.START_DURATION.labels(outcome).observe(time.perf_counter() - began)
+    return fact
+
+
+def _log_fact(fact: m.Message) -> None:
+    if isinstance(fact, m.InstanceStarted | m.InstanceExited):  # others logged already
+        log.info(facts.event_name(fact), container=fact.container_name)
 
 
 async def start_instances(ex: Executor, msg: m.StartInstances) -> None:
-    """Start several instances at once. One that fails unexpectedly is sent again to this
-    node alone, as a plain StartInstance: it is retried (and dead-lettered if it keeps
-    failing) by itself, while the others, started, are not held back by it."""
-    gate = asyncio.Semaphore(ex.settings.prefetch)  # as many at once as single commands
+    """Start several instances at once, ``prefetch`` at a time (as many as single
+    commands); the containers that run are reported by one InstancesStarted per group,
+    published while their locks are held (as a single start's fact is). One that fails
+    unexpectedly is sent again to this node alone, as a plain StartInstance: it is
+    retried (and dead-lettered if it keeps failing) by itself, while the others,
+    started, are not held back by it."""
+    size = max(1, ex.settings.prefetch)
+    for first in range(0, len(msg.starts), size):
+        await _start_group(ex, msg.starts[first : first + size])
 
-    async def gated(one: m.StartInstance) -> None:
-        async with gate:
-            await start_instance(ex, one)
 
-    results = await asyncio.gather(*(gated(one) for one in msg.starts), return_exceptions=True)
-    for one, result in zip(msg.starts, results, strict=True):
-        if isinstance(result, BaseException):
-            if not isinstance(result, Exception):
-                raise result  # a cancellation: the whole command is redelivered
+async def _start_one(ex: Executor, msg: m.StartInstance) -> m.Message:
+    with structlog.contextvars.bound_contextvars(
+        instance=msg.instance, container=msg.container_name
+    ):
+        return await _started_or_not(ex, msg)
+
+
+async def _start_group(ex: Executor, starts: list[m.StartInstance]) -> None:
+    async with contextlib.AsyncExitStack() as held:
+        # in name order, so that two groups sharing a name (a redelivery) never deadlock
+        for name in sorted({one.container_name for one in starts}):
+            await held.enter_async_context(ex.locks(name))
+        results = await asyncio.gather(
+            *(_start_one(ex, one) for one in starts), return_exceptions=True
+        )
+        ran = [r for r in results if isinstance(r, m.InstanceStarted)]
+        others = [
+            r for r in results if isinstance(r, m.Message) and not isinstance(r, m.InstanceStarted)
+        ]
+        out = [Outgoing(m.InstancesStarted(node=ex.node, started=ran))] if len(ran) > 1 else []
+        out += [Outgoing(fact) for fact in (ran if len(ran) == 1 else []) + others]
+        if out:
+            await ex.bus.publish_many(out)
+    for one, result in zip(starts, results, strict=True):
+        if isinstance(result, m.Message):
+            _log_fact(result)
+        elif not isinstance(result, Exception):
+            raise result  # a cancellation: the whole command is redelivered
+        else:
             log.warning("instance.start_retried", container=one.container_name, error=repr(result))
             # to its own queue by name: an executor may not publish on the commands exchange
             await ex.bus.publish_raw(

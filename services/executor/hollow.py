@@ -11,8 +11,9 @@ database can be measured at scale.
 Selected with ``ZOE_ENGINE=hollow`` (one node, ``python -m services.executor``), never
 by default. A thousand Python processes do not fit on a small machine, so
 ``python -m services.executor.hollow --nodes 1000`` runs a thousand hollow executors in
-ONE process, sharing one AMQP connection (one consumer per node queue on a shared
-channel, and one confirming publisher channel).
+ONE process, sharing a few AMQP connections (services/executor/hollow_cluster.py: on
+each, one consumer per node queue on a shared channel, and one confirming publisher
+channel).
 
 Two hooks for soak runs, both off by default: ``--journal FILE`` appends every start,
 exit and removal to FILE and replays it when the process starts, so a hollow process

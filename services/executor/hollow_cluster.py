@@ -1,11 +1,19 @@
 """Many hollow executors in one process (services/executor/hollow.py says what a hollow
 node is): ``python -m services.executor.hollow --nodes 1000`` runs a thousand of them,
-sharing one AMQP connection, set up a few at a time."""
+sharing a few AMQP connections (one per ``NODES_PER_CONNECTION`` nodes, at most
+``MAX_CONNECTIONS``), set up a few at a time.
+
+Several connections, because a channel carries one synchronous method at a time: on
+one connection the declarations each node makes at start (its queue and binding, its
+consumer) waited in line behind every other node's. (On this 2-core machine the
+broker's own creation of quorum queues, some 35-50 a second, remains the limit.)"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +28,9 @@ from common.settings import ExecutorSettings
 from services.executor.hollow import HollowEngine, HollowJournal
 
 log = structlog.get_logger("executor.hollow")
+
+NODES_PER_CONNECTION = 250
+MAX_CONNECTIONS = 16
 
 
 def node_names(prefix: str, count: int) -> list[str]:
@@ -39,11 +50,14 @@ async def serve_many(
     setup_concurrency: int = 32,
     journal: Path | None = None,
     play_commands: bool = False,
+    connections: int | None = None,
 ) -> None:
-    """Run ``nodes`` hollow executors on one bus connection until ``stop`` is set.
+    """Run ``nodes`` hollow executors on ``connections`` bus connections (None: one per
+    ``NODES_PER_CONNECTION`` nodes, at most ``MAX_CONNECTIONS``) until ``stop`` is set.
 
     Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
-    time, so a thousand queue declarations do not all hit the broker at once.
+    time per connection, so ten thousand queue declarations do not all hit the broker
+    at once.
     ``engines``, when given, receives each node's engine (for a test to play deaths).
     ``journal`` and ``play_commands``: see `HollowEngine` (soak runs).
     """
@@ -63,6 +77,8 @@ async def serve_many(
             journal=records,
             restored=restored,
             play_commands=play_commands,
+            connections=connections
+            or min(MAX_CONNECTIONS, math.ceil(nodes / NODES_PER_CONNECTION)),
         )
     finally:
         if records is not None:
@@ -81,11 +97,13 @@ async def _serve_nodes(
     journal: HollowJournal | None,
     restored: dict[str, list[dict[str, Any]]],
     play_commands: bool,
+    connections: int,
 ) -> None:
     from services.executor.service import run_executor  # the one executor, as is
 
     nodes = len(names)
-    gate = asyncio.Semaphore(setup_concurrency)
+    connections = max(1, min(connections, nodes))
+    gate = asyncio.Semaphore(setup_concurrency * connections)
     ready = 0
     started = time.monotonic()
 
@@ -98,14 +116,19 @@ async def _serve_nodes(
             if on_ready is not None:
                 on_ready()
 
-    bus = Bus(
-        settings.amqp_url,
-        name=f"hollow.{prefix}",
-        prefetch=settings.prefetch,
-        quorum_size=settings.amqp_quorum_size,
-    )
-    async with bus, asyncio.TaskGroup() as tg:
-        for name in names:
+    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+        buses = [
+            await stack.enter_async_context(
+                Bus(
+                    settings.amqp_url,
+                    name=f"hollow.{prefix}.{i}" if connections > 1 else f"hollow.{prefix}",
+                    prefetch=settings.prefetch,
+                    quorum_size=settings.amqp_quorum_size,
+                )
+            )
+            for i in range(connections)
+        ]
+        for i, name in enumerate(names):
             await gate.acquire()
             if stop.is_set():
                 gate.release()
@@ -115,6 +138,7 @@ async def _serve_nodes(
             if engines is not None:
                 engines[name] = engine
             node_settings = replace_settings(settings, node_name=name)
+            bus = buses[i % connections]
             tg.create_task(run_executor(node_settings, engine, bus, stop, on_ready=node_ready))
 
 

@@ -196,9 +196,9 @@ async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:
 
 async def heartbeat(ex: Executor, registered: bool, *, stopping: bool = False) -> m.NodeHeartbeat:
     """The node's capacity, its zoe/ images and the instances it holds."""
-    images, containers = await asyncio.gather(
-        ex.engine.image_tags(IMAGE_PREFIX), ex.engine.list_managed()
-    )
+    # one after the other: two tasks a beat weigh on a process of many (hollow) nodes
+    images = await ex.engine.image_tags(IMAGE_PREFIX)
+    containers = await ex.engine.list_managed()
     instances = sorted({facts.ids_of(c.labels)[1] for c in containers})
     usage = [ex.usage[c.id][1] for c in containers if c.running and c.id in ex.usage]
     return m.NodeHeartbeat(

@@ -1,16 +1,18 @@
 """The monitor's handlers: say what happened to a container as a verdict, and watch nodes.
 
 The monitor writes no row of the scheduler's (executions, instances, nodes): it turns
-each fact into one self-contained verdict (services/monitor/verdicts.py), published
-through the outbox, and the scheduler alone decides what it means, with guarded
-writes, so a redelivered fact changes nothing twice. What the monitor keeps is its own:
+each fact into one self-contained verdict (services/monitor/verdicts.py) and says it
+(``Deps.say``: the service publishes it on the bus with a confirm before the fact is
+acked; no outbox row, since no row of the monitor's changes with it), and the scheduler
+alone decides what it means, with guarded writes, so a redelivered fact (and so a
+verdict said twice) changes nothing twice. What the monitor keeps is its own:
 the logs of removed containers, the containers' usage samples, and when it last heard
 each node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,9 @@ class Deps:
     pool: asyncpg.Pool
     last_seen: dict[str, float]
     clock: Callable[[], float]
+    # Where verdicts go: the bus (its confirmed publish). A verdict changes no row, so it
+    # needs no outbox: said before its fact is acked, it is said again on a redelivery.
+    say: Callable[[Sequence[Outgoing]], Awaitable[None]]
     # instance id -> its latest usage sample (cpu percent, memory bytes, sampled at),
     # kept until ``store_usage`` writes it
     usage: dict[int, tuple[float, int, float]] = field(default_factory=dict)
@@ -44,28 +49,26 @@ class Deps:
 
 async def on_exited(msg: m.InstanceExited, deps: Deps) -> None:
     """A container stopped running: say how."""
-    async with deps.pool.acquire() as conn:
-        await enqueue(conn, [Outgoing(verdicts.exited(msg))])
+    await deps.say([Outgoing(verdicts.exited(msg))])
 
 
 async def on_removed(msg: m.InstanceRemoved, deps: Deps) -> None:
-    """A container is gone: keep its log, and say so (in one transaction)."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if msg.log:
-            await conn.execute(
-                "INSERT INTO instance_logs (instance_id, log) SELECT id, $2 FROM instances"
-                " WHERE id = $1 ON CONFLICT (instance_id) DO UPDATE SET log = $2, saved_at = now()",
-                msg.instance_id,
-                storable_text(msg.log),  # a container may print anything, NUL included
-            )
-        await enqueue(conn, [Outgoing(verdicts.removed(msg))])
+    """A container is gone: keep its log (stored before the verdict: the scheduler may
+    end the execution on it, and its logs are read from then on), and say so."""
+    if msg.log:
+        await deps.pool.execute(
+            "INSERT INTO instance_logs (instance_id, log) SELECT id, $2 FROM instances"
+            " WHERE id = $1 ON CONFLICT (instance_id) DO UPDATE SET log = $2, saved_at = now()",
+            msg.instance_id,
+            storable_text(msg.log),  # a container may print anything, NUL included
+        )
+    await deps.say([Outgoing(verdicts.removed(msg))])
 
 
 async def on_start_failed(msg: m.InstanceStartFailed, deps: Deps) -> None:
     """A container could not start: say so, with the engine's reason."""
     log.warning("instance.start_failed", reason=msg.reason)
-    async with deps.pool.acquire() as conn:
-        await enqueue(conn, [Outgoing(verdicts.start_failed(msg))])
+    await deps.say([Outgoing(verdicts.start_failed(msg))])
 
 
 async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:

@@ -38,6 +38,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
             pool=pool,
             last_seen={},
             clock=time.monotonic,
+            say=bus.publish_many,
             restart_grace=settings.node_restart_grace,
         )
         rt.probe.registry.register(HeartbeatAges(deps))

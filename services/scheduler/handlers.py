@@ -63,7 +63,7 @@ _TO_RUNNING = st.sql_list(st.moving_to(st.INSTANCE_TRANSITIONS, st.InstanceState
 NODE_REFRESH = 30.0
 
 
-async def on_submitted(msg: m.ExecutionSubmitted, deps: Deps) -> None:
+async def on_submitted(msg: m.ExecutionSubmitted | m.ExecutionsSubmitted, deps: Deps) -> None:
     """A new execution: the next pass takes it into the queue (all new ones at once)."""
     deps.view.executions_changed([msg.execution_id])
     deps.request_pass()
@@ -187,6 +187,11 @@ async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
         await store.dispatch_ready(conn, deps.deployment, changed)
 
 
+async def on_started_together(msg: m.InstancesStarted, deps: Deps) -> None:
+    """The facts of one StartInstances command, sent together: ``on_started_many``."""
+    await on_started_many(msg.started, deps)
+
+
 async def on_instance_ended(msg: m.InstanceEnded, deps: Deps) -> None:
     """Act on the monitor's verdict about one container (services/scheduler/ends.py)."""
     end = st.End(
@@ -233,9 +238,11 @@ def _on_drain(msg: m.NodeDrainRequested, deps: Deps) -> Awaitable[None]:
 HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.NodeDrainRequested: _on_drain,
     m.ExecutionSubmitted: on_submitted,
+    m.ExecutionsSubmitted: on_submitted,
     m.ExecutionTerminateRequested: on_terminate,
     m.NodeHeartbeat: on_heartbeat,
     m.NodeLost: on_node_lost,
     m.InstanceStarted: on_started,
+    m.InstancesStarted: on_started_together,
     m.InstanceEnded: on_instance_ended,
 }

@@ -136,7 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             aiohttp.ClientSession(connector=connector, headers=plat.headers) as session,
         ):
             await plat.wait_api(session)
-            registration_s = await plat.wait_nodes(pool, args.nodes)
+            registration_s = await plat.wait_nodes(pool, args.nodes, timeout=args.timeout)
             warm = await submit_all(session, plat.api, args.warmup, args.instances, 4)
             await wait_running(plat, pool, [w[0] for w in warm], args.timeout)
             await asyncio.sleep(1.0)  # let the warm-up's tail settle

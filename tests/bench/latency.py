@@ -79,14 +79,16 @@ class Events:
 
     def __init__(self) -> None:
         self.waiters: list[tuple[Callable[[Any], bool], asyncio.Future[float]]] = []
-        self.decoder = m.decoder(m.ExecutionStateChanged | m.InstanceStarted)
+        self.decoder = m.decoder(m.ExecutionStateChanged | m.InstanceStarted | m.InstancesStarted)
 
     async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         now = time.perf_counter()
-        msg = self.decoder.decode(message.body)
-        for match, future in list(self.waiters):
-            if not future.done() and match(msg):
-                future.set_result(now)
+        decoded = self.decoder.decode(message.body)
+        # the facts of one StartInstances command come together: each counts alone
+        for msg in decoded.started if isinstance(decoded, m.InstancesStarted) else [decoded]:
+            for match, future in list(self.waiters):
+                if not future.done() and match(msg):
+                    future.set_result(now)
 
     def expect(self, match: Callable[[Any], bool]) -> asyncio.Future[float]:
         """A future set to the arrival time of the first message ``match`` accepts."""
@@ -250,7 +252,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 channel = await connection.channel()
                 await plat.wait_api(session)
                 queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-                for key in ("state.execution.#", "fact.started.#"):
+                for key in ("state.execution.#", "fact.started.#", "fact.started_many.#"):
                     await queue.bind(EVENTS, routing_key=key)
                 await queue.consume(events.on_message, no_ack=True)
                 while True:  # the executor registered

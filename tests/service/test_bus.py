@@ -321,3 +321,89 @@ async def test_a_url_of_several_nodes_connects_to_a_live_one_and_moves_on_when_i
     finally:
         for s in servers:
             s.close()
+
+
+async def test_acks_sent_together_never_cover_a_message_still_being_handled(
+    test_env: TestEnv,
+) -> None:
+    """Finished messages are acked together, but only up to the oldest one in hand: a
+    consumer that dies with one message unfinished gets that one (and only it) again."""
+    queue = f"test.multiack.{test_env.run_id}"
+    slow = asyncio.Event()
+    handled: list[int] = []
+
+    async def handler(msg: m.ExecutionSubmitted) -> None:
+        if msg.execution_id == 3:
+            await slow.wait()  # never set: this one is in hand when the consumer dies
+        handled.append(msg.execution_id)
+
+    first = Bus(test_env.amqp_url, name="t-multiack-1")
+    await first.connect()
+    try:
+        await first.declare_queue(queue, [("zoe.events", "test.multiack")], kind="quorum")
+        await first.consume(queue, handler, inbox=m.ExecutionSubmitted, kind="quorum")
+        ex = first._exchanges["zoe.events"]
+        for i in range(1, 41):
+            await ex.publish(
+                aio_pika.Message(m.encode(m.ExecutionSubmitted(execution_id=i))),
+                routing_key="test.multiack",
+            )
+        await wait_for(lambda: len(handled) == 39, what="all but the slow one handled")
+        await first._acks.flush()  # every ack that can go out is out
+    finally:
+        assert first._conn is not None
+        await first._conn.close()  # dies: no stop_consuming, the slow one unfinished
+        slow.set()  # its handler may end now (its ack goes nowhere)
+    again: list[int] = []
+
+    async def second_handler(msg: m.ExecutionSubmitted) -> None:
+        again.append(msg.execution_id)
+
+    async with Bus(test_env.amqp_url, name="t-multiack-2") as second:
+        await second.consume(queue, second_handler, inbox=m.ExecutionSubmitted, kind="quorum")
+        await wait_for(lambda: again == [3], what="the unfinished message delivered again")
+        await asyncio.sleep(0.5)  # and nothing else comes (no other was left unacked)
+        assert again == [3]
+        assert second._pub is not None
+        await second._pub.queue_delete(queue)
+
+
+async def test_acks_sent_together_keep_the_channel_when_handlers_end_out_of_order(
+    test_env: TestEnv,
+) -> None:
+    """Two queues on one consumer channel, handlers ending in any order: each message is
+    handled once (an ack of a tag acked already would close the channel, and every
+    unacked message would come again)."""
+    import random
+
+    queues = [f"test.anyorder{i}.{test_env.run_id}" for i in (1, 2)]
+    handled: list[int] = []
+    rng = random.Random(7)
+
+    async def handler(msg: m.ExecutionSubmitted) -> None:
+        if rng.random() < 0.3:  # most end at once, some later
+            await asyncio.sleep(rng.random() * 0.01)
+        handled.append(msg.execution_id)
+
+    async with Bus(test_env.amqp_url, name="t-anyorder", prefetch=32) as bus:
+        for i, q in enumerate(queues):
+            await bus.declare_queue(q, [("zoe.events", f"test.anyorder{i}")], kind="quorum")
+            await bus.consume(q, handler, inbox=m.ExecutionSubmitted, kind="quorum")
+        ex = bus._exchanges["zoe.events"]
+        for burst in range(0, 2000, 100):
+            await asyncio.gather(
+                *(
+                    ex.publish(
+                        aio_pika.Message(m.encode(m.ExecutionSubmitted(execution_id=n))),
+                        routing_key=f"test.anyorder{n % 2}",
+                    )
+                    for n in range(burst, burst + 100)
+                )
+            )
+        await wait_for(lambda: len(handled) >= 2000, what="every message handled")
+        await asyncio.sleep(0.5)  # nothing comes twice
+        assert sorted(handled) == list(range(2000))
+        assert bus.connected
+        assert bus._pub is not None
+        for q in queues:
+            await bus._pub.queue_delete(q)

@@ -274,6 +274,27 @@ async def test_starts_sent_together_run_and_one_that_fails_is_retried_alone(
         assert len(seen.all(m.InstanceStarted, execution_id=good.execution_id)) == 1
 
 
+async def test_the_containers_one_command_starts_are_reported_by_one_fact(
+    test_env: TestEnv, bus: Bus, seen: Facts
+) -> None:
+    async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        starts = [start_msg(prefix) for _ in range(5)]
+        await bus.publish(m.StartInstances(starts=starts), node=node)
+        for start in starts:
+            await seen.wait(m.InstanceStarted, container_name=start.container_name)
+        together = [
+            x
+            for x in seen.together
+            if {s.container_name for s in x.started} & {s.container_name for s in starts}
+        ]
+        assert len(together) == 1 and together[0].node == node
+        assert sorted(s.container_name for s in together[0].started) == sorted(
+            s.container_name for s in starts
+        )
+        assert sorted(engines[node].running) == sorted(s.container_name for s in starts)
+
+
 async def test_an_ended_container_is_reported_again_until_it_is_removed(
     test_env: TestEnv, bus: Bus, seen: Facts
 ) -> None:

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from common import messages as m
+from common.outbox import enqueue
 from common.zapp import load_description
 from services.api import store as api_store
 from services.monitor import handlers
@@ -83,9 +84,20 @@ def clock() -> Clock:
     return Clock()
 
 
+def _kept_in_outbox(pool: asyncpg.Pool) -> Any:
+    """What the monitor says, kept in the outbox table for the test to read (the service
+    publishes it on the bus)."""
+
+    async def say(items: Any) -> None:
+        async with pool.acquire() as conn:
+            await enqueue(conn, list(items))
+
+    return say
+
+
 @pytest.fixture
 def deps(pool: asyncpg.Pool, clock: Clock) -> handlers.Deps:
-    return handlers.Deps(pool=pool, last_seen={}, clock=clock)
+    return handlers.Deps(pool=pool, last_seen={}, clock=clock, say=_kept_in_outbox(pool))
 
 
 @pytest.fixture
@@ -479,7 +491,9 @@ async def test_a_node_whose_executor_said_it_stops_is_given_its_restart_grace(
 ) -> None:
     """A clean stop (a restart) ends with a ``stopping`` heartbeat: the node's silence
     counts only after the restart grace, so a slow restart fails nothing."""
-    deps = handlers.Deps(pool=pool, last_seen={}, clock=clock, restart_grace=60)
+    deps = handlers.Deps(
+        pool=pool, last_seen={}, clock=clock, say=_kept_in_outbox(pool), restart_grace=60
+    )
     await handlers.on_heartbeat(m.NodeHeartbeat(node="r1", cores=4, memory=1 << 30), deps)
     await handlers.on_heartbeat(m.NodeHeartbeat(node="r2", cores=4, memory=1 << 30), deps)
     await handlers.on_heartbeat(

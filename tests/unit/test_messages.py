@@ -25,6 +25,12 @@ def _sample(cls: type[m.Message]) -> m.Message:
         start = _sample(m.StartInstance)
         assert isinstance(start, m.StartInstance)
         return m.StartInstances(starts=[start, start])
+    if cls is m.InstancesStarted:
+        started = _sample(m.InstanceStarted)
+        assert isinstance(started, m.InstanceStarted)
+        return m.InstancesStarted(node="node-a", started=[started, started])
+    if cls is m.ExecutionsSubmitted:
+        return m.ExecutionsSubmitted(execution_ids=[3, 4])
     kwargs = {}
     for f in msgspec.structs.fields(cls):
         if f.required:
