@@ -65,7 +65,8 @@ NODE_REFRESH = 30.0
 
 async def on_submitted(msg: m.ExecutionSubmitted | m.ExecutionsSubmitted, deps: Deps) -> None:
     """A new execution: the next pass takes it into the queue (all new ones at once)."""
-    deps.view.executions_changed([msg.execution_id])
+    ids = msg.execution_ids if isinstance(msg, m.ExecutionsSubmitted) else [msg.execution_id]
+    deps.view.executions_changed(ids)
     deps.request_pass()
 
 
@@ -118,7 +119,12 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
         # (a failure before this line leaves `nodes_stored` as it was: the next heartbeat
         # writes the row again and the view learns of it then)
         deps.view.node_changed(
-            msg.node, cores=msg.cores, memory=msg.memory, labels=msg.labels, up=True
+            msg.node,
+            cores=msg.cores,
+            memory=msg.memory,
+            labels=msg.labels,
+            images=msg.images,
+            up=True,
         )
     if before == "lost":
         log.info("node.returned", orphans=orphans)

@@ -45,7 +45,8 @@ _EXECUTION_COLUMNS = (
 )
 _INSTANCE_COLUMNS = (
     "SELECT i.id, i.execution_id, i.cores, i.memory, i.labels, i.essential, i.state,"
-    " i.node, extract(epoch FROM i.not_before) AS not_before FROM instances i"
+    " i.node, extract(epoch FROM i.not_before) AS not_before, i.spec->>'image' AS image"
+    " FROM instances i"
 )
 
 
@@ -63,7 +64,7 @@ class Changes:
 
     def node_changed(self, name: str, **values: Any) -> None:
         """A node's row now holds these values (``cores``, ``memory``, ``labels``,
-        ``up``, ``drained``)."""
+        ``images``, ``up``, ``drained``)."""
         self.nodes.append((name, values))
 
     def reload(self, reason: str) -> None:
@@ -94,9 +95,12 @@ class _Node:
     labels: frozenset[str]
     up: bool
     drained: bool
+    images: frozenset[str] = frozenset()
 
     def state(self, name: str) -> NodeState:
-        return NodeState(name, self.cores, self.memory, self.labels, self.up and not self.drained)
+        return NodeState(
+            name, self.cores, self.memory, self.labels, self.up and not self.drained, self.images
+        )
 
 
 @dataclass(slots=True)
@@ -161,7 +165,7 @@ class View:
         """Read everything (a term's start, or a fallback)."""
         metrics.VIEW_RELOADS.labels(reason).inc()
         nodes = await conn.fetch(
-            "SELECT name, cores, memory, labels, state, drained_at FROM nodes ORDER BY name"
+            "SELECT name, cores, memory, labels, images, state, drained_at FROM nodes ORDER BY name"
         )
         execs = await conn.fetch(f"{_EXECUTION_COLUMNS} WHERE state IN {_EXECUTIONS}")
         rows = await conn.fetch(
@@ -175,6 +179,7 @@ class View:
                 frozenset(r["labels"]),
                 r["state"] == "up",
                 r["drained_at"] is not None,
+                frozenset(r["images"]),
             )
             for r in nodes
         }
@@ -228,6 +233,7 @@ class View:
                 memory=r["memory"],
                 labels=frozenset(r["labels"]),
                 essential=r["essential"],
+                image=r["image"] or "",
             )
             nb = r["not_before"]
             node = None if r["state"] == "created" else r["node"]
@@ -241,7 +247,7 @@ class View:
         if node is None:
             node = self.nodes[name] = _Node(0.0, 0, frozenset(), True, False)
         for key, value in values.items():
-            setattr(node, key, frozenset(value) if key == "labels" else value)
+            setattr(node, key, frozenset(value) if key in ("labels", "images") else value)
         self._node_list = None
 
     def placed(self, starts: Iterable[tuple[int, str]]) -> None:
