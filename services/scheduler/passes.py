@@ -1,9 +1,11 @@
-"""One scheduling pass: read the cluster from PostgreSQL, ask the core, apply its decisions.
+"""One scheduling pass: bring the view of the cluster up to date, ask the core, apply its
+decisions.
 
 The core (``services.scheduler.core.schedule``) is pure; this module is the thin shell
-around it. Placements are applied with guarded updates, so an execution's essential set
-is stored all together or not at all even when a message handler changed a row since
-the snapshot was read.
+around it. The service's view lives in memory between passes (``view.py``); read afresh
+from PostgreSQL it is ``load_snapshot``. Placements are applied with guarded updates, so
+an execution's essential set is stored all together or not at all even when a message
+handler changed a row since the view was read.
 """
 
 from __future__ import annotations

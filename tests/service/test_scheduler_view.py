@@ -1,9 +1,11 @@
 """The scheduler's in-memory view against the real PostgreSQL: after any run of
-submissions, terminations, facts, verdicts, heartbeats, node losses and drains through
-the real handlers and passes, the view it kept by deltas equals a fresh read."""
+submissions, terminations, facts, verdicts, heartbeats, node losses, drains, sweeps and
+takeovers through the real handlers and passes, the view it kept by deltas equals a
+fresh read."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -89,6 +91,7 @@ OPS = hs.one_of(
     _STARTED,
     hs.tuples(hs.just("ended"), _pick, hs.sampled_from(["exited", "crashed"]), hs.booleans()),
     hs.tuples(hs.just("sweep")),
+    hs.tuples(hs.just("takeover")),
 )
 
 
@@ -199,6 +202,12 @@ async def _run(pool: asyncpg.Pool, env: TestEnv, ops: list[tuple[Any, ...]]) -> 
                     await handlers.on_instance_ended(verdict, deps)
             case ("sweep",):
                 await sweeper.sweep(pool, rules, changes)
+            case ("takeover",):  # a new term: a new view, read from the database
+                changes = Changes()
+                deps = dataclasses.replace(deps, view=changes)
+                view = passes.ClusterView(
+                    pool, env.deployment, Policy.from_name("dynsize"), changes
+                )
     # nothing here may need a full reload: the deltas must do
     assert changes.full is None
     await view.sync()
@@ -216,7 +225,7 @@ async def _now(conn: asyncpg.Connection) -> float:
 
 
 @settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
