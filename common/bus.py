@@ -22,6 +22,9 @@ Ack policy (``Bus.consume``), the one place that acks or rejects:
 
 Publishing: persistent messages with pipelined confirms; a mandatory message that no
 queue takes is returned by the broker and fails its publish (it is not counted as sent).
+A transient, optional one (a heartbeat) goes on a channel without confirms: it is worth
+nothing seconds later and the next one replaces it, so nothing waits for the broker to
+take it (a publish still fails while the link is down).
 
 On a cluster (common/brokers.py) every queue that holds what must not be lost is a quorum
 queue, replicated on ``quorum_size`` nodes (the broker's default when 0); the heartbeat
@@ -219,6 +222,8 @@ class Bus:
         self._prefetch = prefetch
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
+        # transient optional messages (heartbeats): no confirms (see the module's doc)
+        self._loose: dict[str, AbstractExchange] = {}
         self._sub: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[_Consumer] = []
@@ -249,6 +254,8 @@ class Bus:
         for name in (EVENTS, COMMANDS, DLX):
             self._exchanges[name] = await self._pub.get_exchange(name, ensure=False)
         self._exchanges[""] = self._pub.default_exchange
+        loose = await self._conn.channel(publisher_confirms=False)
+        self._loose[EVENTS] = await loose.get_exchange(EVENTS, ensure=False)
 
     async def close(self) -> None:
         """Stop consuming and close the connection (unacked messages are redelivered)."""
@@ -299,8 +306,10 @@ class Bus:
         publishes = []
         for exchange, key, body in items:
             how = routes.delivery(exchange, key)
+            loose = not how.persistent and not how.mandatory
+            target = self._loose.get(exchange) if loose else None
             publishes.append(
-                self._exchanges[exchange].publish(
+                (target or self._exchanges[exchange]).publish(
                     _amqp_message(body, persistent=how.persistent),
                     routing_key=key,
                     # an optional one is dropped quietly when no queue is bound
