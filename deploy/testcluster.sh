@@ -34,7 +34,7 @@ IMAGES=${ZOE_TESTCLUSTER_IMAGES:-zoe/busybox:1 zoe/debian:12 zoe/python:2}
 PYTHON=$VENV/bin/python
 export PYTHONPATH=$PWD # the services run this checkout's code
 
-usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
 netns() { echo "zt-host$1"; }
 addr() { echo "198.18.0.$((10 + $1))"; }
@@ -353,6 +353,11 @@ down() {
         engine_answers "$i" && hdocker "$i" swarm leave --force >/dev/null 2>&1 || true
     done
     for i in $hosts_list; do stop_engine "$i"; done
+    # the engines' --cgroup-parent groups, empty once their containers are gone
+    local group
+    for group in $(find /sys/fs/cgroup -maxdepth 2 -type d -name 'zt-host*' 2>/dev/null); do
+        find "$group" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
     deploy/registry.sh stop --name zt-registry
     for i in $hosts_list; do
         ip netns del "$(netns "$i")" 2>/dev/null || true

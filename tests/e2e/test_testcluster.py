@@ -124,6 +124,7 @@ def _leftovers() -> list[str]:
                 continue
             if str(ROOT / "var" / "testcluster") in cmdline:
                 out.append(f"process {proc.name}: {cmdline}")
+    out += [f"cgroup {x}" for x in Path("/sys/fs/cgroup").glob("*/zt-host*")]
     if (ROOT / "var" / "testcluster").exists():
         out.append("var/testcluster")
     vhosts = lines("rabbitmqctl", "-q", "list_vhosts", "name")
@@ -145,6 +146,14 @@ async def _databases() -> list[str]:
 
 async def test_down_twice_leaves_nothing_and_up_works_again(cluster: Cluster) -> None:
     """Last of the module: takes the session's cluster down and makes it again."""
+    # something running on a host (its container, cgroups, mounts) for `down` to remove
+    ref = f"{cluster.registry}/zoe/busybox:1"
+    async with cluster.docker(2) as engine:
+        await engine.images.pull(ref)
+        container = await engine.containers.run(
+            {"Image": ref, "Cmd": ["sleep", "600"]}, name="zt-left-running"
+        )
+        assert (await container.show())["State"]["Running"]
     try:
         for _ in range(2):
             proc = run_script("down", timeout=300)
