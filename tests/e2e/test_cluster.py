@@ -32,7 +32,7 @@ from services.executor.engine.port import LABEL_INSTANCE
 from services.executor.images import ensure_images, push
 from tests.e2e.cluster import ROOT, Cluster, wait_for
 from tests.e2e.conftest import SERVE_FOREVER, service, zapp
-from tests.e2e.test_zapps import HOST_PORT, run_in_kernel
+from tests.e2e.test_zapps import HOST_PORT, http_json, run_in_kernel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -185,12 +185,6 @@ def endpoint(execution: dict[str, Any], instance: str, port: str) -> str:
     assert match, published
     path = published[match.end() :].split("?")[0].rstrip("/")
     return f"http://{match.group(1)}:{match.group(2)}{path}/"
-
-
-async def http_json(url: str, token: str | None = None) -> tuple[int, Any]:
-    from tests.e2e.test_zapps import http_json as get_json
-
-    return await get_json(url, token)
 
 
 def library_app(name: str) -> dict[str, Any]:
