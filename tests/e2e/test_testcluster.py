@@ -4,6 +4,7 @@ registry they reach, `cut` and `heal`, and a `down` that leaves nothing behind."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -110,6 +111,40 @@ def _state_is(cluster: Cluster, name: str, state: str):  # type: ignore[no-untyp
         return (await cluster.node_state(name)) == state
 
     return check
+
+
+async def test_another_checkout_leaves_this_cluster_alone(cluster: Cluster, tmp_path: Path) -> None:
+    """The names are the machine's: a second checkout's up is refused, and its down,
+    cut and heal touch nothing of this checkout's cluster."""
+    other = tmp_path / "other"
+    (other / "deploy").mkdir(parents=True)
+    for name in ("testcluster.sh", "lib.sh", "registry.sh"):
+        shutil.copy2(ROOT / "deploy" / name, other / "deploy" / name)
+    (other / ".venv").symlink_to((ROOT / ".venv").resolve())
+
+    def there(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(other / "deploy" / "testcluster.sh"), *args],
+            cwd=other,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    refused = there("up", "1")
+    assert refused.returncode != 0
+    assert f"the test cluster of {ROOT} is up on this machine" in refused.stderr
+    for args in (("cut", "1"), ("heal", "1")):
+        proc = there(*args)
+        assert proc.returncode != 0 and f"the one of {ROOT}" in proc.stderr
+    proc = there("down")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "left alone" in proc.stdout
+    assert "no test cluster of this checkout" in there("status").stdout
+    # this checkout's cluster is whole
+    assert cluster.status().returncode == 0, cluster.status().stdout
+    assert (await cluster.node_state("host1")) == "up"
 
 
 def _leftovers() -> list[str]:
