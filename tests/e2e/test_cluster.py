@@ -274,6 +274,9 @@ async def container_creates(cluster: Cluster) -> AsyncIterator[dict[int, Counter
 # ---- the tests ----------------------------------------------------------------------------
 
 
+# the first test makes the session's cluster (waiting while another checkout's is up) and
+# fills the registry: more than the project's 900 s per test
+@pytest.mark.timeout(2700)
 async def test_spark_pi_master_on_host1_elastic_workers_on_host2_and_host3(
     cluster: Cluster, library: tuple[str, ...]
 ) -> None:
