@@ -40,6 +40,8 @@ ZAPPS = ROOT / "zapps"
 ENDED = ("finished", "failed", "terminated", "error")
 BUSYBOX = "zoe/busybox:1"
 LIBRARY = ("zoe/spark:2", "zoe/spark-notebook:2", "zoe/mpi:2")
+# the `zoe` command of this checkout (with PYTHONPATH set to it)
+ZOE = [sys.executable, "-c", "from services.cli.main import main; main()"]
 
 
 # ---- fixtures ---------------------------------------------------------------------------
@@ -397,9 +399,11 @@ async def test_an_image_built_once_reaches_another_host_through_the_registry(
     # built on host1's engine (its base from the registry) and pushed, by `zoe zapp build`
     build = await asyncio.to_thread(
         subprocess.run,
-        [str(Path(sys.executable).parent / "zoe"), "zapp", "build", "regtest"],
+        [*ZOE, "zapp", "build", "regtest"],
+        cwd=ROOT,
         env={
             **os.environ,
+            "PYTHONPATH": str(ROOT),  # this checkout's code (the venv's is another's)
             "DOCKER_HOST": cluster.docker_urls[1],
             "ZOE_REGISTRY": cluster.registry,
             "ZOE_ZAPPS_ROOT": str(tmp_path / "lib"),
