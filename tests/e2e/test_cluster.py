@@ -61,7 +61,20 @@ async def library(cluster: Cluster) -> tuple[str, ...]:
             for name in (ref, f"{cluster.registry}/{ref}"):
                 with contextlib.suppress(aiodocker.DockerError):
                     await host1.images.delete(name, force=True)
+    # a heavy load keeps an engine from answering a heartbeat's questions in time: the
+    # tests start once every host is heard from again
+    await every_host_up(cluster)
     return LIBRARY
+
+
+async def every_host_up(cluster: Cluster) -> None:
+    async def up() -> bool:
+        nodes = await cluster.nodes()
+        return all(
+            nodes.get(f"host{i}", {}).get("state") == "up" for i in range(1, cluster.hosts + 1)
+        )
+
+    await wait_for(up, timeout=120, interval=0.5, what="every host up")
 
 
 def _load_into_host1(cluster: Cluster, refs: tuple[str, ...]) -> None:
@@ -470,6 +483,7 @@ async def test_the_overlay_network_is_on_every_host_while_it_runs_and_gone_after
 async def test_a_cut_host_is_lost_its_elastic_work_moves_and_heal_leaves_nothing_twice(
     cluster: Cluster,
 ) -> None:
+    await every_host_up(cluster)
     # every host holds the image, so that placement follows the reservations alone
     for i in range(1, cluster.hosts + 1):
         async with cluster.docker(i) as engine:
