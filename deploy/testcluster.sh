@@ -34,7 +34,7 @@ IMAGES=${ZOE_TESTCLUSTER_IMAGES:-zoe/busybox:1 zoe/debian:12 zoe/python:2}
 PYTHON=$VENV/bin/python
 export PYTHONPATH=$PWD # the services run this checkout's code
 
-usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
 netns() { echo "zt-host$1"; }
 addr() { echo "198.18.0.$((10 + $1))"; }
@@ -50,14 +50,35 @@ in_host() {
     shift
     nsenter --net="/var/run/netns/$(netns "$i")" "$@"
 }
+# One test cluster per machine (its names and addresses are fixed): the checkout that
+# made it is written here, and only that checkout's `down`, `cut`, `heal` touch the
+# machine's parts of it (bridge, namespaces, links, rules, vhost, database).
+OWNER_FILE=/run/zoe-testcluster.owner
+owner() { cat "$OWNER_FILE" 2>/dev/null || true; }
+# true when the machine's test cluster (or what a failed `up` left) is this checkout's
+ours() {
+    local o
+    o=$(owner)
+    [[ $o == "$PWD" ]] || [[ -z $o && -f $TC/hosts ]]
+}
+not_ours() {
+    if [[ -n $(owner) ]]; then
+        die "the test cluster on this machine is the one of $(owner) (deploy/testcluster.sh down there)"
+    fi
+    die "this checkout has no test cluster up"
+}
+
 # the number of hosts `up` made (0: none recorded)
 hosts() { cat "$TC/hosts" 2>/dev/null || echo 0; }
-# every host index of this cluster, recorded or left over by a failed `up`
+# every host index of this cluster, recorded or left over by a failed `up` (namespaces
+# and links by their names only when the machine's test cluster is ours)
 all_hosts() {
     {
         seq 1 "$(hosts)"
-        ip netns list 2>/dev/null | sed -n 's/^zt-host\([0-9]\+\).*/\1/p'
-        ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: zt-host\([0-9]\+\)[@:].*/\1/p'
+        if ours; then
+            ip netns list 2>/dev/null | sed -n 's/^zt-host\([0-9]\+\).*/\1/p'
+            ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: zt-host\([0-9]\+\)[@:].*/\1/p'
+        fi
         for d in "$TC"/host*/; do
             if [[ -d $d ]]; then basename "$d" | sed 's/^host//'; fi
         done
@@ -233,11 +254,20 @@ up() {
         command -v "$tool" >/dev/null || die "$tool is missing: run deploy/install.sh"
     done
     [[ -x $PYTHON ]] || die "$PYTHON is missing: run deploy/install.sh"
+    local o
+    o=$(owner)
+    if [[ -n $o && $o != "$PWD" ]]; then
+        die "the test cluster of $o is up on this machine: one at a time (deploy/testcluster.sh down there)"
+    fi
     if [[ -f $TC/hosts ]]; then
         die "a test cluster of $(hosts) hosts is up already (deploy/testcluster.sh down first)"
     fi
-    if ip link show "$BRIDGE" >/dev/null 2>&1; then
-        die "$BRIDGE exists but this checkout made no test cluster: another one is up on this machine"
+    if [[ -z $o ]] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+        die "$BRIDGE exists but no checkout owns it ($OWNER_FILE): another test cluster is up on this machine"
+    fi
+    # claim the machine's test cluster; of two `up`s at once, one wins
+    if [[ -z $o ]] && ! (set -o noclobber && echo "$PWD" >"$OWNER_FILE") 2>/dev/null; then
+        die "the test cluster of $(owner) was just started on this machine: one at a time"
     fi
     local start=$SECONDS i
     rm -rf "$LOG_DIR"
@@ -274,6 +304,10 @@ up() {
 status() {
     local n i nodes state
     n=$(hosts)
+    if [[ -n $(owner) && $(owner) != "$PWD" ]]; then
+        echo "no test cluster of this checkout (the one on this machine is $(owner)'s)"
+        return 1
+    fi
     if ((n == 0)) && [[ -z $(all_hosts) ]]; then
         echo "no test cluster"
         return 1
@@ -315,6 +349,7 @@ for n in json.load(sys.stdin): print(n["name"], n["state"])')
 set_link() {
     local i=${1:-}
     [[ $i =~ ^[0-9]+$ ]] || die "$2 needs a host number"
+    ours || not_ours
     ip link show "zt-host$i" >/dev/null 2>&1 || die "host$i has no link (zt-host$i): is it up?"
     ip link set "zt-host$i" "$3"
     say "host$i: link $3"
@@ -354,6 +389,30 @@ down() {
     done
     for i in $hosts_list; do stop_engine "$i"; done
     deploy/registry.sh stop --name zt-registry
+    if ours; then
+        remove_machine_parts "$hosts_list"
+    elif [[ -n $(owner) ]]; then
+        say "the test cluster on this machine is $(owner)'s: its bridge, namespaces, rules, vhost and database are left alone"
+    fi
+    # whatever a dockerd left mounted under the data (netns files, overlays), then the data
+    local m
+    for m in $(grep -F " $PWD/$TC/" /proc/mounts | cut -d' ' -f2 | sort -r || true); do
+        umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$TC"
+    if [[ $(owner) == "$PWD" ]]; then rm -f "$OWNER_FILE"; fi
+    say "test cluster down in $((SECONDS - start))s (logs kept in $LOG_DIR/)"
+}
+
+# The machine's parts of our test cluster: namespaces, links, bridge, rules, cgroups,
+# the vhost and its users, the database and its role.
+remove_machine_parts() {
+    local hosts_list=$1 i
+    # the engines' --cgroup-parent groups, empty once their containers are gone
+    local group
+    for group in $(find /sys/fs/cgroup -maxdepth 2 -type d -name 'zt-host*' 2>/dev/null); do
+        find "$group" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
     for i in $hosts_list; do
         ip netns del "$(netns "$i")" 2>/dev/null || true
         ip link del "zt-host$i" 2>/dev/null || true
@@ -389,13 +448,6 @@ async def main():
     await drop_role(url, role)
 asyncio.run(main())
 PY
-    # whatever a dockerd left mounted under the data (netns files, overlays), then the data
-    local m
-    for m in $(grep -F " $PWD/$TC/" /proc/mounts | cut -d' ' -f2 | sort -r || true); do
-        umount -l "$m" 2>/dev/null || true
-    done
-    rm -rf "$TC"
-    say "test cluster down in $((SECONDS - start))s (logs kept in $LOG_DIR/)"
 }
 
 case ${1:-} in

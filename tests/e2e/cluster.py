@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +36,10 @@ HOSTS = 3
 # The monitor declares a silent node lost after this many seconds (ZOE_NODE_TIMEOUT).
 NODE_TIMEOUT = 5.0
 REGISTRY_URL = "http://198.18.0.1:5055"
+# The checkout whose test cluster is up on this machine (one at a time: fixed names).
+OWNER_FILE = Path("/run/zoe-testcluster.owner")
+# How long a session waits for another checkout's test cluster to go away.
+MACHINE_WAIT = 1800.0
 
 __all__ = ["Cluster", "cluster", "wait_for"]
 
@@ -155,9 +160,39 @@ def _check(proc: subprocess.CompletedProcess[str]) -> None:
         )
 
 
+def machine_owner() -> str | None:
+    """The checkout whose test cluster is up on this machine, if any."""
+    try:
+        return OWNER_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def machine_busy() -> str | None:
+    """Whose test cluster is up on this machine when it is not this checkout's: its
+    owner, or "another checkout" when the bridge is there without one (an older
+    testcluster.sh recorded none)."""
+    owner = machine_owner()
+    if owner is not None:
+        return None if owner == str(ROOT) else owner
+    bridge = subprocess.run(["ip", "link", "show", "zt-br0"], capture_output=True, check=False)
+    ours = (ROOT / "var" / "testcluster" / "hosts").exists()
+    return "another checkout" if bridge.returncode == 0 and not ours else None
+
+
+def _wait_for_the_machine(timeout: float = MACHINE_WAIT) -> None:
+    """Wait while another checkout's test cluster is up here (its run takes it down)."""
+    deadline = time.monotonic() + timeout
+    while (owner := machine_busy()) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the test cluster of {owner} was still up after {timeout:g}s")
+        time.sleep(5)
+
+
 def up(hosts: int = HOSTS) -> Cluster:
     """A fresh cluster of ``hosts`` hosts (one left over is taken down first)."""
     _check(run_script("down", timeout=300))
+    _wait_for_the_machine()
     proc = run_script(
         "up",
         str(hosts),

@@ -202,6 +202,11 @@ class OverlayNetworks:
             if in_use(exc):
                 log.debug("network.in_use", network=name)
                 return False
+            if "not found" in (exc.message or ""):
+                # removed meanwhile by a concurrent release (the engine resolved the
+                # name, then found the network gone): what was asked for is done
+                log.debug("network.gone", network=name)
+                return False
             raise EngineError(
                 f"overlay network {name} could not be removed: {exc.message}"
             ) from exc
