@@ -186,9 +186,13 @@ class DockerEngine:
                 if info is None:
                     raise EngineError(f"container {spec.name} vanished right after its start")
                 return info
-            except BaseException:
+            except Exception:
                 await self._remove_quietly(container.id)
                 raise
+            # A cancellation (a stop's drain timeout) leaves the container as it is: the
+            # start may have reached the engine, so removing it here and creating it again
+            # on the redelivery could run it twice. The redelivered start finds it by its
+            # name and resumes it (starts it if only created, reports it if it ran).
         finally:
             self._networks.refill()
 
