@@ -389,8 +389,9 @@ down() {
     done
     for i in $hosts_list; do stop_engine "$i"; done
     deploy/registry.sh stop --name zt-registry
+    local failed=no
     if ours; then
-        remove_machine_parts "$hosts_list"
+        remove_machine_parts "$hosts_list" || failed=yes
     elif [[ -n $(owner) ]]; then
         say "the test cluster on this machine is $(owner)'s: its bridge, namespaces, rules, vhost and database are left alone"
     fi
@@ -400,6 +401,9 @@ down() {
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf "$TC"
+    if [[ $failed == yes ]]; then
+        die "the vhost or the database of the test cluster could not be removed (above): run deploy/testcluster.sh down again"
+    fi
     if [[ $(owner) == "$PWD" ]]; then rm -f "$OWNER_FILE"; fi
     say "test cluster down in $((SECONDS - start))s (logs kept in $LOG_DIR/)"
 }
@@ -421,31 +425,32 @@ remove_machine_parts() {
     while iptables -D DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
     while iptables -t nat -D PREROUTING -i "$BRIDGE" -d "$GATEWAY" -p tcp --dport 5672 \
         -j DNAT --to-destination 127.0.0.1:5672 2>/dev/null; do :; done
-    # the broker's vhost and users, the database and its role
-    if rabbitmqctl -q list_vhosts name 2>/dev/null | grep -qx "$DEPLOYMENT"; then
-        say "removing the vhost $DEPLOYMENT"
-        rabbitmqctl -q delete_vhost "$DEPLOYMENT" >/dev/null
-    fi
-    local user
-    for user in $(rabbitmqctl -q list_users --no-table-headers 2>/dev/null | cut -f1 \
-        | grep "^$DEPLOYMENT-" || true); do
-        rabbitmqctl -q delete_user "$user" >/dev/null </dev/null
-    done
-    "$PYTHON" - "$SECRETS_DIR" "$DATABASE" "$DEPLOYMENT" <<'PY' || say "could not drop the database"
+    # the broker's vhost and users, the database and its role; tried again for a while
+    # (the shared broker may be restarting), and a failure leaves the owner file, so
+    # that the next `down` tries again
+    "$PYTHON" - "$SECRETS_DIR" "$DATABASE" "$DEPLOYMENT" <<'PY' || return 1
 import asyncio, sys
 from pathlib import Path
 import asyncpg
-from deploy.provision import Secrets, admin_database_url, drop_role
-secrets, database, role = sys.argv[1:]
-store = Secrets(Path(secrets)) if Path(secrets, "postgres-admin.password").exists() else Secrets(Path("var/secrets"))
-url = admin_database_url(store, "postgresql://postgres@127.0.0.1:5432/postgres")
+from deploy.provision import Secrets, admin_database_url, drop_role, rabbitmqctl
+secrets, database, deployment = sys.argv[1:]
+def ctl(*args):
+    return rabbitmqctl(*args, attempts=8)
+if deployment in ctl("list_vhosts", "name", "--no-table-headers").split():
+    print(f"==> removing the vhost {deployment}", flush=True)
+    ctl("delete_vhost", deployment)
+for line in ctl("list_users", "--no-table-headers").splitlines():
+    if line.split("\t")[0].startswith(deployment + "-"):
+        ctl("delete_user", line.split("\t")[0])
+admin = Path(secrets) if Path(secrets, "postgres-admin.password").exists() else Path("var/secrets")
+url = admin_database_url(Secrets(admin), "postgresql://postgres@127.0.0.1:5432/postgres")
 async def main():
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await conn.close()
-    await drop_role(url, role)
+    await drop_role(url, deployment)
 asyncio.run(main())
 PY
 }
