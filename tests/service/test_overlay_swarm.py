@@ -11,6 +11,7 @@ answered by it; the sweep removes a forgotten network.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -209,3 +210,19 @@ async def test_a_workers_requests_are_answered_by_the_managers_executor_and_the_
     assert await overlay.sweep(min_age=3600) == []  # too young to be swept
     assert await overlay.sweep(min_age=0) == [network]
     assert not await overlay_exists(swarm_docker, network)
+
+
+async def test_executors_racing_to_make_one_network_all_have_it(
+    swarm_docker: aiodocker.Docker, test_env: TestEnv
+) -> None:
+    """The manager's own start and a worker's request make the same network at once:
+    the swarm refuses all but one ("name conflicts with an existing object", not the
+    409 of a network found there first); every one of them has the network."""
+    overlay = OverlayNetworks(swarm_docker, deployment=test_env.deployment, manager=True)
+    for k in range(5):
+        network = overlay_name(test_env.deployment, 920_000 + k)
+        try:
+            await asyncio.gather(*(overlay.create(network, 920_000 + k) for _ in range(4)))
+            assert await overlay_exists(swarm_docker, network)
+        finally:
+            await overlay.remove(network)

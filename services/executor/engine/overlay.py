@@ -162,7 +162,10 @@ class OverlayNetworks:
         try:
             await self._docker.networks.create(config)
         except DockerError as exc:
-            if exc.status == 409 or "already exists" in (exc.message or ""):
+            # 409 for one found there first; the swarm's own refusal (a 500) for one a
+            # concurrent create (the manager's own start, a worker's request) just made
+            message = exc.message or ""
+            if exc.status == 409 or "already exists" in message or "name conflicts" in message:
                 return
             raise NetworkUnavailable(
                 f"overlay network {name} could not be created: {exc.message}"
