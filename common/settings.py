@@ -156,7 +156,7 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     # Between two full heartbeats (capacity, labels, images, instances, usage: what the
     # scheduler reads), a node whose inventory did not change sends only a small
     # liveness beat to the monitor; a full one goes at least this often.
-    inventory_interval: float = 30.0
+    inventory_interval: float = 60.0
     stop_timeout: float = 5.0
     # Bytes of a container's log kept after the container is removed.
     log_keep_bytes: int = 1 << 20

@@ -5,8 +5,10 @@ sharing a few AMQP connections (one per ``NODES_PER_CONNECTION`` nodes, at most
 
 Several connections, because a channel carries one synchronous method at a time: on
 one connection the declarations each node makes at start (its queue and binding, its
-consumer) waited in line behind every other node's. (On this 2-core machine the
-broker's own creation of quorum queues, some 35-50 a second, remains the limit.)"""
+consumer) waited in line behind every other node's. A real node has a connection of its
+own; a hundred nodes a connection keeps that line short (at 250 a connection, 1,000
+nodes took 25-40 s to register on this 2-core machine, while the broker alone creates
+some 180 quorum queues a second given enough channels: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from services.executor.hollow import HollowEngine, HollowJournal
 
 log = structlog.get_logger("executor.hollow")
 
-NODES_PER_CONNECTION = 250
-MAX_CONNECTIONS = 16
+NODES_PER_CONNECTION = 100
+MAX_CONNECTIONS = 128
 
 
 def node_names(prefix: str, count: int) -> list[str]:
