@@ -86,6 +86,13 @@ async def on_alive(msg: m.NodeAlive, deps: Deps) -> None:
         deps.last_seen[msg.node] = seen
 
 
+async def on_alive_many(msgs: list[m.NodeAlive], deps: Deps) -> None:
+    """``on_alive`` for the beats that arrived together (acked together: a monitor of
+    thousands of nodes receives hundreds a second)."""
+    for msg in msgs:
+        await on_alive(msg, deps)
+
+
 async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
     """Write the usage samples received since the last call, in one statement; returns
     how many. Samples of instances that no longer exist are dropped."""

@@ -433,12 +433,12 @@ async def test_liveness_beats_keep_a_node_alive_and_silence_still_loses_it(
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
     for _ in range(5):  # 10 s of liveness beats alone from n1, nothing from n2
         clock.now += 2
-        await handlers.on_alive(m.NodeAlive(node="n1"), deps)
+        await handlers.on_alive_many([m.NodeAlive(node="n1"), m.NodeAlive(node="n4")], deps)
         lost = await handlers.check_nodes(pool, deps, timeout=3)
         assert "n1" not in lost
     assert "n2" not in deps.last_seen  # declared lost on the way
-    clock.now += 4  # n1 falls silent too
-    assert await handlers.check_nodes(pool, deps, timeout=3) == ["n1"]
+    clock.now += 4  # n1 (and n4, known from its liveness beats alone) fall silent too
+    assert sorted(await handlers.check_nodes(pool, deps, timeout=3)) == ["n1", "n4"]
     # a liveness beat after a stop does not cut the restart's grace short
     deps.restart_grace = 60
     await handlers.on_heartbeat(
