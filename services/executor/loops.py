@@ -271,6 +271,7 @@ async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
             registered = False
         except Exception as exc:  # broker or engine away: the next beat tries again
             log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
+            said = None  # ... with the node's whole inventory
         if await wait_or_stop(stop, interval):
             return
 
