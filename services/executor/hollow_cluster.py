@@ -33,6 +33,9 @@ log = structlog.get_logger("executor.hollow")
 
 NODES_PER_CONNECTION = 100
 MAX_CONNECTIONS = 128
+# Nodes being set up at once, over all connections: more only lengthen the event loop's
+# turns (the beats of the nodes already up then come late), the broker gains nothing.
+MAX_SETUP = 256
 
 
 def node_names(prefix: str, count: int) -> list[str]:
@@ -58,8 +61,8 @@ async def serve_many(
     ``NODES_PER_CONNECTION`` nodes, at most ``MAX_CONNECTIONS``) until ``stop`` is set.
 
     Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
-    time per connection, so ten thousand queue declarations do not all hit the broker
-    at once.
+    time per connection, at most ``MAX_SETUP`` in all, so ten thousand queue
+    declarations do not all hit the broker (and this process's event loop) at once.
     ``engines``, when given, receives each node's engine (for a test to play deaths).
     ``journal`` and ``play_commands``: see `HollowEngine` (soak runs).
     """
@@ -105,7 +108,7 @@ async def _serve_nodes(
 
     nodes = len(names)
     connections = max(1, min(connections, nodes))
-    gate = asyncio.Semaphore(setup_concurrency * connections)
+    gate = asyncio.Semaphore(min(setup_concurrency * connections, MAX_SETUP))
     ready = 0
     started = time.monotonic()
 
