@@ -101,6 +101,16 @@ class NodeHeartbeat(Message, frozen=True, kw_only=True, tag="node.heartbeat"):
     sent_at: float = 0.0
 
 
+class NodeAlive(Message, frozen=True, kw_only=True, tag="node.alive"):
+    """An executor is alive, and nothing it reported in its last `NodeHeartbeat` changed:
+    the beat between two full heartbeats, for the monitor alone (liveness is its). A
+    node sends a full heartbeat instead when its inventory changed, when its previous
+    beat went out late or failed, and at least every ``inventory_interval``."""
+
+    node: str
+    sent_at: float = 0.0
+
+
 # ---- commands (scheduler -> one executor) ----------------------------------------------
 
 

@@ -104,6 +104,15 @@ ROUTES: tuple[Route, ...] = (
         persistent=False,
         optional=True,
     ),
+    Route(
+        m.NodeAlive,
+        EVENTS,
+        "node.alive.{node}",
+        "executor",
+        (MONITOR_HEARTBEATS,),
+        persistent=False,
+        optional=True,
+    ),
     Route(m.InstanceStarted, EVENTS, "fact.started.{node}", "executor", (SCHEDULER,)),
     Route(m.InstancesStarted, EVENTS, "fact.started_many.{node}", "executor", (SCHEDULER,)),
     Route(m.InstanceStartFailed, EVENTS, "fact.start_failed.{node}", "executor", (MONITOR,)),
@@ -158,13 +167,19 @@ def route_of(message: m.Message | type[m.Message]) -> Route:
     return _BY_MESSAGE[cls]
 
 
+# each route's key, and the message fields it names (read once: a key is computed for
+# every message published, thousands a second from a process of hollow nodes)
+_KEY_FIELDS = {r.message: (r.key, tuple(_FIELD.findall(r.key))) for r in ROUTES}
+
+
 def routing_key(message: m.Message, node: str | None = None) -> str:
     """The key ``message`` is published with: its route's key, ``{field}`` parts filled
     from the message (a command's ``{node}`` is the node it is sent to)."""
-    route = route_of(message)
-    return _FIELD.sub(
-        lambda f: node if f[1] == "node" and node is not None else str(getattr(message, f[1])),
-        route.key,
+    key, fields = _KEY_FIELDS[type(message)]
+    if not fields:
+        return key
+    return key.format_map(
+        {f: node if f == "node" and node is not None else str(getattr(message, f)) for f in fields}
     )
 
 

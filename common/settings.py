@@ -153,6 +153,10 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     labels: tuple[str, ...] = ()
     docker_url: str | None = None
     heartbeat_interval: float = 2.0
+    # Between two full heartbeats (capacity, labels, images, instances, usage: what the
+    # scheduler reads), a node whose inventory did not change sends only a small
+    # liveness beat to the monitor; a full one goes at least this often.
+    inventory_interval: float = 60.0
     stop_timeout: float = 5.0
     # Bytes of a container's log kept after the container is removed.
     log_keep_bytes: int = 1 << 20

@@ -236,7 +236,8 @@ class Facts:
 
 @asynccontextmanager
 async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
-    """Collect every fact and heartbeat published in the session's vhost from now on."""
+    """Collect every fact, heartbeat and liveness beat published in the session's vhost
+    from now on."""
     out = Facts()
     decoder = m.decoder(
         m.InstanceStarted
@@ -245,12 +246,13 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
         | m.InstanceExited
         | m.InstanceRemoved
         | m.NodeHeartbeat
+        | m.NodeAlive
     )
     connection = await aio_pika.connect(env.amqp_url)
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("fact.#", "node.heartbeat.#"):
+        for key in ("fact.#", "node.heartbeat.#", "node.alive.#"):
             await queue.bind(EVENTS, routing_key=key)
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:

@@ -5,8 +5,10 @@ sharing a few AMQP connections (one per ``NODES_PER_CONNECTION`` nodes, at most
 
 Several connections, because a channel carries one synchronous method at a time: on
 one connection the declarations each node makes at start (its queue and binding, its
-consumer) waited in line behind every other node's. (On this 2-core machine the
-broker's own creation of quorum queues, some 35-50 a second, remains the limit.)"""
+consumer) waited in line behind every other node's. A real node has a connection of its
+own; a hundred nodes a connection keeps that line short (at 250 a connection, 1,000
+nodes took 25-40 s to register on this 2-core machine, while the broker alone creates
+some 180 quorum queues a second given enough channels: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -29,8 +31,11 @@ from services.executor.hollow import HollowEngine, HollowJournal
 
 log = structlog.get_logger("executor.hollow")
 
-NODES_PER_CONNECTION = 250
-MAX_CONNECTIONS = 16
+NODES_PER_CONNECTION = 100
+MAX_CONNECTIONS = 128
+# Nodes being set up at once, over all connections: more only lengthen the event loop's
+# turns (the beats of the nodes already up then come late), the broker gains nothing.
+MAX_SETUP = 256
 
 
 def node_names(prefix: str, count: int) -> list[str]:
@@ -56,8 +61,8 @@ async def serve_many(
     ``NODES_PER_CONNECTION`` nodes, at most ``MAX_CONNECTIONS``) until ``stop`` is set.
 
     Nodes are set up (queue declared, reconciled, consuming) ``setup_concurrency`` at a
-    time per connection, so ten thousand queue declarations do not all hit the broker
-    at once.
+    time per connection, at most ``MAX_SETUP`` in all, so ten thousand queue
+    declarations do not all hit the broker (and this process's event loop) at once.
     ``engines``, when given, receives each node's engine (for a test to play deaths).
     ``journal`` and ``play_commands``: see `HollowEngine` (soak runs).
     """
@@ -103,7 +108,7 @@ async def _serve_nodes(
 
     nodes = len(names)
     connections = max(1, min(connections, nodes))
-    gate = asyncio.Semaphore(setup_concurrency * connections)
+    gate = asyncio.Semaphore(min(setup_concurrency * connections, MAX_SETUP))
     ready = 0
     started = time.monotonic()
 

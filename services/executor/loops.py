@@ -5,8 +5,9 @@
   found its executions' networks again. It runs at start and again whenever the
   engine's event stream broke, because events may have been lost.
 - ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
-- ``heartbeat_loop`` publishes the node's capacity and inventory every interval, and
-  survives broker and engine outages (it logs and tries again on the next beat).
+- ``heartbeat_loop`` beats every interval: the node's capacity and inventory when they
+  changed (and at least every ``inventory_interval``), a small liveness beat otherwise;
+  it survives broker and engine outages (it logs and tries again on the next beat).
 - ``usage_loop`` samples the running containers' CPU and memory use every
   ``usage_interval``; heartbeats carry the latest sample. It is a loop of its own
   because a Docker stats call answers only at the engine's next collection tick (up
@@ -225,18 +226,53 @@ async def say_stopping(ex: Executor) -> None:
         log.warning("heartbeat.stopping_failed", reason=str(exc) or repr(exc))
 
 
+# A beat that goes out later than this many intervals after the previous one (the
+# process stalled, the broker was away) is a full heartbeat: the node may have been
+# declared lost meanwhile, and the scheduler learns of its return from a full one.
+LATE_BEATS = 2.0
+
+
+def _inventory(beat: m.NodeHeartbeat) -> tuple[object, ...]:
+    """What a full heartbeat says besides liveness (its sender and times aside)."""
+    return (beat.cores, beat.memory, beat.labels, beat.images, beat.instances, beat.usage)
+
+
 async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
-    """Publish a heartbeat every interval until ``stop``; the first one registers the node."""
+    """Beat every interval until ``stop``; the first beat registers the node.
+
+    A beat is a full `NodeHeartbeat` (to the scheduler and the monitor) when the node's
+    inventory changed since the last one, when it comes late or after a failed one, and
+    at least every ``inventory_interval``; otherwise a small `NodeAlive` (to the monitor
+    only: liveness is the monitor's, and the scheduler has nothing new to read)."""
     registered = True
+    said: tuple[object, ...] | None = None  # the inventory of the last full heartbeat
+    said_at = 0.0  # when it went out (monotonic)
+    last = 0.0  # when the last beat went out
+    interval = ex.settings.heartbeat_interval
     while True:
         try:
             # bounded: a half-restored connection can hold a publish until it recovers
-            async with asyncio.timeout(max(2 * ex.settings.heartbeat_interval, 1.0)):
-                await ex.bus.publish(await heartbeat(ex, registered))
+            async with asyncio.timeout(max(2 * interval, 1.0)):
+                now = time.monotonic()
+                beat = await heartbeat(ex, registered)
+                inventory = _inventory(beat)
+                full = (
+                    registered
+                    or inventory != said
+                    or now - last > LATE_BEATS * interval
+                    or now - said_at >= ex.settings.inventory_interval
+                )
+                if full:
+                    await ex.bus.publish(beat)
+                    said, said_at = inventory, now
+                else:
+                    await ex.bus.publish(m.NodeAlive(node=ex.node, sent_at=beat.sent_at))
+                last = now
             registered = False
         except Exception as exc:  # broker or engine away: the next beat tries again
             log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
-        if await wait_or_stop(stop, ex.settings.heartbeat_interval):
+            said = None  # ... with the node's whole inventory
+        if await wait_or_stop(stop, interval):
             return
 
 

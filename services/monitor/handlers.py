@@ -79,6 +79,20 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
         deps.usage[u.instance_id] = (u.cpu_percent, u.memory_bytes, msg.sent_at)
 
 
+async def on_alive(msg: m.NodeAlive, deps: Deps) -> None:
+    """Note that the node is alive (a beat between two full heartbeats)."""
+    seen = deps.clock()
+    if deps.last_seen.get(msg.node, seen) <= seen:  # a restart's grace is kept
+        deps.last_seen[msg.node] = seen
+
+
+async def on_alive_many(msgs: list[m.NodeAlive], deps: Deps) -> None:
+    """``on_alive`` for the beats that arrived together (acked together: a monitor of
+    thousands of nodes receives hundreds a second)."""
+    for msg in msgs:
+        await on_alive(msg, deps)
+
+
 async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
     """Write the usage samples received since the last call, in one statement; returns
     how many. Samples of instances that no longer exist are dropped."""
@@ -136,4 +150,5 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.InstanceRemoved: on_removed,
     m.InstanceStartFailed: on_start_failed,
     m.NodeHeartbeat: on_heartbeat,
+    m.NodeAlive: on_alive,
 }

@@ -55,7 +55,8 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event) -> None:
         store = functools.partial(handlers.store_usage, pool, deps)
         await rt.every("usage.store", settings.usage_store_interval, store)
         await rt.consume(routes.MONITOR, on_message)
-        await rt.consume(routes.MONITOR_HEARTBEATS, on_message)
+        alive = functools.partial(handlers.on_alive_many, deps=deps)
+        await rt.consume(routes.MONITOR_HEARTBEATS, on_message, batches={m.NodeAlive: alive})
         await rt.serve()
 
 

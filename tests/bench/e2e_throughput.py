@@ -109,6 +109,12 @@ async def wait_running(plat: BenchPlatform, pool: Any, ids: list[int], timeout: 
         await asyncio.sleep(0.25)
 
 
+def _declared_lost(plat: BenchPlatform) -> int:
+    """How many times the monitor declared a node lost (its log's ``node.lost``)."""
+    log = plat.log_dir / "monitor.log"
+    return log.read_text().count('"node.lost"') if log.exists() else 0
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = Path(args.profile) if args.profile else None
     plat = BenchPlatform("throughput", profile_dir=profile, private_broker=not args.shared_broker)
@@ -136,7 +142,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             aiohttp.ClientSession(connector=connector, headers=plat.headers) as session,
         ):
             await plat.wait_api(session)
-            registration_s = await plat.wait_nodes(pool, args.nodes, timeout=args.timeout)
+            try:
+                registration_s = await plat.wait_nodes(pool, args.nodes, timeout=args.timeout)
+            except TimeoutError:
+                up = await pool.fetchval("SELECT count(*) FROM nodes WHERE state = 'up'")
+                return {
+                    "error": f"{up} of {args.nodes} nodes registered in {args.timeout:g} s",
+                    "nodes_registered": up,
+                    "nodes_declared_lost": _declared_lost(plat),
+                    "config": {"nodes": args.nodes, "heartbeat_interval_s": args.heartbeat},
+                }
             warm = await submit_all(session, plat.api, args.warmup, args.instances, 4)
             await wait_running(plat, pool, [w[0] for w in warm], args.timeout)
             await asyncio.sleep(1.0)  # let the warm-up's tail settle
@@ -164,6 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 " WHERE execution_id = ANY($1::bigint[]) AND state = 'running' ORDER BY 1",
                 ids,
             )
+        lost = _declared_lost(plat)
     finally:
         await plat.destroy()
 
@@ -198,6 +214,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             100 * sum(cpu.values()) / (window * (info["nproc"] or 1)), 1
         ),
         "node_registration_s": round(registration_s, 1),
+        # verdicts of node loss the monitor said during the whole run (none expected)
+        "nodes_declared_lost": lost,
         "config": {
             "nodes": args.nodes,
             "executions": args.executions,

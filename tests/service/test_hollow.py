@@ -328,3 +328,25 @@ async def test_an_executor_that_stops_cleanly_says_so_in_a_last_heartbeat(
         assert not seen.all(m.NodeHeartbeat, node=node, stopping=True)
     last = await seen.wait(m.NodeHeartbeat, node=node, stopping=True)
     assert not last.registered
+
+
+async def test_an_unchanged_node_beats_small_and_a_change_sends_its_inventory(
+    test_env: TestEnv, bus: Bus, seen: Facts
+) -> None:
+    """Between full heartbeats a node says only that it is alive (`NodeAlive`, for the
+    monitor); a change of what it holds goes out in a full heartbeat at once, not after
+    ``inventory_interval`` (here an hour)."""
+    cluster = hollow_cluster(test_env, nodes=1, usage_interval=0.0, inventory_interval=3600.0)
+    async with cluster as (prefix, _):
+        (node,) = node_names(prefix, 1)
+        await seen.wait(m.NodeHeartbeat, node=node, registered=True)
+        await seen.wait(m.NodeAlive, 3, node=node)
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, container_name=start.container_name)
+        await wait_for(
+            lambda: any(
+                start.instance_id in b.instances for b in seen.all(m.NodeHeartbeat, node=node)
+            ),
+            what="a full heartbeat with the new instance",
+        )

@@ -423,6 +423,32 @@ async def test_silent_node_is_lost_once_and_its_containers_are_orphans(
     assert "n1" in deps.last_seen
 
 
+async def test_liveness_beats_keep_a_node_alive_and_silence_still_loses_it(
+    pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
+) -> None:
+    """Between two full heartbeats a node sends only `NodeAlive`: it counts as a
+    heartbeat for liveness, and a node silent for the timeout is lost all the same."""
+    await _running(pool, will_end=False, node="n1")
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+    for _ in range(5):  # 10 s of liveness beats alone from n1, nothing from n2
+        clock.now += 2
+        await handlers.on_alive_many([m.NodeAlive(node="n1"), m.NodeAlive(node="n4")], deps)
+        lost = await handlers.check_nodes(pool, deps, timeout=3)
+        assert "n1" not in lost
+    assert "n2" not in deps.last_seen  # declared lost on the way
+    clock.now += 4  # n1 (and n4, known from its liveness beats alone) fall silent too
+    assert sorted(await handlers.check_nodes(pool, deps, timeout=3)) == ["n1", "n4"]
+    # a liveness beat after a stop does not cut the restart's grace short
+    deps.restart_grace = 60
+    await handlers.on_heartbeat(
+        m.NodeHeartbeat(node="n3", cores=4, memory=1 << 30, stopping=True), deps
+    )
+    await handlers.on_alive(m.NodeAlive(node="n3"), deps)
+    clock.now += 30
+    assert await handlers.check_nodes(pool, deps, timeout=10) == []
+
+
 async def test_no_node_is_lost_while_the_monitor_could_not_hear(
     pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
 ) -> None:

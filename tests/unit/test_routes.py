@@ -39,7 +39,11 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
     bound = routes.bindings()
     assert ("zoe.events", "fact.started.*") in bound["scheduler"]
     assert ("zoe.events", "fact.started.*") not in bound["monitor"]
-    assert bound["monitor.heartbeats"] == [("zoe.events", "node.heartbeat.*")]
+    assert bound["monitor.heartbeats"] == [
+        ("zoe.events", "node.heartbeat.*"),
+        ("zoe.events", "node.alive.*"),
+    ]
+    assert bound["scheduler.heartbeats"] == [("zoe.events", "node.heartbeat.*")]
     assert routes.messages_for("executor.n7") == (
         m.StartInstance,
         m.StartInstances,
@@ -48,6 +52,8 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
     )
     beat = routes.delivery("zoe.events", "node.heartbeat.n1")
     assert (beat.persistent, beat.mandatory) == (False, False)
+    alive = routes.delivery("zoe.events", "node.alive.n1")
+    assert (alive.persistent, alive.mandatory) == (False, False)
     state = routes.delivery("zoe.events", "state.execution.12")
     assert (state.persistent, state.mandatory) == (True, False)
     fact = routes.delivery("zoe.events", "fact.exited.n1")
