@@ -4,11 +4,14 @@ An execution whose essential set does not fit the emptied cluster can never star
 the cluster changes (a larger or differently labelled node joins): a pass skips it (it
 takes no hold and costs the executions behind it nothing) and reports it unschedulable.
 
-The test is first-fit decreasing on the emptied nodes, after two quick ones (every
-instance needs a node holding it alone; the set needs no more than the eligible nodes
-have in all) and a quick acceptance (enough slots of the set's largest instance). First
-fit decreasing may fail where a cleverer packing exists; then the execution is only
-called unschedulable, it is still tried at every pass like any other.
+The test is a bounded search on the emptied nodes (most constrained instances first,
+with backtracking), after quick ones (every instance needs a node holding it alone; the
+instances needing a label set need no more than the nodes having it hold in all) and a
+quick acceptance (enough slots of the set's largest instance). First fit decreasing
+alone called a set with a small labelled instance and larger unlabelled ones
+unschedulable when the large ones took the labelled node's room first. A search that
+runs out of budget still calls the set unschedulable; it is still tried at every pass
+like any other.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .model import InstanceReq, NodeState
 from .placement import millicores
 
 GIB = 1 << 30
+# Placements the search of `Emptied._together` tries before it gives up deciding.
+_SEARCH_BUDGET = 20_000
 
 # (millicores, bytes, labels) of every essential instance of a set, largest first
 Signature = tuple[tuple[int, int, frozenset[str]], ...]
@@ -151,26 +156,67 @@ class Emptied:
             return f"no {where} has {memory_text(m)}"
         return f"no {where} has both {cores_text(c)} and {memory_text(m)}"
 
+    def _over_capacity(self, sig: Signature) -> bool:
+        """Whether the instances needing some label set ask more, in all, than the nodes
+        having those labels hold (a quick proof that the set cannot fit)."""
+        for wanted in {labels for _, _, labels in sig}:
+            need_c = sum(c for c, _, labels in sig if wanted <= labels)
+            need_m = sum(m for _, m, labels in sig if wanted <= labels)
+            have = self.eligible(wanted)
+            if need_c > sum(c * n for c, _, _, n in have) or need_m > sum(
+                m * n for _, m, _, n in have
+            ):
+                return True
+        return False
+
     def _together(self, sig: Signature) -> str | None:
-        """First-fit decreasing of the whole set on the emptied nodes."""
+        """Whether the whole set fits the emptied nodes, by a search that places the
+        most constrained instances first (fewest eligible nodes, then largest) and
+        backtracks, after a quick check of the total room per label set. A search that
+        runs out of its budget (`_SEARCH_BUDGET` steps) calls the set unschedulable, as
+        first fit decreasing would have."""
         free: list[list[int]] = []
         labels_of: list[frozenset[str]] = []
         for cap_c, cap_m, labels, count in self.classes:
             for _ in range(min(count, len(sig))):  # more nodes of a shape than instances: idle
                 free.append([cap_c, cap_m])
                 labels_of.append(labels)
-        for c, m, labels in sig:
-            for k, room in enumerate(free):
-                if room[0] >= c and room[1] >= m and labels <= labels_of[k]:
-                    room[0] -= c
-                    room[1] -= m
-                    break
-            else:
-                total_c = sum(s[0] for s in sig)
-                total_m = sum(s[1] for s in sig)
-                return (
-                    f"unschedulable: its {len(sig)} essential instances"
-                    f" ({cores_text(total_c)}, {memory_text(total_m)} in all) do not fit"
-                    " together on the whole cluster, even empty"
-                )
+        options = [[k for k in range(len(free)) if labels <= labels_of[k]] for _, _, labels in sig]
+        order = sorted(range(len(sig)), key=lambda j: (len(options[j]), -sig[j][0], -sig[j][1]))
+        steps = 0
+
+        def place(at: int) -> bool | None:  # True: fits; False: cannot; None: out of budget
+            nonlocal steps
+            if at == len(order):
+                return True
+            j = order[at]
+            c, m, _ = sig[j]
+            tried: set[tuple[int, int, frozenset[str]]] = set()  # nodes left alike: one choice
+            for k in options[j]:
+                room = free[k]
+                if room[0] < c or room[1] < m or (room[0], room[1], labels_of[k]) in tried:
+                    continue
+                steps += 1
+                if steps > _SEARCH_BUDGET:
+                    return None
+                tried.add((room[0], room[1], labels_of[k]))
+                room[0] -= c
+                room[1] -= m
+                found = place(at + 1)
+                room[0] += c
+                room[1] += m
+                if found is not False:
+                    return found
+            return False
+
+        # Out of budget (a large set, nearly fitting) counts as not fitting, as first fit
+        # decreasing did: the search has tried the likeliest placements first.
+        if self._over_capacity(sig) or not place(0):
+            total_c = sum(s[0] for s in sig)
+            total_m = sum(s[1] for s in sig)
+            return (
+                f"unschedulable: its {len(sig)} essential instances"
+                f" ({cores_text(total_c)}, {memory_text(total_m)} in all) do not fit"
+                " together on the whole cluster, even empty"
+            )
         return None

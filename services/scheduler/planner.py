@@ -194,7 +194,10 @@ class Pass:
         """Place the pending essential set `gang` (reclaiming if allowed), or nothing."""
         mc = self.mc
         reclaim = self.policy.reclaim
-        gang.sort(key=_size_order, reverse=True)  # largest first: the hardest to fit
+        # the most constrained first (more labels: fewer nodes to go to; a labelled
+        # instance placed after unlabelled ones could find its nodes' room taken by
+        # them), then the largest: the hardest to fit
+        gang.sort(key=lambda i: (len(i.labels), _size_order(i)), reverse=True)
         lead = gang[0]
         c, m, labels = mc(lead.cores), lead.memory, lead.labels
         if self.misses.blocked(c, m, labels) and (

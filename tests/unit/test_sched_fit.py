@@ -112,3 +112,25 @@ def test_nothing_that_can_never_fit_delays_anything_else(data, cluster, name):
     mixed = schedule(nodes, [*unfit, *executions], now=now, policy=policy)
     assert mixed.starts == alone.starts
     assert mixed.stops == alone.stops
+
+
+def test_a_labelled_instance_beside_larger_unlabelled_ones_is_placed_and_called_schedulable():
+    """An MPI launcher bound to host1 (0.9 core) and two 1.2-core ranks on three 2-core
+    hosts: placing the large ranks first would leave host1 too little room for the
+    launcher; the labelled one goes first, and the set is never called unschedulable."""
+    nodes = [node(f"host{i}", 2, 24, f"host{i}") for i in (1, 2, 3)]
+    launcher = inst(1, 0.9, labels=["host1"])
+    ranks = [inst(1, 1.2), inst(1, 1.2)]
+    assert Emptied(nodes).never([launcher, *ranks]) is None
+    assert Emptied(nodes).never([*ranks, launcher]) is None
+    for policy in POLICIES:
+        if policy.startswith("flexible"):
+            continue  # the original Zoe's placement, kept as it was (instance by instance)
+        decided = schedule(
+            nodes, [execution(1, [*ranks, launcher])], now=1.0, policy=Policy.from_name(policy)
+        )
+        where = dict(decided.starts)
+        assert where.get(launcher.id) == "host1", policy
+        assert {where.get(r.id) for r in ranks} == {"host2", "host3"}, policy
+    # a set that really cannot fit is still told apart
+    assert Emptied(nodes).never([inst(1, 1.5, labels=["host1"]), inst(1, 1.5, labels=["host1"])])
