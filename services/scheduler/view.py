@@ -257,8 +257,7 @@ class View:
             if ex is None:
                 continue
             inst = ex.instances[inst_id]
-            inst.node = node
-            inst.not_before = None
+            inst.node = node  # (its not_before stays, as in its row: a placed one ignores it)
             ex.built = None
 
     # ---- what a pass decides from ----------------------------------------------------
