@@ -29,7 +29,7 @@ from services.scheduler.core import (
 )
 from services.scheduler.pending import PendingReasons
 from services.scheduler.pending import write as write_reasons
-from services.scheduler.view import Changes, View
+from services.scheduler.view import Changes, View, instance_req
 
 log = structlog.get_logger("scheduler.pass")
 
@@ -74,15 +74,7 @@ async def load_snapshot(
     placed: dict[int, list[tuple[InstanceReq, str]]] = defaultdict(list)
     next_wake: float | None = None
     for r in rows:
-        req = InstanceReq(
-            id=r["id"],
-            execution_id=r["execution_id"],
-            cores=r["cores"],
-            memory=r["memory"],
-            labels=frozenset(r["labels"]),
-            essential=r["essential"],
-            image=r["image"] or "",
-        )
+        req = instance_req(r)
         if r["state"] == "created":
             nb = r["not_before"]
             if nb is not None and float(nb) > now:

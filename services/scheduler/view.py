@@ -50,6 +50,19 @@ _INSTANCE_COLUMNS = (
 )
 
 
+def instance_req(r: asyncpg.Record) -> InstanceReq:
+    """An instance row (with its image) as what the core places."""
+    return InstanceReq(
+        id=r["id"],
+        execution_id=r["execution_id"],
+        cores=r["cores"],
+        memory=r["memory"],
+        labels=frozenset(r["labels"]),
+        essential=r["essential"],
+        image=r["image"] or "",
+    )
+
+
 class Changes:
     """What the handlers changed since the pass last looked (said after each commit)."""
 
@@ -226,15 +239,7 @@ class View:
             ex = self.executions.get(r["execution_id"])
             if ex is None:
                 continue
-            req = InstanceReq(
-                id=r["id"],
-                execution_id=r["execution_id"],
-                cores=r["cores"],
-                memory=r["memory"],
-                labels=frozenset(r["labels"]),
-                essential=r["essential"],
-                image=r["image"] or "",
-            )
+            req = instance_req(r)
             nb = r["not_before"]
             node = None if r["state"] == "created" else r["node"]
             ex.instances[r["id"]] = _Instance(req, node, None if nb is None else float(nb))
