@@ -9,11 +9,15 @@
 #   deploy/testcluster.sh heal I   put it back (its link up)
 #   deploy/testcluster.sh down     remove everything `up` made; safe twice, and after a
 #                                  failed `up`
+#   deploy/testcluster.sh reclaim  take down another checkout's test cluster when the run
+#                                  that made it is gone (or the checkout is)
 # Layout: bridge zt-br0 198.18.0.1/24 in the root namespace; host i is the netns
 # zt-host<i> at 198.18.0.(10+i), its dockerd socket var/testcluster/host<i>/docker.sock;
 # the registry on 198.18.0.1:5055; RabbitMQ reached by the hosts at 198.18.0.1:5672.
 # Settings given to `up` reach the services, e.g. ZOE_NODE_TIMEOUT=5 (the monitor's)
-# or ZOE_HEARTBEAT_INTERVAL=1 (the executors'); ZOE_TESTCLUSTER_PORT (8180) is the api's.
+# or ZOE_HEARTBEAT_INTERVAL=1 (the executors'); ZOE_TESTCLUSTER_PORT (8180) is the api's;
+# ZOE_TESTCLUSTER_HOLDER=PID (a test run's) makes the cluster that process's: once it is
+# gone, another checkout's `reclaim` may take the cluster down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TC=var/testcluster
@@ -34,7 +38,7 @@ IMAGES=${ZOE_TESTCLUSTER_IMAGES:-zoe/busybox:1 zoe/debian:12 zoe/python:2}
 PYTHON=$VENV/bin/python
 export PYTHONPATH=$PWD # the services run this checkout's code
 
-usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,21s/^# \{0,1\}//p' "$0"; }
 
 netns() { echo "zt-host$1"; }
 addr() { echo "198.18.0.$((10 + $1))"; }
@@ -53,8 +57,27 @@ in_host() {
 # One test cluster per machine (its names and addresses are fixed): the checkout that
 # made it is written here, and only that checkout's `down`, `cut`, `heal` touch the
 # machine's parts of it (bridge, namespaces, links, rules, vhost, database).
+# Its second line, "holder PID START", names the run that holds it (a process and its start
+# time, so that a reused pid is not mistaken for it).
 OWNER_FILE=/run/zoe-testcluster.owner
-owner() { cat "$OWNER_FILE" 2>/dev/null || true; }
+owner() { head -n1 "$OWNER_FILE" 2>/dev/null || true; }
+# a process's start time (clock ticks since boot), which tells a reused pid apart
+started() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    awk '{print $20}' <<<"${stat##*) }"
+}
+# true when the machine's test cluster is another checkout's whose run or checkout is gone
+abandoned() {
+    local o holder pid start
+    o=$(owner)
+    [[ -n $o && $o != "$PWD" ]] || return 1
+    [[ -f $o/deploy/testcluster.sh ]] || return 0
+    holder=$(sed -n 2p "$OWNER_FILE" 2>/dev/null || true)
+    read -r _ pid start <<<"$holder"
+    [[ $holder == holder\ * && $pid =~ ^[0-9]+$ ]] || return 1 # made by hand: held until its down
+    [[ $(started "$pid" || true) != "$start" ]]
+}
 # true when the machine's test cluster (or what a failed `up` left) is this checkout's
 ours() {
     local o
@@ -266,9 +289,16 @@ up() {
         die "$BRIDGE exists but no checkout owns it ($OWNER_FILE): another test cluster is up on this machine"
     fi
     # claim the machine's test cluster; of two `up`s at once, one wins
-    if [[ -z $o ]] && ! (set -o noclobber && echo "$PWD" >"$OWNER_FILE") 2>/dev/null; then
+    local claim=$PWD holder=${ZOE_TESTCLUSTER_HOLDER:-}
+    if [[ -n $holder ]]; then
+        [[ $holder =~ ^[0-9]+$ ]] && started "$holder" >/dev/null \
+            || die "ZOE_TESTCLUSTER_HOLDER=$holder is not a running process"
+        claim+=$'\n'"holder $holder $(started "$holder")"
+    fi
+    if [[ -z $o ]] && ! (set -o noclobber && echo "$claim" >"$OWNER_FILE") 2>/dev/null; then
         die "the test cluster of $(owner) was just started on this machine: one at a time"
     fi
+    if [[ -n $o ]]; then echo "$claim" >"$OWNER_FILE"; fi
     local start=$SECONDS i
     rm -rf "$LOG_DIR"
     mkdir -p "$TC" "$RUN_DIR" "$LOG_DIR"
@@ -455,12 +485,43 @@ asyncio.run(main())
 PY
 }
 
+# ---- reclaim ----------------------------------------------------------------------------
+
+# Another checkout's test cluster whose run is gone (killed, or its machine's session
+# ended before its `down`) is taken down: by that checkout's own `down` when it is still
+# there, else from here, its processes found by namespace and port.
+reclaim() {
+    local o ns
+    o=$(owner)
+    if [[ -z $o || $o == "$PWD" ]]; then
+        say "no test cluster of another checkout on this machine"
+        return 0
+    fi
+    if ! abandoned; then
+        say "the test cluster of $o is held by a live run or was made by hand: left alone"
+        return 0
+    fi
+    if [[ -f $o/deploy/testcluster.sh ]]; then
+        say "the test cluster of $o outlived the run that made it: taking it down there"
+        if (cd "$o" && bash deploy/testcluster.sh down) && [[ $(owner) != "$o" ]]; then return 0; fi
+    fi
+    say "the test cluster of $o is left over (its checkout is gone, or its down failed): taking it down from here"
+    for ns in $(ip netns list 2>/dev/null | sed -n 's/^\(zt-host[0-9]\+\).*/\1/p'); do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    done
+    ss -Hltnp "( sport = :$PORT or sport = :$SCHEDULER_PORT or sport = :$MONITOR_PORT or sport = :${REGISTRY##*:} )" 2>/dev/null \
+        | grep -o 'pid=[0-9]\+' | cut -d= -f2 | sort -u | xargs -r kill -KILL 2>/dev/null || true
+    echo "$PWD" >"$OWNER_FILE"
+    down
+}
+
 case ${1:-} in
     up) up "${2:-}" ;;
     status) status ;;
     cut) set_link "${2:-}" cut down ;;
     heal) set_link "${2:-}" heal up ;;
     down) down ;;
+    reclaim) reclaim ;;
     -h | --help) usage ;;
     *)
         usage >&2

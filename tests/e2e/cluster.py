@@ -163,7 +163,7 @@ def _check(proc: subprocess.CompletedProcess[str]) -> None:
 def machine_owner() -> str | None:
     """The checkout whose test cluster is up on this machine, if any."""
     try:
-        return OWNER_FILE.read_text().strip() or None
+        return OWNER_FILE.read_text().partition("\n")[0].strip() or None
     except OSError:
         return None
 
@@ -181,9 +181,13 @@ def machine_busy() -> str | None:
 
 
 def _wait_for_the_machine(timeout: float = MACHINE_WAIT) -> None:
-    """Wait while another checkout's test cluster is up here (its run takes it down)."""
+    """Wait while another checkout's test cluster is up here (its run takes it down); one
+    that outlived its run is taken down at once."""
     deadline = time.monotonic() + timeout
     while (owner := machine_busy()) is not None:
+        _check(run_script("reclaim", timeout=300))
+        if machine_busy() is None:
+            break
         if time.monotonic() > deadline:
             raise AssertionError(f"the test cluster of {owner} was still up after {timeout:g}s")
         time.sleep(5)
@@ -198,6 +202,7 @@ def up(hosts: int = HOSTS) -> Cluster:
         str(hosts),
         ZOE_NODE_TIMEOUT=str(NODE_TIMEOUT),
         ZOE_HEARTBEAT_INTERVAL="1",
+        ZOE_TESTCLUSTER_HOLDER=str(os.getpid()),  # the cluster is this run's while it lives
     )
     _check(proc)
     return Cluster(read_env())

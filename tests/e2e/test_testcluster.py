@@ -4,9 +4,11 @@ registry they reach, `cut` and `heal`, and a `down` that leaves nothing behind."
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -14,6 +16,7 @@ import pytest
 
 from tests.conftest import PG_BASE
 from tests.e2e.cluster import (
+    OWNER_FILE,
     REGISTRY_URL,
     ROOT,
     Cluster,
@@ -116,9 +119,8 @@ def _state_is(cluster: Cluster, name: str, state: str):  # type: ignore[no-untyp
     return check
 
 
-async def test_another_checkout_leaves_this_cluster_alone(cluster: Cluster, tmp_path: Path) -> None:
-    """The names are the machine's: a second checkout's up is refused, and its down,
-    cut and heal touch nothing of this checkout's cluster."""
+def _another_checkout(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """A second checkout's testcluster.sh, run there."""
     other = tmp_path / "other"
     (other / "deploy").mkdir(parents=True)
     for name in ("testcluster.sh", "lib.sh", "registry.sh"):
@@ -135,6 +137,13 @@ async def test_another_checkout_leaves_this_cluster_alone(cluster: Cluster, tmp_
             check=False,
         )
 
+    return there
+
+
+async def test_another_checkout_leaves_this_cluster_alone(cluster: Cluster, tmp_path: Path) -> None:
+    """The names are the machine's: a second checkout's up is refused, and its down,
+    cut, heal and reclaim touch nothing of this checkout's cluster while its run lives."""
+    there = _another_checkout(tmp_path)
     refused = there("up", "1")
     assert refused.returncode != 0
     assert f"the test cluster of {ROOT} is up on this machine" in refused.stderr
@@ -144,6 +153,9 @@ async def test_another_checkout_leaves_this_cluster_alone(cluster: Cluster, tmp_
     proc = there("down")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "left alone" in proc.stdout
+    proc = there("reclaim")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "held by a live run" in proc.stdout
     assert "no test cluster of this checkout" in there("status").stdout
     # this checkout's cluster is whole
     assert cluster.status().returncode == 0, cluster.status().stdout
@@ -192,8 +204,14 @@ async def _databases() -> list[str]:
     return [r["name"] for r in rows]
 
 
-async def test_down_twice_leaves_nothing_and_up_works_again(cluster: Cluster) -> None:
-    """Last of the module: takes the session's cluster down and makes it again."""
+async def test_a_cluster_its_run_left_is_reclaimed_down_twice_leaves_nothing_and_up_works_again(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Last of the module: takes the session's cluster down and makes it again. Once the
+    run holding it is gone (here: its pid taken by another process),
+    another checkout's reclaim takes it down, by this checkout's own down; a down after
+    that finds nothing left."""
+    there = _another_checkout(tmp_path)
     # something running on a host (its container, cgroups, mounts) for `down` to remove
     ref = f"{cluster.registry}/zoe/busybox:1"
     async with cluster.docker(2) as engine:
@@ -203,9 +221,15 @@ async def test_down_twice_leaves_nothing_and_up_works_again(cluster: Cluster) ->
         )
         assert (await container.show())["State"]["Running"]
     try:
-        for _ in range(2):
-            proc = run_script("down", timeout=300)
+        path, _, holder = OWNER_FILE.read_text().partition("\n")
+        assert path == str(ROOT) and holder.split()[:2] == ["holder", str(os.getpid())]
+        # this run's pid with another start time: the holder's pid now names another process
+        OWNER_FILE.write_text(f"{path}\nholder {os.getpid()} 1\n")
+        for i in range(2):
+            proc = there("reclaim") if i == 0 else run_script("down", timeout=300)
             assert proc.returncode == 0, proc.stdout + proc.stderr
+            if i == 0:
+                assert "outlived the run that made it" in proc.stdout
             assert _leftovers() == []
             if machine_busy() is None:
                 assert await _databases() == []

@@ -29,14 +29,18 @@ export async function logsPage(content, data) {
     if (!s) throw new ApiError(404, {error: `execution ${data.id} has no service instance ${instance}`});
     return {e, s};
   };
+  // The whole log read once; what the page shows is kept when there is none to read (the
+  // container is gone and Zoe's copy not written yet) or it is empty.
   const snapshot = async () => {
+    let text;
     try {
-      const text = await api(path);
-      pre.textContent = typeof text === "string" ? text : JSON.stringify(text);
+      text = await api(path);
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 404)) throw err;
-      pre.textContent = "";
+      return;
     }
+    text = typeof text === "string" ? text : JSON.stringify(text);
+    if (text) pre.textContent = text;
   };
 
   let following = false;
