@@ -56,7 +56,7 @@ from aio_pika.abc import (
 
 from common import brokers, metrics, routes, topology
 from common import messages as m
-from common.errors import TooLarge, UserError, invalid_message
+from common.errors import Forbidden, TooLarge, UserError, invalid_message
 from common.retry import Backoff, is_transient
 from common.routes import COMMANDS, DLX, EVENTS
 
@@ -77,6 +77,10 @@ def incoming_headers() -> Mapping[str, Any]:
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 # Builds the reply a refused request gets (when it asks for one: ``reply_to``).
 RefusalReply = Callable[[UserError], m.Message]
+# Whether a message's sender may send it: given the broker user that published it (the
+# ``user_id`` the broker checked, None when the publisher set none) and the decoded
+# message, None when it may, else why not.
+SenderCheck = Callable[[str | None, Any], str | None]
 
 PROBE_KEY = "zoe.probe"  # no queue has this name: a probe goes nowhere, and says so
 
@@ -215,6 +219,9 @@ class Bus:
         service of a deployment must use the same: a queue's size is fixed when it is made.
         """
         self._url = url
+        # every message published carries it as ``user_id``, which the broker checks
+        # against the connection's login: a consumer knows who sent what it reads
+        self.user = brokers.node_urls(url)[0].user or "guest"
         self._quorum_size = quorum_size
         self._transient_retry = transient_retry
         self._retry_backoff = retry_backoff
@@ -310,7 +317,7 @@ class Bus:
             target = self._loose.get(exchange) if loose else None
             publishes.append(
                 (target or self._exchanges[exchange]).publish(
-                    _amqp_message(body, persistent=how.persistent),
+                    _amqp_message(body, persistent=how.persistent, user_id=self.user),
                     routing_key=key,
                     # an optional one is dropped quietly when no queue is bound
                     mandatory=how.mandatory,
@@ -357,7 +364,7 @@ class Bus:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._rpc_waiting[correlation] = future
         try:
-            msg = _amqp_message(m.encode(message))
+            msg = _amqp_message(m.encode(message), user_id=self.user)
             msg.reply_to = self._rpc_queue.name
             msg.correlation_id = correlation
             msg.expiration = timeout
@@ -402,6 +409,7 @@ class Bus:
         kind: routes.QueueKind | None = None,
         refusal_reply: RefusalReply | None = None,
         max_body: int | None = None,
+        sender: SenderCheck | None = None,
     ) -> None:
         """Deliver messages of ``queue_name``, decoded as the route table says it
         receives them, to ``handler``; a handler running longer than ``timeout``
@@ -416,6 +424,9 @@ class Bus:
         ``refusal_reply``: a request refused (it does not decode, is larger than
         ``max_body`` bytes, or its handler raised a user error) that asks for a reply
         (``reply_to``) gets the reply this builds from the error, then is dead-lettered.
+
+        ``sender``: which broker users may send what (a message it refuses is refused as
+        above, with a 403).
         """
         assert self._sub is not None
         # Declared (not merely looked up) on the robust channel, so that aio-pika restores
@@ -491,6 +502,10 @@ class Bus:
                 body = message.body[:200].decode(errors="replace")
                 log.warning("message.refused", reason=str(exc), body=body)
                 await refuse(message, invalid_message(exc), "invalid")
+                return
+            if sender is not None and (why := sender(message.user_id, decoded)) is not None:
+                log.warning("message.refused", reason=why, user=message.user_id)
+                await refuse(message, Forbidden(why), "forbidden")
                 return
             msg_type = type(decoded)
             handle_many = batches.get(msg_type) if batches else None
@@ -579,10 +594,13 @@ class Bus:
             await self._acks.flush()  # what finished is acked before the link closes
 
 
-def _amqp_message(body: bytes, *, persistent: bool = True) -> aio_pika.Message:
+def _amqp_message(
+    body: bytes, *, persistent: bool = True, user_id: str | None = None
+) -> aio_pika.Message:
     return aio_pika.Message(
         body,
         content_type="application/json",
+        user_id=user_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         if persistent
         else aio_pika.DeliveryMode.NOT_PERSISTENT,

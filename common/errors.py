@@ -59,6 +59,12 @@ class InvalidZApp(InvalidRequest):
     status = 422
 
 
+class Forbidden(UserError):
+    """The caller is known but may not do this."""
+
+    status = 403
+
+
 class NotFound(UserError):
     """The named execution, instance, node or ZApp does not exist."""
 

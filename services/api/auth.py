@@ -29,7 +29,7 @@ import argon2
 import asyncpg
 from aiohttp import web
 
-from common.errors import FieldError, UserError
+from common.errors import FieldError, Forbidden, UserError
 
 # What a role may do (roles.capabilities; common/migrations/008_users.sql).
 SUBMIT = "submit"  # start executions
@@ -64,12 +64,6 @@ class Unauthorized(UserError):
     """No credentials, or credentials that do not name an enabled user."""
 
     status = 401
-
-
-class Forbidden(UserError):
-    """The caller is known but may not do this."""
-
-    status = 403
 
 
 @dataclass(frozen=True, slots=True)

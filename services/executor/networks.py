@@ -6,9 +6,13 @@ Swarm networks are made and removed on a manager engine only
 `NetworkReply`; it sends `NetworkRelease` once the last container of an execution on its
 engine is gone. Only executors whose engine is a manager consume that queue.
 
-The caller is checked by what the messages can do: they name an execution, never a
-network, so a sender can only have this deployment's execution networks made (removed
-by the sweep when unused) or removed when nothing uses them.
+The caller is checked twice. By who sent it: only the executor of the node a request
+names may send it, known by the broker user the broker checked it was published by
+(``<deployment>-executor-<node>``, as provisioning names them; a deployment whose
+services share one broker user has no boundary to guard, so that user is taken too).
+And by what the messages can do: they name an execution, never a network, so a sender
+can only have this deployment's execution networks made (removed by the sweep when
+unused) or removed when nothing uses them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import structlog
 from common import messages as m
 from common import routes
 from common.bus import Bus
+from common.errors import UserError
 from common.retry import Backoff
 from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks, overlay_name
 
@@ -74,9 +79,24 @@ class BusNetworkAsker:
 class NetworkRequests:
     """The consumer of ``executor.networks`` on a manager engine's executor."""
 
-    def __init__(self, overlay: OverlayNetworks, *, deployment: str) -> None:
+    def __init__(self, overlay: OverlayNetworks, *, deployment: str, own_user: str) -> None:
         self.overlay = overlay
         self.deployment = deployment
+        self.own_user = own_user  # this executor's broker user
+
+    def sender(self, user: str | None, msg: m.NetworkEnsure | m.NetworkRelease) -> str | None:
+        """None when ``user`` may send ``msg`` (the executor of the node it names), else
+        why not (`common.bus.SenderCheck`)."""
+        expected = f"{self.deployment}-executor-{msg.node}"
+        if user in (expected, self.own_user):
+            return None
+        who = f"broker user {user!r}" if user else "a publisher that named no broker user"
+        return f"{who} may not ask for networks as node {msg.node!r} (only {expected!r} may)"
+
+    @staticmethod
+    def refusal(error: UserError) -> m.NetworkReply:
+        """The reply a refused request gets (`common.bus.RefusalReply`)."""
+        return m.NetworkReply(ok=False, network="", reason=str(error))
 
     async def handle(self, msg: m.Message) -> m.Message | None:
         """Route a network request to its handler."""

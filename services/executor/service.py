@@ -93,7 +93,9 @@ async def serve(settings: ExecutorSettings, stop: asyncio.Event) -> None:
                 workspace_nfs=settings.workspace_nfs,
             )
             if overlay is not None and overlay.manager:
-                requests = NetworkRequests(overlay, deployment=settings.deployment)
+                requests = NetworkRequests(
+                    overlay, deployment=settings.deployment, own_user=bus.user
+                )
         await rt.serve_metrics()
         await run_executor(settings, engine, bus, stop, network_requests=requests)
 
@@ -150,7 +152,11 @@ async def run_executor(
         await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
         if network_requests is not None:
             await bus.consume(
-                routes.EXECUTOR_NETWORKS, network_requests.handle, timeout=settings.handler_timeout
+                routes.EXECUTOR_NETWORKS,
+                network_requests.handle,
+                timeout=settings.handler_timeout,
+                sender=network_requests.sender,
+                refusal_reply=network_requests.refusal,
             )
         log.info("executor.ready", queue=queue)
         if on_ready is not None:

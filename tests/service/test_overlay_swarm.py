@@ -28,9 +28,10 @@ import pytest
 from common import messages as m
 from common.bus import Bus
 from common.settings import ExecutorSettings
-from services.executor.engine.overlay import OverlayNetworks, overlay_name
+from deploy.provision import rabbitmqctl, with_credentials
+from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks, overlay_name
 from services.executor.networks import BusNetworkAsker
-from tests.conftest import Facts, TestEnv, wait_for
+from tests.conftest import Facts, TestEnv, dead_letters, wait_for
 from tests.service import test_executor as tx
 from tests.service.test_executor import executor_env, node_name, start_msg
 
@@ -210,6 +211,66 @@ async def test_a_workers_requests_are_answered_by_the_managers_executor_and_the_
     assert await overlay.sweep(min_age=3600) == []  # too young to be swept
     assert await overlay.sweep(min_age=0) == [network]
     assert not await overlay_exists(swarm_docker, network)
+
+
+@contextlib.contextmanager
+def broker_users(test_env: TestEnv, *names: str) -> Iterator[dict[str, str]]:
+    """Broker users with every right on the test's vhost (so that only the consumer's own
+    check can refuse them); their URLs by name; deleted afterwards."""
+    urls = {}
+    try:
+        for name in names:
+            password = uuid.uuid4().hex
+            rabbitmqctl("add_user", name, password)
+            rabbitmqctl("set_permissions", "-p", test_env.vhost, name, ".*", ".*", ".*")
+            urls[name] = with_credentials(test_env.amqp_url, name, password)
+        yield urls
+    finally:
+        for name in names:
+            with contextlib.suppress(Exception):
+                rabbitmqctl("delete_user", name, attempts=2)
+
+
+async def test_a_network_request_is_answered_only_from_the_executor_of_the_node_it_names(
+    test_env: TestEnv, facts: Facts, swarm_engine: str, swarm_docker: aiodocker.Docker
+) -> None:
+    """Another node's executor, or a broker user that is no executor, asking in the name
+    of node a-worker gets a refusal saying why, dead-lettered, and no network; a-worker's
+    own executor user is answered."""
+    execution_id = 930_000 + int(uuid.uuid4().int % 1000)
+    network = overlay_name(test_env.deployment, execution_id)
+    own, other, stranger = (
+        f"{test_env.deployment}-executor-a-worker",
+        f"{test_env.deployment}-executor-b-worker",
+        f"{test_env.deployment}-t-stranger",
+    )
+    with broker_users(test_env, own, other, stranger) as urls:
+        async with manager_executor(test_env, facts, swarm_docker, swarm_engine):
+            await dead_letters(test_env.amqp_url)  # earlier tests' out of the way
+            for user in (other, stranger):
+                async with Bus(urls[user], name="t-asker") as bus:
+                    assert bus.user == user
+                    asker = BusNetworkAsker(bus, node="a-worker", timeout=30)
+                    with pytest.raises(NetworkUnavailable) as refused:
+                        await asker.ensure(network, execution_id)
+                    reason = str(refused.value)
+                    assert f"broker user {user!r} may not ask for networks as node" in reason
+                    assert f"only {own!r} may" in reason
+            assert not await overlay_exists(swarm_docker, network)
+            ensure, asked = m.decoder(m.NetworkEnsure), []
+            for body in await dead_letters(test_env.amqp_url):
+                with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+                    asked.append(ensure.decode(body))
+            assert [x.execution_id for x in asked] == [execution_id, execution_id]
+
+            async with Bus(urls[own], name="t-asker") as bus:
+                asker = BusNetworkAsker(bus, node="a-worker", timeout=30)
+                try:
+                    await asker.ensure(network, execution_id)
+                    assert await overlay_exists(swarm_docker, network)
+                finally:
+                    await asker.release(network, execution_id)
+            await wait_for(lambda: _gone(swarm_docker, network), timeout=60, what="released")
 
 
 async def test_executors_racing_to_make_one_network_all_have_it(
