@@ -21,11 +21,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aio_pika
 import aiodocker
 import msgspec
 import pytest
 
 from common import messages as m
+from common import routes
 from common.bus import Bus
 from common.settings import ExecutorSettings
 from deploy.provision import rabbitmqctl, with_credentials
@@ -231,12 +233,36 @@ def broker_users(test_env: TestEnv, *names: str) -> Iterator[dict[str, str]]:
                 rabbitmqctl("delete_user", name, attempts=2)
 
 
+async def _raw_requests(url: str, bodies: dict[str, bytes]) -> dict[str, m.NetworkReply]:
+    """Publish each body to ``executor.networks`` as a request with no ``user_id``; the
+    replies, by name."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        got: dict[str, m.NetworkReply] = {}
+        decoder = m.decoder(m.NetworkReply)
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            got[message.correlation_id or ""] = decoder.decode(message.body)
+
+        await queue.consume(on_reply, no_ack=True)
+        for name, body in bodies.items():
+            out = aio_pika.Message(body, reply_to=queue.name, correlation_id=name)
+            await channel.default_exchange.publish(out, routing_key=routes.EXECUTOR_NETWORKS)
+        await wait_for(lambda: len(got) == len(bodies), timeout=60, what="a reply to each")
+        return got
+    finally:
+        await connection.close()
+
+
 async def test_a_network_request_is_answered_only_from_the_executor_of_the_node_it_names(
     test_env: TestEnv, facts: Facts, swarm_engine: str, swarm_docker: aiodocker.Docker
 ) -> None:
-    """Another node's executor, or a broker user that is no executor, asking in the name
-    of node a-worker gets a refusal saying why, dead-lettered, and no network; a-worker's
-    own executor user is answered."""
+    """Another node's executor, a broker user that is no executor, or a publisher naming
+    no user, asking in the name of node a-worker, and a request that does not decode, get
+    a refusal saying why, are dead-lettered, and make no network; a-worker's own executor
+    user is answered."""
     execution_id = 930_000 + int(uuid.uuid4().int % 1000)
     network = overlay_name(test_env.deployment, execution_id)
     own, other, stranger = (
@@ -256,12 +282,28 @@ async def test_a_network_request_is_answered_only_from_the_executor_of_the_node_
                     reason = str(refused.value)
                     assert f"broker user {user!r} may not ask for networks as node" in reason
                     assert f"only {own!r} may" in reason
+            # a publisher that names no user, and a request that does not decode
+            replies = await _raw_requests(
+                urls[stranger],
+                {
+                    "no-user": m.encode(
+                        m.NetworkEnsure(node="a-worker", execution_id=execution_id)
+                    ),
+                    "bad": b'{"type":"network.ensure","node":"a-worker","execution_id":"x"}',
+                },
+            )
+            assert not replies["no-user"].ok and not replies["bad"].ok
+            assert "a publisher that named no broker user may not ask" in replies["no-user"].reason
+            assert "invalid message" in replies["bad"].reason
+            assert "execution_id" in replies["bad"].reason
             assert not await overlay_exists(swarm_docker, network)
             ensure, asked = m.decoder(m.NetworkEnsure), []
-            for body in await dead_letters(test_env.amqp_url):
+            letters = await dead_letters(test_env.amqp_url)
+            for body in letters:
                 with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                     asked.append(ensure.decode(body))
-            assert [x.execution_id for x in asked] == [execution_id, execution_id]
+            assert [x.execution_id for x in asked] == [execution_id] * 3
+            assert any(b'"execution_id":"x"' in body for body in letters)
 
             async with Bus(urls[own], name="t-asker") as bus:
                 asker = BusNetworkAsker(bus, node="a-worker", timeout=30)
