@@ -96,7 +96,10 @@ class NetworkRequests:
     @staticmethod
     def refusal(error: UserError) -> m.NetworkReply:
         """The reply a refused request gets (`common.bus.RefusalReply`)."""
-        return m.NetworkReply(ok=False, network="", reason=str(error))
+        fields = "; ".join(map(str, error.errors))
+        return m.NetworkReply(
+            ok=False, network="", reason=f"{error.message}: {fields}" if fields else error.message
+        )
 
     async def handle(self, msg: m.Message) -> m.Message | None:
         """Route a network request to its handler."""
