@@ -268,6 +268,26 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
         await connection.close()
 
 
+async def replies_to(
+    channel: aio_pika.abc.AbstractChannel, queue: str, bodies: dict[str, bytes], reply: Any
+) -> dict[str, Any]:
+    """Send each body to ``queue`` (default exchange) as a request with no ``user_id``;
+    the replies, decoded as ``reply``, by the bodies' names."""
+    replies = await channel.declare_queue(exclusive=True)
+    got: dict[str, Any] = {}
+    decoder = m.decoder(reply)
+
+    async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        got[message.correlation_id or ""] = decoder.decode(message.body)
+
+    await replies.consume(on_reply, no_ack=True)
+    for name, body in bodies.items():
+        out = aio_pika.Message(body, reply_to=replies.name, correlation_id=name)
+        await channel.default_exchange.publish(out, routing_key=queue)
+    await wait_for(lambda: len(got) == len(bodies), timeout=60, what="a reply to each request")
+    return got
+
+
 async def dead_letters(amqp_url: str, **bus: Any) -> list[bytes]:
     """Take every message out of the dead letters of ``amqp_url``; returns their bodies
     (``bus``: further arguments of the ``Bus`` that reads them)."""

@@ -11,7 +11,7 @@ from common import messages as m
 from common.bus import Bus
 from common.errors import UserError
 from common.routes import DEAD_LETTERS
-from tests.conftest import TestEnv, wait_for
+from tests.conftest import TestEnv, replies_to, wait_for
 from tests.private_postgres import free_port
 
 
@@ -209,14 +209,6 @@ async def test_a_refused_request_gets_an_error_reply_then_is_dead_lettered(
             max_body=8192,
         )
         channel = await bus._conn.channel()  # type: ignore[union-attr]
-        replies = await channel.declare_queue(exclusive=True)
-        got: dict[str, m.ApiReply] = {}
-        decoder = m.decoder(m.ApiReply)
-
-        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            got[message.correlation_id or ""] = decoder.decode(message.body)
-
-        await replies.consume(on_reply, no_ack=True)
         nested = b"[" * 3000 + b"]" * 3000
         deep = b'{"type":"api.submit","name":"n","application":' + nested + b"}"
         bodies = {
@@ -227,10 +219,7 @@ async def test_a_refused_request_gets_an_error_reply_then_is_dead_lettered(
             "user": m.encode(m.GetRequest(execution_id=13)),
             "good": m.encode(m.GetRequest(execution_id=7)),
         }
-        for name, body in bodies.items():
-            out = aio_pika.Message(body, reply_to=replies.name, correlation_id=name)
-            await channel.default_exchange.publish(out, routing_key=queue)
-        await wait_for(lambda: len(got) == len(bodies), what="a reply to each request")
+        got = await replies_to(channel, queue, bodies, m.ApiReply)
         assert got["good"].status == 200 and handled == [7]
         assert got["deep"].status == 400
         assert got["deep"].body["errors"] == [{"path": "", "message": "nested too deeply"}]

@@ -33,7 +33,7 @@ from common.settings import ExecutorSettings
 from deploy.provision import rabbitmqctl, with_credentials
 from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks, overlay_name
 from services.executor.networks import BusNetworkAsker
-from tests.conftest import Facts, TestEnv, dead_letters, wait_for
+from tests.conftest import Facts, TestEnv, dead_letters, replies_to, wait_for
 from tests.service import test_executor as tx
 from tests.service.test_executor import executor_env, node_name, start_msg
 
@@ -234,24 +234,13 @@ def broker_users(test_env: TestEnv, *names: str) -> Iterator[dict[str, str]]:
 
 
 async def _raw_requests(url: str, bodies: dict[str, bytes]) -> dict[str, m.NetworkReply]:
-    """Publish each body to ``executor.networks`` as a request with no ``user_id``; the
+    """Each body sent to ``executor.networks`` as a request with no ``user_id``; the
     replies, by name."""
     connection = await aio_pika.connect(url)
     try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True)
-        got: dict[str, m.NetworkReply] = {}
-        decoder = m.decoder(m.NetworkReply)
-
-        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            got[message.correlation_id or ""] = decoder.decode(message.body)
-
-        await queue.consume(on_reply, no_ack=True)
-        for name, body in bodies.items():
-            out = aio_pika.Message(body, reply_to=queue.name, correlation_id=name)
-            await channel.default_exchange.publish(out, routing_key=routes.EXECUTOR_NETWORKS)
-        await wait_for(lambda: len(got) == len(bodies), timeout=60, what="a reply to each")
-        return got
+        return await replies_to(
+            await connection.channel(), routes.EXECUTOR_NETWORKS, bodies, m.NetworkReply
+        )
     finally:
         await connection.close()
 
