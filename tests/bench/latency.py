@@ -17,7 +17,12 @@ processes, in a vhost, database and deployment of their own):
   each elastic instance's container is SIGKILLed in turn (Docker ``kill``), timed to
   the ``InstanceStarted`` fact of its replacement (a new container) on the bus.
   Each elastic instance dies once: its restart is its first, which is placed again at
-  once (``ZOE_RESTART_BACKOFF`` delays the second and later restarts only).
+  once (``ZOE_RESTART_BACKOFF`` delays the second and later restarts only). Its stages,
+  by the arrival of each message on the bus (``kill_stages``): the kill to the
+  executor's ``InstanceExited`` fact (Docker's kill and ``die`` event, the executor's
+  inspect), to the monitor's ``InstanceEnded`` verdict, to the scheduler's start
+  command for the replacement (its pass and the outbox relay), to the replacement's
+  ``InstanceStarted`` fact (the executor's create and start on Docker).
 
 ``ZOE_PASS_INTERVAL`` and ``ZOE_RESTART_BACKOFF`` of the scheduler are reported: its
 defaults unless given (``--restart-backoff``, ``--pass-interval``) or set in the
@@ -44,7 +49,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common import messages as m
-from common.bus import EVENTS
+from common.bus import COMMANDS, EVENTS
 from common.settings import SchedulerSettings
 from services.executor.images import ensure_image
 from tests.bench._platform import ROOT, BenchPlatform, busybox_service, machine, percentile
@@ -75,17 +80,32 @@ def application(elastic: int = 0) -> dict[str, Any]:
 
 
 class Events:
-    """State events and started facts of the bench's vhost, as they arrive."""
+    """State events, facts, verdicts and start commands of the bench's vhost, as they
+    arrive."""
 
     def __init__(self) -> None:
         self.waiters: list[tuple[Callable[[Any], bool], asyncio.Future[float]]] = []
-        self.decoder = m.decoder(m.ExecutionStateChanged | m.InstanceStarted | m.InstancesStarted)
+        self.decoder = m.decoder(
+            m.ExecutionStateChanged
+            | m.InstanceStarted
+            | m.InstancesStarted
+            | m.InstanceExited
+            | m.InstanceEnded
+            | m.StartInstance
+            | m.StartInstances
+        )
 
     async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         now = time.perf_counter()
         decoded = self.decoder.decode(message.body)
-        # the facts of one StartInstances command come together: each counts alone
-        for msg in decoded.started if isinstance(decoded, m.InstancesStarted) else [decoded]:
+        # the facts (or starts) of one StartInstances command come together: each counts
+        if isinstance(decoded, m.InstancesStarted):
+            each: list[Any] = list(decoded.started)
+        elif isinstance(decoded, m.StartInstances):
+            each = list(decoded.starts)
+        else:
+            each = [decoded]
+        for msg in each:
             for match, future in list(self.waiters):
                 if not future.done() and match(msg):
                     future.set_result(now)
@@ -171,14 +191,28 @@ async def zoe_sample(session: aiohttp.ClientSession, api: str, events: Events) -
     return elapsed
 
 
+def _about(kind: type, instance_id: int, old: str, same: bool) -> Callable[[Any], bool]:
+    """Matches a ``kind`` message of the instance, of its container ``old`` (``same``)
+    or of another."""
+    return lambda x: (
+        isinstance(x, kind) and x.instance_id == instance_id and (x.container_name == old) == same
+    )
+
+
+# the stages of a kill's replacement: the message that ends each (see the module's doc)
+KILL_STAGES = ("to_exited_fact", "to_verdict", "to_start_command", "to_started_fact")
+
+
 async def kill_samples(
     session: aiohttp.ClientSession,
     api: str,
     docker: aiodocker.Docker,
     events: Events,
     count: int,
+    stages: dict[str, list[float]],
 ) -> list[float]:
-    """Kill each elastic instance's container once; time to its replacement's start."""
+    """Kill each elastic instance's container once; time to its replacement's start,
+    and each stage's share in ``stages``."""
     async with session.post(
         f"{api}/executions", json={"name": "kill", "application": application(elastic=count)}
     ) as r:
@@ -198,19 +232,23 @@ async def kill_samples(
     for s in execution["services"]:
         if s["essential"]:
             continue
-        old = s["container_name"]
-        replaced = events.expect(
-            lambda x, iid=s["id"], old=old: (
-                isinstance(x, m.InstanceStarted)
-                and x.instance_id == iid
-                and x.container_name != old
+        old, iid = s["container_name"], s["id"]
+        waits = [
+            events.expect(_about(kind, iid, old, same))
+            for kind, same in (
+                (m.InstanceExited, True),
+                (m.InstanceEnded, True),
+                (m.StartInstance, False),
+                (m.InstanceStarted, False),
             )
-        )
+        ]
         await asyncio.sleep(0.3)  # let the previous replacement's tail settle
         start = time.perf_counter()
         await docker.containers.container(old).kill(signal="SIGKILL")
-        end = await asyncio.wait_for(replaced, 60)
-        out.append((end - start) * 1000)
+        arrived = [await asyncio.wait_for(w, 60) for w in waits]
+        out.append((arrived[-1] - start) * 1000)
+        for stage, before, after in zip(KILL_STAGES, [start, *arrived], arrived, strict=True):
+            stages.setdefault(stage, []).append((after - before) * 1000)
     async with session.post(f"{api}/executions/{execution_id}/terminate") as r:
         assert r.status == 202
     return out
@@ -233,15 +271,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides["ZOE_PASS_INTERVAL"] = str(args.pass_interval)
     sched = SchedulerSettings.from_env({**os.environ, **overrides})
     plat = BenchPlatform("latency")
+    stages: dict[str, list[float]] = {}
     try:
         await plat.create()
         async with aiodocker.Docker() as docker:
             await ensure_image(docker, IMAGE, zapps_root=ROOT / "zapps")
             plat.start_core({"scheduler": overrides})
+            node = f"{plat.deployment}-n1"
             plat.spawn(
                 "executor",
                 ["services.executor"],
-                ZOE_NODE_NAME=f"{plat.deployment}-n1",
+                ZOE_NODE_NAME=node,
                 ZOE_CORES="8",
                 ZOE_MEMORY=str(8 << 30),
                 ZOE_STOP_TIMEOUT="2",
@@ -252,8 +292,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 channel = await connection.channel()
                 await plat.wait_api(session)
                 queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-                for key in ("state.execution.#", "fact.started.#", "fact.started_many.#"):
+                for key in (
+                    "state.execution.#",
+                    "fact.started.#",
+                    "fact.started_many.#",
+                    "fact.exited.#",
+                    "verdict.instance_ended",
+                ):
                     await queue.bind(EVENTS, routing_key=key)
+                # a copy of the node's commands (a direct exchange: bound by its name)
+                await queue.bind(COMMANDS, routing_key=node)
                 await queue.consume(events.on_message, no_ack=True)
                 while True:  # the executor registered
                     async with session.get(f"{plat.api}/nodes") as r:
@@ -280,7 +328,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     },
                 )
                 samples["kill"] = await kill_samples(
-                    session, plat.api, docker, events, args.samples
+                    session, plat.api, docker, events, args.samples, stages
                 )
     finally:
         await plat.destroy()
@@ -295,6 +343,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_p99": round(zoe["p99_ms"] / raw["p99_ms"], 2),
         "kill_to_replacement_p50_ms": figures["kill"]["p50_ms"],
         "kill_to_replacement_p99_ms": figures["kill"]["p99_ms"],
+        "kill_stages_p50_ms": {k: round(percentile(stages[k], 50), 1) for k in KILL_STAGES},
         "detail": figures,
         "settings": {
             "ZOE_PASS_INTERVAL": sched.pass_interval,
