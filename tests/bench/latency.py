@@ -194,9 +194,15 @@ async def zoe_sample(session: aiohttp.ClientSession, api: str, events: Events) -
 def _about(kind: type, instance_id: int, old: str, same: bool) -> Callable[[Any], bool]:
     """Matches a ``kind`` message of the instance, of its container ``old`` (``same``)
     or of another."""
-    return lambda x: (
-        isinstance(x, kind) and x.instance_id == instance_id and (x.container_name == old) == same
-    )
+
+    def match(x: Any) -> bool:
+        return (
+            isinstance(x, kind)
+            and x.instance_id == instance_id
+            and (x.container_name == old) == same
+        )
+
+    return match
 
 
 # the stages of a kill's replacement: the message that ends each (see the module's doc)
@@ -247,7 +253,7 @@ async def kill_samples(
         await docker.containers.container(old).kill(signal="SIGKILL")
         arrived = [await asyncio.wait_for(w, 60) for w in waits]
         out.append((arrived[-1] - start) * 1000)
-        for stage, before, after in zip(KILL_STAGES, [start, *arrived], arrived, strict=True):
+        for stage, before, after in zip(KILL_STAGES, [start, *arrived[:-1]], arrived, strict=True):
             stages.setdefault(stage, []).append((after - before) * 1000)
     async with session.post(f"{api}/executions/{execution_id}/terminate") as r:
         assert r.status == 202
