@@ -536,16 +536,22 @@ async def test_heartbeats_carry_the_containers_cpu_and_memory_use(
             await bus.publish(start, node=node)
             await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
 
-        def usage_of(instance_id: int) -> m.ContainerUsage | None:
-            for beat in reversed(facts.all(m.NodeHeartbeat, node=node)):
-                for u in beat.usage:
-                    if u.instance_id == instance_id and u.cpu_percent > 0:
-                        return u
-            return None
+        def samples(instance_id: int) -> list[m.ContainerUsage]:
+            return [
+                u
+                for beat in facts.all(m.NodeHeartbeat, node=node)
+                for u in beat.usage
+                if u.instance_id == instance_id
+            ]
 
-        hot = await wait_for(lambda: usage_of(busy.instance_id), what="the busy one's usage")
-        assert 20 <= hot.cpu_percent <= 70  # limited to half a core
+        def hot_sample() -> m.ContainerUsage | None:
+            # a busy loop shows (a share of the two cores of a loaded machine may be small)
+            return next((u for u in samples(busy.instance_id) if u.cpu_percent >= 10), None)
+
+        hot = await wait_for(hot_sample, timeout=60, what="the busy one's usage")
         assert hot.memory_bytes > 0
+        # ... and never above its limit of half a core (some slack for the sampling)
+        assert max(u.cpu_percent for u in samples(busy.instance_id)) <= 70
         beat = facts.all(m.NodeHeartbeat, node=node)[-1]
         assert {u.instance_id for u in beat.usage} <= {busy.instance_id, idle.instance_id}
         for start in (busy, idle):
