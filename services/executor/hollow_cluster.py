@@ -8,7 +8,15 @@ one connection the declarations each node makes at start (its queue and binding,
 consumer) waited in line behind every other node's. A real node has a connection of its
 own; a hundred nodes a connection keeps that line short (at 250 a connection, 1,000
 nodes took 25-40 s to register on this 2-core machine, while the broker alone creates
-some 180 quorum queues a second given enough channels: docs/benchmarks.md)."""
+some 180 quorum queues a second given enough channels: docs/benchmarks.md).
+
+One command queue per connection, not per node: the nodes of a connection share the
+quorum queue ``executor.<prefix>.<n>``, each bound to ``zoe.commands`` by its own name,
+and one consumer hands each command to its node by routing key (`SharedQueue`). A real
+node declares its own queue once in its life (it is durable); a process playing ten
+thousand fresh nodes would make the broker create ten thousand quorum queues at start,
+some 11 ms of its CPU each here (docs/benchmarks.md, "10,000 hollow nodes"), which is
+the benchmark's cost, not the cluster's."""
 
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,9 @@ import msgspec
 import structlog
 
 from common import lifecycle
-from common.bus import Bus
+from common import messages as m
+from common.bus import Bus, incoming_routing_key
+from common.routes import COMMANDS
 from common.settings import ExecutorSettings
 from services.executor.hollow import HollowEngine, HollowJournal
 
@@ -36,6 +46,51 @@ MAX_CONNECTIONS = 128
 # Nodes being set up at once, over all connections: more only lengthen the event loop's
 # turns (the beats of the nodes already up then come late), the broker gains nothing.
 MAX_SETUP = 256
+
+
+Handler = Callable[[m.Message], Awaitable[object]]
+
+
+class SharedQueue:
+    """The command queue the hollow nodes of one connection share (a `SharedCommands`).
+
+    A command for a node whose executor does not serve yet (the process just started,
+    and the queue still holds commands sent to its previous life) waits for it here,
+    instead of being requeued: requeues count against the delivery limit.
+    """
+
+    def __init__(self, bus: Bus, name: str, handler_timeout: float) -> None:
+        self._bus = bus
+        self.name = name
+        self._timeout = handler_timeout
+        self._handlers: dict[str, asyncio.Future[Handler]] = {}
+
+    async def start(self) -> None:
+        """Declare the queue and consume it."""
+        await self._bus.declare_queue(self.name)
+        await self._bus.consume(self.name, self._dispatch)
+
+    def _slot(self, node: str) -> asyncio.Future[Handler]:
+        slot = self._handlers.get(node)
+        if slot is None:
+            slot = self._handlers[node] = asyncio.get_running_loop().create_future()
+        return slot
+
+    async def bind(self, node: str) -> None:
+        await self._bus.bind_queue(self.name, COMMANDS, node)
+
+    async def serve(self, node: str, handler: Handler) -> None:
+        slot = self._slot(node)
+        if not slot.done():
+            slot.set_result(handler)
+
+    async def _dispatch(self, msg: m.Message) -> m.Message | None:
+        node = incoming_routing_key()
+        handler = await asyncio.shield(self._slot(node))
+        with structlog.contextvars.bound_contextvars(node=node):
+            async with asyncio.timeout(self._timeout):
+                reply = await handler(msg)
+        return reply if isinstance(reply, m.Message) else None
 
 
 def node_names(prefix: str, count: int) -> list[str]:
@@ -133,6 +188,12 @@ async def _serve_nodes(
             )
             for i in range(connections)
         ]
+        queues = [
+            SharedQueue(bus, f"executor.{prefix}.{i}", settings.handler_timeout)
+            for i, bus in enumerate(buses)
+        ]
+        for queue in queues:
+            await queue.start()
         for i, name in enumerate(names):
             await gate.acquire()
             if stop.is_set():
@@ -143,8 +204,10 @@ async def _serve_nodes(
             if engines is not None:
                 engines[name] = engine
             node_settings = replace_settings(settings, node_name=name)
-            bus = buses[i % connections]
-            tg.create_task(run_executor(node_settings, engine, bus, stop, on_ready=node_ready))
+            bus, queue = buses[i % connections], queues[i % connections]
+            tg.create_task(
+                run_executor(node_settings, engine, bus, stop, on_ready=node_ready, commands=queue)
+            )
 
 
 def replace_settings(settings: ExecutorSettings, **changes: object) -> ExecutorSettings:
