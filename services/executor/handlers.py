@@ -66,6 +66,9 @@ class Executor:
     # by name (an executor may not publish on the commands exchange); a node whose queue
     # is shared with others (hollow nodes) is told apart by its key on zoe.commands.
     resend_to: tuple[str, str] | None = None
+    # Where heartbeats go: None, the bus; the nodes of one process (hollow nodes) may
+    # send theirs together (services/executor/hollow_cluster.py)
+    beats: Callable[[m.Message], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.ledger = admission.Ledger(self.settings.cores, self.settings.memory)

@@ -135,6 +135,7 @@ async def run_executor(
     on_ready: Callable[[], None] | None = None,
     network_requests: NetworkRequests | None = None,
     commands: SharedCommands | None = None,
+    beats: Callable[[m.Message], Awaitable[None]] | None = None,
 ) -> None:
     """Reconcile, then serve commands, watch the engine and beat until ``stop``.
 
@@ -142,10 +143,10 @@ async def run_executor(
     ``on_ready`` is called once the node consumes its queue; ``network_requests`` (an
     executor on a swarm manager engine) consumes ``executor.networks`` too. Several executors may
     share one bus (hollow nodes): each consumes its own queue, or, with ``commands``,
-    a queue they share, and at the stop the first to stop consuming stops them all
-    (they stop together).
+    a queue they share, and send their heartbeats through ``beats`` (together), and at
+    the stop the first to stop consuming stops them all (they stop together).
     """
-    ex = Executor(settings, engine, bus)
+    ex = Executor(settings, engine, bus, beats=beats)
     structlog.contextvars.bind_contextvars(node=ex.node)
     if commands is None:
         queue = await declare_executor_queue(bus, ex.node)

@@ -97,6 +97,12 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
     await on_heartbeats([msg], deps)
 
 
+async def on_heartbeats_together(msg: m.NodeHeartbeats, deps: Deps) -> None:
+    """The full heartbeats of several nodes of one process (hollow nodes): stored
+    together, as heartbeats that arrive together are (`on_heartbeats`)."""
+    await on_heartbeats(msg.beats, deps)
+
+
 def _due(msg: m.NodeHeartbeat, deps: Deps, now: float) -> bool:
     """Whether a heartbeat must be written: a registration, a change, or a refresh."""
     said = (msg.cores, msg.memory, tuple(msg.labels), tuple(msg.images))
@@ -292,6 +298,7 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.ExecutionsSubmitted: on_submitted,
     m.ExecutionTerminateRequested: on_terminate,
     m.NodeHeartbeat: on_heartbeat,
+    m.NodeHeartbeats: on_heartbeats_together,
     m.NodeLost: on_node_lost,
     m.InstanceStarted: on_started,
     m.InstancesStarted: on_started_together,
