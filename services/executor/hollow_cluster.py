@@ -266,6 +266,17 @@ async def _serve_nodes(
             await queue.start()
         beats = SharedBeats(buses[0], prefix, BEATS_WINDOW)
         tg.create_task(beats.run(stop))
+        # A stop event per node, set together when the process stops: every wait on an
+        # asyncio.Event ends with a removal from its list of waiters, O(waiters), and
+        # ten thousand nodes' loops waiting on one event made each beat cost ~0.3 ms.
+        node_stops: list[asyncio.Event] = []
+
+        async def stop_nodes() -> None:
+            await stop.wait()
+            for node_stop in node_stops:
+                node_stop.set()
+
+        tg.create_task(stop_nodes())
         for i, name in enumerate(names):
             await gate.acquire()
             if stop.is_set():
@@ -277,12 +288,13 @@ async def _serve_nodes(
                 engines[name] = engine
             node_settings = replace_settings(settings, node_name=name)
             bus, queue = buses[i % connections], queues[i % connections]
+            node_stops.append(node_stop := asyncio.Event())  # (stop is not set yet: above)
             tg.create_task(
                 run_executor(
                     node_settings,
                     engine,
                     bus,
-                    stop,
+                    node_stop,
                     on_ready=node_ready,
                     commands=queue,
                     beats=beats.send,
