@@ -237,7 +237,7 @@ class Facts:
 @asynccontextmanager
 async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
     """Collect every fact, heartbeat and liveness beat published in the session's vhost
-    from now on."""
+    from now on (those sent together by hollow nodes, one by one)."""
     out = Facts()
     decoder = m.decoder(
         m.InstanceStarted

@@ -4,19 +4,17 @@ sharing a few AMQP connections (one per ``NODES_PER_CONNECTION`` nodes, at most
 ``MAX_CONNECTIONS``), set up a few at a time.
 
 Several connections, because a channel carries one synchronous method at a time: on
-one connection the declarations each node makes at start (its queue and binding, its
-consumer) waited in line behind every other node's. A real node has a connection of its
-own; a hundred nodes a connection keeps that line short (at 250 a connection, 1,000
-nodes took 25-40 s to register on this 2-core machine, while the broker alone creates
-some 180 quorum queues a second given enough channels: docs/benchmarks.md).
+one connection the binding each node makes at start waits in line behind every other
+node's. A real node has a connection of its own.
 
 One command queue per connection, not per node: the nodes of a connection share the
 quorum queue ``executor.<prefix>.<n>``, each bound to ``zoe.commands`` by its own name,
 and one consumer hands each command to its node by routing key (`SharedQueue`). A real
 node declares its own queue once in its life (it is durable); a process playing ten
 thousand fresh nodes would make the broker create ten thousand quorum queues at start,
-some 11 ms of its CPU each here (docs/benchmarks.md, "10,000 hollow nodes"), which is
-the benchmark's cost, not the cluster's."""
+10-14 ms of its CPU each here (docs/benchmarks.md, "10,000 hollow nodes"). Their
+heartbeats go out together too (`SharedBeats`), and each node waits on a stop event
+of its own (the process's one would have ten thousand nodes' loops as waiters)."""
 
 from __future__ import annotations
 
@@ -91,7 +89,10 @@ class SharedQueue:
 
     async def _dispatch(self, msg: m.Message) -> m.Message | None:
         node = incoming_routing_key()
-        handler = await asyncio.shield(self._slot(node))
+        # bounded: a node this process no longer plays never serves (requeued, as for a
+        # handler that fails)
+        async with asyncio.timeout(self._timeout):
+            handler = await asyncio.shield(self._slot(node))
         with structlog.contextvars.bound_contextvars(node=node):
             async with asyncio.timeout(self._timeout):
                 reply = await handler(msg)
