@@ -69,9 +69,20 @@ _HEADERS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 
 
+# ... and its routing key (a queue shared by several nodes' commands tells them apart by it).
+_ROUTING_KEY: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "zoe_message_routing_key", default=""
+)
+
+
 def incoming_headers() -> Mapping[str, Any]:
     """The AMQP headers of the message the running handler was given."""
     return _HEADERS.get()
+
+
+def incoming_routing_key() -> str:
+    """The routing key of the message the running handler was given."""
+    return _ROUTING_KEY.get()
 
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
@@ -235,6 +246,7 @@ class Bus:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[_Consumer] = []
         self._rpc_queue: AbstractQueue | None = None
+        self._declared: dict[str, AbstractQueue] = {}  # queues ``bind_queue`` declared
         self._rpc_waiting: dict[str, asyncio.Future[bytes]] = {}
         self._acks = _Acks()
 
@@ -398,6 +410,16 @@ class Bus:
         for exchange, key in bindings:
             await queue.bind(exchange, routing_key=key)
 
+    async def bind_queue(self, name: str, exchange: str, key: str) -> None:
+        """Bind the queue ``name`` (declared as the route table says, the first time only)
+        to ``exchange`` with ``key``: one round trip a binding after the first."""
+        assert self._pub is not None
+        queue = self._declared.get(name)
+        if queue is None:
+            queue = await topology.declare_queue(self._pub, name, None, self._quorum_size)
+            self._declared[name] = queue
+        await queue.bind(exchange, routing_key=key)
+
     async def consume(
         self,
         queue_name: str,
@@ -540,6 +562,7 @@ class Bus:
             if hasattr(decoded, k)
         }
         _HEADERS.set(message.headers or {})
+        _ROUTING_KEY.set(message.routing_key or "")
         with structlog.contextvars.bound_contextvars(msg=m.tag_of(decoded), **ids):
             backoff = Backoff(*self._retry_backoff)
             give_up = asyncio.get_running_loop().time() + self._transient_retry

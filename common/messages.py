@@ -111,6 +111,23 @@ class NodeAlive(Message, frozen=True, kw_only=True, tag="node.alive"):
     sent_at: float = 0.0
 
 
+class NodeHeartbeats(Message, frozen=True, kw_only=True, tag="node.heartbeat_many"):
+    """The full heartbeats of several nodes that one process plays (hollow nodes), sent
+    together: each as the node would send it alone. ``sender`` names the process."""
+
+    sender: str
+    beats: list[NodeHeartbeat] = []
+
+
+class NodesAlive(Message, frozen=True, kw_only=True, tag="node.alive_many"):
+    """The liveness beats (`NodeAlive`) of several nodes that one process plays (hollow
+    nodes), sent together, for the monitor alone. ``sender`` names the process."""
+
+    sender: str
+    nodes: list[str] = []
+    sent_at: float = 0.0
+
+
 # ---- commands (scheduler -> one executor) ----------------------------------------------
 
 

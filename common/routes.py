@@ -77,6 +77,9 @@ class Route:
     consumers: tuple[str, ...] = ()
     persistent: bool = True
     optional: bool = False
+    # sent by a process that plays several nodes (hollow nodes) only: no single node's
+    # broker user may send it (its key names no node)
+    many_nodes: bool = False
 
 
 QUEUES: tuple[Queue, ...] = (
@@ -112,6 +115,26 @@ ROUTES: tuple[Route, ...] = (
         (MONITOR_HEARTBEATS,),
         persistent=False,
         optional=True,
+    ),
+    Route(
+        m.NodeHeartbeats,
+        EVENTS,
+        "node.heartbeat_many.{sender}",
+        "executor",
+        (SCHEDULER_HEARTBEATS, MONITOR_HEARTBEATS),
+        persistent=False,
+        optional=True,
+        many_nodes=True,
+    ),
+    Route(
+        m.NodesAlive,
+        EVENTS,
+        "node.alive_many.{sender}",
+        "executor",
+        (MONITOR_HEARTBEATS,),
+        persistent=False,
+        optional=True,
+        many_nodes=True,
     ),
     Route(m.InstanceStarted, EVENTS, "fact.started.{node}", "executor", (SCHEDULER,)),
     Route(m.InstancesStarted, EVENTS, "fact.started_many.{node}", "executor", (SCHEDULER,)),
@@ -355,7 +378,7 @@ def permissions(service: str, node: str | None = None) -> Permissions:
     if node is not None:
         own.append(executor_queue(node))
         sources.append(COMMANDS)  # its queue is bound to the commands exchange
-    sent = [r for r in ROUTES if r.sender == service]
+    sent = [r for r in ROUTES if r.sender == service and not (node and r.many_nodes)]
     # Replies (to ``reply_to``) and the readiness probe go to the default exchange.
     published = [r.exchange or DEFAULT_EXCHANGE for r in sent] + [DEFAULT_EXCHANGE]
     # Making a queue that dead-letters (quorum) needs write on the dead-letter exchange,

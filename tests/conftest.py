@@ -237,7 +237,7 @@ class Facts:
 @asynccontextmanager
 async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
     """Collect every fact, heartbeat and liveness beat published in the session's vhost
-    from now on."""
+    from now on (those sent together by hollow nodes, one by one)."""
     out = Facts()
     decoder = m.decoder(
         m.InstanceStarted
@@ -247,16 +247,25 @@ async def node_facts(env: TestEnv) -> AsyncIterator[Facts]:
         | m.InstanceRemoved
         | m.NodeHeartbeat
         | m.NodeAlive
+        | m.NodeHeartbeats
+        | m.NodesAlive
     )
     connection = await aio_pika.connect(env.amqp_url)
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("fact.#", "node.heartbeat.#", "node.alive.#"):
+        keys = ("node.heartbeat.#", "node.alive.#", "node.heartbeat_many.#", "node.alive_many.#")
+        for key in ("fact.#", *keys):
             await queue.bind(EVENTS, routing_key=key)
 
         async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             fact = decoder.decode(message.body)
+            if isinstance(fact, m.NodeHeartbeats):  # hollow nodes' beats, sent together
+                out.items.extend(fact.beats)
+                return
+            if isinstance(fact, m.NodesAlive):
+                out.items.extend(m.NodeAlive(node=n, sent_at=fact.sent_at) for n in fact.nodes)
+                return
             if isinstance(fact, m.InstancesStarted):
                 out.together.append(fact)
             # the facts of one StartInstances come together: each counts by itself

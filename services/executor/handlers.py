@@ -62,6 +62,13 @@ class Executor:
     usage: dict[str, tuple[Stats, m.ContainerUsage]] = field(default_factory=dict)
     # what the containers this node runs reserved: every start is checked against it
     ledger: admission.Ledger = field(init=False)
+    # Where a start is sent again alone: (exchange, routing key). None: to its own queue
+    # by name (an executor may not publish on the commands exchange); a node whose queue
+    # is shared with others (hollow nodes) is told apart by its key on zoe.commands.
+    resend_to: tuple[str, str] | None = None
+    # Where heartbeats go: None, the bus; the nodes of one process (hollow nodes) may
+    # send theirs together (services/executor/hollow_cluster.py)
+    beats: Callable[[m.Message], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.ledger = admission.Ledger(self.settings.cores, self.settings.memory)
@@ -147,10 +154,8 @@ async def _start_group(ex: Executor, starts: list[m.StartInstance]) -> None:
             raise result  # a cancellation: the whole command is redelivered
         else:
             log.warning("instance.start_retried", container=one.container_name, error=repr(result))
-            # to its own queue by name: an executor may not publish on the commands exchange
-            await ex.bus.publish_raw(
-                [(routes.DEFAULT, routes.executor_queue(ex.node), m.encode(one))]
-            )
+            exchange, key = ex.resend_to or (routes.DEFAULT, routes.executor_queue(ex.node))
+            await ex.bus.publish_raw([(exchange, key, m.encode(one))])
 
 
 async def _start(ex: Executor, msg: m.StartInstance) -> m.Message:

@@ -12,8 +12,8 @@ Selected with ``ZOE_ENGINE=hollow`` (one node, ``python -m services.executor``),
 by default. A thousand Python processes do not fit on a small machine, so
 ``python -m services.executor.hollow --nodes 1000`` runs a thousand hollow executors in
 ONE process, sharing a few AMQP connections (services/executor/hollow_cluster.py: on
-each, one consumer per node queue on a shared channel, and one confirming publisher
-channel).
+each, one command queue for its nodes, and one confirming publisher channel), and
+sending their heartbeats together.
 
 Two hooks for soak runs, both off by default: ``--journal FILE`` appends every start,
 exit and removal to FILE and replays it when the process starts, so a hollow process

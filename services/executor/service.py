@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import aiodocker
 import structlog
 
+from common import messages as m
 from common import routes
 from common.bus import Bus, declare_executor_queue
 from common.errors import StartRefused
@@ -115,6 +117,17 @@ async def _swarm_networks(docker: aiodocker.Docker, settings: ExecutorSettings) 
     return OverlayNetworks(docker, deployment=settings.deployment, manager=state.manager)
 
 
+class SharedCommands(Protocol):
+    """A command queue that several nodes of one process share (hollow nodes: one
+    quorum queue per connection instead of one per node), told apart by routing key."""
+
+    async def bind(self, node: str) -> None:
+        """Make the node's commands reach the shared queue (before its first beat)."""
+
+    async def serve(self, node: str, handler: Callable[[m.Message], Awaitable[object]]) -> None:
+        """Hand the node's commands to ``handler`` from now on (they wait until then)."""
+
+
 async def run_executor(
     settings: ExecutorSettings,
     engine: Engine,
@@ -123,18 +136,26 @@ async def run_executor(
     *,
     on_ready: Callable[[], None] | None = None,
     network_requests: NetworkRequests | None = None,
+    commands: SharedCommands | None = None,
+    beats: Callable[[m.Message], Awaitable[None]] | None = None,
 ) -> None:
     """Reconcile, then serve commands, watch the engine and beat until ``stop``.
 
     Engine-agnostic, so a hollow engine (scale benchmarks) runs the same executor.
     ``on_ready`` is called once the node consumes its queue; ``network_requests`` (an
     executor on a swarm manager engine) consumes ``executor.networks`` too. Several executors may
-    share one bus (hollow nodes): each consumes its own queue, and at the stop the
-    first to stop consuming stops them all (they stop together).
+    share one bus (hollow nodes): each consumes its own queue, or, with ``commands``,
+    a queue they share, and send their heartbeats through ``beats`` (together), and at
+    the stop the first to stop consuming stops them all (they stop together).
     """
-    ex = Executor(settings, engine, bus)
+    ex = Executor(settings, engine, bus, beats=beats)
     structlog.contextvars.bind_contextvars(node=ex.node)
-    queue = await declare_executor_queue(bus, ex.node)
+    if commands is None:
+        queue = await declare_executor_queue(bus, ex.node)
+    else:
+        await commands.bind(ex.node)
+        queue = "shared"
+        ex.resend_to = (routes.COMMANDS, ex.node)
     # Events from before the reconcile are replayed, so no death falls between the two.
     since = time.time() - EVENTS_OVERLAP
     await reconcile(ex)
@@ -149,7 +170,10 @@ async def run_executor(
             loops.append(tg.create_task(usage_loop(ex, stop)))
         if settings.report_ended_interval > 0:
             loops.append(tg.create_task(report_ended_loop(ex, stop)))
-        await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
+        if commands is None:
+            await bus.consume(queue, ex.handle, timeout=settings.handler_timeout)
+        else:
+            await commands.serve(ex.node, ex.handle)
         if network_requests is not None:
             await bus.consume(
                 routes.EXECUTOR_NETWORKS,

@@ -93,6 +93,21 @@ async def on_alive_many(msgs: list[m.NodeAlive], deps: Deps) -> None:
         await on_alive(msg, deps)
 
 
+async def on_heartbeats(msg: m.NodeHeartbeats, deps: Deps) -> None:
+    """The full heartbeats of several nodes of one process: each as `on_heartbeat`."""
+    for beat in msg.beats:
+        await on_heartbeat(beat, deps)
+
+
+async def on_nodes_alive(msg: m.NodesAlive, deps: Deps) -> None:
+    """The liveness beats of several nodes of one process: each as `on_alive`."""
+    seen = deps.clock()
+    last_seen = deps.last_seen
+    for node in msg.nodes:
+        if last_seen.get(node, seen) <= seen:  # a restart's grace is kept
+            last_seen[node] = seen
+
+
 async def store_usage(pool: asyncpg.Pool, deps: Deps) -> int:
     """Write the usage samples received since the last call, in one statement; returns
     how many. Samples of instances that no longer exist are dropped."""
@@ -151,4 +166,6 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.InstanceStartFailed: on_start_failed,
     m.NodeHeartbeat: on_heartbeat,
     m.NodeAlive: on_alive,
+    m.NodeHeartbeats: on_heartbeats,
+    m.NodesAlive: on_nodes_alive,
 }

@@ -8,6 +8,7 @@ capacity ask for a scheduling pass; passes run one at a time in the service loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from common import messages as m
@@ -24,6 +26,7 @@ from services.scheduler import ends, store
 from services.scheduler.view import Changes
 
 log = structlog.get_logger("scheduler")
+_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -89,50 +92,96 @@ async def on_heartbeat(msg: m.NodeHeartbeat, deps: Deps) -> None:
     given up when it was lost (its orphans): their instances were placed again
     elsewhere, or their executions ended. Heartbeats are the most frequent message there
     is: one that says what the stored row says already costs nothing but every
-    ``NODE_REFRESH`` seconds, and one statement otherwise.
+    ``NODE_REFRESH`` seconds, and one statement otherwise (`on_heartbeats`).
     """
+    await on_heartbeats([msg], deps)
+
+
+async def on_heartbeats_together(msg: m.NodeHeartbeats, deps: Deps) -> None:
+    """The full heartbeats of several nodes of one process (hollow nodes): stored
+    together, as heartbeats that arrive together are (`on_heartbeats`)."""
+    await on_heartbeats(msg.beats, deps)
+
+
+def _due(msg: m.NodeHeartbeat, deps: Deps, now: float) -> bool:
+    """Whether a heartbeat must be written: a registration, a change, or a refresh."""
     said = (msg.cores, msg.memory, tuple(msg.labels), tuple(msg.images))
     stored = deps.nodes_stored.get(msg.node)
+    return msg.registered or stored is None or stored[0] != said or now - stored[1] >= NODE_REFRESH
+
+
+async def on_heartbeats(msgs: list[m.NodeHeartbeat], deps: Deps) -> None:
+    """``on_heartbeat`` for the heartbeats that arrived together: the rows due a write
+    are written by one statement, under their nodes' locks taken in name order (ten
+    thousand nodes registering make hundreds of heartbeats a second to store)."""
+    latest: dict[str, m.NodeHeartbeat] = {}
+    for msg in msgs:
+        if msg.node in latest and latest[msg.node].registered and not msg.registered:
+            msg = msgspec.structs.replace(msg, registered=True)  # the later one says it all
+        latest[msg.node] = msg
     now = time.monotonic()
-    if not msg.registered and stored is not None and stored[0] == said:
-        if now - stored[1] < NODE_REFRESH:
-            return
-    async with deps.node_locks[msg.node], deps.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "WITH old AS (SELECT state FROM nodes WHERE name = $1),"
-            " beat AS (INSERT INTO nodes AS n (name, cores, memory, labels, images,"
-            "  last_heartbeat) VALUES ($1, $2, $3, $4, $5, now())"
-            "  ON CONFLICT (name) DO UPDATE SET cores = $2, memory = $3, labels = $4,"
-            "  images = $5, last_heartbeat = now(), state = 'up' RETURNING 1)"
-            " SELECT (SELECT state FROM old) AS before, (SELECT count(*) FROM beat) AS beat,"
-            " EXISTS (SELECT 1 FROM orphans WHERE node = $1) AS orphans",
-            msg.node,
-            msg.cores,
-            msg.memory,
-            msg.labels,
-            msg.images,
-        )
-        before: str | None = row["before"]
-        orphans = 0
-        if row["orphans"]:
-            async with conn.transaction():
-                orphans = await store.stop_orphans(conn, deps.deployment, msg.node)
-        deps.nodes_stored[msg.node] = (said, now)
-        # (a failure before this line leaves `nodes_stored` as it was: the next heartbeat
-        # writes the row again and the view learns of it then)
-        deps.view.node_changed(
-            msg.node,
-            cores=msg.cores,
-            memory=msg.memory,
-            labels=msg.labels,
-            images=msg.images,
-            up=True,
-        )
-    if before == "lost":
-        log.info("node.returned", orphans=orphans)
-    elif before is None or msg.registered:
-        log.info("node.registered", cores=msg.cores, memory=msg.memory, labels=msg.labels)
-    if before != "up" or msg.registered:
+    due = sorted((x for x in latest.values() if _due(x, deps, now)), key=lambda x: x.node)
+    if not due:
+        return
+    async with contextlib.AsyncExitStack() as held:
+        for msg in due:
+            await held.enter_async_context(deps.node_locks[msg.node])
+        async with deps.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "WITH f AS (SELECT * FROM unnest($1::text[], $2::float8[], $3::bigint[],"
+                "  $4::text[], $5::text[]) AS f(name, cores, memory, labels, images)),"
+                " old AS (SELECT n.name, n.state FROM nodes n JOIN f USING (name)),"
+                " beat AS (INSERT INTO nodes AS n (name, cores, memory, labels, images,"
+                "  last_heartbeat) SELECT name, cores, memory,"
+                "  ARRAY(SELECT jsonb_array_elements_text(labels::jsonb)),"
+                "  ARRAY(SELECT jsonb_array_elements_text(images::jsonb)), now()"
+                "  FROM f ORDER BY name"
+                "  ON CONFLICT (name) DO UPDATE SET cores = excluded.cores,"
+                "  memory = excluded.memory, labels = excluded.labels,"
+                "  images = excluded.images, last_heartbeat = now(), state = 'up')"
+                " SELECT f.name, old.state AS before,"
+                "  EXISTS (SELECT 1 FROM orphans o WHERE o.node = f.name) AS orphans"
+                " FROM f LEFT JOIN old USING (name)",
+                [x.node for x in due],
+                [x.cores for x in due],
+                [x.memory for x in due],
+                [_json.encode(x.labels).decode() for x in due],
+                [_json.encode(x.images).decode() for x in due],
+            )
+            before: dict[str, str | None] = {r["name"]: r["before"] for r in rows}
+            orphans: dict[str, int] = {}
+            for r in rows:
+                if r["orphans"]:
+                    async with conn.transaction():
+                        orphans[r["name"]] = await store.stop_orphans(
+                            conn, deps.deployment, r["name"]
+                        )
+        for msg in due:
+            said = (msg.cores, msg.memory, tuple(msg.labels), tuple(msg.images))
+            deps.nodes_stored[msg.node] = (said, now)
+            deps.view.node_changed(
+                msg.node,
+                cores=msg.cores,
+                memory=msg.memory,
+                labels=msg.labels,
+                images=msg.images,
+                up=True,
+            )
+    new = False
+    for msg in due:
+        was = before.get(msg.node)
+        if was == "lost":
+            log.info("node.returned", node=msg.node, orphans=orphans.get(msg.node, 0))
+        elif was is None or msg.registered:
+            log.info(
+                "node.registered",
+                node=msg.node,
+                cores=msg.cores,
+                memory=msg.memory,
+                labels=msg.labels,
+            )
+        new = new or was != "up" or msg.registered
+    if new:
         deps.request_pass()
 
 
@@ -249,6 +298,7 @@ HANDLERS: dict[type[m.Message], Callable[[Any, Deps], Awaitable[None]]] = {
     m.ExecutionsSubmitted: on_submitted,
     m.ExecutionTerminateRequested: on_terminate,
     m.NodeHeartbeat: on_heartbeat,
+    m.NodeHeartbeats: on_heartbeats_together,
     m.NodeLost: on_node_lost,
     m.InstanceStarted: on_started,
     m.InstancesStarted: on_started_together,

@@ -155,7 +155,9 @@ async def lead(
         # facts of started containers come in bursts: handled together
         started = functools.partial(handlers.on_started_many, deps=deps)
         await rt.consume(routes.SCHEDULER, on_message, batches={m.InstanceStarted: started})
-        await rt.consume(routes.SCHEDULER_HEARTBEATS, on_message)
+        # a cluster's nodes register in bursts too: their rows are written together
+        beats = functools.partial(handlers.on_heartbeats, deps=deps)
+        await rt.consume(routes.SCHEDULER_HEARTBEATS, on_message, batches={m.NodeHeartbeat: beats})
         await rt.serve()
 
 

@@ -271,10 +271,15 @@ class BenchPlatform:
                 raise TimeoutError("the api did not answer")
             await asyncio.sleep(0.2)
 
-    async def wait_nodes(self, pool: asyncpg.Pool, count: int, timeout: float = 300) -> float:
-        """Wait until ``count`` nodes are up; returns how long it took."""
+    async def wait_nodes(
+        self, pool: asyncpg.Pool, count: int, timeout: float = 300, marks: list[int] | None = None
+    ) -> float:
+        """Wait until ``count`` nodes are up; returns how long it took. ``marks``, when
+        given, receives how many were up at each 10 s mark."""
         started = time.monotonic()
-        while await pool.fetchval("SELECT count(*) FROM nodes WHERE state = 'up'") < count:
+        while (up := await pool.fetchval("SELECT count(*) FROM nodes WHERE state = 'up'")) < count:
+            if marks is not None and time.monotonic() - started >= 10 * (len(marks) + 1):
+                marks.append(up)
             self.check_alive()
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"fewer than {count} nodes registered")

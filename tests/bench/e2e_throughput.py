@@ -25,6 +25,11 @@ until every execution runs.
   (heartbeats, polling), measured for ``--idle`` seconds before the run.
 
 ``--profile DIR`` runs every service under ``py-spy record`` (folded stacks in DIR).
+
+``--registration-only`` stops after the nodes registered and the idle cluster was
+measured (no warm-up, no submissions): ``node_registration_s``, the CPU each process
+used during registration (``registration_cpu_seconds``), how many nodes were up at
+each 10 s mark (``nodes_up_every_10s``), ``idle_cores`` and the losses declared.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -109,6 +115,10 @@ async def wait_running(plat: BenchPlatform, pool: Any, ids: list[int], timeout: 
         await asyncio.sleep(0.25)
 
 
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def _declared_lost(plat: BenchPlatform) -> int:
     """How many times the monitor declared a node lost (its log's ``node.lost``)."""
     log = plat.log_dir / "monitor.log"
@@ -142,15 +152,47 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             aiohttp.ClientSession(connector=connector, headers=plat.headers) as session,
         ):
             await plat.wait_api(session)
+            pg = await plat.pg_backends(pool)
+            reg_start = plat.cpu_snapshot(pg)
+            marks: list[int] = []
             try:
-                registration_s = await plat.wait_nodes(pool, args.nodes, timeout=args.timeout)
+                registration_s = await plat.wait_nodes(
+                    pool, args.nodes, timeout=args.timeout, marks=marks
+                )
             except TimeoutError:
                 up = await pool.fetchval("SELECT count(*) FROM nodes WHERE state = 'up'")
                 return {
                     "error": f"{up} of {args.nodes} nodes registered in {args.timeout:g} s",
                     "nodes_registered": up,
+                    "nodes_up_every_10s": marks,
                     "nodes_declared_lost": _declared_lost(plat),
                     "config": {"nodes": args.nodes, "heartbeat_interval_s": args.heartbeat},
+                }
+            registration_cpu = cpu_used(reg_start, plat.cpu_snapshot(pg))
+            if args.registration_only:
+                await asyncio.sleep(5.0)  # the registrations' tail (first passes) settles
+                pg = await plat.pg_backends(pool)
+                idle_start = plat.cpu_snapshot(pg)
+                await asyncio.sleep(args.idle)
+                idle = cpu_used(idle_start, plat.cpu_snapshot(pg))
+                up = await pool.fetchval("SELECT count(*) FROM nodes WHERE state = 'up'")
+                return {
+                    "node_registration_s": round(registration_s, 1),
+                    "registration_cpu_seconds": registration_cpu,
+                    "nodes_up_every_10s": marks,
+                    "idle_cores": {k: round(v / args.idle, 3) for k, v in idle.items()},
+                    "idle_cores_total": round(
+                        sum(v for k, v in idle.items() if k != "bench-client") / args.idle, 3
+                    ),
+                    "nodes_up_after_idle": up,
+                    "nodes_declared_lost": _declared_lost(plat),
+                    "config": {
+                        "nodes": args.nodes,
+                        "heartbeat_interval_s": args.heartbeat,
+                        "idle_s": args.idle,
+                        "broker": "shared" if args.shared_broker else "private node",
+                    },
+                    "machine": {**info, "loadavg_at_end": _loadavg()},
                 }
             warm = await submit_all(session, plat.api, args.warmup, args.instances, 4)
             await wait_running(plat, pool, [w[0] for w in warm], args.timeout)
@@ -214,6 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             100 * sum(cpu.values()) / (window * (info["nproc"] or 1)), 1
         ),
         "node_registration_s": round(registration_s, 1),
+        "registration_cpu_seconds": registration_cpu,
         # verdicts of node loss the monitor said during the whole run (none expected)
         "nodes_declared_lost": lost,
         "config": {
@@ -227,7 +270,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "profiled": profile is not None,
             "broker": "shared" if args.shared_broker else "private node",
         },
-        "machine": info,
+        "machine": {**info, "loadavg_at_end": _loadavg()},
     }
 
 
@@ -250,6 +293,11 @@ def main() -> int:
         action="store_true",
         help="use the machine's RabbitMQ (a vhost) instead of a private node: avoid with"
         " many nodes, their quorum queues slow the broker down for everyone",
+    )
+    parser.add_argument(
+        "--registration-only",
+        action="store_true",
+        help="stop after registration and the idle measurement (no submissions)",
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON figures")
     args = parser.parse_args()

@@ -449,6 +449,30 @@ async def test_liveness_beats_keep_a_node_alive_and_silence_still_loses_it(
     assert await handlers.check_nodes(pool, deps, timeout=10) == []
 
 
+async def test_beats_of_several_nodes_sent_together_count_for_each(
+    pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
+) -> None:
+    """A process of hollow nodes sends its nodes' beats together (`NodeHeartbeats`,
+    `NodesAlive`): each node counts as heard, one left out is lost all the same, and a
+    stopping node's grace is kept."""
+    beats = m.NodeHeartbeats(
+        sender="p",
+        beats=[m.NodeHeartbeat(node=n, cores=4, memory=1 << 30) for n in ("h1", "h2", "h3")],
+    )
+    await handlers.on_heartbeats(beats, deps)
+    deps.restart_grace = 60
+    stopping = m.NodeHeartbeat(node="h4", cores=4, memory=1 << 30, stopping=True)
+    await handlers.on_heartbeats(m.NodeHeartbeats(sender="p", beats=[stopping]), deps)
+    for _ in range(5):  # h2 falls silent
+        clock.now += 2
+        await handlers.on_nodes_alive(m.NodesAlive(sender="p", nodes=["h1", "h3", "h4"]), deps)
+        lost = await handlers.check_nodes(pool, deps, timeout=3)
+        assert not {"h1", "h3", "h4"} & set(lost)
+    assert sorted(deps.last_seen) == ["h1", "h3", "h4"]  # h2 declared lost on the way
+    clock.now += 30
+    assert sorted(await handlers.check_nodes(pool, deps, timeout=10)) == ["h1", "h3"]
+
+
 async def test_no_node_is_lost_while_the_monitor_could_not_hear(
     pool: asyncpg.Pool, deps: handlers.Deps, clock: Clock
 ) -> None:

@@ -471,6 +471,48 @@ async def test_unchanged_heartbeats_are_stored_once_and_a_lost_node_comes_back(
     assert len(passes_asked) == 3  # and the pass counts on it again
 
 
+async def test_heartbeats_that_arrive_together_are_stored_together(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    """Many nodes registering at once, one of them twice in the batch, and a lost node
+    coming back among them: every row as single heartbeats would leave it."""
+    deps, asked = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30), deps)
+    eid, starts = await _run(pool, test_env, deps, _app(total=2), node="n2")
+    await handlers.on_node_lost(m.NodeLost(node="n2"), deps)
+    await _outbox(pool)
+    asked.clear()
+    beats = [
+        m.NodeHeartbeat(
+            node=f"b{i:03d}", cores=2, memory=1 << 30, labels=[f"l{i}"], registered=True
+        )
+        for i in range(200)
+    ]
+    beats.append(m.NodeHeartbeat(node="b007", cores=3, memory=1 << 30, images=["zoe/x:1"]))
+    beats.append(m.NodeHeartbeat(node="n2", cores=4, memory=1 << 30))
+    await handlers.on_heartbeats(beats, deps)
+    rows = {
+        r["name"]: r
+        for r in await pool.fetch("SELECT name, cores, labels, images, state FROM nodes")
+    }
+    assert len(rows) == 201 and all(r["state"] == "up" for r in rows.values())
+    assert (rows["b007"]["cores"], rows["b007"]["images"], rows["b007"]["labels"]) == (
+        3,
+        ["zoe/x:1"],
+        [],
+    )
+    assert rows["b123"]["labels"] == ["l123"]
+    assert asked  # new nodes and a returning one: a pass
+    stops = await _outbox(pool)  # the returning node's orphans are asked to go
+    assert sorted(x.container_name for x in stops) == sorted(  # type: ignore[attr-defined]
+        s.container_name for s in starts.values()
+    )
+    assert eid
+    asked.clear()
+    await handlers.on_heartbeats([b for b in beats if not b.registered], deps)
+    assert not asked and await _outbox(pool) == []  # the same news: nothing to do
+
+
 async def test_a_placement_that_lost_a_race_is_stored_for_none_of_its_instances(
     pool: asyncpg.Pool, test_env: TestEnv, clean: None
 ) -> None:

@@ -3,6 +3,7 @@ consumes it, and the bindings, inboxes and deliveries follow from the table."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,13 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
     assert bound["monitor.heartbeats"] == [
         ("zoe.events", "node.heartbeat.*"),
         ("zoe.events", "node.alive.*"),
+        ("zoe.events", "node.heartbeat_many.*"),
+        ("zoe.events", "node.alive_many.*"),
     ]
-    assert bound["scheduler.heartbeats"] == [("zoe.events", "node.heartbeat.*")]
+    assert bound["scheduler.heartbeats"] == [
+        ("zoe.events", "node.heartbeat.*"),
+        ("zoe.events", "node.heartbeat_many.*"),
+    ]
     assert routes.messages_for("executor.n7") == (
         m.StartInstance,
         m.StartInstances,
@@ -54,6 +60,12 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
     assert (beat.persistent, beat.mandatory) == (False, False)
     alive = routes.delivery("zoe.events", "node.alive.n1")
     assert (alive.persistent, alive.mandatory) == (False, False)
+    for key in ("node.heartbeat_many.hollow", "node.alive_many.hollow"):  # hollow nodes'
+        together = routes.delivery("zoe.events", key)
+        assert (together.persistent, together.mandatory) == (False, False)
+    # only a process of several nodes sends those: a single node's user may not
+    topic = re.compile(routes.permissions("executor", "n1").topic_write)
+    assert topic.match("node.alive.n1") and not topic.match("node.alive_many.n1")
     state = routes.delivery("zoe.events", "state.execution.12")
     assert (state.persistent, state.mandatory) == (True, False)
     fact = routes.delivery("zoe.events", "fact.exited.n1")
