@@ -6,8 +6,9 @@
   engine's event stream broke, because events may have been lost.
 - ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
 - ``heartbeat_loop`` beats every interval: the node's capacity and inventory when they
-  changed (and at least every ``inventory_interval``), a small liveness beat otherwise;
-  it survives broker and engine outages (it logs and tries again on the next beat).
+  changed (and at least every ``inventory_interval``), a small liveness beat otherwise
+  (also while a busy engine is slow to give the inventory); it survives broker and
+  engine outages (it logs and tries again on the next beat).
 - ``usage_loop`` samples the running containers' CPU and memory use every
   ``usage_interval``; heartbeats carry the latest sample. It is a loop of its own
   because a Docker stats call answers only at the engine's next collection tick (up
@@ -21,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Awaitable
 
+import msgspec
 import structlog
 
 from common import messages as m
@@ -237,44 +239,78 @@ def _inventory(beat: m.NodeHeartbeat) -> tuple[object, ...]:
     return (beat.cores, beat.memory, beat.labels, beat.images, beat.instances, beat.usage)
 
 
+class EngineStalled(Exception):
+    """The engine has not answered the inventory's reads for too long: no beat."""
+
+
 async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
     """Beat every interval until ``stop``; the first beat registers the node.
 
     A beat is a full `NodeHeartbeat` (to the scheduler and the monitor) when the node's
     inventory changed since the last one, when it comes late or after a failed one, and
     at least every ``inventory_interval``; otherwise a small `NodeAlive` (to the monitor
-    only: liveness is the monitor's, and the scheduler has nothing new to read)."""
+    only: liveness is the monitor's, and the scheduler has nothing new to read).
+
+    The inventory is read from the engine beside the beat, not in its way: a busy engine
+    that has not answered within half an interval gets a `NodeAlive` sent meanwhile (the
+    node is alive, its inventory comes with a later beat), so that a slow engine is not
+    a lost node. An engine that fails, or has not answered for ``inventory_interval``,
+    gets no beat: then the node is lost, as it should be."""
     registered = True
     said: tuple[object, ...] | None = None  # the inventory of the last full heartbeat
     said_at = 0.0  # when it went out (monotonic)
     last = 0.0  # when the last beat went out
+    known = False  # a full heartbeat went out: the node is registered
     interval = ex.settings.heartbeat_interval
-    while True:
-        try:
-            # bounded: a half-restored connection can hold a publish until it recovers
-            async with asyncio.timeout(max(2 * interval, 1.0)):
-                now = time.monotonic()
-                beat = await heartbeat(ex, registered)
-                inventory = _inventory(beat)
-                full = (
-                    registered
-                    or inventory != said
-                    or now - last > LATE_BEATS * interval
-                    or now - said_at >= ex.settings.inventory_interval
-                )
-                send = ex.beats or ex.bus.publish
-                if full:
-                    await send(beat)
-                    said, said_at = inventory, now
-                else:
-                    await send(m.NodeAlive(node=ex.node, sent_at=beat.sent_at))
-                last = now
-            registered = False
-        except Exception as exc:  # broker or engine away: the next beat tries again
-            log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
-            said = None  # ... with the node's whole inventory
-        if await wait_or_stop(stop, interval):
-            return
+    reading: asyncio.Task[m.NodeHeartbeat] | None = None  # the engine's inventory, read
+    asked = 0.0  # when that read began (monotonic)
+    try:
+        while True:
+            try:
+                # bounded: a half-restored connection can hold a publish until it recovers
+                async with asyncio.timeout(max(2 * interval, 1.0)):
+                    now = time.monotonic()
+                    if reading is None:
+                        reading, asked = asyncio.ensure_future(heartbeat(ex, registered)), now
+                    if not reading.done():
+                        await asyncio.wait((reading,), timeout=interval / 2)
+                    send = ex.beats or ex.bus.publish
+                    if reading.done():
+                        done, reading = reading, None
+                        beat = done.result()  # an engine that failed: raised here
+                        inventory = _inventory(beat)
+                        full = (
+                            registered
+                            or inventory != said
+                            or now - last > LATE_BEATS * interval
+                            or now - said_at >= ex.settings.inventory_interval
+                        )
+                        if full:
+                            await send(msgspec.structs.replace(beat, sent_at=time.time()))
+                            said, said_at, known = inventory, now, True
+                        else:
+                            await send(m.NodeAlive(node=ex.node, sent_at=time.time()))
+                    elif not known or now - asked > ex.settings.inventory_interval:
+                        raise EngineStalled(
+                            f"the engine has not answered the inventory's reads for"
+                            f" {now - asked:.1f} s"
+                            + ("" if known else " (the node registers with its first inventory)")
+                        )
+                    else:
+                        log.info("heartbeat.engine_slow", waited=round(now - asked, 2))
+                        await send(m.NodeAlive(node=ex.node, sent_at=time.time()))
+                    last = now
+                registered = False
+            except Exception as exc:  # broker or engine away: the next beat tries again
+                log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
+                said = None  # ... with the node's whole inventory
+            if await wait_or_stop(stop, interval):
+                return
+    finally:
+        if reading is not None:
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
 
 
 # ---- resource usage ---------------------------------------------------------------------

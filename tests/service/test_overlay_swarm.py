@@ -135,10 +135,10 @@ async def swarm_docker(swarm_engine: str) -> AsyncIterator[aiodocker.Docker]:
 
 @contextlib.asynccontextmanager
 async def manager_executor(
-    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, url: str
+    test_env: TestEnv, facts: Facts, docker: aiodocker.Docker, url: str, **env: str
 ) -> AsyncIterator[str]:
     name = node_name(test_env)
-    base = ExecutorSettings.from_env(executor_env(test_env, name))
+    base = ExecutorSettings.from_env(executor_env(test_env, name, **env))
     settings = msgspec.structs.replace(base, swarm=True, docker_url=url, network_pool=0)
     async with tx.in_process_executor(settings):
         await facts.wait(m.NodeHeartbeat, node=name, registered=True, timeout=120)
