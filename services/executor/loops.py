@@ -22,7 +22,6 @@ import contextlib
 import time
 from collections.abc import Awaitable
 
-import msgspec
 import structlog
 
 from common import messages as m
@@ -251,66 +250,58 @@ async def heartbeat_loop(ex: Executor, stop: asyncio.Event) -> None:
     at least every ``inventory_interval``; otherwise a small `NodeAlive` (to the monitor
     only: liveness is the monitor's, and the scheduler has nothing new to read).
 
-    The inventory is read from the engine beside the beat, not in its way: a busy engine
-    that has not answered within half an interval gets a `NodeAlive` sent meanwhile (the
-    node is alive, its inventory comes with a later beat), so that a slow engine is not
-    a lost node. An engine that fails, or has not answered for ``inventory_interval``,
-    gets no beat: then the node is lost, as it should be."""
+    A busy engine that does not give the inventory within an interval is not waited
+    for: the beat is a `NodeAlive` (the node is alive; its inventory comes with a later
+    beat), so that a slow engine is not a lost node. An engine that fails, or has given
+    no inventory for ``inventory_interval``, gets no beat: then the node is lost, as it
+    should be."""
     registered = True
     said: tuple[object, ...] | None = None  # the inventory of the last full heartbeat
     said_at = 0.0  # when it went out (monotonic)
     last = 0.0  # when the last beat went out
     known = False  # a full heartbeat went out: the node is registered
+    read_at = time.monotonic()  # when the engine last gave the inventory
     interval = ex.settings.heartbeat_interval
-    reading: asyncio.Task[m.NodeHeartbeat] | None = None  # the engine's inventory, read
-    asked = 0.0  # when that read began (monotonic)
-    try:
-        while True:
+    while True:
+        try:
+            now = time.monotonic()
+            beat: m.NodeHeartbeat | None = None
             try:
-                # bounded: a half-restored connection can hold a publish until it recovers
-                async with asyncio.timeout(max(2 * interval, 1.0)):
-                    now = time.monotonic()
-                    if reading is None:
-                        reading, asked = asyncio.ensure_future(heartbeat(ex, registered)), now
-                    if not reading.done():
-                        await asyncio.wait((reading,), timeout=interval / 2)
-                    send = ex.beats or ex.bus.publish
-                    if reading.done():
-                        done, reading = reading, None
-                        beat = done.result()  # an engine that failed: raised here
-                        inventory = _inventory(beat)
-                        full = (
-                            registered
-                            or inventory != said
-                            or now - last > LATE_BEATS * interval
-                            or now - said_at >= ex.settings.inventory_interval
-                        )
-                        if full:
-                            await send(msgspec.structs.replace(beat, sent_at=time.time()))
-                            said, said_at, known = inventory, now, True
-                        else:
-                            await send(m.NodeAlive(node=ex.node, sent_at=time.time()))
-                    elif not known or now - asked > ex.settings.inventory_interval:
-                        raise EngineStalled(
-                            f"the engine has not answered the inventory's reads for"
-                            f" {now - asked:.1f} s"
-                            + ("" if known else " (the node registers with its first inventory)")
-                        )
+                async with asyncio.timeout(interval):
+                    beat = await heartbeat(ex, registered)  # an engine that fails: raises
+                read_at = now
+            except TimeoutError:
+                if not known or now - read_at > ex.settings.inventory_interval:
+                    raise EngineStalled(
+                        f"the engine has given no inventory for {now - read_at:.1f} s"
+                        + ("" if known else " (the node registers with its first inventory)")
+                    ) from None
+                log.info("heartbeat.engine_slow", waited=round(now - read_at, 2))
+            send = ex.beats or ex.bus.publish
+            # bounded: a half-restored connection can hold a publish until it recovers
+            async with asyncio.timeout(max(2 * interval, 1.0)):
+                if beat is None:
+                    await send(m.NodeAlive(node=ex.node, sent_at=time.time()))
+                else:
+                    inventory = _inventory(beat)
+                    full = (
+                        registered
+                        or inventory != said
+                        or now - last > LATE_BEATS * interval
+                        or now - said_at >= ex.settings.inventory_interval
+                    )
+                    if full:
+                        await send(beat)
+                        said, said_at, known = inventory, now, True
                     else:
-                        log.info("heartbeat.engine_slow", waited=round(now - asked, 2))
-                        await send(m.NodeAlive(node=ex.node, sent_at=time.time()))
-                    last = now
-                registered = False
-            except Exception as exc:  # broker or engine away: the next beat tries again
-                log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
-                said = None  # ... with the node's whole inventory
-            if await wait_or_stop(stop, interval):
-                return
-    finally:
-        if reading is not None:
-            reading.cancel()
-            with contextlib.suppress(BaseException):
-                await reading
+                        await send(m.NodeAlive(node=ex.node, sent_at=beat.sent_at))
+                last = now
+            registered = False
+        except Exception as exc:  # broker or engine away: the next beat tries again
+            log.warning("heartbeat.failed", reason=str(exc) or repr(exc))
+            said = None  # ... with the node's whole inventory
+        if await wait_or_stop(stop, interval):
+            return
 
 
 # ---- resource usage ---------------------------------------------------------------------
