@@ -21,6 +21,7 @@ against state rebuilt from scratch after random changes.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Sequence
 from operator import attrgetter
 
@@ -51,12 +52,14 @@ class Entry:
         "ex",
         "gang",
         "held",
+        "lead",
         "least",
-        "live",
+        "need",
         "never",
         "pos",
         "rank",
         "room",
+        "spots",
         "stable",
         "waiting",
     )
@@ -67,6 +70,13 @@ class Entry:
         self.waiting = bool(gang)
         gang.sort(key=gang_order, reverse=True)
         self.gang = gang  # its pending essential set, in the order it is tried
+        # the first tried (millicores, bytes, labels), and the whole set's room
+        self.lead = (
+            (millicores(gang[0].cores), gang[0].memory, gang[0].labels)
+            if gang
+            else (0, 0, frozenset[str]())
+        )
+        self.need = (sum(millicores(i.cores) for i in gang), sum(i.memory for i in gang))
         self.never: object = UNKNOWN  # `Emptied.never(gang)`, once asked
         pending = ex.pending
         # the smallest millicores and bytes among its pending instances, if it has any
@@ -90,10 +100,10 @@ class Entry:
         self.held = held  # (node index, millicores, bytes) of every placed instance
         self.elastic = elastic  # its elastic instances on available nodes
         self.room = (room_c, room_m)  # the room they hold
+        self.spots = tuple(dict.fromkeys(e[0] for e in elastic))  # their nodes, once each
         self.rank: RankKey = (0.0, 0.0, 0.0, 0)
         self.stable = False  # `rank` does not depend on the time
         self.pos = 0  # its rank position in the current pass
-        self.live = 0  # the generation of the last pass it was part of
 
 
 class Kept:
@@ -118,17 +128,18 @@ class Kept:
         self._entries: dict[int, Entry] = {}
         self._extra: list[Entry] = []  # an object given twice in one snapshot
         self._stable: list[Entry] = []  # entries of a time-independent rank, ranked
+        self._moving: dict[int, Entry] = {}  # the others (waiting, under dynsize)
+        self._order: list[int] = []  # id() of the snapshot's executions, in its order
         self._ids: dict[int, int] = {}  # execution id -> how many entries have it
         self._twins = 0  # execution ids given more than once
-        self._gen = 0
         self._dirty: dict[int, tuple[int, int]] = {}  # node -> its free room before update
 
     # ---- bringing it up to date ----------------------------------------------------
 
     def update(
         self, nodes: Sequence[NodeState], executions: Sequence[ExecutionState], policy: Policy
-    ) -> list[Entry]:
-        """Take this snapshot in; returns its entries, in the order of `executions`."""
+    ) -> None:
+        """Take this snapshot in."""
         if (
             self._policy != policy
             or self._nodes is None
@@ -143,33 +154,24 @@ class Kept:
         for entry in self._extra:
             self._remove(entry)
         self._extra = []
-        self._gen += 1
-        gen = self._gen
+        self._order = ids = list(map(id, executions))
+        given = dict(zip(ids, executions, strict=True))
         old = self._entries
-        entries: dict[int, Entry] = {}
-        found: Entry | None
-        out: list[Entry] = []
-        fresh: list[Entry] = []
+        for key in old.keys() - given.keys():
+            self._remove(old.pop(key))
         index, available = base.index, base.available
-        for ex in executions:
-            key = id(ex)
-            found = old.pop(key, None)
-            if found is None:
-                entry = Entry(ex, index, available)
-                self._add(entry)
-                fresh.append(entry)
-                if key in entries:
-                    self._extra.append(entry)
-                    key = -1
-            else:
-                entry = found
-            if key >= 0:
-                entries[key] = entry
-            entry.live = gen
-            out.append(entry)
-        for entry in old.values():
-            self._remove(entry)
-        self._entries = entries
+        fresh = [Entry(given[key], index, available) for key in given.keys() - old.keys()]
+        for entry in fresh:
+            old[id(entry.ex)] = entry
+        if len(given) < len(ids):  # an object given more than once: an entry each time
+            seen: set[int] = set()
+            for key, ex in zip(ids, executions, strict=True):
+                if key in seen:
+                    self._extra.append(Entry(ex, index, available))
+                seen.add(key)
+            fresh.extend(self._extra)
+        for entry in fresh:
+            self._add(entry)
         self._rekey(fresh, policy)
         if not base.buckets:
             # built from nothing: index the free room once every instance is in
@@ -184,6 +186,18 @@ class Kept:
                     self.free_c += max(0, free_c[idx]) - max(0, old_c)
                     self.free_m += max(0, free_m[idx]) - max(0, old_m)
         self._dirty = {}
+
+    def in_order(self) -> list[Entry]:
+        """The entries of the last snapshot taken in, in its order."""
+        entries = self._entries
+        if not self._extra:
+            return [entries[key] for key in self._order]
+        extras = iter(self._extra)
+        seen: set[int] = set()
+        out = []
+        for key in self._order:
+            out.append(next(extras) if key in seen else entries[key])
+            seen.add(key)
         return out
 
     def _start(self, nodes: Sequence[NodeState], policy: Policy) -> None:
@@ -206,6 +220,14 @@ class Kept:
             members[idx][(id(entry), n)] = (entry, n)
 
     def _remove(self, entry: Entry) -> None:
+        if entry.stable:
+            ranked = self._stable
+            at = bisect_left(ranked, entry.rank, key=_rank)
+            while ranked[at] is not entry:  # (alike keys: an id given twice)
+                at += 1
+            del ranked[at]
+        else:
+            del self._moving[id(entry)]
         self._count(entry.ex.id, -1)
         self._hold(entry, -1)
         members = self.members
@@ -239,38 +261,38 @@ class Kept:
     # ---- the queue's order ---------------------------------------------------------
 
     def _rekey(self, fresh: list[Entry], policy: Policy) -> None:
-        """Rank keys of the new entries whose key does not move with time (all of them
-        under fifo and size; the running ones under dynsize), kept ranked."""
+        """Rank the new entries whose key does not move with time (all of them under fifo
+        and size; the running ones under dynsize) among those kept ranked; the others
+        are ranked at every pass."""
         timeless = policy.queue_order != "dynsize"
-        stable = [e for e in fresh if timeless or not e.waiting]
+        stable = []
+        for entry in fresh:
+            if timeless or not entry.waiting:
+                stable.append(entry)
+            else:
+                self._moving[id(entry)] = entry
         keys = rank_keys([e.ex for e in stable], [e.waiting for e in stable], 0.0, policy)
+        ranked = self._stable
         for entry, key in zip(stable, keys, strict=True):
             entry.rank = key
             entry.stable = True
-        gen = self._gen
-        kept = [e for e in self._stable if e.live == gen]
-        kept.extend(stable)
-        kept.sort(key=_rank)  # one long ranked run and a few new ones: a merge
-        self._stable = kept
+            insort(ranked, entry, key=_rank)
 
-    def ranked(
-        self, entries: list[Entry], now: float, policy: Policy
-    ) -> tuple[list[Entry], list[RankKey]]:
-        """The entries in rank order (as `sorted(..., key=rank_keys(...))` would give),
-        and the keys of `entries` in their own order."""
-        moving = [e for e in entries if not e.stable]
+    def ranked(self, now: float, policy: Policy) -> list[Entry]:
+        """The entries in rank order, as `sorted(..., key=rank_keys(...))` would give."""
+        moving = list(self._moving.values())
         keys = rank_keys([e.ex for e in moving], [True] * len(moving), now, policy)
         for entry, key in zip(moving, keys, strict=True):
             entry.rank = key
         if self._twins or self._extra:
             # keys alike (an id given twice): ties go by the snapshot's order, as before
+            entries = self.in_order()
             order = sorted(range(len(entries)), key=lambda i: entries[i].rank)
-            ranked = [entries[i] for i in order]
-        else:
-            moving.sort(key=_rank)
-            ranked = self._stable + moving
-            ranked.sort(key=_rank)  # two ranked runs: a merge
-        return ranked, [e.rank for e in entries]
+            return [entries[i] for i in order]
+        moving.sort(key=_rank)
+        ranked = self._stable + moving
+        ranked.sort(key=_rank)  # two ranked runs: a merge
+        return ranked
 
 
 def _same_nodes(a: Sequence[NodeState], b: Sequence[NodeState]) -> bool:

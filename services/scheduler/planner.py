@@ -79,15 +79,16 @@ class Pass:
         self.now = now
         self.policy = policy
         kept = kept if kept is not None else Kept()
-        entries = kept.update(nodes, executions, policy)
+        kept.update(nodes, executions, policy)
         assert kept.base is not None and kept.emptied is not None
         self.cluster = cluster = kept.base.copy()
         self.emptied = kept.emptied
-        ranked, keys = kept.ranked(entries, now, policy)
+        ranked = kept.ranked(now, policy)
         if policy.fair:
+            entries = kept.in_order()
             order = drf_order(
                 executions,
-                keys,
+                [e.rank for e in entries],
                 [e.waiting for e in entries],
                 weights or {},
                 self.emptied.total,
@@ -99,13 +100,7 @@ class Pass:
         self.entries = ranked
         self.execs = [e.ex for e in ranked]
         self.waiting = [e.waiting for e in ranked]
-        self.elastic = ElasticIndex(
-            [e.elastic for e in ranked],
-            [e.room for e in ranked],
-            list(kept.room_c),
-            list(kept.room_m),
-            kept.members,
-        )
+        self.elastic = ElasticIndex(ranked, list(kept.room_c), list(kept.room_m), kept.members)
         self.free_c = kept.free_c
         self.free_m = kept.free_m
         self.misses = _Misses()
@@ -209,16 +204,14 @@ class Pass:
     def _start_gang(self, pos: int, gang: list[InstanceReq], stops: list[int]) -> Placed | None:
         """Place the pending essential set `gang` (reclaiming if allowed), or nothing.
         `gang` comes in the order it is tried (`kept.gang_order`)."""
-        mc = self.mc
         reclaim = self.policy.reclaim
-        lead = gang[0]
-        c, m, labels = mc(lead.cores), lead.memory, lead.labels
+        entry = self.entries[pos]
+        c, m, labels = entry.lead
         if self.misses.blocked(c, m, labels) and (
             not reclaim or self.reclaim_misses.blocked(c, m, labels)
         ):
             return None  # its largest instance is already known to fit nowhere
-        need_c = sum(mc(i.cores) for i in gang)
-        need_m = sum(i.memory for i in gang)
+        need_c, need_m = entry.need
         fits_free = need_c <= self.free_c and need_m <= self.free_m
         if not fits_free:
             if not reclaim:

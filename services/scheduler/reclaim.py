@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
 
-from .kept import Entry, Held
+from .kept import Entry
 from .placement import Cluster
 
 # An elastic instance that may be stopped:
@@ -48,8 +48,7 @@ class ElasticIndex:
         "_on_node",
         "_ranks",
         "_suffix",
-        "of_rank",
-        "rank_room",
+        "entries",
         "room_c",
         "room_m",
         "stopped",
@@ -57,14 +56,12 @@ class ElasticIndex:
 
     def __init__(
         self,
-        of_rank: list[list[Held]],
-        rank_room: list[tuple[int, int]],
+        entries: list[Entry],
         room_c: list[int],
         room_m: list[int],
         members: list[dict[tuple[int, int], tuple[Entry, int]]],
     ) -> None:
-        self.of_rank = of_rank  # per rank position: (node, millicores, bytes, id) held
-        self.rank_room = rank_room  # per rank position: the elastic room it holds
+        self.entries = entries  # in rank order: each with its elastic instances and room
         self.room_c = room_c  # per node: the elastic room on it, less what was stopped
         self.room_m = room_m
         self.stopped: set[int] = set()
@@ -89,7 +86,7 @@ class ElasticIndex:
         """Elastic cores and memory held by executions ranked after `pos` (an upper
         bound of what stopping could free for it: stops made since are not deducted)."""
         if not self._suffix:
-            backwards = self.rank_room[::-1]
+            backwards = [e.room for e in reversed(self.entries)]
             self._suffix = list(
                 zip(
                     accumulate(map(_first, backwards), initial=0),
@@ -97,7 +94,8 @@ class ElasticIndex:
                     strict=True,
                 )
             )[::-1]
-            self._ranks = [p for p in range(len(self.of_rank) - 1, -1, -1) if self.of_rank[p]]
+            entries = self.entries
+            self._ranks = [p for p in range(len(entries) - 1, -1, -1) if entries[p].elastic]
         return self._suffix[pos + 1]
 
     def find(self, cluster: Cluster, pos: int, c: int, m: int, labels: frozenset[str]) -> Found:
@@ -115,11 +113,14 @@ class ElasticIndex:
         seen: set[int] = set()
         visits = 0
         self.room_after(pos)
+        entries = self.entries
         for vpos in self._ranks:
             if vpos <= pos:
                 break
-            for idx, _, _, _ in self.of_rank[vpos]:
-                visits += 1
+            entry = entries[vpos]
+            # each of its instances is a visit; a node it has several on is looked at once
+            visits += len(entry.elastic)
+            for idx in entry.spots:
                 if idx in seen:
                     continue
                 seen.add(idx)
