@@ -20,6 +20,7 @@ Essential instances are never stopped; a node never holds more than its capacity
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 from . import reasons as R
 from .fair import drf_order
@@ -30,6 +31,8 @@ from .policies import Policy
 from .reclaim import ElasticIndex, Victim
 
 Placed = list[tuple[int, int]]  # (instance id, node index)
+_ex = attrgetter("ex")
+_waiting = attrgetter("waiting")
 Holds = list[tuple[int, set[frozenset[str]]]]  # (rank position, label sets)
 
 NO_LABELS: frozenset[str] = frozenset()
@@ -98,8 +101,8 @@ class Pass:
         for pos, entry in enumerate(ranked):
             entry.pos = pos
         self.entries = ranked
-        self.execs = [e.ex for e in ranked]
-        self.waiting = [e.waiting for e in ranked]
+        self.execs = list(map(_ex, ranked))
+        self.waiting = list(map(_waiting, ranked))
         self.elastic = ElasticIndex(ranked, list(kept.room_c), list(kept.room_m), kept.members)
         self.free_c = kept.free_c
         self.free_m = kept.free_m

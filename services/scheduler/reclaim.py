@@ -10,8 +10,8 @@ instances first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import itemgetter
+from itertools import accumulate, compress
+from operator import attrgetter, itemgetter
 
 from .kept import Entry
 from .placement import Cluster
@@ -22,6 +22,8 @@ Victim = tuple[int, int, int, int, int]
 
 _first = itemgetter(0)
 _second = itemgetter(1)
+_room = attrgetter("room")
+_elastic = attrgetter("elastic")
 
 # Bounds on one search: nodes examined closely, and instances looked at to find them.
 PROBES = 32
@@ -86,16 +88,19 @@ class ElasticIndex:
         """Elastic cores and memory held by executions ranked after `pos` (an upper
         bound of what stopping could free for it: stops made since are not deducted)."""
         if not self._suffix:
-            backwards = [e.room for e in reversed(self.entries)]
+            entries = self.entries
+            rooms = list(map(_room, entries))
+            rooms.reverse()
             self._suffix = list(
                 zip(
-                    accumulate(map(_first, backwards), initial=0),
-                    accumulate(map(_second, backwards), initial=0),
+                    accumulate(map(_first, rooms), initial=0),
+                    accumulate(map(_second, rooms), initial=0),
                     strict=True,
                 )
-            )[::-1]
-            entries = self.entries
-            self._ranks = [p for p in range(len(entries) - 1, -1, -1) if entries[p].elastic]
+            )
+            self._suffix.reverse()
+            self._ranks = list(compress(range(len(entries)), map(_elastic, entries)))
+            self._ranks.reverse()
         return self._suffix[pos + 1]
 
     def find(self, cluster: Cluster, pos: int, c: int, m: int, labels: frozenset[str]) -> Found:

@@ -8,7 +8,8 @@ the simulator's default mix, a twentieth of them needing ``ssd``.
 
 The core (`schedule()` alone: no database, no broker), the bench applying its decisions
 as the service would (stops put the instances back among their execution's pending
-ones):
+ones; an execution they do not touch stays the same object) and keeping what the core
+derives from the snapshot between passes (a `core.Kept`), as the service does:
 
 - *cold*: `--queued` executions submitted to an empty cluster, one pass:
   ``placements_per_s`` is the instances it placed divided by its time.
