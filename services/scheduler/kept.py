@@ -34,6 +34,8 @@ from .policies import Policy, RankKey, rank_keys
 Held = tuple[int, int, int, int]
 
 _rank = attrgetter("rank")
+_cores = attrgetter("cores")
+_memory = attrgetter("memory")
 UNKNOWN = object()  # not computed yet
 
 
@@ -48,12 +50,12 @@ class Entry:
     """One execution of the snapshot, with what a pass derives from it alone."""
 
     __slots__ = (
+        "_least",
         "elastic",
         "ex",
         "gang",
         "held",
         "lead",
-        "least",
         "need",
         "never",
         "pos",
@@ -64,46 +66,76 @@ class Entry:
         "waiting",
     )
 
-    def __init__(self, ex: ExecutionState, index: dict[str, int], available: list[bool]) -> None:
+    def __init__(
+        self,
+        ex: ExecutionState,
+        index: dict[str, int],
+        available: list[bool],
+        milli: dict[float, int],
+    ) -> None:
         self.ex = ex
         gang = [i for i in ex.pending if i.essential]
         self.waiting = bool(gang)
-        gang.sort(key=gang_order, reverse=True)
+        if len(gang) > 1:
+            gang.sort(key=gang_order, reverse=True)
         self.gang = gang  # its pending essential set, in the order it is tried
         # the first tried (millicores, bytes, labels), and the whole set's room
-        self.lead = (
-            (millicores(gang[0].cores), gang[0].memory, gang[0].labels)
-            if gang
-            else (0, 0, frozenset[str]())
-        )
-        self.need = (sum(millicores(i.cores) for i in gang), sum(i.memory for i in gang))
+        if gang:
+            lead = gang[0]
+            self.lead = (_milli(milli, lead.cores), lead.memory, lead.labels)
+            self.need = (
+                sum(_milli(milli, i.cores) for i in gang),
+                sum(map(_memory, gang)),
+            )
+        else:
+            self.lead = (0, 0, frozenset[str]())
+            self.need = (0, 0)
         self.never: object = UNKNOWN  # `Emptied.never(gang)`, once asked
-        pending = ex.pending
-        # the smallest millicores and bytes among its pending instances, if it has any
-        self.least: tuple[int, int] | None = (
-            (millicores(min(i.cores for i in pending)), min(i.memory for i in pending))
-            if pending
-            else None
-        )
+        # the smallest millicores and bytes among its pending instances (None: it has
+        # none), once asked
+        self._least: object = UNKNOWN
         held: list[tuple[int, int, int]] = []
         elastic: list[Held] = []
         room_c = room_m = 0
-        unknown = -1
+        get = index.get
         for inst, node in ex.placed:
-            idx = index.get(node, unknown)
-            c = millicores(inst.cores)
-            held.append((idx, c, inst.memory))
-            if not inst.essential and idx >= 0 and available[idx]:
-                elastic.append((idx, c, inst.memory, inst.id))
+            idx = get(node, -1)
+            c = milli.get(inst.cores)
+            if c is None:
+                c = milli[inst.cores] = millicores(inst.cores)
+            m = inst.memory
+            held.append((idx, c, m))
+            if idx >= 0 and not inst.essential and available[idx]:
+                elastic.append((idx, c, m, inst.id))
                 room_c += c
-                room_m += inst.memory
+                room_m += m
         self.held = held  # (node index, millicores, bytes) of every placed instance
         self.elastic = elastic  # its elastic instances on available nodes
         self.room = (room_c, room_m)  # the room they hold
-        self.spots = tuple(dict.fromkeys(e[0] for e in elastic))  # their nodes, once each
+        self.spots = tuple(dict.fromkeys([e[0] for e in elastic]))  # their nodes, once each
         self.rank: RankKey = (0.0, 0.0, 0.0, 0)
         self.stable = False  # `rank` does not depend on the time
         self.pos = 0  # its rank position in the current pass
+
+    @property
+    def least(self) -> tuple[int, int] | None:
+        """The smallest millicores and bytes among its pending instances, if any."""
+        found = self._least
+        if found is UNKNOWN:
+            pending = self.ex.pending
+            found = self._least = (
+                (millicores(min(map(_cores, pending))), min(map(_memory, pending)))
+                if pending
+                else None
+            )
+        return found  # type: ignore[return-value]
+
+
+def _milli(memo: dict[float, int], cores: float) -> int:
+    found = memo.get(cores)
+    if found is None:
+        found = memo[cores] = millicores(cores)
+    return found
 
 
 class Kept:
@@ -133,6 +165,7 @@ class Kept:
         self._ids: dict[int, int] = {}  # execution id -> how many entries have it
         self._twins = 0  # execution ids given more than once
         self._dirty: dict[int, tuple[int, int]] = {}  # node -> its free room before update
+        self._milli: dict[float, int] = {}  # cores -> millicores, memoised
 
     # ---- bringing it up to date ----------------------------------------------------
 
@@ -159,15 +192,15 @@ class Kept:
         old = self._entries
         for key in old.keys() - given.keys():
             self._remove(old.pop(key))
-        index, available = base.index, base.available
-        fresh = [Entry(given[key], index, available) for key in given.keys() - old.keys()]
+        index, available, milli = base.index, base.available, self._milli
+        fresh = [Entry(given[key], index, available, milli) for key in given.keys() - old.keys()]
         for entry in fresh:
             old[id(entry.ex)] = entry
         if len(given) < len(ids):  # an object given more than once: an entry each time
             seen: set[int] = set()
             for key, ex in zip(ids, executions, strict=True):
                 if key in seen:
-                    self._extra.append(Entry(ex, index, available))
+                    self._extra.append(Entry(ex, index, available, milli))
                 seen.add(key)
             fresh.extend(self._extra)
         for entry in fresh:

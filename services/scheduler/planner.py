@@ -245,14 +245,16 @@ class Pass:
             while pending_holds and pending_holds[-1][0] < pos:
                 for labels in pending_holds.pop()[1]:
                     self.cluster.close(labels)
-            entry = entries[pos]
-            if entry.least is None or not running[pos]:
+            if not running[pos]:
                 continue
+            entry = entries[pos]
             ex = entry.ex
-            if ex.not_before > now:
+            if not ex.pending or ex.not_before > now:
                 continue
             # Skip at once an execution whose smallest request is known to fit nowhere.
-            least_c, least_m = entry.least
+            least = entry.least
+            assert least is not None
+            least_c, least_m = least
             if (
                 least_c > self.free_c
                 or least_m > self.free_m
