@@ -1,8 +1,9 @@
 """Plain data the scheduling core works on: nodes, instances, executions, decisions.
 
-Everything here is immutable input or output of `schedule()`; the core never keeps
-state between passes, so the async service and the simulator can feed it whatever they
-hold (rows from PostgreSQL, or the simulator's own bookkeeping).
+Everything here is immutable input or output of `schedule()`; the core's decisions
+depend on nothing else (what it may keep between passes, `kept.Kept`, is a cache), so
+the async service and the simulator can feed it whatever they hold (rows from
+PostgreSQL, or the simulator's own bookkeeping).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from services.scheduler.core import (
     Decisions,
     ExecutionState,
     InstanceReq,
+    Kept,
     NodeState,
     Policy,
     schedule,
@@ -104,8 +105,9 @@ class ClusterView:
     With ``changes`` (the service's), the view lives in memory between passes
     (``services/scheduler/view.py``): read whole on the first pass of a term, then
     brought up to date by what the handlers say they changed and by the pass's own
-    placements. Without, each pass reads it afresh from PostgreSQL (``load_snapshot``),
-    as ``run_pass`` does. The core and ``apply`` are the same either way.
+    placements; what the core derives from it (``core.Kept``) is kept with it. Without,
+    each pass reads it afresh from PostgreSQL (``load_snapshot``), as ``run_pass``
+    does. The core and ``apply`` are the same either way.
     """
 
     def __init__(
@@ -122,6 +124,8 @@ class ClusterView:
         self.users = Users()
         self.changes = changes
         self.view = View(self.reasons)
+        # what the core derives from the view, kept between passes with it
+        self.kept: Kept | None = None
 
     async def snapshot(
         self, now: float
@@ -139,8 +143,10 @@ class ClusterView:
         full, executions, nodes = self.changes.take()
         try:
             if full is not None or not self.view.loaded:
+                self.kept = None  # every execution read again is a new object
                 async with self.pool.acquire() as conn:
                     await self.view.load(conn, full or "start")
+                self.kept = Kept()
                 return
             for name, values in nodes:
                 self.view.apply_node(name, values)
@@ -174,6 +180,7 @@ class ClusterView:
                 policy=self.policy,
                 weights=weights,
                 max_priority=bounds,
+                kept=self.kept if self.changes is not None else None,
             )
         if decisions.starts or decisions.stops:
             if self.changes is None:

@@ -126,6 +126,44 @@ class Cluster:
             bucket.by_cores.sort()
             bucket.by_memory.sort()
 
+    def copy(self) -> Cluster:
+        """A cluster of its own for a pass, with this one's free room and index: what
+        never changes in a pass (the nodes) is shared, the rest copied."""
+        new = Cluster.__new__(Cluster)
+        new.names, new.index, new.labels = self.names, self.index, self.labels
+        new.cap_c, new.cap_m, new.available = self.cap_c, self.cap_m, self.available
+        new._holders, new.node_images = self._holders, self.node_images
+        new._wc, new._wm = self._wc, self._wm
+        new.free_c = list(self.free_c)
+        new.free_m = list(self.free_m)
+        new.count = list(self.count)
+        new.buckets = []
+        node_bucket: list[Bucket | None] = [None] * len(self.names)
+        for bucket in self.buckets:
+            mine = Bucket(bucket.labels)
+            mine.by_cores = list(bucket.by_cores)
+            mine.by_memory = list(bucket.by_memory)
+            new.buckets.append(mine)
+            for _, idx in mine.by_memory:
+                node_bucket[idx] = mine
+        new.node_bucket = node_bucket
+        new._eligible = {}
+        return new
+
+    def refit(self, idx: int, old_c: int, old_m: int) -> None:
+        """Move node `idx` in its bucket's order after its free room was set directly
+        (it was `old_c`, `old_m`)."""
+        bucket = self.node_bucket[idx]
+        new_c, new_m = self.free_c[idx], self.free_m[idx]
+        if bucket is None or (new_c == old_c and new_m == old_m):
+            return
+        by_c, by_m = bucket.by_cores, bucket.by_memory
+        del by_c[bisect_left(by_c, (old_c, old_m, idx))]
+        insort(by_c, (new_c, new_m, idx))
+        if new_m != old_m:
+            del by_m[bisect_left(by_m, (old_m, idx))]
+            insort(by_m, (new_m, idx))
+
     def eligible(self, labels: frozenset[str]) -> list[Bucket]:
         """The buckets whose label set includes `labels`."""
         found = self._eligible.get(labels)

@@ -24,21 +24,18 @@ from operator import attrgetter
 
 from . import reasons as R
 from .fair import drf_order
-from .fit import Emptied
+from .kept import UNKNOWN, Kept
 from .model import Decisions, ExecutionState, InstanceReq, NodeState, Reason
-from .placement import Cluster, millicores
-from .policies import Policy, rank_keys
-from .reclaim import Victim, hold_placed
+from .placement import millicores
+from .policies import Policy
+from .reclaim import ElasticIndex, Victim
 
 Placed = list[tuple[int, int]]  # (instance id, node index)
+_ex = attrgetter("ex")
+_waiting = attrgetter("waiting")
 Holds = list[tuple[int, set[frozenset[str]]]]  # (rank position, label sets)
 
 NO_LABELS: frozenset[str] = frozenset()
-
-_essential = attrgetter("essential")
-_cores = attrgetter("cores")
-_memory = attrgetter("memory")
-_size_order = attrgetter("cores", "memory")
 
 
 class _Misses:
@@ -80,26 +77,35 @@ class Pass:
         now: float,
         policy: Policy,
         weights: Mapping[str, float] | None = None,
+        kept: Kept | None = None,
     ) -> None:
         self.now = now
         self.policy = policy
-        self.cluster = cluster = Cluster(nodes)
-        self.emptied = Emptied(nodes)
-        waiting = [any(map(_essential, ex.pending)) for ex in executions]
-        keys = rank_keys(executions, waiting, now, policy)
+        kept = kept if kept is not None else Kept()
+        kept.update(nodes, executions, policy)
+        assert kept.base is not None and kept.emptied is not None
+        self.cluster = cluster = kept.base.copy()
+        self.emptied = kept.emptied
+        ranked = kept.ranked(now, policy)
         if policy.fair:
+            entries = kept.in_order()
             order = drf_order(
-                executions, keys, waiting, weights or {}, self.emptied.total, self.emptied.never
+                executions,
+                [e.rank for e in entries],
+                [e.waiting for e in entries],
+                weights or {},
+                self.emptied.total,
+                self.emptied.never,
             )
-        else:
-            order = sorted(range(len(executions)), key=keys.__getitem__)
-        self.execs = [executions[i] for i in order]
-        self.waiting = [waiting[i] for i in order]
-        self.elastic = hold_placed(cluster, self.execs, index=policy.reclaim)
-        cluster.build_index()
-        live = [i for i in range(len(cluster.names)) if cluster.node_bucket[i] is not None]
-        self.free_c = sum(max(0, cluster.free_c[i]) for i in live)
-        self.free_m = sum(max(0, cluster.free_m[i]) for i in live)
+            ranked = [entries[i] for i in order]
+        for pos, entry in enumerate(ranked):
+            entry.pos = pos
+        self.entries = ranked
+        self.execs = list(map(_ex, ranked))
+        self.waiting = list(map(_waiting, ranked))
+        self.elastic = ElasticIndex(ranked, list(kept.room_c), list(kept.room_m), kept.members)
+        self.free_c = kept.free_c
+        self.free_m = kept.free_m
         self.misses = _Misses()
         self.reclaim_misses = _Misses()
         self.reasons: dict[int, Reason] = {}
@@ -107,6 +113,14 @@ class Pass:
         self.describe = R.Describer(cluster, self.holder)
         self.milli: dict[float, int] = {}
         self.work = 0  # searches and reclaim probes done: what `lookahead` bounds
+
+    def never(self, pos: int) -> str | None:
+        """`Emptied.never` of the essential set the execution at `pos` waits for."""
+        entry = self.entries[pos]
+        found = entry.never
+        if found is UNKNOWN:
+            found = entry.never = self.emptied.never(entry.gang)
+        return found  # type: ignore[return-value]
 
     def mc(self, cores: float) -> int:
         """`millicores`, memoised for the pass (instances share a handful of sizes)."""
@@ -137,17 +151,18 @@ class Pass:
         blocked = 0
         examined = -1  # waiting executions examined since the first blocked one
         holds: Holds = []
-        never = self.emptied.never
+        never = self.never
+        entries = self.entries
         reasons = self.reasons
         holder = self.holder
         describe = self.describe
         cut: Reason | None = None  # why the executions after the last one examined wait
         end = len(self.execs)
-        for pos, ex in enumerate(self.execs):
-            if running[pos]:
-                continue
-            gang = [i for i in ex.pending if i.essential]
-            why = never(gang)
+        execs = self.execs
+        for pos in [p for p, r in enumerate(running) if not r]:
+            ex = execs[pos]
+            gang = entries[pos].gang
+            why = never(pos)
             if why is not None:
                 reasons[ex.id] = R.unschedulable(why)
                 continue  # it can never start here: it costs, holds and delays nothing
@@ -185,27 +200,21 @@ class Pass:
         if cut is not None:
             for pos in range(end, len(self.execs)):
                 if not running[pos]:
-                    ex = self.execs[pos]
-                    why = never([i for i in ex.pending if i.essential])
-                    reasons[ex.id] = cut if why is None else R.unschedulable(why)
+                    why = never(pos)
+                    reasons[self.execs[pos].id] = cut if why is None else R.unschedulable(why)
         return holds
 
     def _start_gang(self, pos: int, gang: list[InstanceReq], stops: list[int]) -> Placed | None:
-        """Place the pending essential set `gang` (reclaiming if allowed), or nothing."""
-        mc = self.mc
+        """Place the pending essential set `gang` (reclaiming if allowed), or nothing.
+        `gang` comes in the order it is tried (`kept.gang_order`)."""
         reclaim = self.policy.reclaim
-        # the most constrained first (more labels: fewer nodes to go to; a labelled
-        # instance placed after unlabelled ones could find its nodes' room taken by
-        # them), then the largest: the hardest to fit
-        gang.sort(key=lambda i: (len(i.labels), _size_order(i)), reverse=True)
-        lead = gang[0]
-        c, m, labels = mc(lead.cores), lead.memory, lead.labels
+        entry = self.entries[pos]
+        c, m, labels = entry.lead
         if self.misses.blocked(c, m, labels) and (
             not reclaim or self.reclaim_misses.blocked(c, m, labels)
         ):
             return None  # its largest instance is already known to fit nowhere
-        need_c = sum(mc(i.cores) for i in gang)
-        need_m = sum(i.memory for i in gang)
+        need_c, need_m = entry.need
         fits_free = need_c <= self.free_c and need_m <= self.free_m
         if not fits_free:
             if not reclaim:
@@ -229,19 +238,30 @@ class Pass:
         self.cluster.reopen()
         self.misses = _Misses()
         pending_holds = [] if self.policy.reclaim else list(reversed(holds))
-        for pos in range(len(self.execs)):
+        entries = self.entries
+        for pos in range(len(entries)):
             if self.free_c <= 0 or self.free_m <= 0:
                 break
             while pending_holds and pending_holds[-1][0] < pos:
                 for labels in pending_holds.pop()[1]:
                     self.cluster.close(labels)
-            ex = self.execs[pos]
-            pending = ex.pending
-            if not pending or not running[pos] or ex.not_before > now:
+            if not running[pos]:
+                continue
+            entry = entries[pos]
+            ex = entry.ex
+            if not ex.pending or ex.not_before > now:
                 continue
             # Skip at once an execution whose smallest request is known to fit nowhere.
-            if self._known_miss(min(map(_cores, pending)), min(map(_memory, pending)), NO_LABELS):
+            least = entry.least
+            assert least is not None
+            least_c, least_m = least
+            if (
+                least_c > self.free_c
+                or least_m > self.free_m
+                or self.misses.blocked(least_c, least_m, NO_LABELS)
+            ):
                 continue
+            pending = ex.pending
             failed: InstanceReq | None = None
             for inst in pending:
                 if inst.essential or (
@@ -259,10 +279,6 @@ class Pass:
         return starts
 
     # -- placing -------------------------------------------------------------------
-
-    def _known_miss(self, cores: float, memory: int, labels: frozenset[str]) -> bool:
-        c = self.mc(cores)
-        return c > self.free_c or memory > self.free_m or self.misses.blocked(c, memory, labels)
 
     def _place_one(self, inst: InstanceReq, first: bool) -> int:
         """Place one instance on free room; -1 when it fits nowhere. A failure of the

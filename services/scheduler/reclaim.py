@@ -1,21 +1,29 @@
 """The elastic instances a pass may reclaim, and the choice of which ones to stop.
 
-Built once per pass while the placed instances are taken from the free capacity. An
-essential instance that fits nowhere may take a node after the elastic instances of
-executions ranked after its own are stopped there; this module finds such a node, the
-fewest stops it needs, and stops the lowest-ranked instances first.
+Made for each pass from what `kept.Kept` holds (the elastic instances of each execution
+and the room they hold per node). An essential instance that fits nowhere may take a
+node after the elastic instances of executions ranked after its own are stopped there;
+this module finds such a node, the fewest stops it needs, and stops the lowest-ranked
+instances first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate, compress
+from operator import attrgetter, itemgetter
 
-from .model import ExecutionState
-from .placement import Cluster, millicores
+from .kept import Entry
+from .placement import Cluster
 
 # An elastic instance that may be stopped:
 # (rank position of its execution, node index, millicores, bytes, instance id).
 Victim = tuple[int, int, int, int, int]
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_room = attrgetter("room")
+_elastic = attrgetter("elastic")
 
 # Bounds on one search: nodes examined closely, and instances looked at to find them.
 PROBES = 32
@@ -34,42 +42,65 @@ class Found:
 
 
 class ElasticIndex:
-    """Elastic instances on available nodes, by node (in rank order) and by rank."""
+    """Elastic instances on available nodes, by rank and (looked up when first needed)
+    by node, in rank order; and the room they hold per node."""
 
     __slots__ = (
+        "_members",
+        "_on_node",
         "_ranks",
         "_suffix",
-        "of_rank",
-        "on_node",
-        "rank_room",
+        "entries",
         "room_c",
         "room_m",
         "stopped",
     )
 
-    def __init__(self, nodes: int) -> None:
-        self.on_node: list[list[Victim]] = [[] for _ in range(nodes)]
-        self.room_c = [-1] * nodes  # elastic room per node, summed when first needed
-        self.room_m = [0] * nodes
-        self.of_rank: list[list[Victim]] = []
-        self.rank_room: list[tuple[int, int]] = []
+    def __init__(
+        self,
+        entries: list[Entry],
+        room_c: list[int],
+        room_m: list[int],
+        members: list[dict[tuple[int, int], tuple[Entry, int]]],
+    ) -> None:
+        self.entries = entries  # in rank order: each with its elastic instances and room
+        self.room_c = room_c  # per node: the elastic room on it, less what was stopped
+        self.room_m = room_m
         self.stopped: set[int] = set()
+        self._members = members  # per node: its entries' elastic instances (kept.Kept)
+        self._on_node: dict[int, list[Victim]] = {}
         self._suffix: list[tuple[int, int]] = []
         self._ranks: list[int] = []
+
+    def on_node(self, idx: int) -> list[Victim]:
+        """The elastic instances on node `idx`, in rank order (an execution's own in
+        the order it lists them)."""
+        found = self._on_node.get(idx)
+        if found is None:
+            rows = sorted(self._members[idx].values(), key=_by_rank)
+            found = self._on_node[idx] = [
+                (entry.pos, idx, entry.elastic[n][1], entry.elastic[n][2], entry.elastic[n][3])
+                for entry, n in rows
+            ]
+        return found
 
     def room_after(self, pos: int) -> tuple[int, int]:
         """Elastic cores and memory held by executions ranked after `pos` (an upper
         bound of what stopping could free for it: stops made since are not deducted)."""
         if not self._suffix:
-            suffix = [(0, 0)] * (len(self.rank_room) + 1)
-            acc_c = acc_m = 0
-            for p in range(len(self.rank_room) - 1, -1, -1):
-                c, m = self.rank_room[p]
-                acc_c += c
-                acc_m += m
-                suffix[p] = (acc_c, acc_m)
-            self._suffix = suffix
-            self._ranks = [p for p in range(len(self.of_rank) - 1, -1, -1) if self.of_rank[p]]
+            entries = self.entries
+            rooms = list(map(_room, entries))
+            rooms.reverse()
+            self._suffix = list(
+                zip(
+                    accumulate(map(_first, rooms), initial=0),
+                    accumulate(map(_second, rooms), initial=0),
+                    strict=True,
+                )
+            )
+            self._suffix.reverse()
+            self._ranks = list(compress(range(len(entries)), map(_elastic, entries)))
+            self._ranks.reverse()
         return self._suffix[pos + 1]
 
     def find(self, cluster: Cluster, pos: int, c: int, m: int, labels: frozenset[str]) -> Found:
@@ -87,16 +118,17 @@ class ElasticIndex:
         seen: set[int] = set()
         visits = 0
         self.room_after(pos)
+        entries = self.entries
         for vpos in self._ranks:
             if vpos <= pos:
                 break
-            for _, idx, _, _, _ in self.of_rank[vpos]:
-                visits += 1
+            entry = entries[vpos]
+            # each of its instances is a visit; a node it has several on is looked at once
+            visits += len(entry.elastic)
+            for idx in entry.spots:
                 if idx in seen:
                     continue
                 seen.add(idx)
-                if room_c[idx] < 0:
-                    self._sum_room(idx)
                 if free_c[idx] + room_c[idx] < c or free_m[idx] + room_m[idx] < m:
                     continue
                 if not labels <= node_labels[idx] or not cluster.open_to(idx):
@@ -115,11 +147,6 @@ class ElasticIndex:
                 break
         return best
 
-    def _sum_room(self, idx: int) -> None:
-        entries = [v for v in self.on_node[idx] if v[4] not in self.stopped]
-        self.room_c[idx] = sum(v[2] for v in entries)
-        self.room_m[idx] = sum(v[3] for v in entries)
-
     def _victims_on(
         self, cluster: Cluster, idx: int, pos: int, c: int, m: int
     ) -> tuple[list[Victim], int, int] | None:
@@ -129,7 +156,7 @@ class ElasticIndex:
         lack_c = c - cluster.free_c[idx]
         lack_m = m - cluster.free_m[idx]
         chosen: list[Victim] = []
-        for victim in reversed(self.on_node[idx]):
+        for victim in reversed(self.on_node(idx)):
             if lack_c <= 0 and lack_m <= 0:
                 break
             if victim[0] <= pos:
@@ -152,53 +179,15 @@ class ElasticIndex:
     def stop(self, victim: Victim) -> None:
         """Mark `victim` as stopped (the caller gives its room back)."""
         self.stopped.add(victim[4])
-        if self.room_c[victim[1]] >= 0:
-            self.room_c[victim[1]] -= victim[2]
-            self.room_m[victim[1]] -= victim[3]
+        self.room_c[victim[1]] -= victim[2]
+        self.room_m[victim[1]] -= victim[3]
 
     def restore(self, victim: Victim) -> None:
         """Undo `stop` (the caller takes its room again)."""
         self.stopped.discard(victim[4])
-        if self.room_c[victim[1]] >= 0:
-            self.room_c[victim[1]] += victim[2]
-            self.room_m[victim[1]] += victim[3]
+        self.room_c[victim[1]] += victim[2]
+        self.room_m[victim[1]] += victim[3]
 
 
-def hold_placed(cluster: Cluster, execs: list[ExecutionState], index: bool) -> ElasticIndex:
-    """Take the room of every placed instance from the free capacity (execs in rank
-    order); when `index` is set, also index the elastic ones on available nodes."""
-    node_of = cluster.index.get
-    available = cluster.available
-    free_c, free_m = cluster.free_c, cluster.free_m
-    elastic = ElasticIndex(len(cluster.names) if index else 0)
-    unknown = len(cluster.names)  # a slot past the end takes what unknown nodes hold
-    free_c.append(0)
-    free_m.append(0)
-    on_node = elastic.on_node
-    of_rank, rank_room = elastic.of_rank, elastic.rank_room
-    milli: dict[float, int] = {}
-    empty: list[Victim] = []
-    for pos, ex in enumerate(execs):
-        mine = empty
-        held_c = held_m = 0
-        for inst, node in ex.placed:
-            idx = node_of(node, unknown)
-            c = milli.get(inst.cores)
-            if c is None:
-                c = milli[inst.cores] = millicores(inst.cores)
-            m = inst.memory
-            free_c[idx] -= c
-            free_m[idx] -= m
-            if index and not inst.essential and idx < unknown and available[idx]:
-                if mine is empty:
-                    mine = []
-                victim = (pos, idx, c, m, inst.id)
-                mine.append(victim)
-                on_node[idx].append(victim)
-                held_c += c
-                held_m += m
-        of_rank.append(mine)
-        rank_room.append((held_c, held_m))
-    free_c.pop()
-    free_m.pop()
-    return elastic
+def _by_rank(row: tuple[Entry, int]) -> tuple[int, int]:
+    return (row[0].pos, row[1])

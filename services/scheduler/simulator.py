@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .core import ExecutionState, InstanceReq, Policy, schedule
+from .core import ExecutionState, InstanceReq, Kept, Policy, schedule
 from .fairness import heaviest, jain_index, per_user_slowdown, worst_ratio
 from .invariants import check_decisions
 from .model import Decisions
@@ -198,6 +198,7 @@ class Simulation:
         self.reclaimed = 0
         self.passes = 0
         self.pass_time = 0.0
+        self.kept = Kept()  # what the core derives from the snapshot, as the service keeps it
 
     def run(self) -> Result:
         """Play every arrival and completion; return the figures."""
@@ -249,7 +250,12 @@ class Simulation:
         states = [r.snapshot() for r in self.active.values()]
         began = time.perf_counter()
         decisions = schedule(
-            self.nodes, states, now=now, policy=self.variant.policy, weights=self.weights
+            self.nodes,
+            states,
+            now=now,
+            policy=self.variant.policy,
+            weights=self.weights,
+            kept=self.kept,
         )
         self.pass_time += time.perf_counter() - began
         self.passes += 1

@@ -251,9 +251,14 @@ class View:
         node = self.nodes.get(name)
         if node is None:
             node = self.nodes[name] = _Node(0.0, 0, frozenset(), True, False)
+            self._node_list = None
         for key, value in values.items():
-            setattr(node, key, frozenset(value) if key in ("labels", "images") else value)
-        self._node_list = None
+            value = frozenset(value) if key in ("labels", "images") else value
+            if getattr(node, key) != value:
+                setattr(node, key, value)
+                # a heartbeat saying nothing new leaves the list (and what the core
+                # derived from it) as it was
+                self._node_list = None
 
     def placed(self, starts: Iterable[tuple[int, str]]) -> None:
         """A pass's placements, committed."""

@@ -8,7 +8,8 @@ the simulator's default mix, a twentieth of them needing ``ssd``.
 
 The core (`schedule()` alone: no database, no broker), the bench applying its decisions
 as the service would (stops put the instances back among their execution's pending
-ones):
+ones; an execution they do not touch stays the same object) and keeping what the core
+derives from the snapshot between passes (a `core.Kept`), as the service does:
 
 - *cold*: `--queued` executions submitted to an empty cluster, one pass:
   ``placements_per_s`` is the instances it placed divided by its time.
@@ -74,6 +75,7 @@ from services.scheduler import ends, handlers, passes  # noqa: E402
 from services.scheduler.core import (  # noqa: E402
     ExecutionState,
     InstanceReq,
+    Kept,
     NodeState,
     Policy,
     schedule,
@@ -90,7 +92,9 @@ ServiceFigures = dict[str, Any]
 class Bench:
     """A cluster and its executions, kept the way the service keeps them between passes."""
 
-    def __init__(self, nodes: int, seed: int, policy: Policy, supply: int, users: int = 1) -> None:
+    def __init__(
+        self, nodes: int, seed: int, policy: Policy, supply: int, users: int = 1, keep: bool = True
+    ) -> None:
         self.rng = random.Random(seed)
         self.policy = policy
         self.users = users
@@ -108,6 +112,8 @@ class Bench:
         self.owner: dict[int, int] = {}
         self.now = 0.0
         self.cpu: list[float] = []
+        # what a pass derives from the snapshot, kept between passes as the service does
+        self.kept: Kept | None = Kept() if keep else None
 
     def _apps(self, seed: int, count: int) -> list[App]:
         out = []
@@ -138,7 +144,7 @@ class Bench:
         execs = list(self.states.values())
         self.now += 1.0
         began, began_cpu = time.perf_counter(), time.process_time()
-        decisions = schedule(self.nodes, execs, now=self.now, policy=self.policy)
+        decisions = schedule(self.nodes, execs, now=self.now, policy=self.policy, kept=self.kept)
         elapsed = time.perf_counter() - began
         self.cpu.append(time.process_time() - began_cpu)
         self._apply(decisions.starts, decisions.stops)

@@ -19,7 +19,7 @@ from common import messages as m
 from common.zapp import load_description
 from services.api import store as api_store
 from services.scheduler import drain, handlers, passes, sweeper
-from services.scheduler.core import Policy
+from services.scheduler.core import Policy, schedule
 from services.scheduler.view import Changes, View
 from tests.conftest import TestEnv, own_database
 
@@ -217,6 +217,15 @@ async def _run(pool: asyncpg.Pool, env: TestEnv, ops: list[tuple[Any, ...]]) -> 
         for later in (0.0, 5.0, 3600.0):
             now = await _now(conn) + later
             assert _snap(view.view.snapshot(now)) == _snap(await passes.load_snapshot(conn, now))
+        # what the core kept between the passes decides as a fresh read does
+        now = await _now(conn)
+        nodes, execs, _ = view.view.snapshot(now)
+        read_nodes, read_execs, _ = await passes.load_snapshot(conn, now)
+        read_nodes.sort(key=lambda n: n.name)
+        policy = Policy.from_name("dynsize")
+        assert schedule(nodes, execs, now=now, policy=policy, kept=view.kept) == schedule(
+            read_nodes, read_execs, now=now, policy=policy
+        )
     assert _dump(view.view) == _dump(fresh)
 
 
