@@ -181,6 +181,13 @@ async def test_each_service_user_does_its_work_on_the_bus_and_nothing_else(
         assert key.endswith(n2)
         reason = await refused(events.publish(aio_pika.Message(m.encode(forged)), routing_key=key))
         assert key in reason
+        # ... nor beats in the name of many nodes (a process of hollow nodes sends those)
+        channel = await connection.channel(publisher_confirms=True)
+        events = await channel.get_exchange(routes.EVENTS, ensure=False)
+        many = m.NodesAlive(sender=n1, nodes=[n1, n2], sent_at=0.0)
+        key = routes.routing_key(many)
+        reason = await refused(events.publish(aio_pika.Message(m.encode(many)), routing_key=key))
+        assert key in reason
     finally:
         await connection.close()
 
@@ -232,7 +239,9 @@ def test_permissions_follow_the_route_table() -> None:
                 assert allows(rights.write, exchange), (who, r.message.__name__)
             if r.exchange == routes.EVENTS:
                 key = routes._FIELD.sub("n1", r.key)
-                assert allows(rights.topic_write, key) == (r.sender == who), (who, key)
+                # what speaks for many nodes is no single node's executor's to send
+                may = r.sender == who and not (node and r.many_nodes)
+                assert allows(rights.topic_write, key) == may, (who, key)
     assert not allows(routes.permissions("executor", "n1").read, routes.executor_queue("n10"))
     assert not allows(routes.permissions("monitor").write, routes.COMMANDS)
 
