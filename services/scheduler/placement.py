@@ -174,19 +174,11 @@ class Cluster:
 
     def change(self, idx: int, cores: int, memory: int, containers: int) -> None:
         """Take (positive) or give back (negative) resources on a node, keeping the index."""
-        bucket = self.node_bucket[idx]
         old_c, old_m = self.free_c[idx], self.free_m[idx]
         new_c, new_m = old_c - cores, old_m - memory
         self.free_c[idx], self.free_m[idx] = new_c, new_m
         self.count[idx] += containers
-        if bucket is None:
-            return
-        by_c, by_m = bucket.by_cores, bucket.by_memory
-        del by_c[bisect_left(by_c, (old_c, old_m, idx))]
-        insort(by_c, (new_c, new_m, idx))
-        if new_m != old_m:
-            del by_m[bisect_left(by_m, (old_m, idx))]
-            insort(by_m, (new_m, idx))
+        self.refit(idx, old_c, old_m)
 
     def open_to(self, idx: int) -> bool:
         """Whether node `idx` may receive something new (available, bucket not closed)."""
