@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 import aiormq
 import asyncpg
+import pamqp.commands
 import structlog
 
 from common import messages as m
@@ -81,9 +82,12 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
 
 def refused_for_itself(error: BaseException) -> bool:
     """Whether a publish failed because of the message itself (too large, or returned by
-    the broker as unroutable or refused), so that publishing it again would fail again.
-    Any other failure (the link, the channel, a timeout, the unknown) is retried."""
-    return isinstance(error, MessageTooLarge | aiormq.exceptions.DeliveryError)
+    the broker as unroutable), so that publishing it again would fail again. Any other
+    failure (the link, the channel, a timeout, a nack: a quorum queue between leaders
+    after a broker node died, the unknown) is retried."""
+    if isinstance(error, aiormq.exceptions.DeliveryError):
+        return not isinstance(error.frame, pamqp.commands.Basic.Nack)
+    return isinstance(error, MessageTooLarge)
 
 
 class Relay:
