@@ -127,6 +127,12 @@ PASS_DURATION = Histogram(
     buckets=SECONDS,
     registry=None,
 )
+FULL_COLLECTION = Histogram(
+    "zoe_scheduler_full_collection_seconds",
+    "Duration of a full garbage collection, which the scheduler runs between passes.",
+    buckets=SECONDS,
+    registry=None,
+)
 PLACEMENTS = Counter("zoe_placements_total", "Instances placed on a node by a pass.", registry=None)
 RECLAIMS = Counter(
     "zoe_reclaims_total", "Elastic instances stopped by a pass to make room.", registry=None
@@ -204,6 +210,7 @@ _EXPOSED: dict[str, tuple[Collector, ...]] = {
         OUTBOX_OLDEST,
         OUTBOX_PARKED_ROWS,
         PASS_DURATION,
+        FULL_COLLECTION,
         PLACEMENTS,
         RECLAIMS,
         RESTARTS,

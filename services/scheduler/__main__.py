@@ -6,11 +6,13 @@ import sys
 
 from common.lifecycle import run
 from common.settings import SchedulerSettings
+from services.scheduler import collector
 from services.scheduler.service import serve
 
 
 def main() -> None:
     """Start the scheduler with settings from ``ZOE_*`` variables."""
+    collector.install()
     sys.exit(run("scheduler", SchedulerSettings.from_env(), serve))
 
 

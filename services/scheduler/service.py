@@ -29,7 +29,7 @@ from common.lifecycle import wait_any, wait_or_stop
 from common.retry import Backoff, is_transient, report_failure
 from common.runtime import Probe, Runtime
 from common.settings import SchedulerSettings
-from services.scheduler import drain, handlers, passes, stats, sweeper
+from services.scheduler import collector, drain, handlers, passes, stats, sweeper
 from services.scheduler.core import Policy
 from services.scheduler.view import Changes
 
@@ -167,6 +167,7 @@ async def _pass_loop(
     """Run passes one at a time: when asked, and on a period (for expiring backoffs)."""
     next_wake: float | None = None
     backoff = Backoff(0.5, 5.0)
+    full = collector.FullCollections()
     while not stop.is_set():
         timeout = settings.pass_interval
         if next_wake is not None:
@@ -178,6 +179,7 @@ async def _pass_loop(
         try:
             _, next_wake = await view.run_pass()
             backoff.reset()
+            full.after_pass(busy=wake.is_set())
         except Exception as exc:  # the loop outlives any failure: the next pass retries
             report_failure("pass.failed", exc)
             await wait_or_stop(stop, backoff.next())

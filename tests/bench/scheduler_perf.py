@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ import structlog  # noqa: E402
 from common import db  # noqa: E402
 from common import messages as m  # noqa: E402
 from common import states as st  # noqa: E402
-from services.scheduler import ends, handlers, passes  # noqa: E402
+from services.scheduler import collector, ends, handlers, passes  # noqa: E402
 from services.scheduler.core import (  # noqa: E402
     ExecutionState,
     InstanceReq,
@@ -107,7 +109,7 @@ class Bench:
             )
             for i in range(nodes)
         ]
-        self.pool = iter(self._apps(seed, supply))
+        self.pool = self.supply(seed, supply)
         self.states: dict[int, ExecutionState] = {}
         self.owner: dict[int, int] = {}
         self.now = 0.0
@@ -115,13 +117,28 @@ class Bench:
         # what a pass derives from the snapshot, kept between passes as the service does
         self.kept: Kept | None = Kept() if keep else None
 
-    def _apps(self, seed: int, count: int) -> list[App]:
+    def _apps(
+        self, seed: int, count: int, skip: int = 0, rng: random.Random | None = None
+    ) -> list[App]:
+        rng = rng or self.rng
         out = []
-        for app in make_workload("default", seed, apps=count).apps:
-            if self.rng.random() < 0.05:
+        for app in make_workload("default", seed, apps=count).apps[skip:]:
+            if rng.random() < 0.05:
                 app = replace(app, instances=tuple(replace(i, labels=SSD) for i in app.instances))
             out.append(app)
         return out
+
+    def supply(self, seed: int, count: int) -> Iterator[App]:
+        """`count` applications (made now), then as many more as asked for (a queue that
+        keeps growing under overload on a large cluster outlasts any count set
+        beforehand): the workload drawn again twice as long, its first ones skipped."""
+        return itertools.chain(self._apps(seed, count), self._more(seed, count))
+
+    def _more(self, seed: int, count: int) -> Iterator[App]:
+        more = random.Random(f"more-{seed}")
+        while True:
+            yield from self._apps(seed, count * 2, skip=count, rng=more)
+            count *= 2
 
     def submit(self, count: int) -> None:
         """Submit `count` new executions."""
@@ -284,7 +301,7 @@ class ServiceBench:
         self.pool = pool
         self.nodes = nodes
         self.rng = random.Random(seed)
-        self.apps = iter(Bench(0, seed, policy, supply)._apps(seed, supply))
+        self.apps = Bench(0, seed, policy, supply).supply(seed, supply)
         self.changes = Changes()
         self.deps = handlers.Deps(
             pool=pool, deployment="bench", request_pass=lambda: None, view=self.changes
@@ -377,27 +394,40 @@ async def _service_churn(
     url: str, nodes: int, queued: int, passes_: int, seed: int, policy: Policy, reread: bool
 ) -> ServiceFigures:
     departures = max(1, nodes // 100)
+    thresholds = gc.get_threshold()
     async with db.pool(url, max_size=4) as pool:
         bench = ServiceBench(
             pool, nodes, seed, policy, queued * 3 + 4000 + nodes * 3 + passes_ * departures, reread
         )
-        await bench.setup()
-        await bench.submit(queued)
-        await bench.step()
-        while (waiting := await bench.waiting()) < queued:
-            await bench.submit(queued - waiting)
+        # The garbage collector as the scheduler process has it (collector.py): what
+        # was made to start frozen out of its reach (here the bench's supply of
+        # applications too, which is not the scheduler's), full collections between passes.
+        collector.install()
+        try:
+            await bench.setup()
+            await bench.submit(queued)
             await bench.step()
-            await pool.execute("TRUNCATE outbox")
-        gc.collect()
-        bench.cpu.clear()
-        times: list[float] = []
-        placed = 0
-        for _ in range(passes_):
-            await bench.finish(departures)
-            await bench.submit(departures)
-            elapsed, started = await bench.step()
-            times.append(elapsed)
-            placed += started
+            while (waiting := await bench.waiting()) < queued:
+                await bench.submit(queued - waiting)
+                await bench.step()
+                await pool.execute("TRUNCATE outbox")
+            full = collector.FullCollections()
+            collections: list[float] = []
+            bench.cpu.clear()
+            times: list[float] = []
+            placed = 0
+            for _ in range(passes_):
+                await bench.finish(departures)
+                await bench.submit(departures)
+                elapsed, started = await bench.step()
+                times.append(elapsed)
+                placed += started
+                spent = full.after_pass(busy=False)
+                if spent is not None:
+                    collections.append(spent * 1000)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
         held = await pool.fetchval(
             "SELECT count(*) FROM instances WHERE state IN ('placed', 'starting', 'running')"
         )
@@ -415,6 +445,9 @@ async def _service_churn(
         "cpu_ms_per_placement": round(1000 * sum(bench.cpu) / max(1, placed), 3),
         "placements": placed,
         "pending_full_reload": reloads,
+        # between passes (not in their times): how many, and the CPU of the longest
+        "full_collections": len(collections),
+        "full_collection_cpu_max_ms": round(max(collections, default=0.0), 2),
     }
 
 
