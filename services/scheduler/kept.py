@@ -54,7 +54,6 @@ class Entry:
         "elastic",
         "ex",
         "gang",
-        "held",
         "lead",
         "need",
         "never",
@@ -94,22 +93,20 @@ class Entry:
         # the smallest millicores and bytes among its pending instances (None: it has
         # none), once asked
         self._least: object = UNKNOWN
-        held: list[tuple[int, int, int]] = []
         elastic: list[Held] = []
         room_c = room_m = 0
         get = index.get
         for inst, node in ex.placed:
+            if inst.essential:
+                continue
             idx = get(node, -1)
-            c = milli.get(inst.cores)
-            if c is None:
-                c = milli[inst.cores] = millicores(inst.cores)
-            m = inst.memory
-            held.append((idx, c, m))
-            if idx >= 0 and not inst.essential and available[idx]:
-                elastic.append((idx, c, m, inst.id))
+            if idx >= 0 and available[idx]:
+                c = milli.get(inst.cores)
+                if c is None:
+                    c = milli[inst.cores] = millicores(inst.cores)
+                elastic.append((idx, c, inst.memory, inst.id))
                 room_c += c
-                room_m += m
-        self.held = held  # (node index, millicores, bytes) of every placed instance
+                room_m += inst.memory
         self.elastic = elastic  # its elastic instances on available nodes
         self.room = (room_c, room_m)  # the room they hold
         self.spots = tuple(dict.fromkeys([e[0] for e in elastic]))  # their nodes, once each
@@ -270,16 +267,25 @@ class Kept:
             del members[idx][(id(entry), n)]
 
     def _hold(self, entry: Entry, sign: int) -> None:
+        """Take the room of the entry's placed instances from their nodes (sign 1), or
+        give it back (-1). The node index is the one the entry was made with: only
+        `_start` changes it, and it drops every entry."""
         base = self.base
         assert base is not None
-        free_c, free_m, dirty = base.free_c, base.free_m, self._dirty
-        for idx, c, m in entry.held:
+        free_c, free_m, dirty, milli = base.free_c, base.free_m, self._dirty, self._milli
+        get = base.index.get
+        track = bool(base.buckets)  # else the index is built once everything is in
+        for inst, node in entry.ex.placed:
+            idx = get(node, -1)
             if idx < 0:
                 continue  # on a node the snapshot does not have: it holds nothing known
-            if idx not in dirty:
+            c = milli.get(inst.cores)
+            if c is None:
+                c = milli[inst.cores] = millicores(inst.cores)
+            if track and idx not in dirty:
                 dirty[idx] = (free_c[idx], free_m[idx])
             free_c[idx] -= sign * c
-            free_m[idx] -= sign * m
+            free_m[idx] -= sign * inst.memory
 
     def _count(self, ex_id: int, delta: int) -> None:
         ids = self._ids

@@ -538,6 +538,8 @@ def grid(passes_: int, service_passes: int, seed: int, policy: Policy) -> list[d
                     "p99_pass_ms": svc["p99_pass_ms"],
                     "cpu_p99_pass_ms": svc["cpu_p99_pass_ms"],
                     "cpu_ms_per_placement": svc["cpu_ms_per_placement"],
+                    "full_collections": svc["full_collections"],
+                    "full_collection_cpu_max_ms": svc["full_collection_cpu_max_ms"],
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
