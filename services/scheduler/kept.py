@@ -315,7 +315,12 @@ class Kept:
         for entry, key in zip(stable, keys, strict=True):
             entry.rank = key
             entry.stable = True
-            insort(ranked, entry, key=_rank)
+        if len(stable) * 8 > len(ranked):  # many (a start): one sort, as insort would order
+            ranked.extend(stable)
+            ranked.sort(key=_rank)
+        else:
+            for entry in stable:
+                insort(ranked, entry, key=_rank)
 
     def ranked(self, now: float, policy: Policy) -> list[Entry]:
         """The entries in rank order, as `sorted(..., key=rank_keys(...))` would give."""
