@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -937,6 +937,101 @@ async def test_death_during_an_engine_outage_is_reported_after_it(
                 await stop_and_wait(bus, facts, name, start)
     finally:
         proxy.cut()
+        server.close()
+        await remove_node_containers(docker, test_env, name)
+
+
+@contextlib.contextmanager
+def _closing(writer: asyncio.StreamWriter) -> Iterator[None]:
+    """Close `writer` when the block ends: one side's end ends the other's."""
+    try:
+        yield
+    finally:
+        writer.close()
+
+
+class LostStartAnswer:
+    """A relay to the engine that carries the first container start it sees and then
+    loses the engine's answer: once the container runs, it breaks that connection. The
+    start happened; the executor cannot know."""
+
+    def __init__(self, docker: aiodocker.Docker, name: str) -> None:
+        self._docker = docker
+        self._name = name
+        self._caught = False  # the start is caught (on one connection)
+        self.started: dict[str, Any] | None = None  # the container as it ran then
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection("/var/run/docker.sock")
+        holding = False  # this connection carries the start: its answer is lost
+
+        async def up() -> None:
+            nonlocal holding
+            with contextlib.suppress(ConnectionError, OSError), _closing(up_writer):
+                while data := await reader.read(65536):
+                    line = data.split(b"\r\n", 1)[0]
+                    if not self._caught and line.startswith(b"POST ") and b"/start " in line:
+                        self._caught = holding = True
+                    up_writer.write(data)
+                    await up_writer.drain()
+                    if holding:
+                        await wait_for(self._running, what="the container started")
+                        for w in (writer, up_writer):
+                            w.transport.abort()
+                        return
+
+        async def down() -> None:
+            with contextlib.suppress(ConnectionError, OSError), _closing(writer):
+                while data := await up_reader.read(65536):
+                    if not holding:
+                        writer.write(data)
+                        await writer.drain()
+
+        await asyncio.gather(up(), down())
+
+    async def _running(self) -> bool:
+        info = await self._docker.containers.container(self._name).show()
+        if info["State"]["Running"]:
+            self.started = info
+        return self.started is not None
+
+
+async def test_a_start_whose_answer_is_lost_is_resumed_not_made_again(
+    test_env: TestEnv,
+    bus: Bus,
+    facts: Facts,
+    docker: aiodocker.Docker,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    """The engine started the container but its answer never came (the connection
+    broke): the executor must not remove it and make another (that would run it twice),
+    but find it again and report it started."""
+    name = node_name(test_env)
+    start = start_msg(test_env, LONG_RUNNING)
+    proxy = LostStartAnswer(docker, start.container_name)
+    socket_path = tmp_path / "docker.sock"
+    server = await asyncio.start_unix_server(proxy.relay, str(socket_path))
+    settings = ExecutorSettings.from_env(
+        executor_env(test_env, name), docker_url=f"unix://{socket_path}"
+    )
+    try:
+        with capture_logs() as logs:
+            async with in_process_executor(settings):
+                await facts.wait(m.NodeHeartbeat, node=name, registered=True)
+                await bus.publish(start, node=name)
+                started = await facts.wait(m.InstanceStarted, execution_id=start.execution_id)
+                assert proxy.started is not None  # the answer to its start was lost
+                # the very container that started then, never stopped or made again
+                assert started.container_id == proxy.started["Id"]
+                [only] = await containers_named(docker, start.container_name)
+                info = await docker.containers.container(only["Id"]).show()
+                assert info["State"]["Running"]
+                assert info["State"]["StartedAt"] == proxy.started["State"]["StartedAt"]
+                assert facts.all(m.InstanceStartFailed, execution_id=start.execution_id) == []
+                assert any(e["event"] == "instance.start_retrying" for e in logs)
+                await stop_and_wait(bus, facts, name, start)
+    finally:
         server.close()
         await remove_node_containers(docker, test_env, name)
 

@@ -14,16 +14,27 @@ from services.executor.engine.port import EngineError
 
 T = TypeVar("T")
 
+# aiodocker's status for a request that got no answer (its connection failed or broke)
+UNANSWERED = 900
+
+
+class EngineUnanswered(EngineError):
+    """No answer came (the connection failed or broke, or the call timed out): the call
+    may or may not have been carried out by the engine."""
+
 
 @contextlib.contextmanager
 def engine_errors() -> Iterator[None]:
-    """Turn what aiodocker and aiohttp raise into `EngineError`."""
+    """Turn what aiodocker and aiohttp raise into `EngineError` (`EngineUnanswered`
+    when the engine gave no answer)."""
     try:
         yield
     except DockerError as exc:
+        if exc.status == UNANSWERED:
+            raise EngineUnanswered(exc.message) from exc
         raise EngineError(exc.message) from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise EngineError(f"docker engine unreachable: {exc!r}") from exc
+        raise EngineUnanswered(f"docker engine unreachable: {exc!r}") from exc
 
 
 async def unless_gone(call: Awaitable[T]) -> T | None:

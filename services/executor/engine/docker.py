@@ -24,7 +24,7 @@ from aiodocker.exceptions import DockerError
 
 from services.executor import images
 from services.executor.engine import translate
-from services.executor.engine.calls import engine_errors, unless_gone
+from services.executor.engine.calls import EngineUnanswered, engine_errors, unless_gone
 from services.executor.engine.logs import log_after, log_tail
 from services.executor.engine.networks import Networks
 from services.executor.engine.overlay import NetworkUnavailable, OverlayNetworks
@@ -186,6 +186,11 @@ class DockerEngine:
                 if info is None:
                     raise EngineError(f"container {spec.name} vanished right after its start")
                 return info
+            except EngineUnanswered as exc:
+                # The start may have reached the engine, the container be running:
+                # removing it and creating it again would run it twice. Tried again,
+                # the create finds it by its name and the start resumes it.
+                raise TransientEngineError(f"no answer to the start of {spec.name}: {exc}") from exc
             except Exception:
                 await self._remove_quietly(container.id)
                 raise
@@ -232,10 +237,13 @@ class DockerEngine:
         return None
 
     async def start(self, name: str) -> Container:
-        """Start an existing (created) container and inspect it; remove it if that fails."""
+        """Start an existing (created) container and inspect it; remove it if the engine
+        refuses (not when no answer came: it may have started, and is left as it is)."""
         try:
             with engine_errors():
                 await self._docker.containers.container(name).start()
+        except EngineUnanswered:
+            raise
         except EngineError:
             await self._remove_quietly(name)
             raise
