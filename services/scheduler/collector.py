@@ -7,11 +7,11 @@ hundreds on 10,000). Left to itself, CPython runs one whenever the objects that 
 its young generations have grown by a quarter since the last: now and then inside a
 pass, whose p99 it then makes.
 
-So `install` freezes what the process made to start and turns the automatic full collections off (the young generations are
-collected as usual: they visit only the objects made since) and the pass loop calls
-`after_pass`, which runs a full collection itself: after a pass with no other pass
-asked for, once `IDLE` seconds have gone since the last one, and after `LONGEST`
-seconds whatever the load. The view's values are immutable and hold no cycles, so
+So `install` freezes what the process made to start and turns the automatic full
+collections off (the young generations are collected as usual: they visit only the
+objects made since), and the pass loop calls `after_pass`, which runs a full collection
+itself: after a pass with no other pass asked for, once `IDLE` seconds have gone since
+the last one, and after `LONGEST` seconds whatever the load. The view's values are immutable and hold no cycles, so
 what waits for a full collection is little (cyclic garbage of the bus and the
 database's drivers), and it waits at most `LONGEST` seconds.
 """

@@ -101,9 +101,7 @@ class Entry:
                 continue
             idx = get(node, -1)
             if idx >= 0 and available[idx]:
-                c = milli.get(inst.cores)
-                if c is None:
-                    c = milli[inst.cores] = millicores(inst.cores)
+                c = _milli(milli, inst.cores)
                 elastic.append((idx, c, inst.memory, inst.id))
                 room_c += c
                 room_m += inst.memory
@@ -279,9 +277,7 @@ class Kept:
             idx = get(node, -1)
             if idx < 0:
                 continue  # on a node the snapshot does not have: it holds nothing known
-            c = milli.get(inst.cores)
-            if c is None:
-                c = milli[inst.cores] = millicores(inst.cores)
+            c = _milli(milli, inst.cores)
             if track and idx not in dirty:
                 dirty[idx] = (free_c[idx], free_m[idx])
             free_c[idx] -= sign * c
