@@ -110,6 +110,11 @@ class PrivateBroker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def keep_logs(self, dest: Path) -> None:
+        """Copy the node's own logs to ``dest/<node name>`` (before `stop` deletes them)."""
+        with contextlib.suppress(OSError):
+            shutil.copytree(self.base / "log", dest / self.node, dirs_exist_ok=True)
+
     def stop(self) -> None:
         """Kill the node (its data is thrown away: a graceful stop of a thousand quorum
         queues takes minutes) and delete its directory."""
@@ -144,6 +149,9 @@ class PrivateCluster:
         status = json.loads(via.ctl("cluster_status", "--formatter", "json"))
         return set(status.get("running_nodes", []))
 
-    def stop(self) -> None:
+    def stop(self, keep_logs: Path | None = None) -> None:
+        """Kill every node; with ``keep_logs``, their logs are copied there first."""
         for node in self.nodes:
+            if keep_logs is not None:
+                node.keep_logs(keep_logs)
             node.stop()

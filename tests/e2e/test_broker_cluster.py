@@ -22,7 +22,7 @@ import pytest
 from common import db
 from tests.conftest import PG_BASE, TestEnv, dead_letters, migrate, wait_for
 from tests.e2e.conftest import Platform, service, zapp
-from tests.private_rabbitmq import PrivateCluster
+from tests.private_rabbitmq import PrivateBroker, PrivateCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,13 +39,14 @@ class ClusterEnv(TestEnv):
 
 
 @pytest.fixture(scope="module")
-def cluster(test_env: TestEnv) -> Iterator[PrivateCluster]:
+def cluster(test_env: TestEnv, log_dir: Path) -> Iterator[PrivateCluster]:
     brokers = PrivateCluster(f"zoeclu{test_env.run_id}")
     try:
         brokers.start()
         yield brokers
     finally:
-        brokers.stop()  # every node killed by pid, its directory removed
+        # every node killed by pid, its directory removed; its logs kept beside the services'
+        brokers.stop(keep_logs=log_dir / "broker-cluster")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,19 @@ async def _all_running(pool: asyncpg.Pool, ids: list[int]) -> bool:
     return len(states) == len(ids) and all(r["state"] == "running" for r in states)
 
 
+async def _stuck(pool: asyncpg.Pool, ids: list[int], via: PrivateBroker) -> str:
+    """What a failed wait saw: the executions not running, and the queues as a live node
+    tells them (their leader, members online, consumers, messages)."""
+    rows = await pool.fetch(
+        "SELECT id, state FROM executions WHERE id = ANY($1) AND state <> 'running'", ids
+    )
+    try:
+        queues = via.ctl("list_queues", "name", "leader", "online", "consumers", "messages")
+    except Exception as exc:  # the diagnosis must not hide the failure
+        queues = f"(list_queues failed: {exc})"
+    return f"not running: {[(r['id'], r['state']) for r in rows]}; queues:\n{queues}"
+
+
 async def test_a_broker_node_killed_mid_stream_loses_nothing_and_rejoins(
     cluster_platform: Platform, cluster: PrivateCluster
 ) -> None:
@@ -130,9 +144,12 @@ async def test_a_broker_node_killed_mid_stream_loses_nothing_and_rejoins(
                 stop.set()
         acked = stream.acked
         assert len(set(acked)) == len(acked)
-        await wait_for(
-            lambda: _all_running(pool, acked), timeout=180, interval=0.5, what="all running"
-        )
+        try:
+            await wait_for(
+                lambda: _all_running(pool, acked), timeout=180, interval=0.5, what="all running"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {await _stuck(pool, acked, second)}") from None
         assert {s for s, _ in stream.refused} <= {503}, stream.refused
 
         # none started twice: one instance each, never restarted, one container name
