@@ -113,6 +113,10 @@ class Pass:
         self.describe = R.Describer(cluster, self.holder)
         self.milli: dict[float, int] = {}
         self.work = 0  # searches and reclaim probes done: what `lookahead` bounds
+        # the state of the free room, the stops and the closed nodes (`_moved`), for
+        # the reclaim searches' memory of those that found nothing
+        self.version = 0
+        self._versions = 0
 
     def never(self, pos: int) -> str | None:
         """`Emptied.never` of the essential set the execution at `pos` waits for."""
@@ -187,7 +191,7 @@ class Pass:
                     for bucket in self.cluster.eligible(labels):
                         holder.setdefault(id(bucket), ex.id)
                     closed_all = self.cluster.close(labels) or closed_all
-                describe.moved()
+                self._moved()
                 if closed_all:
                     # every node is held: nothing further down may start
                     cut, end = R.words(R.HOLDS_ALL.format(ex.id)), pos + 1
@@ -222,9 +226,12 @@ class Pass:
             more_c, more_m = self.elastic.room_after(pos)
             if need_c > self.free_c + more_c or need_m > self.free_m + more_m:
                 return None
+        version = self.version
         placed = self._place_gang(gang) if fits_free else None
         if placed is None and reclaim:
             placed = self._reclaim_for(pos, gang, stops)
+        if placed is None:
+            self.version = version  # all it took was given back: the state it found
         return placed
 
     def _grow(self, running: list[bool], holds: Holds) -> Placed:
@@ -236,6 +243,7 @@ class Pass:
         starts: Placed = []
         now = self.now
         self.cluster.reopen()
+        self._moved()
         self.misses = _Misses()
         pending_holds = [] if self.policy.reclaim else list(reversed(holds))
         entries = self.entries
@@ -302,16 +310,22 @@ class Pass:
         return idx
 
     def _take(self, idx: int, c: int, m: int) -> None:
-        self.describe.moved()
+        self._moved()
         self.cluster.change(idx, c, m, 1)
         self.free_c -= c
         self.free_m -= m
 
     def _give(self, idx: int, c: int, m: int) -> None:
-        self.describe.moved()
+        self._moved()
         self.cluster.change(idx, -c, -m, -1)
         self.free_c += c
         self.free_m += m
+
+    def _moved(self) -> None:
+        """The free room, the stops or the closed nodes change: a new state."""
+        self._versions += 1
+        self.version = self._versions
+        self.describe.moved()
 
     def _place_gang(self, gang: list[InstanceReq]) -> Placed | None:
         """Place every instance of `gang` on free room, or nothing."""
@@ -357,7 +371,7 @@ class Pass:
         c, m, labels = self.mc(inst.cores), inst.memory, inst.labels
         if self.reclaim_misses.blocked(c, m, labels):
             return -1
-        found = self.elastic.find(self.cluster, pos, c, m, labels)
+        found = self.elastic.find(self.cluster, pos, c, m, labels, self.version)
         self.work += found.probes
         if found.node < 0:
             # Room that later (lower-ranked) executions could free only shrinks in a pass,

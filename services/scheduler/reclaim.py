@@ -9,6 +9,7 @@ instances first.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import accumulate, compress
 from operator import attrgetter, itemgetter
@@ -41,11 +42,26 @@ class Found:
     exhaustive: bool
 
 
+@dataclass(slots=True)
+class _Failed:
+    """A search that found nothing: the state it saw (`version`), the rank position it
+    searched for, the rank positions of the executions whose nodes it probed (one per
+    probe, lowest-ranked first) and that of the one after which it was cut short (-1:
+    it ran to the end)."""
+
+    version: int
+    pos: int
+    probed: list[int]
+    cut: int
+
+
 class ElasticIndex:
     """Elastic instances on available nodes, by rank and (looked up when first needed)
     by node, in rank order; and the room they hold per node."""
 
     __slots__ = (
+        "_failed",
+        "_held",
         "_members",
         "_on_node",
         "_ranks",
@@ -69,8 +85,12 @@ class ElasticIndex:
         self.stopped: set[int] = set()
         self._members = members  # per node: its entries' elastic instances (kept.Kept)
         self._on_node: dict[int, list[Victim]] = {}
-        self._suffix: list[tuple[int, int]] = []
+        # made when first needed: the entries holding elastic instances, lowest-ranked
+        # first; their rank positions, highest first; and the room held by the first k
+        self._held: list[Entry] = []
         self._ranks: list[int] = []
+        self._suffix: list[tuple[int, int]] = []
+        self._failed: dict[tuple[int, int, frozenset[str]], _Failed] = {}
 
     def on_node(self, idx: int) -> list[Victim]:
         """The elastic instances on node `idx`, in rank order (an execution's own in
@@ -88,41 +108,57 @@ class ElasticIndex:
         """Elastic cores and memory held by executions ranked after `pos` (an upper
         bound of what stopping could free for it: stops made since are not deducted)."""
         if not self._suffix:
-            entries = self.entries
-            rooms = list(map(_room, entries))
-            rooms.reverse()
-            self._suffix = list(
-                zip(
-                    accumulate(map(_first, rooms), initial=0),
-                    accumulate(map(_second, rooms), initial=0),
-                    strict=True,
-                )
-            )
-            self._suffix.reverse()
-            self._ranks = list(compress(range(len(entries)), map(_elastic, entries)))
-            self._ranks.reverse()
-        return self._suffix[pos + 1]
+            self._index()
+        # the entries ranked after `pos` are the first k of `_held`
+        k = bisect_left(self._ranks, -pos)
+        return self._suffix[k]
 
-    def find(self, cluster: Cluster, pos: int, c: int, m: int, labels: frozenset[str]) -> Found:
+    def _index(self) -> None:
+        held = list(compress(self.entries, map(_elastic, self.entries)))
+        held.reverse()
+        self._held = held
+        self._ranks = [-e.pos for e in held]  # negated: ascending, for bisect
+        self._suffix = list(
+            zip(
+                accumulate(map(_first, map(_room, held)), initial=0),
+                accumulate(map(_second, map(_room, held)), initial=0),
+                strict=True,
+            )
+        )
+
+    def find(
+        self, cluster: Cluster, pos: int, c: int, m: int, labels: frozenset[str], version: int
+    ) -> Found:
         """A node where (c, m) fits once some elastic instances ranked after `pos` stop.
 
         Nodes are probed in the order of the lowest-ranked executions' instances, so the
         stops fall on the executions ranked last; a node needing a single stop is taken
         at once, otherwise the one needing the fewest among at most `PROBES` nodes.
+
+        `version` names the state of the free room, the stops and the closed nodes:
+        the caller gives a new one whenever they change. Searching again for the same
+        request in the same state, for `pos` or an execution ranked after it, after a
+        search that found nothing is answered from that search (`_again`).
         """
+        if not self._suffix:
+            self._index()
+        key = (c, m, labels)
+        failed = self._failed.get(key)
+        if failed is not None and failed.version == version and failed.pos <= pos:
+            return _again(failed, pos)
         free_c, free_m, node_labels = cluster.free_c, cluster.free_m, cluster.labels
         room_c, room_m = self.room_c, self.room_m
         wc, wm = cluster.weights()
         best = Found(-1, [], 0, True)
         best_cost = (0, 0.0)
+        probed: list[int] = []
         seen: set[int] = set()
         visits = 0
-        self.room_after(pos)
-        entries = self.entries
-        for vpos in self._ranks:
+        cut = -1
+        for entry in self._held:
+            vpos = entry.pos
             if vpos <= pos:
                 break
-            entry = entries[vpos]
             # each of its instances is a visit; a node it has several on is looked at once
             visits += len(entry.elastic)
             for idx in entry.spots:
@@ -133,7 +169,7 @@ class ElasticIndex:
                     continue
                 if not labels <= node_labels[idx] or not cluster.open_to(idx):
                     continue
-                best.probes += 1
+                probed.append(vpos)
                 chosen = self._victims_on(cluster, idx, pos, c, m)
                 if chosen is not None:
                     victims, surplus_c, surplus_m = chosen
@@ -141,10 +177,15 @@ class ElasticIndex:
                     if best.node < 0 or cost < best_cost:
                         best.node, best.victims, best_cost = idx, victims, cost
                         if len(victims) <= 1:
+                            best.probes = len(probed)
                             return best
-            if best.probes >= PROBES or visits >= VISITS:
+            if len(probed) >= PROBES or visits >= VISITS:
                 best.exhaustive = False
+                cut = vpos
                 break
+        best.probes = len(probed)
+        if best.node < 0:
+            self._failed[key] = _Failed(version, pos, probed, cut)
         return best
 
     def _victims_on(
@@ -187,6 +228,21 @@ class ElasticIndex:
         self.stopped.discard(victim[4])
         self.room_c[victim[1]] += victim[2]
         self.room_m[victim[1]] += victim[3]
+
+
+def _again(failed: _Failed, pos: int) -> Found:
+    """What searching for `pos` would find in the state `failed` searched (for a rank
+    position at or before `pos`): nothing either. Its walk is a prefix of the one
+    `failed` made (the executions ranked after `pos`, in the same order), over the same
+    nodes, each offering fewer instances to stop, so none is enough where none was; it
+    probes the nodes `failed` probed for executions ranked after `pos`, and is cut
+    short where `failed` was if it gets that far."""
+    probes = 0
+    for vpos in failed.probed:
+        if vpos <= pos:
+            break
+        probes += 1
+    return Found(-1, [], probes, failed.cut < 0 or failed.cut <= pos)
 
 
 def _by_rank(row: tuple[Entry, int]) -> tuple[int, int]:

@@ -361,10 +361,9 @@ class ServiceBench:
             await handlers.on_terminate(
                 m.ExecutionTerminateRequested(execution_id=ex_id), self.deps
             )
+        # theirs, and those reclaimed by the last pass: their containers are gone
         ended = await self.pool.fetch(
-            "SELECT id, container_name FROM instances"
-            " WHERE execution_id = ANY($1::bigint[]) AND state = 'stopping'",
-            picked,
+            "SELECT id, container_name FROM instances WHERE state = 'stopping'"
         )
         touched: set[int] = set()
         async with self.pool.acquire() as conn, conn.transaction():
