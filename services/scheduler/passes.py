@@ -263,6 +263,11 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     and reading them all again at every pass would cost more than the pass itself. An
     instance that does not fit alone cannot start; room freed after this look is seen by
     the next pass (every end asks for one)."""
+    # most passes find none: one look at an index that holds only the placed instances
+    rows = await pool.fetch("SELECT DISTINCT node FROM instances WHERE state = 'placed'")
+    if not rows:
+        return 0
+    nodes = [r["node"] for r in rows]
     async with pool.acquire() as conn, conn.transaction():
         # locked as the handlers lock them: executions first, in id order
         rows = await conn.fetch(
@@ -270,12 +275,13 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
             "  n.memory - coalesce(sum(j.memory), 0) AS memory"
             "  FROM nodes n LEFT JOIN instances j ON j.node = n.name"
             f"   AND j.state IN {_ON_NODE}"
-            "  WHERE n.name IN (SELECT node FROM instances WHERE state = 'placed')"
+            "  WHERE n.name = ANY($1::text[])"
             "  GROUP BY n.name)"
             " SELECT id FROM executions WHERE id IN"
             " (SELECT i.execution_id FROM instances i JOIN room r ON r.name = i.node"
             "  WHERE i.state = 'placed' AND i.cores <= r.cores + 1e-9 AND i.memory <= r.memory)"
-            " ORDER BY id FOR NO KEY UPDATE"
+            " ORDER BY id FOR NO KEY UPDATE",
+            nodes,
         )
         return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
 

@@ -365,6 +365,39 @@ async def test_reclaimed_instance_comes_back_under_a_new_name(
     assert (row["restart_count"], row["generation"]) == (0, 1)
 
 
+async def test_an_instance_placed_in_reclaimed_room_starts_once_that_room_is_free(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    """A pass reclaims an elastic instance for a waiting execution's essential one: that
+    one stays placed while the container stopped for it still runs, and the first pass
+    after its end starts it (`dispatch_waiting`), once."""
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30), deps)
+    _, starts = await _run(pool, test_env, deps, _app(total=2))  # the node is full
+    waiting = await _submit(pool, test_env, _app(total=1))
+    await handlers.on_submitted(m.ExecutionSubmitted(execution_id=waiting), deps)
+    # it waited: ranked before the running one under dynsize, it may reclaim from it
+    await pool.execute(
+        "UPDATE executions SET submitted_at = now() - interval '1 minute' WHERE id = $1", waiting
+    )
+    decisions, _ = await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize"))
+    assert decisions.stops == [starts["worker1"].instance_id]
+    assert [x.container_name for x in await _outbox(pool) if isinstance(x, m.StopInstance)] == [
+        starts["worker1"].container_name
+    ]
+    placed = await pool.fetchrow("SELECT id, state FROM instances WHERE execution_id = $1", waiting)
+    assert placed["state"] == "placed"
+    assert await passes.dispatch_waiting(pool, test_env.deployment) == 0  # still stopping
+    assert await _outbox(pool) == []
+    await handlers.on_instance_ended(_verdict(starts["worker1"], "crashed", 143), deps)
+    await _outbox(pool)
+    assert await passes.dispatch_waiting(pool, test_env.deployment) == 1
+    (start,) = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
+    assert (start.execution_id, start.instance_id) == (waiting, placed["id"])
+    assert await passes.dispatch_waiting(pool, test_env.deployment) == 0  # not twice
+    assert await _outbox(pool) == []
+
+
 async def test_essential_restarts_within_the_budget_of_a_long_running_execution(
     pool: asyncpg.Pool, test_env: TestEnv, clean: None
 ) -> None:
