@@ -126,6 +126,9 @@ class ClusterView:
         self.view = View(self.reasons)
         # what the core derives from the view, kept between passes with it
         self.kept: Kept | None = None
+        # whether placed instances may wait for their start (room being freed, their
+        # startup group): only a pass's writes leave some; unknown at a term's start
+        self.placed_waiting = True
 
     async def snapshot(
         self, now: float
@@ -144,6 +147,7 @@ class ClusterView:
         try:
             if full is not None or not self.view.loaded:
                 self.kept = None  # every execution read again is a new object
+                self.placed_waiting = True
                 async with self.pool.acquire() as conn:
                     await self.view.load(conn, full or "start")
                 self.kept = Kept()
@@ -167,7 +171,8 @@ class ClusterView:
         admitted = await _admit(self.pool)
         if self.changes is not None:
             self.changes.executions_changed(admitted)
-        await dispatch_waiting(self.pool, self.deployment)
+        if self.placed_waiting:
+            _, self.placed_waiting = await _dispatch_waiting(self.pool, self.deployment)
         nodes, executions, next_wake = await self.snapshot(now)
         if not any(e.pending for e in executions):
             decisions = Decisions()
@@ -183,13 +188,15 @@ class ClusterView:
                 kept=self.kept if self.changes is not None else None,
             )
         if decisions.starts or decisions.stops:
+            waiting, self.placed_waiting = self.placed_waiting, True  # until committed
             if self.changes is None:
-                await apply(self.pool, self.deployment, decisions)
+                *_, left = await apply(self.pool, self.deployment, decisions)
             else:
                 with self.changes.unsure():
-                    kept, conflicts = await apply(self.pool, self.deployment, decisions)
+                    kept, conflicts, left = await apply(self.pool, self.deployment, decisions)
                 self.view.placed(kept)
                 self.changes.executions_changed(conflicts)
+            self.placed_waiting = waiting or left
             log.info(
                 "pass.applied",
                 starts=len(decisions.starts),
@@ -263,10 +270,15 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
     and reading them all again at every pass would cost more than the pass itself. An
     instance that does not fit alone cannot start; room freed after this look is seen by
     the next pass (every end asks for one)."""
+    return (await _dispatch_waiting(pool, deployment))[0]
+
+
+async def _dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> tuple[int, bool]:
+    """`dispatch_waiting`; also says whether there were placed instances to look at."""
     # most passes find none: one look at an index that holds only the placed instances
     rows = await pool.fetch("SELECT DISTINCT node FROM instances WHERE state = 'placed'")
     if not rows:
-        return 0
+        return 0, False
     nodes = [r["node"] for r in rows]
     async with pool.acquire() as conn, conn.transaction():
         # locked as the handlers lock them: executions first, in id order
@@ -283,14 +295,15 @@ async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:
             " ORDER BY id FOR NO KEY UPDATE",
             nodes,
         )
-        return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows])
+        return await store.dispatch_ready(conn, deployment, [r["id"] for r in rows]), True
 
 
 async def apply(
     pool: asyncpg.Pool, deployment: str, decisions: Decisions
-) -> tuple[list[tuple[int, str]], set[int]]:
+) -> tuple[list[tuple[int, str]], set[int], bool]:
     """Store placements and reclaims, and queue their commands, in one transaction.
-    Returns the placements stored, and the executions put back (conflicts).
+    Returns the placements stored, the executions put back (conflicts), and whether
+    some placed instance was left to wait (for room being freed or its startup group).
 
     An execution's placements are stored all together or not at all: when a message
     handler moved one of its instances since the snapshot was read, the others are put
@@ -314,7 +327,7 @@ async def apply(
             await store.stop_instances(conn, deployment, decisions.stops)
             metrics.RECLAIMS.inc(len(decisions.stops))
         if not ids:
-            return [], set()
+            return [], set(), False
         placed = await conn.fetch(
             "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
             " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
@@ -336,8 +349,9 @@ async def apply(
                 [r["id"] for r in placed if owners[r["id"]] in conflicts],
             )
         executions = [e for e in wanted if e not in conflicts]
-        metrics.PLACEMENTS.inc(sum(got[e] for e in executions))
+        stored = sum(got[e] for e in executions)
+        metrics.PLACEMENTS.inc(stored)
         await store.set_executions_state(conn, executions, "starting", ["queued"])
-        await store.dispatch_ready(conn, deployment, executions)
+        started = await store.dispatch_ready(conn, deployment, executions)
     kept = {r["id"] for r in placed if owners[r["id"]] not in conflicts}
-    return [(i, n) for i, n in decisions.starts if i in kept], conflicts
+    return [(i, n) for i, n in decisions.starts if i in kept], conflicts, started < stored

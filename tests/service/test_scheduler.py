@@ -16,6 +16,7 @@ from services.api import store as api_store
 from services.scheduler import handlers, passes, store
 from services.scheduler.core import Decisions, Policy
 from services.scheduler.service import acquire_leadership
+from services.scheduler.view import Changes
 from tests.conftest import PG_BASE, TestEnv, own_database
 
 MiB = 1024 * 1024
@@ -370,32 +371,44 @@ async def test_an_instance_placed_in_reclaimed_room_starts_once_that_room_is_fre
 ) -> None:
     """A pass reclaims an elastic instance for a waiting execution's essential one: that
     one stays placed while the container stopped for it still runs, and the first pass
-    after its end starts it (`dispatch_waiting`), once."""
+    after its end starts it, once. The scheduler looks for placed instances that wait
+    only while some may (a term's start, a pass that left some)."""
     deps, _ = _deps(pool, test_env)
     await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=2, memory=1 << 30), deps)
     _, starts = await _run(pool, test_env, deps, _app(total=2))  # the node is full
+    changes = Changes()
+    deps = handlers.Deps(
+        pool=pool, deployment=test_env.deployment, request_pass=lambda: None, view=changes
+    )
+    view = passes.ClusterView(pool, test_env.deployment, Policy.from_name("dynsize"), changes)
+    assert view.placed_waiting  # a term's start: not known
+    await view.run_pass()
+    await view.run_pass()
+    assert not view.placed_waiting  # it looked, and found none
     waiting = await _submit(pool, test_env, _app(total=1))
     await handlers.on_submitted(m.ExecutionSubmitted(execution_id=waiting), deps)
     # it waited: ranked before the running one under dynsize, it may reclaim from it
     await pool.execute(
         "UPDATE executions SET submitted_at = now() - interval '1 minute' WHERE id = $1", waiting
     )
-    decisions, _ = await passes.run_pass(pool, test_env.deployment, Policy.from_name("dynsize"))
+    decisions, _ = await view.run_pass()
     assert decisions.stops == [starts["worker1"].instance_id]
     assert [x.container_name for x in await _outbox(pool) if isinstance(x, m.StopInstance)] == [
         starts["worker1"].container_name
     ]
     placed = await pool.fetchrow("SELECT id, state FROM instances WHERE execution_id = $1", waiting)
-    assert placed["state"] == "placed"
-    assert await passes.dispatch_waiting(pool, test_env.deployment) == 0  # still stopping
-    assert await _outbox(pool) == []
+    assert placed["state"] == "placed" and view.placed_waiting
+    await view.run_pass()  # the stopped container still holds its room
+    assert [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)] == []
     await handlers.on_instance_ended(_verdict(starts["worker1"], "crashed", 143), deps)
     await _outbox(pool)
-    assert await passes.dispatch_waiting(pool, test_env.deployment) == 1
+    await view.run_pass()
     (start,) = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
     assert (start.execution_id, start.instance_id) == (waiting, placed["id"])
-    assert await passes.dispatch_waiting(pool, test_env.deployment) == 0  # not twice
-    assert await _outbox(pool) == []
+    await view.run_pass()  # it found none waiting: the next passes do not look
+    assert not view.placed_waiting
+    assert [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)] == []
+    assert await passes.dispatch_waiting(pool, test_env.deployment) == 0
 
 
 async def test_essential_restarts_within_the_budget_of_a_long_running_execution(
