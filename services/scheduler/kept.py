@@ -156,10 +156,10 @@ class Kept:
         self._extra: list[Entry] = []  # an object given twice in one snapshot
         self._stable: list[Entry] = []  # entries of a time-independent rank, ranked
         self._moving: dict[int, Entry] = {}  # the others (waiting, under dynsize)
-        # the moving entries in the order of the last ranking, then those added since
-        # (some of them removed since: `_gone`): sorted again, they are nearly in order
+        # the moving entries in the order of the last ranking, then those added since,
+        # and those removed since until the next ranking drops them: sorted again, they
+        # are nearly in order
         self._moving_ranked: list[Entry] = []
-        self._gone = 0
         self._order: list[int] = []  # id() of the snapshot's executions, in its order
         self._ids: dict[int, int] = {}  # execution id -> how many entries have it
         self._twins = 0  # execution ids given more than once
@@ -260,7 +260,6 @@ class Kept:
             del ranked[at]
         else:
             del self._moving[id(entry)]
-            self._gone += 1
         self._count(entry.ex.id, -1)
         self._hold(entry, -1)
         members = self.members
@@ -327,10 +326,9 @@ class Kept:
     def ranked(self, now: float, policy: Policy) -> list[Entry]:
         """The entries in rank order, as `sorted(..., key=rank_keys(...))` would give."""
         moving = self._moving_ranked
-        if self._gone:
-            live = self._moving
+        live = self._moving
+        if len(moving) != len(live):  # some were removed
             moving = self._moving_ranked = [e for e in moving if live.get(id(e)) is e]
-            self._gone = 0
         keys = rank_keys([e.ex for e in moving], [True] * len(moving), now, policy)
         for entry, key in zip(moving, keys, strict=True):
             entry.rank = key

@@ -86,7 +86,8 @@ class ElasticIndex:
         self._members = members  # per node: its entries' elastic instances (kept.Kept)
         self._on_node: dict[int, list[Victim]] = {}
         # made when first needed: the entries holding elastic instances, lowest-ranked
-        # first; their rank positions, highest first; and the room held by the first k
+        # first; their rank positions negated (ascending, for bisect); and the room
+        # held by the first k of them
         self._held: list[Entry] = []
         self._ranks: list[int] = []
         self._suffix: list[tuple[int, int]] = []
@@ -117,11 +118,12 @@ class ElasticIndex:
         held = list(compress(self.entries, map(_elastic, self.entries)))
         held.reverse()
         self._held = held
-        self._ranks = [-e.pos for e in held]  # negated: ascending, for bisect
+        self._ranks = [-e.pos for e in held]
+        rooms = list(map(_room, held))
         self._suffix = list(
             zip(
-                accumulate(map(_first, map(_room, held)), initial=0),
-                accumulate(map(_second, map(_room, held)), initial=0),
+                accumulate(map(_first, rooms), initial=0),
+                accumulate(map(_second, rooms), initial=0),
                 strict=True,
             )
         )

@@ -30,9 +30,9 @@ reasons) on a PostgreSQL database made for the run (``ZOE_BENCH_PG_BASE``), for
 `--service-passes` passes, after 10 passes that let the fill settle (the reclaimed
 instances' ends, the waves of reclaims by executions that aged while the cluster
 filled; their p50 and p99 are reported as ``settling_p50_p99_pass_ms``). Executions
-arrive as the api stores them (one statement) and ``ExecutionSubmitted`` says; they end as in the service: a termination
-(``on_terminate``), then the verdicts that their containers are gone; reclaimed
-instances stop (their verdicts) before the next pass. ``in_memory`` keeps the view
+arrive as the api stores them (one statement) and ``ExecutionSubmitted`` says; they end
+as in the service: a termination (``on_terminate``), then the verdicts that their
+containers are gone; reclaimed instances stop (their verdicts) before the next pass. ``in_memory`` keeps the view
 between passes (``services/scheduler/view.py``); ``read_every_pass`` reads it from the
 database at each pass, as the scheduler did before, for the ratio. Times are the
 scheduler process's (the database's CPU is not counted in ``cpu_*``).
@@ -384,6 +384,12 @@ class ServiceBench:
             await self.pool.fetchval("SELECT count(*) FROM executions WHERE state = 'queued'")
         )
 
+    async def turn(self, departures: int) -> tuple[float, int]:
+        """`departures` executions end, as many arrive, and a pass runs (`step`)."""
+        await self.finish(departures)
+        await self.submit(departures)
+        return await self.step()
+
     async def step(self) -> tuple[float, int]:
         began, began_cpu = time.perf_counter(), time.process_time()
         decisions, _ = await self.view.run_pass()
@@ -421,18 +427,14 @@ async def _service_churn(
             # executions aged during the fill reclaim in waves. Timed apart.
             settling: list[float] = []
             for _ in range(SETTLE):
-                await bench.finish(departures)
-                await bench.submit(departures)
-                settling.append((await bench.step())[0])
+                settling.append((await bench.turn(departures))[0])
             full = collector.FullCollections()
             collections: list[float] = []
             bench.cpu.clear()
             times: list[float] = []
             placed = 0
             for _ in range(passes_):
-                await bench.finish(departures)
-                await bench.submit(departures)
-                elapsed, started = await bench.step()
+                elapsed, started = await bench.turn(departures)
                 times.append(elapsed)
                 placed += started
                 spent = full.after_pass(busy=False)
