@@ -152,17 +152,24 @@ class _Grouper:
         self._pool = pool
         self._size = max(1, size)
         self._waiting: list[_Submission] = []
-        self._draining: set[asyncio.Task[None]] = set()  # at most one: the owner of the work
+        self._drainer: asyncio.Task[None] | None = None  # the owner of the work, while any
 
     async def store(self, sub: _Submission) -> list[asyncpg.Record]:
         self._waiting.append(sub)
-        if not self._draining:
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return await sub.stored
 
     async def _drain(self) -> None:
+        try:
+            await self._store_waiting()
+        finally:
+            # in the same step as the last look at the queue: a submission that comes
+            # after it finds no drainer and starts one (a done callback would run a step
+            # later, after the answers' callers may have submitted again)
+            self._drainer = None
+
+    async def _store_waiting(self) -> None:
         while self._waiting:
             group = [s for s in self._waiting[: self._size] if not s.stored.done()]
             del self._waiting[: self._size]

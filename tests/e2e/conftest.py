@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiodocker
+import asyncpg
 import pytest
 
+from common.states import EXECUTION_FINAL
 from tests.conftest import (
     TestEnv,
     _rabbitmqctl,
@@ -164,8 +166,10 @@ class Platform:
         headers: dict[str, str] | None = None,
         *,
         token: str | None = ADMIN,
+        timeout: float = 30,
     ) -> tuple[int, Any]:
-        """One request as the session's admin, or as ``token``'s user (None: nobody)."""
+        """One request as the session's admin, or as ``token``'s user (None: nobody), given
+        ``timeout`` seconds to answer."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -175,7 +179,7 @@ class Platform:
         for name, value in (headers or {}).items():
             req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 text = resp.read().decode()
                 status = resp.status
         except urllib.error.HTTPError as exc:
@@ -194,16 +198,21 @@ class Platform:
         headers: dict[str, str] | None = None,
         *,
         token: str | None = ADMIN,
+        timeout: float = 30,
     ) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.call, method, path, body, headers, token=token)
+        return await asyncio.to_thread(
+            self.call, method, path, body, headers, token=token, timeout=timeout
+        )
 
     async def new_user(self, name: str, role: str = "user", password: str | None = None) -> str:
         """A user of this session's platform (created if new); returns a token of theirs."""
         return await new_user(self.env.database_url, name, role, password)
 
-    async def submit(self, application: dict[str, Any], name: str = "test") -> dict[str, Any]:
+    async def submit(
+        self, application: dict[str, Any], name: str = "test", *, timeout: float = 30
+    ) -> dict[str, Any]:
         status, body = await self.acall(
-            "POST", "/executions", {"name": name, "application": application}
+            "POST", "/executions", {"name": name, "application": application}, timeout=timeout
         )
         assert status == 201, body
         return body  # type: ignore[no-any-return]
@@ -301,6 +310,49 @@ def zapp(name: str, *services: dict[str, Any], will_end: bool = True) -> dict[st
 
 # A container that ends promptly on SIGTERM (sh as PID 1 ignores it without a trap).
 SERVE_FOREVER = "trap 'exit 0' TERM; while :; do sleep 1; done"
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = (yield).get_result()
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+@pytest.fixture(autouse=True)
+async def _leftovers_ended(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After a failed test on the session's platform, the executions it submitted that did
+    not end are terminated: what a failure leaves running must not take the room (or the
+    names) the next tests count on, turning one failure into many."""
+    if "platform" not in request.fixturenames:
+        yield
+        return
+    platform: Platform = request.getfixturevalue("platform")  # session-wide: set up already
+    conn = await asyncpg.connect(platform.env.database_url)
+    try:
+        began = await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+    yield
+    if not request.node.stash.get(_FAILED, False):
+        return
+    conn = await asyncpg.connect(platform.env.database_url)
+    try:
+        left = await conn.fetch(
+            "SELECT id FROM executions WHERE submitted_at >= $1 AND NOT state = ANY($2::text[])",
+            began,
+            sorted(EXECUTION_FINAL),
+        )
+    finally:
+        await conn.close()
+    for row in left:
+        await platform.acall("POST", f"/executions/{row['id']}/terminate")
+    for row in left:
+        with contextlib.suppress(AssertionError):  # reported by the failed test already
+            await platform.wait_state(row["id"], *sorted(EXECUTION_FINAL), timeout=60)
 
 
 @pytest.fixture(scope="session")

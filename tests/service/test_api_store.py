@@ -102,6 +102,23 @@ async def test_concurrent_submissions_are_stored_together_and_each_answered(
     assert all(len(_announced([msg])) <= 8 for msg in sent)
 
 
+async def test_a_submission_right_after_an_answer_is_stored(
+    pool: asyncpg.Pool, test_env: TestEnv
+) -> None:
+    """The next submission may arrive in the very step in which the previous one's
+    answer wakes its caller, before the group that stored it has wound up: it is stored
+    (it used to wait for yet another submission to come and start the next group)."""
+    store.group_submissions(pool, 8)
+
+    async def one_after_another() -> list[tuple[dict[str, Any], bool]]:
+        # one task, no step between an answer and the next submission
+        return [await _submit(pool, test_env, 1, name=f"n{i}") for i in range(5)]
+
+    answers = await asyncio.wait_for(one_after_another(), 10)
+    assert all(created and a["state"] == "submitted" for a, created in answers)
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 5
+
+
 async def test_a_submission_that_cannot_be_stored_fails_alone(
     pool: asyncpg.Pool, test_env: TestEnv
 ) -> None:

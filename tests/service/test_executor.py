@@ -51,7 +51,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 BUSYBOX = "zoe/busybox:1"
 MIB = 1 << 20
-_ids = itertools.count(1)
+# Execution ids of these tests' own making, far above those the session's database hands out
+# to the e2e platform, which runs on the same engine under the same deployment name: the
+# names derived from them (containers, networks, network claims) never meet its own.
+_ids = itertools.count(10**12 + 1)
 _nodes = itertools.count(1)
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
