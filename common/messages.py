@@ -293,14 +293,26 @@ class NodeLost(Message, frozen=True, kw_only=True, tag="verdict.node_lost"):
 # ---- events (scheduler -> anyone) ------------------------------------------------------
 
 
-class ExecutionStateChanged(Message, frozen=True, kw_only=True, tag="state.execution"):
-    """An execution moved to ``state``; ``user`` is whose it is (for streams that show
-    each user their own; empty from versions before users)."""
+class StateChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution moved to ``state`` at ``at`` (Unix seconds); ``user`` is whose it
+    is (for streams that show each user their own)."""
 
     execution_id: Id
     state: str
     at: float
     user: str = ""
+
+
+class ExecutionStatesChanged(Message, frozen=True, kw_only=True, tag="state.executions"):
+    """Executions moved to new states: the changes of one scheduler transaction, in the
+    order it made them (a pass that starts a thousand executions announces them in one
+    message, or a few: ``STATE_CHANGES_PER_MESSAGE`` at most each)."""
+
+    changes: list[StateChange]
+
+
+# The most changes one ExecutionStatesChanged carries (about 100 bytes each).
+STATE_CHANGES_PER_MESSAGE = 1000
 
 
 class NetworkEnsure(Message, frozen=True, kw_only=True, tag="network.ensure"):

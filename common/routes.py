@@ -144,9 +144,9 @@ ROUTES: tuple[Route, ...] = (
     Route(m.InstanceEnded, EVENTS, "verdict.instance_ended", "monitor", (SCHEDULER,)),
     Route(m.NodeLost, EVENTS, "verdict.node_lost", "monitor", (SCHEDULER,)),
     Route(
-        m.ExecutionStateChanged,
+        m.ExecutionStatesChanged,
         EVENTS,
-        "state.execution.{execution_id}",
+        "state.executions",
         "scheduler",
         optional=True,  # bound by each api process while a client listens
     ),

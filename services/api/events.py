@@ -1,17 +1,18 @@
 """Execution state changes streamed to HTTP clients as server-sent events.
 
-Each api process has its own exclusive queue, bound to ``state.execution.*`` while at
+Each api process has its own exclusive queue, bound to ``state.executions`` while at
 least one client is connected to ``GET /api/v1/events`` (``?execution=ID`` to follow
-one execution), and fans the events out to them; with nobody listening, no event is
-delivered to the process. A client that reconnects should re-read the executions it
-cares about: events are not replayed.
+one execution), and fans the changes out to them, each client getting only those it
+may see and asked for; with nobody listening, no event is delivered to the process. A
+client that reconnects should re-read the executions it cares about: events are not
+replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from dataclasses import dataclass, field
 
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -24,15 +25,34 @@ from services.api import auth
 from services.api.limits import Slots, ascii_int, write
 
 QUEUE_SIZE = 1000
-STATE_EVENTS = "state.execution.*"
+STATE_EVENTS = "state.executions"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One client's changes: of one execution (``only``) and of one owner's (``owner``),
+    None meaning any. A client too slow to keep up misses changes while its queue is
+    full."""
+
+    only: int | None = None
+    owner: str | None = None
+    queue: asyncio.Queue[m.StateChange] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+
+    def offer(self, change: m.StateChange) -> None:
+        if self.only is not None and change.execution_id != self.only:
+            return
+        if self.owner is not None and change.user != self.owner:
+            return  # another user's execution
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(change)
 
 
 class Hub:
-    """Subscribers (one asyncio queue per HTTP client) of state-change events."""
+    """Subscribers (one per HTTP client) of state-change events."""
 
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[m.ExecutionStateChanged]] = set()
-        self._decoder = m.decoder(m.ExecutionStateChanged)
+        self._subscribers: set[Subscriber] = set()
+        self._decoder = m.decoder(m.ExecutionStatesChanged)
         self._queue: AbstractQueue | None = None
         self._binding = asyncio.Lock()  # (un)binds one at a time
 
@@ -47,26 +67,27 @@ class Hub:
             event = self._decoder.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        self.deliver(event)
+        self.deliver(event.changes)
 
-    def deliver(self, event: m.ExecutionStateChanged) -> None:
-        """Hand an event to every subscriber (one too slow to keep up misses it)."""
-        for q in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)  # a client too slow to keep up misses events
+    def deliver(self, changes: list[m.StateChange]) -> None:
+        """Hand each change to every subscriber that wants it."""
+        for sub in list(self._subscribers):
+            for change in changes:
+                sub.offer(change)
 
-    async def subscribe(self) -> asyncio.Queue[m.ExecutionStateChanged]:
-        """A queue of the events from now on; the first subscriber binds the queue."""
-        q: asyncio.Queue[m.ExecutionStateChanged] = asyncio.Queue(QUEUE_SIZE)
+    async def subscribe(self, only: int | None = None, owner: str | None = None) -> Subscriber:
+        """The changes from now on (see `Subscriber`); the first subscriber binds the
+        queue."""
+        sub = Subscriber(only, owner)
         async with self._binding:
             if not self._subscribers and self._queue is not None:
                 await self._queue.bind(EVENTS, routing_key=STATE_EVENTS)
-            self._subscribers.add(q)
-        return q
+            self._subscribers.add(sub)
+        return sub
 
-    async def unsubscribe(self, q: asyncio.Queue[Any]) -> None:
+    async def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a subscriber; the last one to leave unbinds the queue."""
-        self._subscribers.discard(q)  # at once, even if the unbinding waits
+        self._subscribers.discard(sub)  # at once, even if the unbinding waits
         async with self._binding:
             if not self._subscribers and self._queue is not None:
                 await self._queue.unbind(EVENTS, routing_key=STATE_EVENTS)
@@ -93,19 +114,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         hub = request.app[HUB]
-        q = await hub.subscribe()
+        sub = await hub.subscribe(only, owner)
         try:
             await write(request, response, b": connected\n\n")
             while True:
                 try:
-                    event = await asyncio.wait_for(q.get(), KEEP_ALIVE)
+                    event = await asyncio.wait_for(sub.queue.get(), KEEP_ALIVE)
                 except TimeoutError:
                     await write(request, response, b": keep-alive\n\n")
                     continue
-                if only is not None and event.execution_id != only:
-                    continue
-                if owner is not None and event.user != owner:
-                    continue  # another user's execution
                 data = msgspec.json.encode(
                     {"execution_id": event.execution_id, "state": event.state, "at": event.at}
                 )
@@ -116,7 +133,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             # even when the client's task is cancelled (then re-raised: the process may be
             # ending), and bounded: the bus may be closed already
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(hub.unsubscribe(q)), UNSUBSCRIBE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(hub.unsubscribe(sub)), UNSUBSCRIBE_TIMEOUT)
     return response
 
 

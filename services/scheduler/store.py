@@ -68,11 +68,20 @@ async def set_execution_state(
     )
     if row is None:
         return False
-    event = m.ExecutionStateChanged(
-        execution_id=execution_id, state=new, at=time.time(), user=row["user_name"]
-    )
-    await enqueue(conn, [Outgoing(event)])
+    await enqueue(conn, state_events([(execution_id, row["user_name"])], new))
     return True
+
+
+def state_events(moved: Sequence[tuple[int, str]], new: str) -> list[Outgoing]:
+    """The events announcing that ``moved`` (execution id, owner) reached ``new``: one
+    ExecutionStatesChanged per ``STATE_CHANGES_PER_MESSAGE`` of them."""
+    at = time.time()
+    changes = [m.StateChange(execution_id=i, state=new, at=at, user=user) for i, user in moved]
+    step = m.STATE_CHANGES_PER_MESSAGE
+    return [
+        Outgoing(m.ExecutionStatesChanged(changes=changes[k : k + step]))
+        for k in range(0, len(changes), step)
+    ]
 
 
 async def begin_cleanup(
@@ -166,20 +175,11 @@ async def set_executions_state(
         new,
         list(allowed_from),
     )
-    moved: list[int] = [r["id"] for r in rows]
-    owners: dict[int, str] = {r["id"]: r["user_name"] for r in rows}
     if new == "running":
         for r in rows:
             metrics.START_WAIT.observe(max(0.0, float(r["waited"])))
-    at = time.time()
-    await enqueue(
-        conn,
-        [
-            Outgoing(m.ExecutionStateChanged(execution_id=i, state=new, at=at, user=owners[i]))
-            for i in moved
-        ],
-    )
-    return moved
+    await enqueue(conn, state_events([(r["id"], r["user_name"]) for r in rows], new))
+    return [r["id"] for r in rows]
 
 
 async def dispatch_ready(

@@ -86,7 +86,7 @@ class Events:
     def __init__(self) -> None:
         self.waiters: list[tuple[Callable[[Any], bool], asyncio.Future[float]]] = []
         self.decoder = m.decoder(
-            m.ExecutionStateChanged
+            m.ExecutionStatesChanged
             | m.InstanceStarted
             | m.InstancesStarted
             | m.InstanceExited
@@ -103,6 +103,8 @@ class Events:
             each: list[Any] = list(decoded.started)
         elif isinstance(decoded, m.StartInstances):
             each = list(decoded.starts)
+        elif isinstance(decoded, m.ExecutionStatesChanged):
+            each = list(decoded.changes)
         else:
             each = [decoded]
         for msg in each:
@@ -163,7 +165,7 @@ async def zoe_sample(session: aiohttp.ClientSession, api: str, events: Events) -
     ids: dict[str, int] = {}
     running = events.expect(
         lambda x: (
-            isinstance(x, m.ExecutionStateChanged)
+            isinstance(x, m.StateChange)
             and x.state == "running"
             and x.execution_id == ids.get("id")
         )
@@ -180,7 +182,7 @@ async def zoe_sample(session: aiohttp.ClientSession, api: str, events: Events) -
     elapsed = (end - start) * 1000
     ended = events.expect(
         lambda x: (
-            isinstance(x, m.ExecutionStateChanged)
+            isinstance(x, m.StateChange)
             and x.execution_id == ids["id"]
             and x.state in ("terminated", "failed", "finished")
         )
@@ -299,7 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await plat.wait_api(session)
                 queue = await channel.declare_queue(exclusive=True, auto_delete=True)
                 for key in (
-                    "state.execution.#",
+                    "state.executions",
                     "fact.started.#",
                     "fact.started_many.#",
                     "fact.exited.#",

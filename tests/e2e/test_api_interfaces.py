@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 
 from common import messages as m
+from common.bus import EVENTS
 from common.routes import API_REQUESTS as API_QUEUE
-from tests.conftest import TestEnv
+from tests.conftest import TestEnv, wait_for
 from tests.e2e.conftest import Platform, service, zapp
 
 pytestmark = pytest.mark.e2e
@@ -96,25 +97,84 @@ async def test_http_idempotency_key(platform: Platform) -> None:
     await platform.wait_state(int(e1["id"]), "finished")  # type: ignore[arg-type]
 
 
-async def test_state_changes_are_streamed(platform: Platform) -> None:
-    states: list[str] = []
+async def _states_of(resp: aiohttp.ClientResponse, eid: int) -> list[tuple[int, str]]:
+    """The (execution, state) pairs a stream sends until ``eid`` ends."""
+    seen: list[tuple[int, str]] = []
+    async for line in resp.content:
+        if line.startswith(b"data: "):
+            event = json.loads(line[6:])
+            seen.append((event["execution_id"], event["state"]))
+            if event["execution_id"] == eid and event["state"] in ("finished", "failed"):
+                break
+    return seen
+
+
+async def test_state_changes_are_streamed(platform: Platform, test_env: TestEnv) -> None:
+    """Over HTTP (server-sent events) and on the bus (``state.executions``)."""
+    connection = await aio_pika.connect(test_env.amqp_url)
     auth = {"Authorization": f"Bearer {platform.env.admin_token}"}
-    async with aiohttp.ClientSession(headers=auth) as session:
-        async with session.get(
-            platform.url + "/events", timeout=aiohttp.ClientTimeout(total=90)
-        ) as resp:
-            assert resp.status == 200
-            assert (await resp.content.readline()).startswith(b": connected")
-            eid = (await platform.submit(zapp("streamed", service("job", "sleep 1; exit 0"))))["id"]
-            async for line in resp.content:
-                if not line.startswith(b"data: "):
-                    continue
-                event = json.loads(line[6:])
-                if event["execution_id"] == eid:
-                    states.append(event["state"])
-                    if event["state"] in ("finished", "failed"):
-                        break
-    assert states == ["queued", "starting", "running", "cleaning_up", "finished"]
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(EVENTS, routing_key="state.executions")
+        on_bus: list[m.StateChange] = []
+
+        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            on_bus.extend(m.decoder(m.ExecutionStatesChanged).decode(message.body).changes)
+
+        await queue.consume(received, no_ack=True)
+        async with aiohttp.ClientSession(headers=auth) as session:
+            async with session.get(
+                platform.url + "/events", timeout=aiohttp.ClientTimeout(total=90)
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.content.readline()).startswith(b": connected")
+                app = zapp("streamed", service("job", "sleep 1; exit 0"))
+                eid = (await platform.submit(app))["id"]
+                streamed = [s for e, s in await _states_of(resp, eid) if e == eid]
+        assert streamed == ["queued", "starting", "running", "cleaning_up", "finished"]
+        await wait_for(
+            lambda: [c.state for c in on_bus if c.execution_id == eid] == streamed,
+            timeout=30,
+            what="the same changes on the bus",
+        )
+        assert {c.user for c in on_bus if c.execution_id == eid} == {"admin"}
+    finally:
+        await connection.close()
+
+
+async def test_a_users_stream_shows_only_their_own_executions(platform: Platform) -> None:
+    """Another user's changes never reach a stream: those of the admin's execution,
+    published before the user's own, are not what the user's stream shows first."""
+    alice = await platform.new_user(f"alice{uuid.uuid4().hex[:8]}")
+    timeout = aiohttp.ClientTimeout(total=90)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            platform.url + "/events",
+            headers={"Authorization": f"Bearer {alice}"},
+            timeout=timeout,
+        ) as hers,
+        session.get(
+            platform.url + "/events",
+            headers={"Authorization": f"Bearer {platform.env.admin_token}"},
+            timeout=timeout,
+        ) as admins,
+    ):
+        assert (await hers.content.readline()).startswith(b": connected")
+        assert (await admins.content.readline()).startswith(b": connected")
+        theirs = (await platform.submit(zapp("admins", service("job", "exit 0"))))["id"]
+        assert (theirs, "finished") in await _states_of(admins, theirs)
+        status, mine = await platform.acall(
+            "POST",
+            "/executions",
+            {"name": "hers", "application": zapp("hers", service("job", "exit 0"))},
+            token=alice,
+        )
+        assert status == 201, mine
+        seen = await _states_of(hers, mine["id"])
+    assert {e for e, _ in seen} == {mine["id"]}, seen
+    assert [s for _, s in seen] == ["queued", "starting", "running", "cleaning_up", "finished"]
 
 
 async def test_a_shop_zapp_s_resources_override_works_over_amqp_as_over_http(

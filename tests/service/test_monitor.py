@@ -30,7 +30,7 @@ _VERDICTS = (
     m.InstanceEnded
     | m.NodeLost
     | m.ExecutionSubmitted
-    | m.ExecutionStateChanged
+    | m.ExecutionStatesChanged
     | m.StopInstance
     | m.StartInstance
 )

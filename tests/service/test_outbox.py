@@ -15,13 +15,14 @@ from common.outbox import Relay, enqueue
 from tests.conftest import TestEnv, own_database, wait_for
 
 
-def _event(execution_id: int) -> m.ExecutionStateChanged:
-    return m.ExecutionStateChanged(execution_id=execution_id, state="queued", at=0.0)
+def _event(execution_id: int, state: str = "queued") -> m.ExecutionStatesChanged:
+    change = m.StateChange(execution_id=execution_id, state=state, at=0.0)
+    return m.ExecutionStatesChanged(changes=[change])
 
 
-async def _listen(bus: Bus, *events: m.ExecutionStateChanged) -> tuple[Any, list[int]]:
-    """A queue of its own bound to ``events``' keys; returns its channel and the ids of
-    the events it receives, in order."""
+async def _listen(bus: Bus, *events: m.ExecutionStatesChanged) -> tuple[Any, list[int]]:
+    """A queue of its own bound to ``events``' keys; returns its channel and the
+    execution ids of the events it receives, in order."""
     channel = await bus._conn.channel()  # type: ignore[union-attr]
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     for event in events:
@@ -29,7 +30,8 @@ async def _listen(bus: Bus, *events: m.ExecutionStateChanged) -> tuple[Any, list
     got: list[int] = []
 
     async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        got.append(m.decoder(m.ExecutionStateChanged).decode(message.body).execution_id)
+        event = m.decoder(m.ExecutionStatesChanged).decode(message.body)
+        got.extend(c.execution_id for c in event.changes)
 
     await queue.consume(received, no_ack=True)
     return channel, got
@@ -71,7 +73,7 @@ async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the
         finally:
             stop.set()
             await relay
-        assert got == [first.execution_id, late.execution_id]
+        assert got == [10**9 + 1, 10**9 + 2]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         await channel.close()
 
@@ -88,9 +90,7 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         before, after = _event(10**9 + 11), _event(10**9 + 12)
         channel, got = await _listen(bus, before, after)
         stop_msg = m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n")
-        huge = m.ExecutionStateChanged(
-            execution_id=10**9 + 13, state="x" * (routes.MAX_MESSAGE_BYTES + 1), at=0.0
-        )
+        huge = _event(10**9 + 13, state="x" * (routes.MAX_MESSAGE_BYTES + 1))
         async with pool.acquire() as conn, conn.transaction():
             await enqueue(
                 conn,
@@ -105,7 +105,7 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         relay = asyncio.create_task(Relay(pool, bus).run(stop))
         try:
             await wait_for(
-                lambda: sorted(got) == sorted([before.execution_id, after.execution_id]),
+                lambda: sorted(got) == [10**9 + 11, 10**9 + 12],
                 timeout=20,
                 what="the good rows published",
             )

@@ -83,7 +83,7 @@ _ANY = (
     | m.StartInstance
     | m.StartInstances
     | m.StopInstance
-    | m.ExecutionStateChanged
+    | m.ExecutionStatesChanged
     | m.InstanceEnded
     | m.NodeLost
 )
@@ -133,7 +133,7 @@ async def test_gang_placement_dispatch_and_idempotent_facts(
     assert await passes.admit_submitted(pool) == 1
     assert await passes.admit_submitted(pool) == 0
     assert await _state(pool, eid) == "queued"
-    assert [type(x) for x in await _outbox(pool)] == [m.ExecutionStateChanged]
+    assert [type(x) for x in await _outbox(pool)] == [m.ExecutionStatesChanged]
 
     decisions, _ = await passes.run_pass(pool, test_env.deployment, policy)
     # 2 cores: the essential worker0 and one elastic worker fit, the third does not
@@ -157,8 +157,8 @@ async def test_gang_placement_dispatch_and_idempotent_facts(
         await handlers.on_started(fact, deps)
         await handlers.on_started(fact, deps)  # redelivered
     assert await _state(pool, eid) == "running"
-    events = [x for x in await _outbox(pool) if isinstance(x, m.ExecutionStateChanged)]
-    assert [e.state for e in events] == ["running"]
+    events = [x for x in await _outbox(pool) if isinstance(x, m.ExecutionStatesChanged)]
+    assert [(c.execution_id, c.state) for e in events for c in e.changes] == [(eid, "running")]
 
     await handlers.on_terminate(m.ExecutionTerminateRequested(execution_id=eid), deps)
     await handlers.on_terminate(m.ExecutionTerminateRequested(execution_id=eid), deps)

@@ -60,7 +60,7 @@ async def _execution(pool: asyncpg.Pool, state: str, instances: str) -> dict[str
 
 
 async def _sent(pool: asyncpg.Pool) -> list[m.Message]:
-    dec = m.decoder(m.StartInstance | m.StopInstance | m.ExecutionStateChanged)
+    dec = m.decoder(m.StartInstance | m.StopInstance | m.ExecutionStatesChanged)
     rows = await pool.fetch("DELETE FROM outbox RETURNING id, body")
     return [dec.decode(r["body"]) for r in sorted(rows, key=lambda r: r["id"])]
 

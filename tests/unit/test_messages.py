@@ -31,6 +31,9 @@ def _sample(cls: type[m.Message]) -> m.Message:
         return m.InstancesStarted(node="node-a", started=[started, started])
     if cls is m.ExecutionsSubmitted:
         return m.ExecutionsSubmitted(execution_ids=[3, 4])
+    if cls is m.ExecutionStatesChanged:
+        change = m.StateChange(execution_id=3, state="running", at=1.5, user="u")
+        return m.ExecutionStatesChanged(changes=[change, change])
     kwargs = {}
     for f in msgspec.structs.fields(cls):
         if f.required:
@@ -68,8 +71,9 @@ def test_routing_keys() -> None:
     assert routes.routing_key(started) == "fact.started.n1"
     assert routes.routing_key(m.ExecutionSubmitted(execution_id=3)) == "execution.submitted"
     assert routes.routing_key(m.NodeLost(node="n1")) == "verdict.node_lost"
-    state = m.ExecutionStateChanged(execution_id=9, state="running", at=0)
-    assert routes.routing_key(state) == "state.execution.9"
+    change = m.StateChange(execution_id=9, state="running", at=0)
+    state = m.ExecutionStatesChanged(changes=[change])
+    assert routes.routing_key(state) == "state.executions"
 
 
 def test_asyncapi_document_matches_the_code() -> None:

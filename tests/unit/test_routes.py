@@ -66,7 +66,7 @@ def test_bindings_inboxes_and_deliveries_come_from_the_table() -> None:
     # only a process of several nodes sends those: a single node's user may not
     topic = re.compile(routes.permissions("executor", "n1").topic_write)
     assert topic.match("node.alive.n1") and not topic.match("node.alive_many.n1")
-    state = routes.delivery("zoe.events", "state.execution.12")
+    state = routes.delivery("zoe.events", "state.executions")
     assert (state.persistent, state.mandatory) == (True, False)
     fact = routes.delivery("zoe.events", "fact.exited.n1")
     assert (fact.persistent, fact.mandatory) == (True, True)

@@ -112,3 +112,19 @@ def test_start_commands_for_one_node_are_split_by_size() -> None:
     big = start(0, 5000)
     assert split_commands([big], 100) == [[big]]  # alone if too large
     assert split_commands(starts, 10**9) == [starts]
+
+
+def test_state_changes_go_out_a_thousand_to_a_message_in_order() -> None:
+    from common import messages as msgs
+    from services.scheduler.store import state_events
+
+    moved = [(i, f"user{i % 3}") for i in range(2 * msgs.STATE_CHANGES_PER_MESSAGE + 5)]
+    events = [o.message for o in state_events(moved, "running")]
+    assert all(isinstance(e, msgs.ExecutionStatesChanged) for e in events)
+    assert [len(e.changes) for e in events] == [1000, 1000, 5]  # type: ignore[attr-defined]
+    changes = [c for e in events for c in e.changes]  # type: ignore[attr-defined]
+    assert [(c.execution_id, c.user, c.state) for c in changes] == [
+        (i, u, "running") for i, u in moved
+    ]
+    assert state_events([], "running") == []
+    assert all(len(msgs.encode(e)) < 200_000 for e in events)
