@@ -73,7 +73,7 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionState, frozenset[ExecutionState]] = {
     E.ERROR: frozenset(),
 }
 INSTANCE_TRANSITIONS: Mapping[InstanceState, frozenset[InstanceState]] = {
-    I.CREATED: frozenset({I.PLACED, I.STOPPED}),
+    I.CREATED: frozenset({I.PLACED, I.STARTING, I.STOPPED}),  # starting: placed and started at once
     I.PLACED: frozenset({I.CREATED, I.STARTING, I.RUNNING, I.STOPPING, I.DIED}),
     I.STARTING: frozenset({I.RUNNING, I.STOPPING, I.STOPPED, I.DIED}),
     I.RUNNING: frozenset({I.STOPPING, I.STOPPED, I.DIED}),

@@ -232,16 +232,20 @@ async def on_started_many(msgs: list[m.InstanceStarted], deps: Deps) -> None:
         changed = sorted({r["execution_id"] for r in rows} & underway)
         if not changed:
             return
-        all_essential_run = await conn.fetch(
-            "SELECT e.id FROM executions e WHERE e.id = ANY($1::bigint[])"
-            " AND e.state = 'starting' AND NOT EXISTS (SELECT 1 FROM instances i"
-            "  WHERE i.execution_id = e.id AND i.essential AND i.state <> 'running')",
+        # which now run (every essential instance does), and which have placed instances
+        # that may start now (their next startup group): most have none
+        found = await conn.fetch(
+            "SELECT e.id, e.state = 'starting' AND NOT EXISTS (SELECT 1 FROM instances i"
+            "  WHERE i.execution_id = e.id AND i.essential AND i.state <> 'running') AS runs,"
+            " EXISTS (SELECT 1 FROM instances i WHERE i.execution_id = e.id"
+            "  AND i.state = 'placed') AS placed"
+            " FROM executions e WHERE e.id = ANY($1::bigint[]) ORDER BY e.id",
             changed,
         )
         await store.set_executions_state(
-            conn, [r["id"] for r in all_essential_run], "running", ["starting"]
+            conn, [r["id"] for r in found if r["runs"]], "running", ["starting"]
         )
-        await store.dispatch_ready(conn, deps.deployment, changed)
+        await store.dispatch_ready(conn, deps.deployment, [r["id"] for r in found if r["placed"]])
 
 
 async def on_started_together(msg: m.InstancesStarted, deps: Deps) -> None:

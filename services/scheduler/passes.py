@@ -11,7 +11,7 @@ handler changed a row since the view was read.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import asyncpg
 import structlog
@@ -306,9 +306,12 @@ async def apply(
     some placed instance was left to wait (for room being freed or its startup group).
 
     An execution's placements are stored all together or not at all: when a message
-    handler moved one of its instances since the snapshot was read, the others are put
-    back too, and the next pass decides again. Set-based: the statements are the same
-    few for one execution or a thousand.
+    handler moved one of its instances since the snapshot was read, or its node was
+    drained since, the others are put back too, and the next pass decides again. An
+    instance whose startup group may start, on a node with room for it now, is stored
+    as starting with its command queued; the others wait as placed (`dispatch_waiting`
+    starts them). Set-based: the statements are the same few for one execution or a
+    thousand.
     """
     ids = [i for i, _ in decisions.starts]
     async with pool.acquire() as conn, conn.transaction():
@@ -326,32 +329,36 @@ async def apply(
         if decisions.stops:
             await store.stop_instances(conn, deployment, decisions.stops)
             metrics.RECLAIMS.inc(len(decisions.stops))
-        if not ids:
+        target = {i: node for i, node in decisions.starts if i in owners}
+        if not target:
             return [], set(), False
-        placed = await conn.fetch(
-            "UPDATE instances i SET state = 'placed', node = p.node, updated_at = now()"
-            " FROM unnest($1::bigint[], $2::text[]) AS p(id, node)"
-            " WHERE i.id = p.id AND i.state = 'created'"
-            # a node drained since the snapshot takes nothing new
-            "  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = p.node"
-            "   AND n.drained_at IS NOT NULL)"
-            " RETURNING i.id",
-            ids,
-            [n for _, n in decisions.starts],
+        wanted = sorted({owners[i] for i in target})
+        rows = [dict(r) for r in await store.locked_instances(conn, wanted, list(target))]
+        room = await store.node_room(
+            conn, set(target.values()) | {r["node"] for r in rows if r["state"] == "placed"}
         )
-        wanted = Counter(owners[i] for i in ids if i in owners)
-        got = Counter(owners[r["id"]] for r in placed)
-        conflicts = {e for e, n in wanted.items() if got[e] != n}
+        conflicts = {
+            r["execution_id"]
+            for r in rows
+            if r["id"] in target
+            and (r["state"] != "created" or room.get(target[r["id"]], (0, 0, True))[2])
+        }
         if conflicts:
             log.info("pass.conflict", executions=sorted(conflicts))
-            await conn.execute(
-                "UPDATE instances SET state = 'created', node = NULL WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in placed if owners[r["id"]] in conflicts],
-            )
+        rows = [r for r in rows if r["execution_id"] not in conflicts]
+        placing = []
+        for r in rows:
+            if r["id"] in target:
+                r.update(node=target[r["id"]], state="placed", was="created")
+                placing.append(r)
+        starting = store.fitting(store.ready_rows(rows), room)
+        now = {r["id"] for r in starting}
+        await store.write_starts(
+            conn, deployment, starting, [r for r in placing if r["id"] not in now]
+        )
+        metrics.PLACEMENTS.inc(len(placing))
         executions = [e for e in wanted if e not in conflicts]
-        stored = sum(got[e] for e in executions)
-        metrics.PLACEMENTS.inc(stored)
         await store.set_executions_state(conn, executions, "starting", ["queued"])
-        started = await store.dispatch_ready(conn, deployment, executions)
-    kept = {r["id"] for r in placed if owners[r["id"]] not in conflicts}
-    return [(i, n) for i, n in decisions.starts if i in kept], conflicts, started < stored
+    left = any(r["state"] == "placed" and r["id"] not in now for r in rows)
+    stored = {r["id"] for r in placing}
+    return [(i, n) for i, n in decisions.starts if i in stored], conflicts, left

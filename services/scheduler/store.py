@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -194,14 +194,33 @@ async def dispatch_ready(
     """
     if not execution_ids:
         return 0
-    rows = await conn.fetch(
+    rows = [dict(r) for r in await locked_instances(conn, execution_ids)]
+    ready = ready_rows(rows)
+    if not ready:
+        return 0
+    room = await node_room(conn, {r["node"] for r in ready})
+    return await write_starts(conn, deployment, fitting(ready, room), [])
+
+
+async def locked_instances(
+    conn: asyncpg.Connection, execution_ids: Collection[int], placing: Collection[int] = ()
+) -> list[asyncpg.Record]:
+    """Every instance of the executions, locked (in id order), with the spec of those
+    placed and of those in ``placing`` (to be placed now): what a start command needs."""
+    return await conn.fetch(
         "SELECT id, execution_id, name, essential, startup_order, state, node, generation,"
-        " cores, memory, CASE WHEN state = 'placed' THEN spec END AS spec"
-        " FROM instances WHERE execution_id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE",
+        " cores, memory, CASE WHEN state = 'placed' OR id = ANY($2::bigint[]) THEN spec END"
+        " AS spec FROM instances WHERE execution_id = ANY($1::bigint[])"
+        " ORDER BY id FOR NO KEY UPDATE",
         list(execution_ids),
+        list(placing),
     )
+
+
+def ready_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The placed rows whose startup group may start now (`states.ready_starts`)."""
     by_id = {r["id"]: r for r in rows}
-    ready = [
+    return [
         by_id[i]
         for i in st.ready_starts(
             st.StartCandidate(
@@ -214,32 +233,61 @@ async def dispatch_ready(
             for r in rows
         )
     ]
-    if not ready:
-        return 0
-    room = await _node_room(conn, {r["node"] for r in ready})
-    ids: list[int] = []
-    names: list[str] = []
-    starts: dict[str, list[m.StartInstance]] = defaultdict(list)  # node -> its starts
+
+
+def fitting(
+    ready: list[dict[str, Any]], room: dict[str, tuple[float, int, bool]]
+) -> list[dict[str, Any]]:
+    """Those of ``ready`` that fit their node's room, taken in order (each takes room)."""
+    fits = []
     for r in ready:
         free = room.get(r["node"])
         if free is None or free[0] < r["cores"] - 1e-9 or free[1] < r["memory"]:
             continue
-        room[r["node"]] = (free[0] - r["cores"], free[1] - r["memory"])
-        execution_id = r["execution_id"]
-        name = container_name(deployment, execution_id, r["name"], r["generation"])
-        ids.append(r["id"])
-        names.append(name)
-        starts[r["node"]].append(start_command(deployment, execution_id, r, name))
-    if not ids:
+        room[r["node"]] = (free[0] - r["cores"], free[1] - r["memory"], free[2])
+        fits.append(r)
+    return fits
+
+
+async def write_starts(
+    conn: asyncpg.Connection,
+    deployment: str,
+    starting: list[dict[str, Any]],
+    placed: list[dict[str, Any]],
+) -> int:
+    """Store ``starting`` as starting (their containers named) and ``placed`` as placed
+    on their nodes, in one statement, and queue the start commands; returns how many
+    start. Each moves from the state it was read in (``was``, else ``state``), under
+    the lock its caller holds."""
+    if not starting and not placed:
         return 0
-    await conn.execute(
-        "UPDATE instances i SET state = 'starting', container_name = s.name,"
-        " container_id = NULL, endpoints = '{}', removed = false, updated_at = now()"
-        " FROM unnest($1::bigint[], $2::text[]) AS s(id, name)"
-        " WHERE i.id = s.id AND i.state = 'placed'",
-        ids,
-        names,
+    rows = starting + placed
+    names = [
+        container_name(deployment, r["execution_id"], r["name"], r["generation"]) for r in starting
+    ]
+    moved = await conn.fetchval(
+        "WITH s AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
+        "  $5::text[]) AS s(id, node, state, name, was)),"
+        " m AS (UPDATE instances i SET state = s.state, node = s.node,"
+        "  container_name = coalesce(s.name, i.container_name),"
+        "  container_id = CASE WHEN s.name IS NULL THEN i.container_id END,"
+        "  endpoints = CASE WHEN s.name IS NULL THEN i.endpoints ELSE '{}' END,"
+        "  removed = CASE WHEN s.name IS NULL THEN i.removed ELSE false END,"
+        "  updated_at = now()"
+        "  FROM s WHERE i.id = s.id AND i.state = s.was RETURNING 1)"
+        " SELECT count(*) FROM m",
+        [r["id"] for r in rows],
+        [r["node"] for r in rows],
+        ["starting"] * len(starting) + ["placed"] * len(placed),
+        [*names, *([None] * len(placed))],
+        [r.get("was", r["state"]) for r in rows],
     )
+    if moved != len(rows):
+        # the caller holds the rows' locks: they cannot have moved since it read them
+        raise RuntimeError(f"{len(rows) - moved} of {len(rows)} instances moved meanwhile")
+    starts: dict[str, list[m.StartInstance]] = defaultdict(list)  # node -> its starts
+    for r, name in zip(starting, names, strict=True):
+        starts[r["node"]].append(start_command(deployment, r["execution_id"], r, name))
     # one command per node (a pass often places many instances on one node), split so
     # that no command grows past COMMAND_BYTES
     await enqueue(
@@ -250,7 +298,7 @@ async def dispatch_ready(
             for part in split_commands(cmds, COMMAND_BYTES)
         ],
     )
-    return len(ids)
+    return len(starting)
 
 
 # The most a StartInstances command carries: well under the broker's message size limit.
@@ -272,21 +320,25 @@ def split_commands(starts: list[m.StartInstance], limit: int) -> list[list[m.Sta
     return groups
 
 
-async def _node_room(conn: asyncpg.Connection, nodes: set[str]) -> dict[str, tuple[float, int]]:
-    """Free cores and memory per node, counting only containers that exist or will soon."""
+async def node_room(
+    conn: asyncpg.Connection, nodes: set[str]
+) -> dict[str, tuple[float, int, bool]]:
+    """Free cores and memory per node, counting only containers that exist or will
+    soon, and whether it is drained (it takes nothing new)."""
     rows = await conn.fetch(
         "SELECT n.name, n.cores - coalesce(sum(i.cores), 0) AS cores,"
-        " n.memory - coalesce(sum(i.memory), 0) AS memory"
+        " n.memory - coalesce(sum(i.memory), 0) AS memory,"
+        " n.drained_at IS NOT NULL AS drained"
         " FROM nodes n LEFT JOIN instances i ON i.node = n.name"
         f"  AND i.state IN {_ON_NODE}"
         " WHERE n.name = ANY($1::text[]) GROUP BY n.name",
         list(nodes),
     )
-    return {r["name"]: (float(r["cores"]), int(r["memory"])) for r in rows}
+    return {r["name"]: (float(r["cores"]), int(r["memory"]), r["drained"]) for r in rows}
 
 
 def start_command(
-    deployment: str, execution_id: int, row: asyncpg.Record, name: str
+    deployment: str, execution_id: int, row: Mapping[str, Any], name: str
 ) -> m.StartInstance:
     """The StartInstance command for one instance row (its spec was expanded at submit)."""
     spec = row["spec"]

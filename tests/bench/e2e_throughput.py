@@ -23,6 +23,8 @@ until every execution runs.
   (a figure that holds better than the rate itself when other work shares the
   machine). ``idle_cores``: what each process uses while the cluster does nothing
   (heartbeats, polling), measured for ``--idle`` seconds before the run.
+- ``passes``, ``pass_ms_mean``: the scheduling passes run during the run and their mean
+  duration (from the scheduler's ``zoe_scheduling_pass_duration_seconds``).
 
 ``--profile DIR`` runs every service under ``py-spy record`` (folded stacks in DIR).
 
@@ -38,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -125,6 +128,25 @@ def _declared_lost(plat: BenchPlatform) -> int:
     return log.read_text().count('"node.lost"') if log.exists() else 0
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def pass_totals(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """How many passes the scheduler ran so far, and their seconds in all."""
+    async with session.get(url) as r:
+        text = await r.text()
+    found = {"_count": 0.0, "_sum": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for suffix in found:
+            if name == "zoe_scheduling_pass_duration_seconds" + suffix:
+                found[suffix] = float(value)
+    return found["_count"], found["_sum"]
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = Path(args.profile) if args.profile else None
     plat = BenchPlatform("throughput", profile_dir=profile, private_broker=not args.shared_broker)
@@ -140,12 +162,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ZOE_MEMORY=str(64 << 30),
             ZOE_LOG_LEVEL="warning",
         )
+        metrics_port = free_port()
         plat.start_core(
             {
                 "monitor": {"ZOE_NODE_TIMEOUT": str(max(30.0, 6 * args.heartbeat))},
-                "scheduler": {"ZOE_PASS_INTERVAL": str(args.pass_interval)},
+                "scheduler": {
+                    "ZOE_PASS_INTERVAL": str(args.pass_interval),
+                    "ZOE_METRICS_PORT": str(metrics_port),
+                },
             }
         )
+        scheduler_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with (
             db.pool(plat.database_url, max_size=2) as pool,
@@ -203,6 +230,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             idle_start = plat.cpu_snapshot(pg)
             await asyncio.sleep(args.idle)
             idle = cpu_used(idle_start, plat.cpu_snapshot(pg))
+            passes_before = await pass_totals(session, scheduler_metrics)
             before = plat.cpu_snapshot(pg)
             started = time.time()
             submitted = await submit_all(
@@ -211,6 +239,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ids = [s[0] for s in submitted]
             ended = await wait_running(plat, pool, ids, args.timeout)
             after = plat.cpu_snapshot(pg)
+            passes_after = await pass_totals(session, scheduler_metrics)
             executions = await pool.fetch(
                 "SELECT id, extract(epoch FROM started_at)::float8 AS started"
                 " FROM executions WHERE id = ANY($1::bigint[])",
@@ -233,6 +262,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     lo, hi = times[int(total * 0.1)], times[min(total - 1, int(total * 0.9))]
     cpu = cpu_used(before, after)
     window = ended - started
+    passes = passes_after[0] - passes_before[0]
     return {
         "services_started_per_s": round(total / (times[-1] - first_submit), 1),
         "steady_started_per_s": round((int(total * 0.9) - int(total * 0.1)) / (hi - lo), 1)
@@ -244,6 +274,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "submits_per_s": round(len(submitted) / (max(s[2] for s in submitted) - first_submit), 1),
         "instances_started": total,
         "run_seconds": round(window, 2),
+        # the scheduler's passes during the run (zoe_scheduling_pass_duration_seconds)
+        "passes": int(passes),
+        "pass_ms_mean": round(1000 * (passes_after[1] - passes_before[1]) / passes, 2)
+        if passes
+        else None,
         "cpu_seconds": cpu,
         "cpu_ms_per_instance": {k: round(1000 * v / total, 2) for k, v in cpu.items()},
         # CPU share (of one core) each process uses while the cluster is idle

@@ -4,6 +4,7 @@ what they publish is read from the outbox they write)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -606,6 +607,62 @@ async def test_starts_placed_on_one_node_by_a_pass_go_in_one_command(
     starts = [s for c in commands if isinstance(c, m.StartInstances) for s in c.starts]
     assert sorted(s.execution_id for s in starts) == sorted(eids * 2)
     assert len({s.instance_id for s in starts}) == 6
+
+
+async def test_a_later_startup_group_waits_placed_until_the_earlier_one_runs(
+    pool: asyncpg.Pool, test_env: TestEnv, clean: None
+) -> None:
+    """The pass stores the first group as starting (its commands sent) and the second
+    as placed; the first group's facts start the second, once, and the execution runs
+    when both do."""
+    deps, _ = _deps(pool, test_env)
+    await handlers.on_heartbeat(m.NodeHeartbeat(node="n1", cores=4, memory=1 << 30), deps)
+    app = _app(total=1)
+    later = copy.deepcopy(app["services"][0])
+    app["services"][0]["essential_count"] = app["services"][0]["total_count"] = 2
+    later.update(name="client", startup_order=1)
+    app["services"].append(later)
+    eid = await _submit(pool, test_env, app)
+    await _outbox(pool)
+    decisions, _ = await passes.run_pass(
+        pool, test_env.deployment, Policy.from_name("dynsize+pack")
+    )
+    assert len(decisions.starts) == 3  # all of it placed at once (gang)
+    rows = await pool.fetch("SELECT name, state, node FROM instances ORDER BY id")
+    assert [(r["name"], r["state"], r["node"]) for r in rows] == [
+        ("worker0", "starting", "n1"),
+        ("worker1", "starting", "n1"),
+        ("client0", "placed", "n1"),
+    ]
+    first = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
+    assert sorted(s.instance for s in first) == ["worker0", "worker1"]
+
+    facts = [
+        m.InstanceStarted(
+            node="n1",
+            execution_id=eid,
+            instance_id=s.instance_id,
+            container_id=f"c-{s.instance}",
+            container_name=s.container_name,
+        )
+        for s in first
+    ]
+    await handlers.on_started_many(facts[:1], deps)
+    assert [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)] == []
+    await handlers.on_started_many(facts[1:], deps)
+    await handlers.on_started_many(facts, deps)  # redelivered: nothing more
+    second = [x for x in await _outbox(pool) if isinstance(x, m.StartInstance)]
+    assert [s.instance for s in second] == ["client0"]
+    assert await _state(pool, eid) == "starting"
+    client = m.InstanceStarted(
+        node="n1",
+        execution_id=eid,
+        instance_id=second[0].instance_id,
+        container_id="c-client0",
+        container_name=second[0].container_name,
+    )
+    await handlers.on_started(client, deps)
+    assert await _state(pool, eid) == "running"
 
 
 async def test_a_heartbeat_racing_the_node_s_loss_never_leaves_the_node_lost(
