@@ -17,6 +17,7 @@ from aiohttp import web
 from common.errors import FieldError, InvalidRequest
 from services.api import auth, limits, users
 from services.api.auth import Caller
+from services.api.responses import json_response
 from services.api.shop import json_object
 
 POOL = web.AppKey("accounts_pool", asyncpg.Pool)
@@ -67,7 +68,7 @@ async def login(request: web.Request) -> web.Response:
     token = await users.create_token(
         pool, name, kind="login", description="sign-in", lifetime=auth.LOGIN_LIFETIME
     )
-    response = web.json_response(
+    response = json_response(
         {
             "token": token["token"],
             "user": name,
@@ -106,7 +107,7 @@ async def me(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     user = await users.get_user(pool, caller.name)
     user["usage"] = await users.usage(pool, caller.name)
-    return web.json_response(user)
+    return json_response(user)
 
 
 # ---- tokens ----------------------------------------------------------------------------
@@ -126,9 +127,7 @@ def _user_query(request: web.Request, caller: Caller) -> str | None:
 async def list_tokens(request: web.Request) -> web.Response:
     """The caller's tokens (``?user=NAME`` another's, for admins), without secrets."""
     caller = auth.caller(request)
-    return web.json_response(
-        await users.list_tokens(request.app[POOL], _user_query(request, caller))
-    )
+    return json_response(await users.list_tokens(request.app[POOL], _user_query(request, caller)))
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -146,7 +145,7 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(description, str):
         raise InvalidRequest("invalid token", [FieldError("description", "must be a string")])
     token = await users.create_token(request.app[POOL], owner, description=description)
-    return web.json_response(token, status=201)
+    return json_response(token, status=201)
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -165,7 +164,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     auth.caller(request).require(auth.CHANGE_CONFIG)
-    return web.json_response(await users.list_users(request.app[POOL]))
+    return json_response(await users.list_users(request.app[POOL]))
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -180,7 +179,7 @@ async def create_user(request: web.Request) -> web.Response:
     user = await users.create_user(request.app[POOL], name, role, password)
     if "password" not in body:
         user["password"] = password
-    return web.json_response(user, status=201)
+    return json_response(user, status=201)
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -190,7 +189,7 @@ async def get_user(request: web.Request) -> web.Response:
     if name != caller.name:
         caller.require(auth.CHANGE_CONFIG)
     users.check_name(name)
-    return web.json_response(await users.get_user(request.app[POOL], name))
+    return json_response(await users.get_user(request.app[POOL], name))
 
 
 async def update_user(request: web.Request) -> web.Response:
@@ -217,7 +216,7 @@ async def update_user(request: web.Request) -> web.Response:
         password=_password(body) if "password" in body else None,
         weight=float(weight) if weight is not None else None,
     )
-    return web.json_response(user)
+    return json_response(user)
 
 
 async def set_quota(request: web.Request) -> web.Response:
@@ -239,7 +238,7 @@ async def set_quota(request: web.Request) -> web.Response:
             errors.append(FieldError(key, QUOTA_RULES[key]))
     if errors:
         raise InvalidRequest("invalid quota", errors)
-    return web.json_response(await users.set_quota(request.app[POOL], name, body))
+    return json_response(await users.set_quota(request.app[POOL], name, body))
 
 
 QUOTA_RULES = {

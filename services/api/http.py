@@ -40,6 +40,7 @@ from services.api import (
 from services.api import endpoints as endpoints_of
 from services.api import nodes as node_routes
 from services.api.limits import MAX_BODY, ascii_int
+from services.api.responses import json_response
 from services.api.shop import SHOP, Shop, add_routes, json_object
 
 log = structlog.get_logger("api")
@@ -93,24 +94,22 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return await handler(request)
     except UserError as exc:
         headers = auth.unauthorized_headers() if exc.status == 401 else None
-        return web.json_response(exc.to_dict(), status=exc.status, headers=headers)
+        return json_response(exc.to_dict(), status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # a 405's
-        return web.json_response(
-            {"error": exc.reason, "errors": []}, status=exc.status, headers=allow
-        )
+        return json_response({"error": exc.reason, "errors": []}, status=exc.status, headers=allow)
     except Exception as exc:
         if is_transient(exc):
             log.warning("http.unavailable", path=request.path, error=repr(exc))
-            return web.json_response(
+            return json_response(
                 {"error": "temporarily unavailable, try again", "errors": []},
                 status=503,
                 headers={"Retry-After": "1"},
             )
         log.exception("http.failed", path=request.path)
-        return web.json_response({"error": "internal error", "errors": []}, status=500)
+        return json_response({"error": "internal error", "errors": []}, status=500)
 
 
 def _execution_id(request: web.Request) -> int:
@@ -153,7 +152,7 @@ def _state_filter(request: web.Request) -> str | None:
 async def health(request: web.Request) -> web.Response:
     """Liveness and the database's reachability."""
     await request.app[DEPS].pool.fetchval("SELECT 1")
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -173,7 +172,7 @@ async def submit(request: web.Request) -> web.Response:
         auth.caller(request),
         request_id=request.headers.get("Idempotency-Key"),
     )
-    return web.json_response(execution, status=201 if created else 200)
+    return json_response(execution, status=201 if created else 200)
 
 
 async def list_executions(request: web.Request) -> web.Response:
@@ -186,7 +185,7 @@ async def list_executions(request: web.Request) -> web.Response:
         limit=100 if limit is None else limit,
         user=_user_filter(request),
     )
-    return web.json_response(rows)
+    return json_response(rows)
 
 
 def _user_filter(request: web.Request) -> str | None:
@@ -213,7 +212,7 @@ async def get_execution(request: web.Request) -> web.Response:
     owner = auth.caller(request).owner_filter()
     deps = request.app[DEPS]
     execution = await store.get_execution(deps.pool, _execution_id(request), owner)
-    return web.json_response(endpoints_of.shown(execution, deps.public_url))
+    return json_response(endpoints_of.shown(execution, deps.public_url))
 
 
 async def terminate(request: web.Request) -> web.Response:
@@ -221,7 +220,7 @@ async def terminate(request: web.Request) -> web.Response:
     execution_id = _execution_id(request)
     owner = auth.caller(request).owner_filter()
     state = await store.request_termination(request.app[DEPS].pool, execution_id, owner)
-    return web.json_response({"id": execution_id, "state": state, "terminating": True}, status=202)
+    return json_response({"id": execution_id, "state": state, "terminating": True}, status=202)
 
 
 async def endpoints(request: web.Request) -> web.Response:
@@ -230,7 +229,7 @@ async def endpoints(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     execution = await store.get_execution(deps.pool, _execution_id(request), owner)
     endpoints_of.shown(execution, deps.public_url)
-    return web.json_response(
+    return json_response(
         {s["name"]: s["endpoints"] for s in execution["services"] if s["endpoints"]}
     )
 
@@ -310,7 +309,7 @@ async def _live_log(
 async def nodes(request: web.Request) -> web.Response:
     """The cluster: every node that ever registered, with capacity and reservations."""
     auth.caller(request).require(auth.SEE_STATUS)
-    return web.json_response(await store.list_nodes(request.app[DEPS].pool))
+    return json_response(await store.list_nodes(request.app[DEPS].pool))
 
 
 def _pool(request: web.Request) -> asyncpg.Pool:

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from common.errors import FieldError, UserError
 from common.settings import ApiSettings
+from services.api.responses import json_response
 from services.api.routetable import UNSAFE, takes_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -92,7 +93,7 @@ def split_host(host: str) -> tuple[str, str | None]:
 
 def _refused(status: int, message: str, header: str, detail: str) -> web.Response:
     body = UserError(message, [FieldError(header, detail)]).to_dict()
-    return web.json_response(body, status=status)
+    return json_response(body, status=status)
 
 
 def middleware(policy: Policy) -> Middleware:

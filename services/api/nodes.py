@@ -18,6 +18,7 @@ from common.bus import Outgoing
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.outbox import enqueue
 from services.api import auth, limits
+from services.api.responses import json_response
 from services.api.shop import json_object
 
 MAX_DEADLINE = 365 * 24 * 3600.0  # seconds a drain's deadline may be at most
@@ -53,7 +54,7 @@ async def _ask(request: web.Request, drain: bool, deadline: float | None) -> web
             raise NotFound(f"node {name} does not exist")
         msg = m.NodeDrainRequested(node=name, drain=drain, deadline=deadline)
         await enqueue(conn, [Outgoing(msg)])
-    return web.json_response({"name": name, "draining": drain, "deadline": deadline}, status=202)
+    return json_response({"name": name, "draining": drain, "deadline": deadline}, status=202)
 
 
 async def drain(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from services.api import schemas as s
+from services.api.responses import json_response
 from services.api.routetable import BY_KEY, PREFIX, PUBLIC, ROUTES, SIGNED_IN, UNSAFE, Route
 
 _REF = "#/components/schemas/{name}"
@@ -171,7 +172,7 @@ def undocumented(app: web.Application) -> list[str]:
 
 async def serve(_: web.Request) -> web.Response:
     """``GET /api/v1/openapi.json``: the document."""
-    return web.json_response(document())
+    return json_response(document())
 
 
 async def _check(app: web.Application) -> None:

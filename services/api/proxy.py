@@ -28,6 +28,7 @@ from common.errors import NotFound
 from common.states import EXECUTION_FINAL
 from services.api import auth, limits
 from services.api.limits import ascii_int
+from services.api.responses import json_response
 
 log = structlog.get_logger("api.proxy")
 
@@ -62,7 +63,7 @@ def _forbidden() -> auth.Forbidden:
 
 
 def _unreachable() -> web.Response:
-    return web.json_response(
+    return json_response(
         {"error": "the instance does not answer (yet?): try again in a moment", "errors": []},
         status=502,
     )

@@ -27,6 +27,7 @@ from common.zapp import (
 )
 from services.api import auth, limits
 from services.api.auth import Caller
+from services.api.responses import json_response
 
 log = structlog.get_logger("api.shop")
 
@@ -106,7 +107,7 @@ def _summary(entry: ShopEntry) -> dict[str, Any]:
 
 async def list_zapps(request: web.Request) -> web.Response:
     """Every ZApp of the shop the caller may see."""
-    return web.json_response([_summary(e) for e in request.app[SHOP].entries(auth.caller(request))])
+    return json_response([_summary(e) for e in request.app[SHOP].entries(auth.caller(request))])
 
 
 async def get_zapp(request: web.Request) -> web.Response:
@@ -119,7 +120,7 @@ async def get_zapp(request: web.Request) -> web.Response:
         description=msgspec.to_builtins(entry.description),
         warnings=list(entry.warnings),
     )
-    return web.json_response(out)
+    return json_response(out)
 
 
 async def get_logo(request: web.Request) -> web.Response:
@@ -136,7 +137,7 @@ async def render_zapp(request: web.Request) -> web.Response:
     loaded = request.app[SHOP].render(
         request.match_info["id"], body.get("params"), body.get("resources"), auth.caller(request)
     )
-    return web.json_response(
+    return json_response(
         {"description": msgspec.to_builtins(loaded.description), "warnings": loaded.warnings}
     )
 
@@ -144,7 +145,7 @@ async def render_zapp(request: web.Request) -> web.Response:
 async def validate(request: web.Request) -> web.Response:
     """Validate a ZApp description: 200 with its warnings, or 422 with every error."""
     loaded = load_description(await json_any(request))
-    return web.json_response(
+    return json_response(
         {
             "valid": True,
             "warnings": loaded.warnings,

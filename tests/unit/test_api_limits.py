@@ -122,3 +122,54 @@ def test_digest_ignores_key_order_and_default_priority(body: dict[str, Any]) -> 
     reordered = dict(reversed(list(body.items())))
     assert digest(body) == digest({**reordered, "priority": 0})
     assert digest(body) != digest({**body, "priority": 1})
+
+
+def _outcome(parse: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "ok", parse(text)
+    except InvalidRequest as exc:
+        return "refused", (exc.message, [(e.path, e.message) for e in exc.errors])
+
+
+WILD = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**25), 10**25)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(WILD, st.sampled_from(["", " ", "x", "]", ",", "\ufeff"]), st.booleans())
+def test_the_fast_parser_answers_as_the_standard_one(value: Any, junk: str, before: bool) -> None:
+    """What `loads` accepts or refuses, and with which words, is what the standard
+    library's parser and its hooks say: for any JSON (long integers, infinite numbers,
+    NaN, lone surrogates, NUL) and for text around it that makes it no JSON."""
+    text = json.dumps(value)
+    for candidate in (text, junk + text if before else text + junk):
+        assert _outcome(limits.loads, candidate) == _outcome(limits.loads_slowly, candidate)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * limits.MAX_JSON_DEPTH + "]" * limits.MAX_JSON_DEPTH,
+        "[" * (limits.MAX_JSON_DEPTH + 1) + "]" * (limits.MAX_JSON_DEPTH + 1),
+        "[" * 100_000 + "]" * 100_000,
+        '{"a": "x\\u0000"}',
+        '"\\ud800"',
+        '"a\nb"',
+        "1" * 4301,
+        str(10**20),
+        str(10**20 - 1),
+        str(-(10**20) + 1),
+        "1e400",
+        "-Infinity",
+        '{"a": 1, "a": 2}',
+        "",
+    ],
+)
+def test_the_fast_parser_answers_as_the_standard_one_at_the_edges(text: str) -> None:
+    assert _outcome(limits.loads, text) == _outcome(limits.loads_slowly, text)
