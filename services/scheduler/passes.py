@@ -255,10 +255,7 @@ async def admit_submitted(pool: asyncpg.Pool) -> int:
 async def _admit(pool: asyncpg.Pool) -> list[int]:
     """``admit_submitted``, returning the executions moved."""
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch("SELECT id FROM executions WHERE state = 'submitted'")
-        return await store.set_executions_state(
-            conn, [r["id"] for r in rows], "queued", ["submitted"]
-        )
+        return await store.admit_submitted(conn)
 
 
 async def dispatch_waiting(pool: asyncpg.Pool, deployment: str) -> int:

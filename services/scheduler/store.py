@@ -175,6 +175,22 @@ async def set_executions_state(
         new,
         list(allowed_from),
     )
+    return await _announce(conn, rows, new)
+
+
+async def admit_submitted(conn: asyncpg.Connection) -> list[int]:
+    """Take every submitted execution into the queue, in one statement; returns those
+    moved."""
+    rows = await conn.fetch(
+        "UPDATE executions SET state = 'queued', updated_at = now()"
+        " WHERE state = 'submitted' RETURNING id, user_name"
+    )
+    return await _announce(conn, rows, "queued")
+
+
+async def _announce(conn: asyncpg.Connection, rows: list[asyncpg.Record], new: str) -> list[int]:
+    """Queue the state events of the executions (rows of ``id``, ``user_name``, and
+    ``waited`` when they run) that moved to ``new``; returns their ids."""
     if new == "running":
         for r in rows:
             metrics.START_WAIT.observe(max(0.0, float(r["waited"])))
