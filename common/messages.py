@@ -304,9 +304,10 @@ class StateChange(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ExecutionStatesChanged(Message, frozen=True, kw_only=True, tag="state.executions"):
-    """Executions moved to new states: the changes of one scheduler transaction, in the
-    order it made them (a pass that starts a thousand executions announces them in one
-    message, or a few: ``STATE_CHANGES_PER_MESSAGE`` at most each)."""
+    """Executions moved to new states: the changes one statement of the scheduler made
+    (a pass that starts a thousand executions announces them in one message, or a few:
+    ``STATE_CHANGES_PER_MESSAGE`` at most each; an execution that ends alone, in one of
+    its own)."""
 
     changes: list[StateChange]
 

@@ -6,7 +6,7 @@ exchange with routing key ``api.requests``, a ``reply_to`` queue and a
 the HTTP API would answer. A submission's message ``id`` is its idempotency key, so a
 redelivered request creates one execution. State changes are published on ``zoe.events``
 with routing key ``state.executions`` for whoever binds to them: each an
-``ExecutionStatesChanged``, the changes one scheduler transaction made.
+``ExecutionStatesChanged``, the changes one statement of the scheduler made.
 
 Each request carries its platform's API token in the message header ``zoe-token`` and
 acts as that token's user (a platform is a user of its own); without one, or with an

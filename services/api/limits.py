@@ -102,11 +102,12 @@ def loads(text: str) -> Any:
     msgspec parses it first (several times faster); a document it refuses, or one with
     an integer too long, is parsed again by the standard library's parser, whose hooks
     and messages say what is wrong. msgspec refuses all the standard parser refuses, and
-    more (NaN and infinite numbers, a lone surrogate, nesting past its limit)."""
+    more (NaN and infinite numbers, a lone surrogate, escaped or not, nesting past its
+    limit)."""
     try:
         value = _FAST.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        pass
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        pass  # (a lone surrogate in the text, from a charset that can say one, is no UTF-8)
     else:
         if not _long_int(value):
             check_json(value)

@@ -147,9 +147,11 @@ def test_the_fast_parser_answers_as_the_standard_one(value: Any, junk: str, befo
     """What `loads` accepts or refuses, and with which words, is what the standard
     library's parser and its hooks say: for any JSON (long integers, infinite numbers,
     NaN, lone surrogates, NUL) and for text around it that makes it no JSON."""
-    text = json.dumps(value)
-    for candidate in (text, junk + text if before else text + junk):
-        assert _outcome(limits.loads, candidate) == _outcome(limits.loads_slowly, candidate)
+    for ascii_only in (True, False):  # escaped, or as they are (a lone surrogate too)
+        text = json.dumps(value, ensure_ascii=ascii_only)
+        for candidate in (text, junk + text if before else text + junk):
+            got = _outcome(limits.loads, candidate)
+            assert got == _outcome(limits.loads_slowly, candidate)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +162,8 @@ def test_the_fast_parser_answers_as_the_standard_one(value: Any, junk: str, befo
         "[" * 100_000 + "]" * 100_000,
         '{"a": "x\\u0000"}',
         '"\\ud800"',
+        '"\ud800"',  # as it is, not escaped: what a UTF-7 body decodes to
+        '["\udfff", 1]',
         '"a\nb"',
         "1" * 4301,
         str(10**20),
