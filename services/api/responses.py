@@ -21,7 +21,7 @@ def json_response(
     """``aiohttp.web.json_response``, with ``data`` encoded by msgspec."""
     try:
         body = _ENCODER.encode(data)
-    except (TypeError, ValueError, UnicodeEncodeError):
+    except (TypeError, ValueError):  # (UnicodeEncodeError is a ValueError)
         body = json.dumps(data).encode()
     return web.Response(
         body=body,

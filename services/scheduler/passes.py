@@ -334,6 +334,8 @@ async def apply(
         room = await store.node_room(
             conn, set(target.values()) | {r["node"] for r in rows if r["state"] == "placed"}
         )
+        # an execution is put back whole when one of its instances moved since the view
+        # was read, or goes to a node drained since (or unknown): it takes nothing new
         conflicts = {
             r["execution_id"]
             for r in rows
@@ -346,12 +348,12 @@ async def apply(
         placing = []
         for r in rows:
             if r["id"] in target:
-                r.update(node=target[r["id"]], state="placed", was="created")
+                r.update(node=target[r["id"]], state="placed")  # as it is to be
                 placing.append(r)
         starting = store.fitting(store.ready_rows(rows), room)
         now = {r["id"] for r in starting}
         await store.write_starts(
-            conn, deployment, starting, [r for r in placing if r["id"] not in now]
+            conn, deployment, starting, [r for r in placing if r["id"] not in now], target
         )
         metrics.PLACEMENTS.inc(len(placing))
         executions = [e for e in wanted if e not in conflicts]

@@ -215,7 +215,7 @@ async def dispatch_ready(
     if not ready:
         return 0
     room = await node_room(conn, {r["node"] for r in ready})
-    return await write_starts(conn, deployment, fitting(ready, room), [])
+    return await write_starts(conn, deployment, fitting(ready, room), [], ())
 
 
 async def locked_instances(
@@ -270,11 +270,12 @@ async def write_starts(
     deployment: str,
     starting: list[dict[str, Any]],
     placed: list[dict[str, Any]],
+    fresh: Collection[int],
 ) -> int:
     """Store ``starting`` as starting (their containers named) and ``placed`` as placed
     on their nodes, in one statement, and queue the start commands; returns how many
-    start. Each moves from the state it was read in (``was``, else ``state``), under
-    the lock its caller holds."""
+    start. The instances in ``fresh`` move from created (placed by this pass), the
+    others from placed, under the locks the caller holds."""
     if not starting and not placed:
         return 0
     rows = starting + placed
@@ -296,7 +297,7 @@ async def write_starts(
         [r["node"] for r in rows],
         ["starting"] * len(starting) + ["placed"] * len(placed),
         [*names, *([None] * len(placed))],
-        [r.get("was", r["state"]) for r in rows],
+        ["created" if r["id"] in fresh else "placed" for r in rows],
     )
     if moved != len(rows):
         # the caller holds the rows' locks: they cannot have moved since it read them

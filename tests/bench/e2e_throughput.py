@@ -40,13 +40,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -58,6 +58,7 @@ from tests.bench._platform import (
     machine,
     percentile,
 )
+from tests.private_postgres import free_port
 
 
 def application(instances: int) -> dict[str, Any]:
@@ -128,23 +129,18 @@ def _declared_lost(plat: BenchPlatform) -> int:
     return log.read_text().count('"node.lost"') if log.exists() else 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def pass_totals(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
     """How many passes the scheduler ran so far, and their seconds in all."""
     async with session.get(url) as r:
         text = await r.text()
-    found = {"_count": 0.0, "_sum": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        for suffix in found:
-            if name == "zoe_scheduling_pass_duration_seconds" + suffix:
-                found[suffix] = float(value)
-    return found["_count"], found["_sum"]
+    found = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if family.name == "zoe_scheduling_pass_duration_seconds"
+    }
+    name = "zoe_scheduling_pass_duration_seconds"
+    return found.get(f"{name}_count", 0.0), found.get(f"{name}_sum", 0.0)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
