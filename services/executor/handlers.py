@@ -42,7 +42,7 @@ from services.executor.engine import (
     Stats,
     TransientEngineError,
 )
-from services.executor.locks import KeyedLocks, RecentIds
+from services.executor.locks import EngineNotices, KeyedLocks, RecentIds
 
 log = structlog.get_logger("executor")
 
@@ -57,6 +57,7 @@ class Executor:
     locks: KeyedLocks = field(default_factory=KeyedLocks)  # one per container name
     removed: RecentIds = field(default_factory=RecentIds)  # container ids removed here
     stopped: RecentIds = field(default_factory=RecentIds)  # container names stopped here
+    notices: EngineNotices = field(default_factory=EngineNotices)  # kill and oom events
     # the last usage sample of each running container (container id -> sample), sent
     # with every heartbeat; refreshed every ``usage_interval`` by the usage loop
     usage: dict[str, tuple[Stats, m.ContainerUsage]] = field(default_factory=dict)

@@ -197,8 +197,19 @@ class HollowEngine:
 
     # ---- what a benchmark or a test plays -------------------------------------------------
 
-    def kill(self, name: str, *, exit_code: int = 137, oom_killed: bool = False) -> None:
-        """The container dies by itself (a crash, an OOM kill): a ``die`` event follows."""
+    def kill(
+        self,
+        name: str,
+        *,
+        exit_code: int = 137,
+        oom_killed: bool = False,
+        oom_told_after: float | None = None,
+    ) -> None:
+        """The container dies by itself (a crash, an OOM kill): a ``die`` event follows.
+
+        ``oom_told_after``: an OOM kill the engine hears of only this many seconds after
+        the death, as Docker may (the container is not marked OOM-killed; an ``oom``
+        event comes then)."""
         c = self._get(name)
         if c.state != "running":
             return
@@ -206,6 +217,8 @@ class HollowEngine:
         c.log.append(f"hollow: {name} died with exit code {exit_code}\n")
         self._record("exit", c)
         self._emit("die", c)
+        if oom_told_after is not None:
+            asyncio.get_running_loop().call_later(oom_told_after, self._emit, "oom", c)
 
     def remove_behind_back(self, name: str) -> None:
         """Someone else removes the container: a ``destroy`` event follows."""

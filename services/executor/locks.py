@@ -1,4 +1,4 @@
-"""Small concurrency helpers of the executor: a lock per key, a bounded set of ids."""
+"""Small concurrency helpers of the executor: a lock per key, bounded sets of ids."""
 
 from __future__ import annotations
 
@@ -56,3 +56,39 @@ class RecentIds:
 
     def __contains__(self, item: object) -> bool:
         return item in self._ids
+
+
+class EngineNotices:
+    """What the engine said of containers besides their deaths, by container id: that
+    it signalled one (a ``kill`` event: a stop, a ``docker kill``), that the kernel killed
+    one for want of memory (an ``oom`` event, which may come after the death)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._signalled = RecentIds(size)
+        self._oom = RecentIds(size)
+        self._waiting: dict[str, asyncio.Event] = {}
+
+    def signalled(self, container_id: str) -> None:
+        self._signalled.add(container_id)
+
+    def oom(self, container_id: str) -> None:
+        self._oom.add(container_id)
+        if (waiting := self._waiting.get(container_id)) is not None:
+            waiting.set()
+
+    def was_signalled(self, container_id: str) -> bool:
+        return container_id in self._signalled
+
+    async def oom_within(self, container_id: str, timeout: float) -> bool:
+        """Whether an ``oom`` came for the container, or comes within ``timeout``."""
+        if container_id in self._oom or timeout <= 0:
+            return container_id in self._oom
+        waiting = self._waiting.setdefault(container_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout):
+                await waiting.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting.pop(container_id, None)
+        return container_id in self._oom

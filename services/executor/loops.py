@@ -4,7 +4,8 @@
   with InstanceStarted, ended ones reported with InstanceExited), after the engine has
   found its executions' networks again. It runs at start and again whenever the
   engine's event stream broke, because events may have been lost.
-- ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts.
+- ``watch_events`` turns the engine's ``die`` and ``destroy`` events into facts (its
+  ``kill`` and ``oom`` events tell a kill from an OOM kill the engine heard of late).
 - ``heartbeat_loop`` beats every interval: the node's capacity and inventory when they
   changed (and at least every ``inventory_interval``), a small liveness beat otherwise
   (also while a busy engine is slow to give the inventory); it survives broker and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable
 
@@ -39,6 +41,8 @@ IMAGE_PREFIX = "zoe/"
 EVENTS_OVERLAP = 1.0
 # A stream that lasted this long was healthy: its break starts the backoff afresh.
 STABLE_STREAM = 10.0
+# The exit code of a process killed by SIGKILL (128 + 9): the kernel's OOM kill, or a kill.
+SIGKILLED = 137
 # Stats calls in flight at once (each waits for the engine's collection tick).
 USAGE_CONCURRENCY = 64
 
@@ -133,7 +137,12 @@ async def _follow(
             async for event in stream:
                 since = max(since, event.time)
                 backoff.reset()
-                reports.create_task(report_event(ex, event))
+                if event.action == "kill":
+                    ex.notices.signalled(event.container_id)
+                elif event.action == "oom":
+                    ex.notices.oom(event.container_id)
+                else:
+                    reports.create_task(report_event(ex, event))
         log.warning("events.ended")
     except Exception as exc:  # the watcher must outlive any engine trouble
         log.warning("events.broken", reason=str(exc) or repr(exc))
@@ -174,11 +183,24 @@ async def _event_fact(ex: Executor, event: ContainerEvent) -> m.Message | None:
         if container is None or container.running:
             return None
         ex.ledger.release(container.name)
+        if await _killed_for_memory(ex, container):
+            container = dataclasses.replace(container, oom_killed=True)
         return facts.exited(ex.node, container)
     ex.ledger.release(event.name)
     if event.container_id in ex.removed:  # a StopInstance of ours already reported it
         return None
     return facts.removed_elsewhere(ex.node, event)
+
+
+async def _killed_for_memory(ex: Executor, container: Container) -> bool:
+    """Whether a container the engine does not call OOM-killed was, all the same: the
+    engine may hear of an OOM kill only after the death (Docker on cgroup v1 under load),
+    so a SIGKILL it did not send waits ``oom_grace`` for its late ``oom`` event."""
+    if container.oom_killed or container.exit_code != SIGKILLED:
+        return False
+    if ex.notices.was_signalled(container.id):
+        return False
+    return await ex.notices.oom_within(container.id, ex.settings.oom_grace)
 
 
 async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:

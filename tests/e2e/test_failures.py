@@ -213,7 +213,9 @@ async def test_killed_essential_instance_fails_its_execution(
 async def test_oom_kill_is_told_apart(
     platform: Platform, docker: aiodocker.Docker, test_env: TestEnv
 ) -> None:
-    hog = service("hog", "dd if=/dev/zero of=/dev/null bs=64M count=1", memory=16 * MiB)
+    # not at once: Docker (containerd on cgroup v1) watches a container for OOM kills only
+    # once it has started it, and one killed before then is never marked OOM-killed
+    hog = service("hog", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1", memory=16 * MiB)
     eid = (await platform.submit(zapp("oom", hog)))["id"]
     ended = await platform.wait_state(eid, "failed", "finished", "terminated")
     assert ended["state"] == "failed"

@@ -179,6 +179,31 @@ async def test_a_hollow_container_death_is_reported_like_a_real_one(
         assert gone.container_name == other.container_name
 
 
+async def test_an_oom_kill_the_engine_hears_of_late_is_reported_as_one(
+    test_env: TestEnv, bus: Bus, seen: Facts
+) -> None:
+    """Docker may hear of an OOM kill only after the container's death (its ``die`` says
+    not OOM-killed, an ``oom`` event follows): the executor waits ``oom_grace`` for it
+    before calling a SIGKILL it did not send a crash."""
+    async with hollow_cluster(test_env, nodes=1, oom_grace=30.0) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        engines[node].kill(start.container_name, oom_told_after=0.3)
+        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
+        assert (exited.exit_code, exited.oom_killed) == (137, True)
+
+    async with hollow_cluster(test_env, nodes=1, oom_grace=0.3) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        engines[node].kill(start.container_name)  # no oom event: once the grace is over
+        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
+        assert (exited.exit_code, exited.oom_killed) == (137, False)
+
+
 async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Facts) -> None:
     async with hollow_cluster(test_env, nodes=1) as (prefix, engines):
         node = node_names(prefix, 1)[0]

@@ -319,7 +319,7 @@ class DockerEngine:
     # ---- events --------------------------------------------------------------------------
 
     async def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
-        """Stream ``die``/``destroy`` events of managed containers, replayed from ``since``.
+        """Stream the ``translate.EVENTS`` of managed containers, replayed from ``since``.
 
         aiodocker's `DockerEvents.subscribe()` would start its reader with a bare
         ``ensure_future`` that nobody owns; here the reader is this generator's task,
@@ -329,7 +329,7 @@ class DockerEngine:
         subscriber = source.subscribe(create_task=False)
         filters = {
             "type": ["container"],
-            "event": ["die", "destroy"],
+            "event": list(translate.EVENTS),
             "label": self._managed_labels,
         }
         reader = asyncio.ensure_future(

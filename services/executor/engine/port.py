@@ -155,7 +155,9 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class ContainerEvent:
-    """A managed container died (``die``) or was removed (``destroy``)."""
+    """A managed container died (``die``) or was removed (``destroy``); or the engine
+    signalled it (``kill``), or the kernel killed it for want of memory (``oom``): an
+    engine may send those two, which only tell how a death came."""
 
     action: str
     container_id: str
@@ -214,7 +216,8 @@ class Engine(Protocol):
         ...
 
     def events(self, *, since: float) -> AsyncGenerator[ContainerEvent, None]:
-        """``die`` and ``destroy`` events of managed containers from ``since`` on.
+        """``die`` and ``destroy`` events of managed containers from ``since`` on (and
+        ``kill`` and ``oom`` ones, where the engine tells them).
 
         Ends or raises `EngineError` when the stream breaks; close it with ``aclosing``.
         """

@@ -170,16 +170,24 @@ def container_from_summary(data: Mapping[str, Any]) -> Container:
     )
 
 
+# The container events the executor follows: deaths and removals, which it reports, and
+# the engine's word that it signalled a container or that the kernel killed one for want
+# of memory, which tell how a death came (``loops.EngineNotices``).
+EVENTS = ("die", "destroy", "kill", "oom")
+
+
 def container_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
-    """The ``die`` or ``destroy`` event of a container; None for any other event."""
+    """The ``die``, ``destroy``, ``kill`` or ``oom`` event of a container; None for any
+    other event."""
     actor = raw.get("Actor") or {}
     attributes = dict(actor.get("Attributes") or {})
     action = raw.get("Action") or raw.get("status")
-    if action not in ("die", "destroy") or not actor.get("ID"):
+    if action not in EVENTS or not actor.get("ID"):
         return None
     code = attributes.pop("exitCode", None)
     name = attributes.pop("name", "")
     attributes.pop("image", None)
+    attributes.pop("signal", None)  # a kill's
     return ContainerEvent(
         action=action,
         container_id=actor["ID"],
