@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from common.errors import FieldError, InvalidRequest, NotFound
 from common.zapp import LoadedDescription, load_description
@@ -121,7 +122,7 @@ def description(shop: Shop, body: dict[str, Any], caller: Caller) -> LoadedDescr
                 [FieldError("params", "params and resources apply to a shop zapp only")],
             )
         try:
-            return load_description(body["application"])
+            return _LOADED.load(body["application"])
         except InvalidRequest as exc:
             raise InvalidRequest(
                 exc.message,
@@ -134,6 +135,37 @@ def description(shop: Shop, body: dict[str, Any], caller: Caller) -> LoadedDescr
         return shop.render(zapp_id, body.get("params"), body.get("resources"), caller)
     except NotFound as exc:
         raise InvalidRequest(exc.message, [FieldError("zapp", exc.message)]) from exc
+
+
+class _Loaded:
+    """The descriptions loaded last, by their JSON text: a client submits the same
+    application again and again, and checking it is most of a submission's work. Only
+    a valid one is kept (a refused one is checked anew, to say why); a large one is
+    not kept at all. `LoadedDescription` is frozen and nothing changes it once loaded."""
+
+    ENTRIES = 128
+    LARGEST = 32 * 1024  # bytes of JSON text
+
+    def __init__(self) -> None:
+        self._by_text: dict[bytes, LoadedDescription] = {}
+
+    def load(self, application: Any) -> LoadedDescription:
+        try:
+            text = msgspec.json.encode(application)
+        except (TypeError, ValueError, OverflowError):
+            return load_description(application)  # (refused there, saying why)
+        loaded = self._by_text.pop(text, None)
+        if loaded is None:
+            loaded = load_description(application)
+            if len(text) > self.LARGEST:
+                return loaded
+            if len(self._by_text) >= self.ENTRIES:
+                del self._by_text[next(iter(self._by_text))]  # the least recently used
+        self._by_text[text] = loaded
+        return loaded
+
+
+_LOADED = _Loaded()
 
 
 def _join(prefix: str, path: str) -> str:
