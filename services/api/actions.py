@@ -33,9 +33,10 @@ async def submit(
     caller: Caller,
     *,
     request_id: str | None = None,
+    parsed: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Create an execution of ``caller`` from a request body; returns it and whether it
-    is new.
+    is new. ``parsed``: the body comes from `limits.loads`, which checked it already.
 
     ``request_id`` makes the request idempotent: the same id again with the same body
     returns the execution the first one created; with another body it is a Conflict.
@@ -43,7 +44,8 @@ async def submit(
     and room in their quota (403 otherwise, nothing stored).
     """
     caller.require(auth.SUBMIT)
-    limits.check_json(body)  # an AMQP body is not parsed by `limits.loads`
+    if not parsed:
+        limits.check_json(body)  # an AMQP body is not parsed by `limits.loads`
     errors: list[FieldError] = [
         FieldError(k, "unknown field") for k in sorted(set(body) - SUBMIT_FIELDS)
     ]

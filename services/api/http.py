@@ -171,6 +171,7 @@ async def submit(request: web.Request) -> web.Response:
         body,
         auth.caller(request),
         request_id=request.headers.get("Idempotency-Key"),
+        parsed=True,
     )
     return json_response(execution, status=201 if created else 200)
 
