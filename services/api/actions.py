@@ -143,7 +143,13 @@ class _Loaded:
     """The descriptions loaded last, by their JSON text: a client submits the same
     application again and again, and checking it is most of a submission's work. Only
     a valid one is kept (a refused one is checked anew, to say why); a large one is
-    not kept at all. `LoadedDescription` is frozen and nothing changes it once loaded."""
+    not kept at all. `LoadedDescription` is frozen, and nothing may change the lists it
+    holds once loaded: they are shared by every submission of that text.
+
+    The one instance is the process's (`_LOADED`), a memo of a pure function like an
+    ``lru_cache``: what it holds is what `load_description` would give again, so no
+    caller can tell it is there. Its keys are the JSON text of values `limits` checked
+    (no NaN, no infinity, nesting bounded): one text is one value."""
 
     ENTRIES = 128
     LARGEST = 32 * 1024  # bytes of JSON text

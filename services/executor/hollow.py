@@ -204,21 +204,27 @@ class HollowEngine:
         exit_code: int = 137,
         oom_killed: bool = False,
         oom_told_after: float | None = None,
+        by_engine: bool = False,
     ) -> None:
         """The container dies by itself (a crash, an OOM kill): a ``die`` event follows.
 
         ``oom_told_after``: an OOM kill the engine hears of only this many seconds after
-        the death, as Docker may (the container is not marked OOM-killed; an ``oom``
-        event comes then)."""
+        the death, as Docker may (the container is marked OOM-killed then, and an ``oom``
+        event comes). ``by_engine``: the engine killed it with SIGKILL (``docker kill``):
+        a ``kill`` event comes first."""
         c = self._get(name)
         if c.state != "running":
             return
+        self._disarm(name)  # a played exit still to come: it died before
+        if by_engine:
+            self._emit("kill", c, signal="9")
         c.state, c.exit_code, c.oom_killed = "exited", exit_code, oom_killed
         c.log.append(f"hollow: {name} died with exit code {exit_code}\n")
         self._record("exit", c)
         self._emit("die", c)
         if oom_told_after is not None:
-            asyncio.get_running_loop().call_later(oom_told_after, self._emit, "oom", c)
+            loop = asyncio.get_running_loop()
+            self._timers[name] = loop.call_later(oom_told_after, self._late_oom, c)
 
     def remove_behind_back(self, name: str) -> None:
         """Someone else removes the container: a ``destroy`` event follows."""
@@ -386,6 +392,11 @@ class HollowEngine:
         if timer is not None:
             timer.cancel()
 
+    def _late_oom(self, c: _Hollow) -> None:
+        self._timers.pop(c.name, None)
+        c.oom_killed = True
+        self._emit("oom", c)
+
     def _played_exit(self, name: str, container_id: str) -> None:
         self._timers.pop(name, None)
         c = self._containers.get(name)
@@ -404,7 +415,7 @@ class HollowEngine:
             raise EngineError(f"No such container: {name}")
         return c
 
-    def _emit(self, action: str, c: _Hollow) -> None:
+    def _emit(self, action: str, c: _Hollow, *, signal: str | None = None) -> None:
         event = ContainerEvent(
             action=action,
             container_id=c.id,
@@ -412,6 +423,7 @@ class HollowEngine:
             labels=dict(c.labels),
             time=time.time(),
             exit_code=c.exit_code,
+            signal=signal,
         )
         self._history.append(event)
         for queue in self._subscribers:

@@ -32,6 +32,7 @@ from common.retry import Backoff
 from services.executor import facts
 from services.executor.engine import Container, ContainerEvent, Stats
 from services.executor.handlers import Executor
+from services.executor.locks import EngineNotices
 
 log = structlog.get_logger("executor")
 
@@ -41,8 +42,10 @@ IMAGE_PREFIX = "zoe/"
 EVENTS_OVERLAP = 1.0
 # A stream that lasted this long was healthy: its break starts the backoff afresh.
 STABLE_STREAM = 10.0
-# The exit code of a process killed by SIGKILL (128 + 9): the kernel's OOM kill, or a kill.
+# The exit code of a process killed by SIGKILL (128 + 9): the kernel's OOM kill, or a kill;
+# and how the engine names that signal in its ``kill`` events.
 SIGKILLED = 137
+SIGKILL_NAMES = frozenset({"9", "KILL", "SIGKILL"})
 # Stats calls in flight at once (each waits for the engine's collection tick).
 USAGE_CONCURRENCY = 64
 
@@ -138,7 +141,8 @@ async def _follow(
                 since = max(since, event.time)
                 backoff.reset()
                 if event.action == "kill":
-                    ex.notices.signalled(event.container_id)
+                    if event.signal in SIGKILL_NAMES:
+                        ex.notices.signalled(event.container_id)
                 elif event.action == "oom":
                     ex.notices.oom(event.container_id)
                 else:
@@ -183,7 +187,9 @@ async def _event_fact(ex: Executor, event: ContainerEvent) -> m.Message | None:
         if container is None or container.running:
             return None
         ex.ledger.release(container.name)
-        if await _killed_for_memory(ex, container):
+        # under the container's lock, which a stop or `report_ended` then waits for: the
+        # death must not be told as a crash meanwhile
+        if await killed_for_memory(ex.notices, ex.settings.oom_grace, container):
             container = dataclasses.replace(container, oom_killed=True)
         return facts.exited(ex.node, container)
     ex.ledger.release(event.name)
@@ -192,15 +198,18 @@ async def _event_fact(ex: Executor, event: ContainerEvent) -> m.Message | None:
     return facts.removed_elsewhere(ex.node, event)
 
 
-async def _killed_for_memory(ex: Executor, container: Container) -> bool:
+async def killed_for_memory(notices: EngineNotices, grace: float, container: Container) -> bool:
     """Whether a container the engine does not call OOM-killed was, all the same: the
     engine may hear of an OOM kill only after the death (Docker on cgroup v1 under load),
-    so a SIGKILL it did not send waits ``oom_grace`` for its late ``oom`` event."""
+    so a SIGKILL it did not send waits ``grace`` seconds for its late ``oom`` event.
+
+    A death found otherwise (``reconcile`` after the stream broke, ``report_ended``) is
+    told as the engine's inspect says: an ``oom`` event replayed later changes nothing."""
     if container.oom_killed or container.exit_code != SIGKILLED:
         return False
-    if ex.notices.was_signalled(container.id):
+    if notices.was_signalled(container.id):
         return False
-    return await ex.notices.oom_within(container.id, ex.settings.oom_grace)
+    return await notices.oom_within(container.id, grace)
 
 
 async def publish_until_confirmed(ex: Executor, fact: m.Message) -> None:

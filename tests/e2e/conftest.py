@@ -130,6 +130,9 @@ class Platform:
                     ZOE_HEARTBEAT_INTERVAL="0.5",
                     ZOE_USAGE_INTERVAL="1",
                     ZOE_STOP_TIMEOUT="2",
+                    # an OOM kill Docker hears of late is waited for longer than by
+                    # default: a loaded test machine may tell it more than a second late
+                    ZOE_OOM_GRACE="5",
                     **executor_env,
                 ),
                 log_dir,

@@ -203,6 +203,16 @@ async def test_an_oom_kill_the_engine_hears_of_late_is_reported_as_one(
         exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
         assert (exited.exit_code, exited.oom_killed) == (137, False)
 
+    # a SIGKILL the engine sent (a kill event first) is a crash at once, not after 60 s
+    async with hollow_cluster(test_env, nodes=1, oom_grace=60.0) as (prefix, engines):
+        (node,) = node_names(prefix, 1)
+        start = start_msg(prefix)
+        await bus.publish(start, node=node)
+        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
+        engines[node].kill(start.container_name, by_engine=True)
+        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id, timeout=20)
+        assert (exited.exit_code, exited.oom_killed) == (137, False)
+
 
 async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Facts) -> None:
     async with hollow_cluster(test_env, nodes=1) as (prefix, engines):

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, InvalidZApp
+from common.zapp import load_description
 from services.api import limits
-from services.api.actions import digest
+from services.api.actions import _Loaded, digest
+from tests.unit.test_zapp_validate import changed, minimal, spark
 
 
 @pytest.mark.parametrize(
@@ -177,3 +179,28 @@ def test_the_fast_parser_answers_as_the_standard_one(value: Any, junk: str, befo
 )
 def test_the_fast_parser_answers_as_the_standard_one_at_the_edges(text: str) -> None:
     assert _outcome(limits.loads, text) == _outcome(limits.loads_slowly, text)
+
+
+def test_the_api_checks_an_application_it_saw_once_and_a_changed_one_anew() -> None:
+    loaded = _Loaded()
+    first = loaded.load(spark())
+    assert loaded.load(spark()) is first  # the same text: not checked again
+    assert first == load_description(spark())
+    broken = changed(spark(), ("services", 0, "total_count"), 0)
+    with pytest.raises(InvalidZApp) as info:
+        loaded.load(broken)
+    assert info.value.errors == load_description_errors(broken)
+    with pytest.raises(InvalidZApp):
+        loaded.load(broken)  # a refused one is never kept
+    for n in range(_Loaded.ENTRIES):  # the least recently used goes when it is full
+        loaded.load(changed(minimal(), ("name",), f"app{n}"))
+    again = loaded.load(spark())
+    assert again is not first and again == first
+    large = changed(spark(), ("services", 0, "command"), "x" * (_Loaded.LARGEST + 1))
+    assert loaded.load(large) is not loaded.load(large)  # a large one is not kept
+
+
+def load_description_errors(data: object) -> list[Any]:
+    with pytest.raises(InvalidZApp) as info:
+        load_description(data)
+    return list(info.value.errors)

@@ -211,11 +211,11 @@ def test_die_and_destroy_events_keep_the_labels_only() -> None:
     assert container_event({"Action": "die", "Actor": {}}) is None
 
 
-def test_kill_and_oom_events_are_followed_without_their_signal() -> None:
+def test_kill_and_oom_events_keep_their_signal_apart_from_the_labels() -> None:
     attributes = {"name": "zoe-7-main", "signal": "9", "zoe.node": "n1"}
     killed = container_event({"Action": "kill", "Actor": {"ID": "c1", "Attributes": attributes}})
     assert killed is not None
-    assert (killed.action, killed.labels) == ("kill", {"zoe.node": "n1"})
+    assert (killed.action, killed.labels, killed.signal) == ("kill", {"zoe.node": "n1"}, "9")
     oom = container_event({"Action": "oom", "Actor": {"ID": "c1", "Attributes": {}}})
     assert oom is not None and (oom.action, oom.exit_code) == ("oom", None)
 

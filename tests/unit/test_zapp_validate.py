@@ -811,30 +811,3 @@ def test_a_nul_character_anywhere_is_refused_with_its_path() -> None:
         load_description(bad)
     paths = {e.path for e in caught.value.errors if "NUL" in e.message}
     assert paths == {"services[0].command", "services[0].environment[0][1]"}
-
-
-def test_the_api_checks_an_application_it_saw_once_and_a_changed_one_anew() -> None:
-    from services.api.actions import _Loaded
-
-    loaded = _Loaded()
-    first = loaded.load(spark())
-    assert loaded.load(spark()) is first  # the same text: not checked again
-    assert first == load_description(spark())
-    broken = changed(spark(), ("services", 0, "total_count"), 0)
-    with pytest.raises(InvalidZApp) as info:
-        loaded.load(broken)
-    assert info.value.errors == load_description_errors(broken)
-    with pytest.raises(InvalidZApp):
-        loaded.load(broken)  # a refused one is never kept
-    for n in range(_Loaded.ENTRIES):  # the least recently used goes when it is full
-        loaded.load(changed(minimal(), ("name",), f"app{n}"))
-    again = loaded.load(spark())
-    assert again is not first and again == first
-    large = changed(spark(), ("services", 0, "command"), "x" * (_Loaded.LARGEST + 1))
-    assert loaded.load(large) is not loaded.load(large)  # a large one is not kept
-
-
-def load_description_errors(data: object) -> list[Any]:
-    with pytest.raises(InvalidZApp) as info:
-        load_description(data)
-    return list(info.value.errors)

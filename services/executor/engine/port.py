@@ -165,6 +165,7 @@ class ContainerEvent:
     labels: Mapping[str, str]
     time: float  # seconds since the epoch, as the engine stamped it
     exit_code: int | None = None
+    signal: str | None = None  # a kill's, as the engine names it ("9", "SIGKILL")
 
 
 class Engine(Protocol):

@@ -187,7 +187,7 @@ def container_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
     code = attributes.pop("exitCode", None)
     name = attributes.pop("name", "")
     attributes.pop("image", None)
-    attributes.pop("signal", None)  # a kill's
+    signal = attributes.pop("signal", None)
     return ContainerEvent(
         action=action,
         container_id=actor["ID"],
@@ -195,6 +195,7 @@ def container_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
         labels=attributes,
         time=int(raw.get("timeNano", 0)) / 1e9,
         exit_code=int(code) if code is not None else None,
+        signal=signal,
     )
 
 
