@@ -13,7 +13,8 @@ Each process NOTIFYs a channel of its own, which only its own relay listens to: 
 writer's relay publishes at once (PostgreSQL delivers the notification on commit), and
 the other services' relays are not woken for rows they would not find (another relay
 took them). Every relay also polls, so rows of a process that died go out within
-``poll_interval`` (with a sender: once a process of the same service runs).
+``poll_interval`` (with a sender: once a process of the same service runs). A listening
+connection the database dropped (a restart) is made again at once.
 """
 
 from __future__ import annotations
@@ -106,19 +107,24 @@ class Relay:
         self._bus = bus
         self._poll = poll_interval
         self._wake = asyncio.Event()
+        self._lost = False  # the database dropped the listening connection
         self._rows = routes.relayed_by(sender) if sender is not None else ".*"
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set; broker or database errors are retried."""
-        listener = await self._pool.acquire()
+        """Publish until ``stop`` is set; broker or database errors are retried.
+
+        The listening connection is made again when the database drops it (a restart,
+        a terminated backend): without it every row would wait for the poll."""
+        listener: asyncpg.Connection | None = None
+        backoff = Backoff(0.1, 5.0)
         try:
-            await listener.add_listener(CHANNEL, self._on_notify)
-            backoff = Backoff(0.1, 5.0)
             while not stop.is_set():
                 # cleared before the rows are read: a wake-up for a row committed while
                 # this batch is published is kept for the next round
                 self._wake.clear()
                 try:
+                    if listener is None or self._lost:
+                        listener = await self._listen(listener)
                     published = await self.publish_once()
                     backoff.reset()
                 except Exception as exc:  # the relay outlives any failure: it tries again
@@ -128,11 +134,38 @@ class Relay:
                 if published < BATCH:
                     await wait_any(stop, self._wake, timeout=self._poll)
         finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(CHANNEL, self._on_notify)
+            await self._unlisten(listener)
+
+    async def _listen(self, old: asyncpg.Connection | None) -> asyncpg.Connection:
+        """A connection listening on this process's channel (in place of ``old``, which
+        the database dropped); its loss wakes the relay, to listen again."""
+        await self._unlisten(old)
+        self._lost = False
+        listener: asyncpg.Connection = await self._pool.acquire()
+        try:
+            await listener.add_listener(CHANNEL, self._on_notify)
+            listener.add_termination_listener(self._on_lost)
+        except BaseException:
+            await self._pool.release(listener)
+            raise
+        return listener
+
+    async def _unlisten(self, listener: asyncpg.Connection | None) -> None:
+        if listener is None:
+            return
+        with contextlib.suppress(Exception):  # (a closed one is detached already)
+            listener.remove_termination_listener(self._on_lost)
+            await listener.remove_listener(CHANNEL, self._on_notify)
+        with contextlib.suppress(Exception):
             await self._pool.release(listener)
 
     def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    def _on_lost(self, *_: object) -> None:
+        # (the pool takes the lost connection back at once: it is not ours to ask)
+        log.warning("outbox.listener_lost")
+        self._lost = True
         self._wake.set()
 
     async def publish_once(self) -> int:

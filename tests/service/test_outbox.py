@@ -124,3 +124,55 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         assert "MessageTooLarge" in parked[1]["error"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         await channel.close()
+
+
+async def test_the_wake_up_comes_back_after_the_database_dropped_the_relays_connections(
+    test_env: TestEnv,
+) -> None:
+    """Every connection of the relay's is cut (as at a database restart): it listens again
+    on a new one, so that a row committed later goes out at once, not at the next poll."""
+    async with (
+        own_database(test_env, "relisten") as pool,
+        Bus(test_env.amqp_url, name="t-relisten") as bus,
+    ):
+        before, after = _event(10**9 + 21), _event(10**9 + 22)
+        channel, got = await _listen(bus, before, after)
+        stop = asyncio.Event()
+        relay = asyncio.create_task(Relay(pool, bus, poll_interval=600).run(stop))
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue(conn, [Outgoing(before)])
+            await wait_for(lambda: got == [10**9 + 21], timeout=20, what="the first row")
+            database = await pool.fetchval("SELECT current_database()")
+            admin = await asyncpg.connect(test_env.database_url)
+            try:
+                cut = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+            finally:
+                await admin.close()
+            assert cut >= 1
+
+            async def committed() -> bool:
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        await enqueue(conn, [Outgoing(after)])
+                except (
+                    asyncpg.PostgresConnectionError,
+                    asyncpg.InterfaceError,
+                    OSError,
+                    asyncpg.InternalClientError,
+                ):
+                    return False  # a connection the pool had not seen cut yet
+                return True
+
+            await wait_for(committed, what="the row after the cut committed")
+            # the poll is 10 minutes away: only a listener made anew can publish it
+            await wait_for(lambda: len(got) == 2, timeout=20, what="the row after the cut")
+        finally:
+            stop.set()
+            await relay
+        assert got == [10**9 + 21, 10**9 + 22]
+        await channel.close()
