@@ -14,7 +14,9 @@ writer's relay publishes at once (PostgreSQL delivers the notification on commit
 the other services' relays are not woken for rows they would not find (another relay
 took them). Every relay also polls, so rows of a process that died go out within
 ``poll_interval`` (with a sender: once a process of the same service runs). A listening
-connection the database dropped (a restart) is made again at once.
+connection the database dropped (a restart) is made again as soon as the database takes
+connections; one lost without the client hearing of it (a partition) is covered by the
+poll alone.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
     )
 
 
+def _closed(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is gone (one the pool took back on its loss says so
+    by refusing the question)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 def refused_for_itself(error: BaseException) -> bool:
     """Whether a publish failed because of the message itself (too large, or returned by
     the broker as unroutable), so that publishing it again would fail again. Any other
@@ -123,8 +134,11 @@ class Relay:
                 # this batch is published is kept for the next round
                 self._wake.clear()
                 try:
-                    if listener is None or self._lost:
-                        listener = await self._listen(listener)
+                    if listener is not None and (self._lost or _closed(listener)):
+                        await self._unlisten(listener)
+                        listener = None
+                    if listener is None:  # (a failure here: tried again next round)
+                        listener = await self._listen()
                     published = await self.publish_once()
                     backoff.reset()
                 except Exception as exc:  # the relay outlives any failure: it tries again
@@ -136,10 +150,9 @@ class Relay:
         finally:
             await self._unlisten(listener)
 
-    async def _listen(self, old: asyncpg.Connection | None) -> asyncpg.Connection:
-        """A connection listening on this process's channel (in place of ``old``, which
-        the database dropped); its loss wakes the relay, to listen again."""
-        await self._unlisten(old)
+    async def _listen(self) -> asyncpg.Connection:
+        """A connection listening on this process's channel; its loss wakes the relay,
+        to listen again."""
         self._lost = False
         listener: asyncpg.Connection = await self._pool.acquire()
         try:
@@ -153,11 +166,13 @@ class Relay:
     async def _unlisten(self, listener: asyncpg.Connection | None) -> None:
         if listener is None:
             return
-        with contextlib.suppress(Exception):  # (a closed one is detached already)
-            listener.remove_termination_listener(self._on_lost)
-            await listener.remove_listener(CHANNEL, self._on_notify)
-        with contextlib.suppress(Exception):
-            await self._pool.release(listener)
+        try:
+            with contextlib.suppress(Exception):  # (a closed one is detached already)
+                listener.remove_termination_listener(self._on_lost)
+                await listener.remove_listener(CHANNEL, self._on_notify)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._pool.release(listener)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

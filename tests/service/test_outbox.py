@@ -135,30 +135,40 @@ async def test_the_wake_up_comes_back_after_the_database_dropped_the_relays_conn
         own_database(test_env, "relisten") as pool,
         Bus(test_env.amqp_url, name="t-relisten") as bus,
     ):
-        before, after = _event(10**9 + 21), _event(10**9 + 22)
-        channel, got = await _listen(bus, before, after)
+        before, middle, after = _event(10**9 + 21), _event(10**9 + 22), _event(10**9 + 23)
+        channel, got = await _listen(bus, before, middle, after)
         stop = asyncio.Event()
         relay = asyncio.create_task(Relay(pool, bus, poll_interval=600).run(stop))
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await enqueue(conn, [Outgoing(before)])
             await wait_for(lambda: got == [10**9 + 21], timeout=20, what="the first row")
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="its delete"
+            )
             database = await pool.fetchval("SELECT current_database()")
             admin = await asyncpg.connect(test_env.database_url)
             try:
-                cut = await admin.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                    database,
-                )
+                # as at a restart: the connections go, and new ones are refused a while,
+                # so the relay's first tries to listen again fail
+                await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+                try:
+                    cut = await admin.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        database,
+                    )
+                    await asyncio.sleep(1.0)  # the relay tries (and fails) meanwhile
+                finally:
+                    await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
             finally:
                 await admin.close()
             assert cut >= 1
 
-            async def committed() -> bool:
+            async def committed(event: m.Message) -> bool:
                 try:
                     async with pool.acquire() as conn, conn.transaction():
-                        await enqueue(conn, [Outgoing(after)])
+                        await enqueue(conn, [Outgoing(event)])
                 except (
                     asyncpg.PostgresConnectionError,
                     asyncpg.InterfaceError,
@@ -168,11 +178,18 @@ async def test_the_wake_up_comes_back_after_the_database_dropped_the_relays_conn
                     return False  # a connection the pool had not seen cut yet
                 return True
 
-            await wait_for(committed, what="the row after the cut committed")
-            # the poll is 10 minutes away: only a listener made anew can publish it
+            # the relay's retries take this one (a retry reads the outbox)...
+            await wait_for(lambda: committed(middle), what="a row committed after the cut")
             await wait_for(lambda: len(got) == 2, timeout=20, what="the row after the cut")
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="its delete"
+            )
+            # ... then it waits: the poll is 10 minutes away, so only a listener made
+            # anew can publish this one
+            await wait_for(lambda: committed(after), what="a later row committed")
+            await wait_for(lambda: len(got) == 3, timeout=20, what="the later row")
         finally:
             stop.set()
             await relay
-        assert got == [10**9 + 21, 10**9 + 22]
+        assert got == [10**9 + 21, 10**9 + 22, 10**9 + 23]
         await channel.close()
