@@ -118,7 +118,6 @@ class Relay:
         self._bus = bus
         self._poll = poll_interval
         self._wake = asyncio.Event()
-        self._lost = False  # the database dropped the listening connection
         self._rows = routes.relayed_by(sender) if sender is not None else ".*"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,7 +133,7 @@ class Relay:
                 # this batch is published is kept for the next round
                 self._wake.clear()
                 try:
-                    if listener is not None and (self._lost or _closed(listener)):
+                    if listener is not None and _closed(listener):
                         await self._unlisten(listener)
                         listener = None
                     if listener is None:  # (a failure here: tried again next round)
@@ -153,7 +152,6 @@ class Relay:
     async def _listen(self) -> asyncpg.Connection:
         """A connection listening on this process's channel; its loss wakes the relay,
         to listen again."""
-        self._lost = False
         listener: asyncpg.Connection = await self._pool.acquire()
         try:
             await listener.add_listener(CHANNEL, self._on_notify)
@@ -178,10 +176,8 @@ class Relay:
         self._wake.set()
 
     def _on_lost(self, *_: object) -> None:
-        # (the pool takes the lost connection back at once: it is not ours to ask)
         log.warning("outbox.listener_lost")
-        self._lost = True
-        self._wake.set()
+        self._wake.set()  # the next round finds it closed, and listens again
 
     async def publish_once(self) -> int:
         """Publish one batch of rows; returns how many were taken off the outbox.

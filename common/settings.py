@@ -198,8 +198,8 @@ class ExecutorSettings(Settings, frozen=True, kw_only=True):
     report_ended_interval: float = 60.0
     # A container killed by the kernel for want of memory may be told to the engine only
     # after its death (Docker on cgroup v1, under load): a death by SIGKILL (exit code
-    # 137) that the engine did not send (no ``kill`` event) and that is not marked OOM
-    # waits this long for a late ``oom`` event before it is reported as a crash.
+    # 137) that the engine did not send (no ``kill`` event with SIGKILL) and that is not
+    # marked OOM waits this long for a late ``oom`` event before it is reported as a crash.
     oom_grace: float = 1.0
     # "docker", or "hollow": a fake node that starts no container, for scale benchmarks
     # only (services/executor/hollow.py).

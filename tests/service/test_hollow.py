@@ -185,33 +185,31 @@ async def test_an_oom_kill_the_engine_hears_of_late_is_reported_as_one(
     """Docker may hear of an OOM kill only after the container's death (its ``die`` says
     not OOM-killed, an ``oom`` event follows): the executor waits ``oom_grace`` for it
     before calling a SIGKILL it did not send a crash."""
-    async with hollow_cluster(test_env, nodes=1, oom_grace=30.0) as (prefix, engines):
-        (node,) = node_names(prefix, 1)
-        start = start_msg(prefix)
-        await bus.publish(start, node=node)
-        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
-        engines[node].kill(start.container_name, oom_told_after=0.3)
-        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
-        assert (exited.exit_code, exited.oom_killed) == (137, True)
-
-    async with hollow_cluster(test_env, nodes=1, oom_grace=0.3) as (prefix, engines):
-        (node,) = node_names(prefix, 1)
-        start = start_msg(prefix)
-        await bus.publish(start, node=node)
-        await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
-        engines[node].kill(start.container_name)  # no oom event: once the grace is over
-        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id)
-        assert (exited.exit_code, exited.oom_killed) == (137, False)
-
+    exited = await _death_told(test_env, bus, seen, 30.0, oom_told_after=0.3)
+    assert (exited.exit_code, exited.oom_killed) == (137, True)
+    # no oom event: a crash once the grace is over
+    exited = await _death_told(test_env, bus, seen, 0.3)
+    assert (exited.exit_code, exited.oom_killed) == (137, False)
     # a SIGKILL the engine sent (a kill event first) is a crash at once, not after 60 s
-    async with hollow_cluster(test_env, nodes=1, oom_grace=60.0) as (prefix, engines):
+    exited = await _death_told(test_env, bus, seen, 60.0, by_engine=True)
+    assert (exited.exit_code, exited.oom_killed) == (137, False)
+
+
+async def _death_told(
+    test_env: TestEnv, bus: Bus, seen: Facts, oom_grace: float, **death: Any
+) -> m.InstanceExited:
+    """The exited fact of a hollow instance that died by SIGKILL (``death``: how, as
+    `HollowEngine.kill` takes it), told within 20 s, its executor waiting ``oom_grace``."""
+    async with hollow_cluster(test_env, nodes=1, oom_grace=oom_grace) as (prefix, engines):
         (node,) = node_names(prefix, 1)
         start = start_msg(prefix)
         await bus.publish(start, node=node)
         await seen.wait(m.InstanceStarted, execution_id=start.execution_id)
-        engines[node].kill(start.container_name, by_engine=True)
-        exited = await seen.wait(m.InstanceExited, execution_id=start.execution_id, timeout=20)
-        assert (exited.exit_code, exited.oom_killed) == (137, False)
+        engines[node].kill(start.container_name, **death)
+        exited: m.InstanceExited = await seen.wait(
+            m.InstanceExited, execution_id=start.execution_id, timeout=20
+        )
+        return exited
 
 
 async def test_a_hollow_log_can_be_followed(test_env: TestEnv, bus: Bus, seen: Facts) -> None:

@@ -172,7 +172,7 @@ def container_from_summary(data: Mapping[str, Any]) -> Container:
 
 # The container events the executor follows: deaths and removals, which it reports, and
 # the engine's word that it signalled a container or that the kernel killed one for want
-# of memory, which tell how a death came (``loops.EngineNotices``).
+# of memory, which tell how a death came (``locks.EngineNotices``).
 EVENTS = ("die", "destroy", "kill", "oom")
 
 
