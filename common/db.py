@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.resources
-import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 import structlog
 
 log = structlog.get_logger("db")
@@ -29,9 +29,20 @@ log = structlog.get_logger("db")
 MIGRATION_LOCK = 0x20E_0001  # advisory lock key for migrations
 
 
+# msgspec: several times faster than the json module on the descriptions and instance
+# specs every submission stores (and it takes msgspec structs as they are)
+_JSON = msgspec.json.Encoder()
+
+
+def _encode_json(value: object) -> str:
+    return _JSON.encode(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            typ, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog"
+        )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -13,6 +13,7 @@ use `{ip_port}` and `{proxy_path}`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -40,8 +41,19 @@ class UnknownVariable(KeyError):
     """A template uses a variable that has no value."""
 
 
-def parts(text: str) -> list[tuple[bool, str]]:
-    """Split `text` into `(is_variable, text)` pieces, braces unescaped."""
+def parts(text: str) -> tuple[tuple[bool, str], ...]:
+    """Split `text` into `(is_variable, text)` pieces, braces unescaped.
+
+    Memoised for texts of at most 1,024 characters (the last 1,024 of them: a few MiB
+    at worst): the same few templates (a ZApp's commands, values and port URLs) are split
+    again at every submission and every start."""
+    return _parts_memo(text) if len(text) <= _MEMO_TEXT else _parts(text)
+
+
+_MEMO_TEXT = 1024
+
+
+def _parts(text: str) -> tuple[tuple[bool, str], ...]:
     pieces: list[tuple[bool, str]] = []
     position = 0
     for match in _TOKEN.finditer(text):
@@ -59,7 +71,10 @@ def parts(text: str) -> list[tuple[bool, str]]:
         position = match.end()
     if position < len(text):
         pieces.append((False, text[position:]))
-    return pieces
+    return tuple(pieces)
+
+
+_parts_memo = functools.lru_cache(maxsize=1024)(_parts)
 
 
 def variables(text: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,7 +206,7 @@ def _many_arguments(group: list[_Submission]) -> list[Any]:
         [s.execution_id for s in group],
         [s.name for s in group],
         [s.user_name for s in group],
-        [msgspec.to_builtins(s.description) for s in group],
+        [s.description for s in group],  # (structs: the JSON codec encodes them)
         [s.description.will_end for s in group],
         [float(s.description.size) for s in group],
         [s.priority for s in group],
@@ -217,6 +216,9 @@ def _many_arguments(group: list[_Submission]) -> list[Any]:
         *outbox.columns([submitted]),
         outbox.CHANNEL,
     ]
+
+
+_LIST = msgspec.json.Encoder()
 
 
 def _instance_arrays(specs: list[Any]) -> list[list[Any]]:
@@ -230,8 +232,8 @@ def _instance_arrays(specs: list[Any]) -> list[list[Any]]:
         [s.startup_order for s in specs],
         [s.cores_reserved for s in specs],
         [s.memory_reserved for s in specs],
-        [json.dumps(list(s.labels)) for s in specs],  # one JSON list each
-        [msgspec.to_builtins(s) for s in specs],
+        [_LIST.encode(list(s.labels)).decode() for s in specs],  # one JSON list each
+        specs,
     ]
 
 
@@ -243,7 +245,7 @@ def _one_arguments(
         sub.execution_id,
         sub.name,
         sub.user_name,
-        msgspec.to_builtins(sub.description),
+        sub.description,
         sub.description.will_end,
         float(sub.description.size),
         sub.priority,
