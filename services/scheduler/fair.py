@@ -30,6 +30,7 @@ RankKey = tuple[float, float, float, int]
 _first = itemgetter(0)
 _cores = attrgetter("cores")
 _memory = attrgetter("memory")
+_priority = attrgetter("priority")
 
 
 def drf_order(
@@ -102,8 +103,10 @@ def clamp_priorities(
     brought down to it; the others as they are (no copy when none exceeds)."""
     from dataclasses import replace
 
-    if not bounds:
+    if not bounds or not executions:
         return executions
+    if max(map(_priority, executions)) <= min(bounds.values()):
+        return executions  # none exceeds any bound (most passes: one look, in C)
     out: list[ExecutionState] | None = None
     for n, ex in enumerate(executions):
         bound = bounds.get(ex.user)

@@ -203,9 +203,7 @@ class ClusterView:
                 stops=len(decisions.stops),
                 ms=round(1000 * (time.time() - now), 1),
             )
-        changed = self.reasons.changes(
-            [e.id for e in executions], decisions.reasons, time.monotonic()
-        )
+        changed = self.reasons.changes(decisions.reasons, time.monotonic())
         try:
             await write_reasons(self.pool, changed)
         except BaseException:

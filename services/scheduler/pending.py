@@ -46,25 +46,17 @@ class PendingReasons:
             if r["id"] not in stored:
                 stored[r["id"]] = Stored(r["pending_reason"], r["schedulable"])
 
-    def changes(
-        self, active: list[int], reasons: dict[int, Reason], now: float
-    ) -> list[tuple[int, str | None, bool]]:
+    def changes(self, reasons: dict[int, Reason], now: float) -> list[tuple[int, str | None, bool]]:
         """The rows to write: (id, reason or None, schedulable); remembers them as
-        written. Executions no longer active lose their reason. Reasons are compared as
-        values: words are made only for the rows written (and once after a takeover)."""
+        written. An execution with no reason this pass (it runs, or it is no longer
+        active) loses the one its row holds. Reasons are compared as values: words are
+        made only for the rows written (and once after a takeover). The work is the
+        waiting executions' and those whose row holds a reason, not every active one's."""
         out: list[tuple[int, str | None, bool]] = []
         stored = self.stored
-        keep: dict[int, Stored] = {}
-        for ex_id in active:
+        keep: dict[int, Stored] = {}  # only rows that hold a reason or are unschedulable
+        for ex_id, reason in reasons.items():
             old = stored.get(ex_id, _NONE)
-            reason = reasons.get(ex_id)
-            if reason is None:
-                if old.text is None and old.schedulable:
-                    keep[ex_id] = old
-                else:
-                    keep[ex_id] = _NONE
-                    out.append((ex_id, None, True))
-                continue
             if old.reason is not None:
                 if old.reason == reason:
                     keep[ex_id] = old

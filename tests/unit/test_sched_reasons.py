@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.scheduler.core import Policy, schedule
 from services.scheduler.invariants import check_decisions
@@ -101,16 +103,16 @@ def test_only_changed_reasons_are_written_and_a_moving_detail_at_most_every_refr
     rows = PendingReasons()
     rows.load([{"id": 1, "pending_reason": None, "schedulable": True}])
     room = R.words("needs 1 instance of 2 cores and 1 GiB", "the room is 1 core")
-    assert rows.changes([1], {1: room}, 0.0) == [(1, str(room), True)]
-    assert rows.changes([1], {1: room}, 1.0) == []  # unchanged: nothing to write
+    assert rows.changes({1: room}, 0.0) == [(1, str(room), True)]
+    assert rows.changes({1: room}, 1.0) == []  # unchanged: nothing to write
     moved = R.words("needs 1 instance of 2 cores and 1 GiB", "the room is 0 cores")
-    assert rows.changes([1], {1: moved}, 2.0) == []  # only the detail moved, just written
-    assert rows.changes([1], {1: moved}, REFRESH + 1) == [(1, str(moved), True)]
+    assert rows.changes({1: moved}, 2.0) == []  # only the detail moved, just written
+    assert rows.changes({1: moved}, REFRESH + 1) == [(1, str(moved), True)]
     never = R.unschedulable("unschedulable: no node has 64 cores")
-    assert rows.changes([1], {1: never}, REFRESH + 2) == [(1, str(never), False)]
-    assert rows.changes([1, 2], {}, REFRESH + 3) == [(1, None, True)]  # it started
-    assert rows.changes([2], {2: never}, REFRESH + 4) == [(2, str(never), False)]
-    assert rows.changes([], {}, REFRESH + 5) == [(2, None, True)]  # it ended
+    assert rows.changes({1: never}, REFRESH + 2) == [(1, str(never), False)]
+    assert rows.changes({}, REFRESH + 3) == [(1, None, True)]  # it started (or ended)
+    assert rows.changes({2: never}, REFRESH + 4) == [(2, str(never), False)]
+    assert rows.changes({}, REFRESH + 5) == [(2, None, True)]  # it ended
 
 
 def test_after_a_takeover_what_the_rows_say_is_not_written_again():
@@ -120,4 +122,44 @@ def test_after_a_takeover_what_the_rows_say_is_not_written_again():
     never = R.unschedulable("unschedulable: no node has 64 cores")
     rows = PendingReasons()
     rows.load([{"id": 1, "pending_reason": str(never), "schedulable": False}])
-    assert rows.changes([1], {1: never}, 0.0) == []
+    assert rows.changes({1: never}, 0.0) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    passes=st.lists(
+        st.dictionaries(
+            st.integers(1, 6),
+            st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2), st.booleans()),
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    rows=st.dictionaries(st.integers(1, 8), st.sampled_from([None, "a", "x"]), max_size=5),
+)
+def test_the_rows_written_say_what_the_last_pass_said(passes, rows):
+    """Whatever the passes (executions waiting, starting, ending, their causes and
+    details moving) and what the rows held at a takeover, the rows as the writes leave
+    them hold a reason exactly for the executions the last pass gave one, with its
+    cause and schedulability: only what changed is written, nothing is missed."""
+    from services.scheduler import reasons as R
+    from services.scheduler.pending import REFRESH, PendingReasons
+
+    pending = PendingReasons()
+    db = {i: (text, True) for i, text in rows.items()}
+    pending.load([{"id": i, "pending_reason": t, "schedulable": ok} for i, (t, ok) in db.items()])
+    reasons: dict = {}
+    for n, said in enumerate(passes):
+        reasons = {
+            i: R.words(cause, f"room {detail}") if ok else R.unschedulable(cause)
+            for i, (cause, detail, ok) in said.items()
+        }
+        for i, text, ok in pending.changes(reasons, n * REFRESH / 4):
+            db[i] = (text, ok)
+    held = {i: v for i, v in db.items() if v != (None, True)}
+    assert held.keys() == reasons.keys()
+    for i, reason in reasons.items():
+        text, ok = held[i]
+        assert ok == reason.schedulable
+        assert text is not None and text.startswith(reason.text)
