@@ -17,6 +17,17 @@ took them). Every relay also polls, so rows of a process that died go out within
 connection the database dropped (a restart) is made again as soon as the database takes
 connections; one lost without the client hearing of it (a partition) is covered by the
 poll alone.
+
+The writer also keeps what it wrote in memory (``stage``), under a token its
+notification carries: the notification proves the commit, so the relay publishes those
+messages from memory and then deletes their rows by id, one statement, instead of a
+transaction that takes the rows back from the table (BEGIN, DELETE ... RETURNING,
+COMMIT). Anything else goes by the table: a round the poll woke, a token the relay does
+not know (staged too long ago, the stage full, another relay of the same process took
+it), a batch the broker refused (parked there, as below), a row of a route this relay
+may not send. A crash between the publish and the delete publishes the rows again, as
+before; so may another process's poll that takes the rows between the commit and the
+delete (a window of milliseconds, once per poll).
 """
 
 from __future__ import annotations
@@ -24,8 +35,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
+import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import aiormq
 import asyncpg
@@ -43,6 +57,102 @@ log = structlog.get_logger("outbox")
 # this process's notification channel (see the module's docstring)
 CHANNEL = f"zoe_outbox_{uuid.uuid4().hex[:16]}"
 BATCH = 500
+STAGE_ITEMS = 20_000  # messages staged in memory at most
+STAGE_AGE = 60.0  # seconds a staged batch waits for its commit at most (then: the table)
+SETTLE_WAIT = 1.0  # seconds the relay waits for a committed batch's ids (its writer has them)
+
+Item = tuple[str, str, bytes]  # exchange, routing key, encoded body
+
+
+class _Staged:
+    """Messages one statement wrote, waiting for its transaction's commit."""
+
+    __slots__ = ("at", "ids", "items")
+
+    def __init__(self, items: list[Item], at: float) -> None:
+        self.items = items
+        self.at = at
+        # the rows' ids, once the statement returned them
+        self.ids: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+
+class _Stage:
+    """This process's staged messages, by token (see the module's docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._by_token: dict[str, _Staged] = {}  # oldest first
+        self._claimed: dict[str, _Staged] = {}  # notified, a relay waiting for the ids
+        self._items = 0
+        self._tokens = itertools.count(1)
+
+    def add(self, items: list[Item]) -> str:
+        """Stage ``items``; returns the token for the NOTIFY ('' when the stage is full:
+        the rows then go by the table)."""
+        self._expire()
+        if self._items + len(items) > STAGE_ITEMS:
+            return ""
+        token = str(next(self._tokens))
+        self._by_token[token] = _Staged(items, self._clock())
+        self._items += len(items)
+        return token
+
+    def settle(self, token: str, ids: Sequence[int] | None) -> None:
+        """The statement stored the rows ``ids`` (None, or not one per item: dropped)."""
+        entry = self._by_token.get(token) or self._claimed.get(token)
+        if entry is None or entry.ids.done():
+            return
+        if ids is None or len(ids) != len(entry.items):
+            self.drop(token)
+        else:
+            # a statement's serial ids ascend in the order of its rows: its items' order
+            entry.ids.set_result(sorted(ids))
+
+    def drop(self, token: str) -> None:
+        """Forget a batch (its statement failed, or the table's way takes it); a relay
+        that claimed it sees its ids cancelled."""
+        entry = self._by_token.pop(token, None)
+        if entry is not None:
+            self._items -= len(entry.items)
+        else:
+            entry = self._claimed.get(token)
+        if entry is not None:
+            entry.ids.cancel()
+
+    def claim(self, token: str) -> _Staged | None:
+        """The batch of a token whose commit was notified, for one relay alone (None:
+        unknown here); ``release`` it once its ids are in hand or given up."""
+        entry = self._by_token.pop(token, None)
+        if entry is not None:
+            self._items -= len(entry.items)
+            self._claimed[token] = entry
+        return entry
+
+    def release(self, token: str) -> None:
+        self._claimed.pop(token, None)
+
+    def forget(self, taken: set[int]) -> None:
+        """Rows ``taken`` from the table: drop their batches, and those whose ids are not
+        known yet (which may be among them), so that none goes out twice from here."""
+        for token, entry in list(self._by_token.items()):
+            if not entry.ids.done() or not taken.isdisjoint(entry.ids.result()):
+                self.drop(token)
+
+    def _expire(self) -> None:
+        """Drop batches staged over ``STAGE_AGE`` ago (rolled back, or never notified:
+        committed ones go by the table)."""
+        horizon = self._clock() - STAGE_AGE
+        while self._by_token:
+            token, entry = next(iter(self._by_token.items()))
+            if entry.at >= horizon:
+                break
+            self.drop(token)
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+
+STAGE = _Stage()
 
 
 def columns(items: Iterable[Outgoing]) -> tuple[list[str], list[str], list[bytes]]:
@@ -58,13 +168,22 @@ def columns(items: Iterable[Outgoing]) -> tuple[list[str], list[str], list[bytes
 
 
 # The outbox insert, for a statement that stores a change and its messages at once:
-# ``{0}``, ``{1}``, ``{2}`` are the parameter numbers of the arrays of ``columns``.
+# ``{0}``, ``{1}``, ``{2}`` are the parameter numbers of the arrays of ``columns`` (add
+# ``RETURNING id``: the ids ``STAGE.settle`` takes).
 INSERT_ROWS = (
     "INSERT INTO outbox (exchange, routing_key, body)"
     " SELECT * FROM unnest(${0}::text[], ${1}::text[], ${2}::bytea[])"
 )
-# ... and the wake-up of this process's relay: ``{0}``, the parameter holding CHANNEL.
-NOTIFY = "pg_notify(${0}, '')"
+# ... and the wake-up of this process's relay: ``{0}``, the parameter holding CHANNEL,
+# ``{1}`` the one holding the token of ``stage``.
+NOTIFY = "pg_notify(${0}, ${1})"
+
+
+def stage(exchanges: list[str], keys: list[str], bodies: list[bytes]) -> str:
+    """Keep a statement's outbox rows in memory until its commit is notified; returns
+    the token for its NOTIFY. Call ``STAGE.settle(token, ids)`` with the ids the
+    statement returned (``STAGE.drop(token)`` if it failed)."""
+    return STAGE.add(list(zip(exchanges, keys, bodies, strict=True)))
 
 
 async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
@@ -72,15 +191,23 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
     exchanges, keys, bodies = columns(items)
     if not bodies:
         return
+    token = stage(exchanges, keys, bodies)
     # one round trip, whatever the number of rows: the rows, and the wake-up of this
-    # process's relay (a data-modifying WITH runs even though the SELECT ignores it)
-    await conn.execute(
-        f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3)}) SELECT {NOTIFY.format(4)}",
-        exchanges,
-        keys,
-        bodies,
-        CHANNEL,
-    )
+    # process's relay
+    try:
+        ids = await conn.fetchval(
+            f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3)} RETURNING id)"
+            f" SELECT (SELECT array_agg(id) FROM rows), {NOTIFY.format(4, 5)}",
+            exchanges,
+            keys,
+            bodies,
+            CHANNEL,
+            token,
+        )
+    except BaseException:
+        STAGE.drop(token)
+        raise
+    STAGE.settle(token, ids)
 
 
 def _closed(conn: asyncpg.Connection) -> bool:
@@ -119,6 +246,9 @@ class Relay:
         self._poll = poll_interval
         self._wake = asyncio.Event()
         self._rows = routes.relayed_by(sender) if sender is not None else ".*"
+        self._may_send = re.compile(self._rows).search
+        self._tokens: list[str] = []  # staged batches notified as committed, in order
+        self._table = False  # a wake-up that only the table's way serves
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; broker or database errors are retried.
@@ -132,15 +262,29 @@ class Relay:
                 # cleared before the rows are read: a wake-up for a row committed while
                 # this batch is published is kept for the next round
                 self._wake.clear()
+                tokens, self._tokens = self._tokens, []
+                # nothing notified (the first round, the poll, a retry): the table
+                table, self._table = self._table or not tokens, False
                 try:
                     if listener is not None and _closed(listener):
                         await self._unlisten(listener)
                         listener = None
                     if listener is None:  # (a failure here: tried again next round)
                         listener = await self._listen()
-                    published = await self.publish_once()
+                    published = 0
+                    if table:
+                        for token in tokens:  # committed: the table's way takes them
+                            STAGE.drop(token)
+                    else:
+                        table = not await self._publish_staged(tokens)
+                    if table:
+                        published = await self.publish_once()
+                        # rows left behind: older than anything notified since, so the
+                        # next round is by the table too
+                        self._table = self._table or published >= BATCH
                     backoff.reset()
                 except Exception as exc:  # the relay outlives any failure: it tries again
+                    self._table = True  # (a publish or a delete may have failed)
                     report_failure("outbox.retry", exc)
                     await wait_or_stop(stop, backoff.next())
                     continue
@@ -172,8 +316,59 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self._pool.release(listener)
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _conn: object, _pid: object, _channel: object, token: str) -> None:
+        if token:
+            self._tokens.append(token)
+        else:
+            self._table = True
         self._wake.set()
+
+    async def _publish_staged(self, tokens: list[str]) -> bool:
+        """Publish the staged batches of ``tokens`` (committed: they were notified, in
+        the order of their commits) from memory, then delete their rows by id. False:
+        from the first batch that cannot go this way on, the batches are left to a round
+        by the table (which publishes them in order, or parks the refused)."""
+        batches: list[tuple[_Staged, list[int]]] = []
+        complete = True
+        for n, token in enumerate(tokens):
+            batch = STAGE.claim(token)
+            if batch is not None:
+                try:
+                    if not batch.ids.done():  # committed, its writer about to have the ids
+                        await asyncio.wait([batch.ids], timeout=SETTLE_WAIT)
+                finally:
+                    STAGE.release(token)
+            if (
+                batch is None  # unknown here: only the table has its rows
+                or not batch.ids.done()
+                or batch.ids.cancelled()  # its writer never learnt the ids
+                or not all(self._may_send(f"{e} {k}") for e, k, _ in batch.items)
+            ):
+                complete = False
+                for later in tokens[n + 1 :]:  # (after it, in order: by the table too)
+                    STAGE.drop(later)
+                break
+            batches.append((batch, batch.ids.result()))
+        if not batches:
+            return complete
+        items = [item for batch, _ in batches for item in batch.items]
+        try:
+            await self._bus.publish_raw(items)
+        except Exception as exc:
+            # the rows are all still in the table: its way retries, or parks the refused
+            log.info("outbox.staged_refused", error=repr(exc), messages=len(items))
+            return False
+        await self._pool.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+            [i for _, ids in batches for i in ids],
+        )
+        now = time.monotonic()
+        metrics.OUTBOX_PUBLISHED.inc(len(items))
+        for batch, _ in batches:
+            lag = max(0.0, now - batch.at)
+            for _ in batch.items:
+                metrics.OUTBOX_LAG.observe(lag)
+        return complete
 
     def _on_lost(self, *_: object) -> None:
         log.warning("outbox.listener_lost")
@@ -199,6 +394,7 @@ class Relay:
             )
             if not rows:
                 return 0
+            STAGE.forget({r["id"] for r in rows})  # they go out from here, not from memory
             rows.sort(key=lambda r: r["id"])  # RETURNING keeps no order: publish in id order
             items = [(r["exchange"], r["routing_key"], r["body"]) for r in rows]
             try:

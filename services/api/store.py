@@ -71,8 +71,8 @@ def _ids_of(pool: asyncpg.Pool) -> _Ids:
 # Stores an execution, its instances and its submission message in one statement;
 # returns one row per instance, each with the execution's columns too (e_*, i_*).
 # Nothing is stored when ``request_id`` was seen before (no row comes back).
-# ($23, the request's digest, and $24, the runtime limit, are last so that the outbox's
-# numbering stays as it was.)
+# ($23, the request's digest, $24, the runtime limit, and $25, the outbox's token, are
+# last so that the outbox's numbering stays as it was.)
 _CREATE = (
     "WITH e AS (INSERT INTO executions (id, name, user_name, description, will_end, size,"
     "  priority, request_id, request_digest, runtime_limit)"
@@ -88,12 +88,14 @@ _CREATE = (
     "   AS s(name, service, idx, essential, monitor, startup_order, cores, memory,"
     "   labels, spec)"
     f"  RETURNING {_INSTANCE_COLUMNS}),"
-    f" o AS ({outbox.INSERT_ROWS.format(19, 20, 21)} WHERE EXISTS (SELECT 1 FROM e))"
+    f" o AS ({outbox.INSERT_ROWS.format(19, 20, 21)} WHERE EXISTS (SELECT 1 FROM e)"
+    "  RETURNING id)"
     " SELECT "
     + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
     + ", "
     + ", ".join(f"i.{c.strip()} AS i_{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
-    + f", {outbox.NOTIFY.format(22)} AS notified FROM e, i ORDER BY i.id"
+    + f", (SELECT array_agg(id) FROM o) AS outbox_ids, {outbox.NOTIFY.format(22, 25)}"
+    " AS notified FROM e, i ORDER BY i.id"
 )
 
 
@@ -116,12 +118,13 @@ _CREATE_MANY = (
     "   startup_order, cores, memory, labels, spec, n)"
     "  JOIN e ON e.id = s.execution_id ORDER BY s.n"
     f"  RETURNING execution_id AS owner, {_INSTANCE_COLUMNS}),"
-    f" o AS ({outbox.INSERT_ROWS.format(20, 21, 22)})"
+    f" o AS ({outbox.INSERT_ROWS.format(20, 21, 22)} RETURNING id)"
     " SELECT "
     + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
     + ", "
     + ", ".join(f"i.{c.strip()} AS i_{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
-    + f", {outbox.NOTIFY.format(23)} AS notified FROM e JOIN i ON i.owner = e.id ORDER BY i.id"
+    + f", (SELECT array_agg(id) FROM o) AS outbox_ids, {outbox.NOTIFY.format(23, 24)}"
+    " AS notified FROM e JOIN i ON i.owner = e.id ORDER BY i.id"
 )
 
 
@@ -174,7 +177,7 @@ class _Grouper:
             del self._waiting[: self._size]
             if len(group) > 1:
                 try:
-                    rows = await self._pool.fetch(_CREATE_MANY, *_many_arguments(group))
+                    rows = await _stored(self._pool, _CREATE_MANY, _many_arguments(group))
                 except Exception as exc:  # each is tried alone below
                     log.warning("submissions.group_failed", size=len(group), error=repr(exc))
                 else:
@@ -182,12 +185,33 @@ class _Grouper:
                     continue
             for sub in group:
                 try:
-                    rows = await self._pool.fetch(_CREATE, *_one_arguments(sub))
+                    rows = await _stored(self._pool, _CREATE, _one_arguments(sub))
                 except Exception as exc:
                     if not sub.stored.done():
                         sub.stored.set_exception(exc)
                 else:
                     _hand_out([sub], rows)
+
+
+async def _stored(
+    db: asyncpg.Pool | asyncpg.Connection, sql: str, arguments: list[Any]
+) -> list[asyncpg.Record]:
+    """Run ``_CREATE`` or ``_CREATE_MANY``, its message staged for the outbox's relay (the
+    stage's token is the last argument); returns the rows."""
+    at = _OUTBOX_ARGUMENT[sql]
+    exchanges, keys, bodies = arguments[at : at + 3]
+    token = outbox.stage(exchanges, keys, bodies)
+    try:
+        rows = await db.fetch(sql, *arguments, token)
+    except BaseException:
+        outbox.STAGE.drop(token)
+        raise
+    outbox.STAGE.settle(token, rows[0]["outbox_ids"] if rows else None)
+    return rows
+
+
+# where the outbox's three arrays start among each statement's arguments ($19, $20)
+_OUTBOX_ARGUMENT = {_CREATE: 18, _CREATE_MANY: 19}
 
 
 def _hand_out(group: list[_Submission], rows: list[asyncpg.Record]) -> None:
@@ -312,7 +336,7 @@ async def create_execution(
                 cores=sum(s.cores_reserved for s in sub.specs),
                 memory=sum(s.memory_reserved for s in sub.specs),
             )
-        rows = await conn.fetch(_CREATE, *_one_arguments(sub, request_id, request_digest))
+        rows = await _stored(conn, _CREATE, _one_arguments(sub, request_id, request_digest))
         if not rows:
             existing = await conn.fetchrow(
                 "SELECT id, request_digest FROM executions WHERE request_id = $1", request_id

@@ -7,9 +7,10 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import pytest
 
 from common import messages as m
-from common import routes
+from common import outbox, routes
 from common.bus import EVENTS, Bus, Outgoing
 from common.outbox import Relay, enqueue
 from tests.conftest import TestEnv, own_database, wait_for
@@ -54,6 +55,94 @@ class _Relay(Relay):
         return published
 
 
+class _Counted(Relay):
+    """A relay that counts its rounds by the table (``publish_once``)."""
+
+    table_rounds = 0
+
+    async def publish_once(self) -> int:
+        self.table_rounds += 1
+        return await super().publish_once()
+
+
+async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
+    test_env: TestEnv,
+) -> None:
+    """Once the relay waits, what a transaction enqueued goes out when it commits, from
+    the writer's memory (no round by the table), and its rows are deleted; what a
+    rolled-back transaction enqueued is never published."""
+    async with (
+        own_database(test_env, "staged") as pool,
+        Bus(test_env.amqp_url, name="t-staged") as bus,
+    ):
+        first, undone, second = _event(10**9 + 31), _event(10**9 + 32), _event(10**9 + 33)
+        channel, got = await _listen(bus, first, undone, second)
+        stop = asyncio.Event()
+        relay = _Counted(pool, bus, poll_interval=600)
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            await wait_for(lambda: relay.table_rounds == 1, what="the relay's first round")
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue(conn, [Outgoing(first)])
+            with pytest.raises(RuntimeError):
+                async with pool.acquire() as conn, conn.transaction():
+                    await enqueue(conn, [Outgoing(undone)])
+                    raise RuntimeError("rolled back")
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue(conn, [Outgoing(second)])
+            await wait_for(lambda: len(got) == 2, timeout=20, what="the committed rows")
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="their delete"
+            )
+        finally:
+            stop.set()
+            await running
+        assert got == [10**9 + 31, 10**9 + 33]
+        assert relay.table_rounds == 1  # (the poll is ten minutes away)
+        await channel.close()
+
+
+async def test_a_batch_whose_writer_never_learnt_its_ids_goes_by_the_table(
+    test_env: TestEnv,
+) -> None:
+    """A commit notified for a staged batch whose statement's answer never reached its
+    writer (the connection lost after the commit): the relay waits a moment for the ids,
+    then takes the rows from the table; nothing is lost, nothing goes out twice."""
+    async with (
+        own_database(test_env, "unsettled") as pool,
+        Bus(test_env.amqp_url, name="t-unsettled") as bus,
+    ):
+        event = _event(10**9 + 41)
+        channel, got = await _listen(bus, event)
+        stop = asyncio.Event()
+        relay = _Counted(pool, bus, poll_interval=600)
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            await wait_for(lambda: relay.table_rounds == 1, what="the relay's first round")
+            exchanges, keys, bodies = outbox.columns([Outgoing(event)])
+            token = outbox.stage(exchanges, keys, bodies)  # never settled
+            await pool.execute(
+                f"WITH rows AS ({outbox.INSERT_ROWS.format(1, 2, 3)})"
+                f" SELECT {outbox.NOTIFY.format(4, 5)}",
+                exchanges,
+                keys,
+                bodies,
+                outbox.CHANNEL,
+                token,
+            )
+            await wait_for(lambda: got, timeout=20, what="the row published")
+            await wait_for(
+                lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="its delete"
+            )
+            await asyncio.sleep(2 * outbox.SETTLE_WAIT)  # a second publish would show
+        finally:
+            stop.set()
+            await running
+        assert got == [10**9 + 41]
+        assert relay.table_rounds == 2
+        await channel.close()
+
+
 async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the_poll(
     test_env: TestEnv,
 ) -> None:
@@ -78,11 +167,14 @@ async def test_a_row_committed_during_a_publish_goes_out_without_waiting_for_the
         await channel.close()
 
 
+@pytest.mark.parametrize("relay_first", [False, True], ids=["from-the-table", "from-memory"])
 async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
-    test_env: TestEnv,
+    test_env: TestEnv, relay_first: bool
 ) -> None:
     """An unroutable command (no queue for its node) and one over the size limit are
-    parked with the reason; the rows around them are published; none blocks the head."""
+    parked with the reason; the rows around them are published; none blocks the head.
+    Committed while the relay waits, the batch is first published from memory: refused
+    there, it goes by the table and is parked the same way."""
     async with (
         own_database(test_env, "parked") as pool,
         Bus(test_env.amqp_url, name="t-parked") as bus,
@@ -91,6 +183,11 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         channel, got = await _listen(bus, before, after)
         stop_msg = m.StopInstance(execution_id=1, instance_id=2, container_name="c", network="n")
         huge = _event(10**9 + 13, state="x" * (routes.MAX_MESSAGE_BYTES + 1))
+        stop = asyncio.Event()
+        relay = _Counted(pool, bus, poll_interval=600)
+        running = asyncio.create_task(relay.run(stop)) if relay_first else None
+        if running is not None:
+            await wait_for(lambda: relay.table_rounds == 1, what="the relay's first round")
         async with pool.acquire() as conn, conn.transaction():
             await enqueue(
                 conn,
@@ -101,8 +198,8 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
                     Outgoing(after),
                 ],
             )
-        stop = asyncio.Event()
-        relay = asyncio.create_task(Relay(pool, bus).run(stop))
+        if running is None:
+            running = asyncio.create_task(relay.run(stop))
         try:
             await wait_for(
                 lambda: sorted(got) == [10**9 + 11, 10**9 + 12],
@@ -115,7 +212,8 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
             )
         finally:
             stop.set()
-            await relay
+            await running
+        assert relay.table_rounds == 2 if relay_first else 1
         assert [p["routing_key"] for p in parked] == [
             f"nowhere-{test_env.run_id}",
             routes.routing_key(huge),
