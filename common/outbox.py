@@ -2,8 +2,8 @@
 
 A handler calls ``enqueue(conn, ...)`` inside its transaction; ``Relay`` publishes the
 rows with pipelined confirms and deletes them. Any relay may publish any row it takes
-(rows are taken with ``FOR UPDATE SKIP LOCKED``). A crash between publish and commit publishes a row twice: consumers are
-idempotent, as the bus is at-least-once anyway.
+(rows are taken with ``FOR UPDATE SKIP LOCKED``). A crash between publish and commit
+publishes a row twice: consumers are idempotent, as the bus is at-least-once anyway.
 
 A relay given its service (``sender``) publishes only the rows of the routes that service
 sends (``routes.relayed_by``): those its broker user may publish (docs/operations.md,
@@ -13,7 +13,8 @@ Each process NOTIFYs a channel of its own, which only its own relay listens to: 
 writer's relay publishes at once (PostgreSQL delivers the notification on commit), and
 the other services' relays are not woken for rows they would not find (another relay
 took them). Every relay also polls, so rows of a process that died go out within
-``poll_interval`` (with a sender: once a process of the same service runs). A listening
+``PEER_GRACE`` and ``poll_interval`` (with a sender: once a process of the same service
+runs). A listening
 connection the database dropped (a restart) is made again as soon as the database takes
 connections; one lost without the client hearing of it (a partition) is covered by the
 poll alone.
@@ -22,12 +23,16 @@ The writer also keeps what it wrote in memory (``stage``), under a token its
 notification carries: the notification proves the commit, so the relay publishes those
 messages from memory and then deletes their rows by id, one statement, instead of a
 transaction that takes the rows back from the table (BEGIN, DELETE ... RETURNING,
-COMMIT). Anything else goes by the table: a round the poll woke, a token the relay does
-not know (staged too long ago, the stage full, another relay of the same process took
-it), a batch the broker refused (parked there, as below), a row of a route this relay
-may not send. A crash between the publish and the delete publishes the rows again, as
-before; so may another process's poll that takes the rows between the commit and the
-delete (a window of milliseconds, once per poll).
+COMMIT). Anything else goes by the table: a round the poll woke (at least one every
+``poll_interval``, however busy the relay), the first after listening again, a token the
+relay does not know (staged too long ago, the stage full, a round by the table took its
+rows), a batch whose ids its writer never had, a batch the broker refused (parked there,
+as below), a row of a route this relay may not send; from that batch on, in order.
+Each row names its writer (its channel), and the relays of other processes take a row
+only once it is ``PEER_GRACE`` old: its writer's relay publishes it meanwhile, and
+a writer that died has its rows published by the others after the grace. A crash
+between a publish and its delete publishes the rows again, as before; so does a writer
+whose publish and delete take longer than the grace.
 """
 
 from __future__ import annotations
@@ -57,9 +62,12 @@ log = structlog.get_logger("outbox")
 # this process's notification channel (see the module's docstring)
 CHANNEL = f"zoe_outbox_{uuid.uuid4().hex[:16]}"
 BATCH = 500
-STAGE_ITEMS = 20_000  # messages staged in memory at most
+STAGE_BYTES = 64 << 20  # message bytes staged in memory at most
 STAGE_AGE = 60.0  # seconds a staged batch waits for its commit at most (then: the table)
 SETTLE_WAIT = 1.0  # seconds the relay waits for a committed batch's ids (its writer has them)
+# seconds before a relay takes the rows another process wrote (that process's own relay
+# publishes them from memory meanwhile: see the module's docstring)
+PEER_GRACE = 5.0
 
 Item = tuple[str, str, bytes]  # exchange, routing key, encoded body
 
@@ -67,10 +75,11 @@ Item = tuple[str, str, bytes]  # exchange, routing key, encoded body
 class _Staged:
     """Messages one statement wrote, waiting for its transaction's commit."""
 
-    __slots__ = ("at", "ids", "items")
+    __slots__ = ("at", "ids", "items", "size")
 
     def __init__(self, items: list[Item], at: float) -> None:
         self.items = items
+        self.size = sum(len(body) for _, _, body in items)
         self.at = at
         # the rows' ids, once the statement returned them
         self.ids: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
@@ -83,18 +92,19 @@ class _Stage:
         self._clock = clock
         self._by_token: dict[str, _Staged] = {}  # oldest first
         self._claimed: dict[str, _Staged] = {}  # notified, a relay waiting for the ids
-        self._items = 0
+        self._bytes = 0
         self._tokens = itertools.count(1)
 
     def add(self, items: list[Item]) -> str:
         """Stage ``items``; returns the token for the NOTIFY ('' when the stage is full:
         the rows then go by the table)."""
         self._expire()
-        if self._items + len(items) > STAGE_ITEMS:
+        batch = _Staged(items, self._clock())
+        if self._bytes + batch.size > STAGE_BYTES:
             return ""
         token = str(next(self._tokens))
-        self._by_token[token] = _Staged(items, self._clock())
-        self._items += len(items)
+        self._by_token[token] = batch
+        self._bytes += batch.size
         return token
 
     def settle(self, token: str, ids: Sequence[int] | None) -> None:
@@ -109,22 +119,24 @@ class _Stage:
             entry.ids.set_result(sorted(ids))
 
     def drop(self, token: str) -> None:
-        """Forget a batch (its statement failed, or the table's way takes it); a relay
-        that claimed it sees its ids cancelled."""
-        entry = self._by_token.pop(token, None)
-        if entry is not None:
-            self._items -= len(entry.items)
-        else:
-            entry = self._claimed.get(token)
+        """Forget a batch (its statement failed); a relay that claimed it sees its ids
+        cancelled."""
+        entry = self.discard(token) or self._claimed.get(token)
         if entry is not None:
             entry.ids.cancel()
+
+    def discard(self, token: str) -> _Staged | None:
+        """Forget a batch not claimed (the table's way takes its rows)."""
+        entry = self._by_token.pop(token, None)
+        if entry is not None:
+            self._bytes -= entry.size
+        return entry
 
     def claim(self, token: str) -> _Staged | None:
         """The batch of a token whose commit was notified, for one relay alone (None:
         unknown here); ``release`` it once its ids are in hand or given up."""
-        entry = self._by_token.pop(token, None)
+        entry = self.discard(token)
         if entry is not None:
-            self._items -= len(entry.items)
             self._claimed[token] = entry
         return entry
 
@@ -136,7 +148,7 @@ class _Stage:
         known yet (which may be among them), so that none goes out twice from here."""
         for token, entry in list(self._by_token.items()):
             if not entry.ids.done() or not taken.isdisjoint(entry.ids.result()):
-                self.drop(token)
+                self.discard(token)
 
     def _expire(self) -> None:
         """Drop batches staged over ``STAGE_AGE`` ago (rolled back, or never notified:
@@ -146,7 +158,7 @@ class _Stage:
             token, entry = next(iter(self._by_token.items()))
             if entry.at >= horizon:
                 break
-            self.drop(token)
+            self.discard(token)
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -168,11 +180,13 @@ def columns(items: Iterable[Outgoing]) -> tuple[list[str], list[str], list[bytes
 
 
 # The outbox insert, for a statement that stores a change and its messages at once:
-# ``{0}``, ``{1}``, ``{2}`` are the parameter numbers of the arrays of ``columns`` (add
-# ``RETURNING id``: the ids ``STAGE.settle`` takes).
+# ``{0}``, ``{1}``, ``{2}`` are the parameter numbers of the arrays of ``columns``, ``{3}``
+# the one holding CHANNEL (the writer; add ``RETURNING id``: the ids ``STAGE.settle``
+# takes).
 INSERT_ROWS = (
-    "INSERT INTO outbox (exchange, routing_key, body)"
-    " SELECT * FROM unnest(${0}::text[], ${1}::text[], ${2}::bytea[])"
+    "INSERT INTO outbox (exchange, routing_key, body, writer, created_at)"
+    " SELECT r.exchange, r.routing_key, r.body, ${3}::text, clock_timestamp()"
+    " FROM unnest(${0}::text[], ${1}::text[], ${2}::bytea[]) AS r(exchange, routing_key, body)"
 )
 # ... and the wake-up of this process's relay: ``{0}``, the parameter holding CHANNEL,
 # ``{1}`` the one holding the token of ``stage``.
@@ -196,7 +210,7 @@ async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
     # process's relay
     try:
         ids = await conn.fetchval(
-            f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3)} RETURNING id)"
+            f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3, 4)} RETURNING id)"
             f" SELECT (SELECT array_agg(id) FROM rows), {NOTIFY.format(4, 5)}",
             exchanges,
             keys,
@@ -257,27 +271,33 @@ class Relay:
         a terminated backend): without it every row would wait for the poll."""
         listener: asyncpg.Connection | None = None
         backoff = Backoff(0.1, 5.0)
+        loop = asyncio.get_running_loop()
+        read_at = float("-inf")  # the last round by the table
         try:
             while not stop.is_set():
                 # cleared before the rows are read: a wake-up for a row committed while
                 # this batch is published is kept for the next round
                 self._wake.clear()
                 tokens, self._tokens = self._tokens, []
-                # nothing notified (the first round, the poll, a retry): the table
-                table, self._table = self._table or not tokens, False
+                # by the table: nothing notified (the first round, the poll, a retry), or
+                # a poll due (rows of a process that died, or whose wake-up was lost)
+                table = self._table or not tokens or loop.time() - read_at >= self._poll
+                self._table = False
                 try:
                     if listener is not None and _closed(listener):
                         await self._unlisten(listener)
                         listener = None
                     if listener is None:  # (a failure here: tried again next round)
                         listener = await self._listen()
+                        table = True  # rows committed while nobody listened
                     published = 0
-                    if table:
-                        for token in tokens:  # committed: the table's way takes them
-                            STAGE.drop(token)
-                    else:
+                    if not table:
                         table = not await self._publish_staged(tokens)
+                    else:
+                        for token in tokens:  # committed: the table's way takes them
+                            STAGE.discard(token)
                     if table:
+                        read_at = loop.time()
                         published = await self.publish_once()
                         # rows left behind: older than anything notified since, so the
                         # next round is by the table too
@@ -346,7 +366,7 @@ class Relay:
             ):
                 complete = False
                 for later in tokens[n + 1 :]:  # (after it, in order: by the table too)
-                    STAGE.drop(later)
+                    STAGE.discard(later)
                 break
             batches.append((batch, batch.ids.result()))
         if not batches:
@@ -358,8 +378,10 @@ class Relay:
             # the rows are all still in the table: its way retries, or parks the refused
             log.info("outbox.staged_refused", error=repr(exc), messages=len(items))
             return False
+        # (rows a peer took after its grace are locked or gone: skipped, never waited for)
         await self._pool.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+            " WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED)",
             [i for _, ids in batches for i in ids],
         )
         now = time.monotonic()
@@ -387,10 +409,14 @@ class Relay:
             rows = await conn.fetch(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
                 " WHERE exchange || ' ' || routing_key ~ $2"
+                "  AND (writer IS NULL OR writer = $3"
+                "   OR created_at < clock_timestamp() - $4 * interval '1 second')"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, exchange, routing_key, body, created_at",
                 BATCH,
                 self._rows,
+                CHANNEL,
+                PEER_GRACE,
             )
             if not rows:
                 return 0

@@ -88,7 +88,7 @@ _CREATE = (
     "   AS s(name, service, idx, essential, monitor, startup_order, cores, memory,"
     "   labels, spec)"
     f"  RETURNING {_INSTANCE_COLUMNS}),"
-    f" o AS ({outbox.INSERT_ROWS.format(19, 20, 21)} WHERE EXISTS (SELECT 1 FROM e)"
+    f" o AS ({outbox.INSERT_ROWS.format(19, 20, 21, 22)} WHERE EXISTS (SELECT 1 FROM e)"
     "  RETURNING id)"
     " SELECT "
     + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
@@ -118,7 +118,7 @@ _CREATE_MANY = (
     "   startup_order, cores, memory, labels, spec, n)"
     "  JOIN e ON e.id = s.execution_id ORDER BY s.n"
     f"  RETURNING execution_id AS owner, {_INSTANCE_COLUMNS}),"
-    f" o AS ({outbox.INSERT_ROWS.format(20, 21, 22)} RETURNING id)"
+    f" o AS ({outbox.INSERT_ROWS.format(20, 21, 22, 23)} RETURNING id)"
     " SELECT "
     + ", ".join(f"e.{c.strip()} AS e_{c.strip()}" for c in _EXEC_COLUMNS.split(","))
     + ", "
@@ -193,13 +193,16 @@ class _Grouper:
                     _hand_out([sub], rows)
 
 
+_Columns = tuple[list[str], list[str], list[bytes]]  # the outbox's, as `outbox.columns`
+
+
 async def _stored(
-    db: asyncpg.Pool | asyncpg.Connection, sql: str, arguments: list[Any]
+    db: asyncpg.Pool | asyncpg.Connection, sql: str, built: tuple[list[Any], _Columns]
 ) -> list[asyncpg.Record]:
-    """Run ``_CREATE`` or ``_CREATE_MANY``, its message staged for the outbox's relay (the
-    stage's token is the last argument); returns the rows."""
-    at = _OUTBOX_ARGUMENT[sql]
-    exchanges, keys, bodies = arguments[at : at + 3]
+    """Run ``_CREATE`` or ``_CREATE_MANY`` on its arguments and outbox columns (as the
+    argument builders give them), the message staged for the outbox's relay (the stage's
+    token is the statement's last argument); returns the rows."""
+    arguments, (exchanges, keys, bodies) = built
     token = outbox.stage(exchanges, keys, bodies)
     try:
         rows = await db.fetch(sql, *arguments, token)
@@ -208,10 +211,6 @@ async def _stored(
         raise
     outbox.STAGE.settle(token, rows[0]["outbox_ids"] if rows else None)
     return rows
-
-
-# where the outbox's three arrays start among each statement's arguments ($19, $20)
-_OUTBOX_ARGUMENT = {_CREATE: 18, _CREATE_MANY: 19}
 
 
 def _hand_out(group: list[_Submission], rows: list[asyncpg.Record]) -> None:
@@ -223,9 +222,11 @@ def _hand_out(group: list[_Submission], rows: list[asyncpg.Record]) -> None:
             sub.stored.set_result(by_id.get(sub.execution_id, []))
 
 
-def _many_arguments(group: list[_Submission]) -> list[Any]:
+def _many_arguments(group: list[_Submission]) -> tuple[list[Any], _Columns]:
+    """``_CREATE_MANY``'s arguments (but the stage's token) and its outbox columns."""
     specs = [(sub.execution_id, s) for sub in group for s in sub.specs]
     submitted = Outgoing(m.ExecutionsSubmitted(execution_ids=[s.execution_id for s in group]))
+    columns = outbox.columns([submitted])
     return [
         [s.execution_id for s in group],
         [s.name for s in group],
@@ -237,9 +238,9 @@ def _many_arguments(group: list[_Submission]) -> list[Any]:
         [s.runtime for s in group],
         [e for e, _ in specs],
         *_instance_arrays([s for _, s in specs]),
-        *outbox.columns([submitted]),
+        *columns,
         outbox.CHANNEL,
-    ]
+    ], columns
 
 
 _LIST = msgspec.json.Encoder()
@@ -263,8 +264,10 @@ def _instance_arrays(specs: list[Any]) -> list[list[Any]]:
 
 def _one_arguments(
     sub: _Submission, request_id: str | None = None, request_digest: str | None = None
-) -> list[Any]:
+) -> tuple[list[Any], _Columns]:
+    """``_CREATE``'s arguments (but the stage's token) and its outbox columns."""
     submitted = Outgoing(m.ExecutionSubmitted(execution_id=sub.execution_id))
+    columns = outbox.columns([submitted])
     return [
         sub.execution_id,
         sub.name,
@@ -275,11 +278,11 @@ def _one_arguments(
         sub.priority,
         request_id,
         *_instance_arrays(sub.specs),
-        *outbox.columns([submitted]),
+        *columns,
         outbox.CHANNEL,
         request_digest,
         sub.runtime,
-    ]
+    ], columns
 
 
 # one grouper per pool, for the pools of the api service (``group_submissions``)

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from common import messages as m
+from common import outbox
 from common.zapp import load_description
 from services.api import auth, quotas, store, users
 from tests.conftest import PG_BASE, TestEnv, new_user, own_database
@@ -94,6 +95,15 @@ async def test_concurrent_submissions_are_stored_together_and_each_answered(
         assert [s["name"] for s in answer["services"]] == [s["name"] for s in stored["services"]]
         assert [s["id"] for s in answer["services"]] == [s["id"] for s in stored["services"]]
         assert answer["state"] == stored["state"] == "submitted"
+    # each message is staged for the relay with its row's id (published from memory)
+    rows = {(r["id"], r["body"]) for r in await pool.fetch("SELECT id, body FROM outbox")}
+    staged = {
+        (i, body)
+        for batch in outbox.STAGE._by_token.values()
+        if batch.ids.done() and not batch.ids.cancelled()
+        for i, (_, _, body) in zip(batch.ids.result(), batch.items, strict=True)
+    }
+    assert rows and rows <= staged
     sent = await _outbox(pool)
     # every execution announced once, and by fewer messages than submissions
     assert sorted(_announced(sent)) == sorted(ids)

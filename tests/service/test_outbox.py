@@ -56,13 +56,25 @@ class _Relay(Relay):
 
 
 class _Counted(Relay):
-    """A relay that counts its rounds by the table (``publish_once``)."""
+    """A relay that counts its rounds by the table (``publish_once``, once done) and
+    those from memory, with their answers (False: the table's way is needed)."""
 
     table_rounds = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.from_memory: list[bool] = []
+
     async def publish_once(self) -> int:
-        self.table_rounds += 1
-        return await super().publish_once()
+        try:
+            return await super().publish_once()
+        finally:
+            self.table_rounds += 1
+
+    async def _publish_staged(self, tokens: list[str]) -> bool:
+        done = await super()._publish_staged(tokens)
+        self.from_memory.append(done)
+        return done
 
 
 async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
@@ -99,6 +111,7 @@ async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
             await running
         assert got == [10**9 + 31, 10**9 + 33]
         assert relay.table_rounds == 1  # (the poll is ten minutes away)
+        assert relay.from_memory and all(relay.from_memory)
         await channel.close()
 
 
@@ -122,7 +135,7 @@ async def test_a_batch_whose_writer_never_learnt_its_ids_goes_by_the_table(
             exchanges, keys, bodies = outbox.columns([Outgoing(event)])
             token = outbox.stage(exchanges, keys, bodies)  # never settled
             await pool.execute(
-                f"WITH rows AS ({outbox.INSERT_ROWS.format(1, 2, 3)})"
+                f"WITH rows AS ({outbox.INSERT_ROWS.format(1, 2, 3, 4)})"
                 f" SELECT {outbox.NOTIFY.format(4, 5)}",
                 exchanges,
                 keys,
@@ -140,6 +153,7 @@ async def test_a_batch_whose_writer_never_learnt_its_ids_goes_by_the_table(
             await running
         assert got == [10**9 + 41]
         assert relay.table_rounds == 2
+        assert relay.from_memory == [False]  # (after waiting for the ids in vain)
         await channel.close()
 
 
@@ -213,7 +227,8 @@ async def test_rows_the_broker_refuses_are_parked_and_the_others_go_out(
         finally:
             stop.set()
             await running
-        assert relay.table_rounds == 2 if relay_first else 1
+        assert relay.table_rounds == (2 if relay_first else 1)
+        assert relay.from_memory == ([False] if relay_first else [])
         assert [p["routing_key"] for p in parked] == [
             f"nowhere-{test_env.run_id}",
             routes.routing_key(huge),
@@ -290,4 +305,80 @@ async def test_the_wake_up_comes_back_after_the_database_dropped_the_relays_conn
             stop.set()
             await relay
         assert got == [10**9 + 21, 10**9 + 22, 10**9 + 23]
+        await channel.close()
+
+
+async def _raw_row(pool: asyncpg.Pool, event: m.Message, writer: str | None) -> None:
+    """An outbox row as another process (``writer``) or an older release (None) wrote
+    it, with no wake-up for this process's relay."""
+    ((exchange,), (key,), (body,)) = outbox.columns([Outgoing(event)])
+    await pool.execute(
+        "INSERT INTO outbox (exchange, routing_key, body, writer, created_at)"
+        " VALUES ($1, $2, $3, $4, clock_timestamp())",
+        exchange,
+        key,
+        body,
+        writer,
+    )
+
+
+async def test_another_writers_fresh_rows_are_left_to_it_for_a_grace(
+    test_env: TestEnv,
+) -> None:
+    """A row another process wrote is its own relay's to publish from memory: this relay
+    takes it only once it is older than the grace (that process died, say); a row of no
+    writer (from before) goes at once."""
+    async with (
+        own_database(test_env, "grace") as pool,
+        Bus(test_env.amqp_url, name="t-grace") as bus,
+    ):
+        theirs, old = _event(10**9 + 51), _event(10**9 + 52)
+        channel, got = await _listen(bus, theirs, old)
+        stop = asyncio.Event()
+        relay = _Counted(pool, bus, poll_interval=0.2)
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            await wait_for(lambda: relay.table_rounds >= 1, what="the relay's first round")
+            await _raw_row(pool, theirs, "zoe_outbox_elsewhere")
+            await _raw_row(pool, old, None)
+            await wait_for(lambda: got, timeout=20, what="the row of no writer")
+            assert got == [10**9 + 52]  # (well within the grace of 5 s)
+            assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+            await wait_for(lambda: len(got) == 2, timeout=30, what="the other's row")
+        finally:
+            stop.set()
+            await running
+        assert got == [10**9 + 52, 10**9 + 51]
+        await channel.close()
+
+
+async def test_a_row_without_wake_up_goes_out_while_the_relay_is_kept_busy(
+    test_env: TestEnv,
+) -> None:
+    """A relay woken again and again by its own commits still reads the table at its
+    poll: a row whose wake-up was lost does not wait for a quiet moment."""
+    async with (
+        own_database(test_env, "busy") as pool,
+        Bus(test_env.amqp_url, name="t-busy") as bus,
+    ):
+        lost, busy = _event(10**9 + 61), _event(10**9 + 62)
+        channel, got = await _listen(bus, lost, busy)
+        stop = asyncio.Event()
+        relay = _Counted(pool, bus, poll_interval=0.5)
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            await wait_for(lambda: relay.table_rounds >= 1, what="the relay's first round")
+            await _raw_row(pool, lost, outbox.CHANNEL)  # its own, its NOTIFY lost
+
+            async def committed_and_published() -> bool:
+                async with pool.acquire() as conn, conn.transaction():
+                    await enqueue(conn, [Outgoing(busy)])  # a wake-up every 50 ms
+                return 10**9 + 61 in got
+
+            await wait_for(committed_and_published, timeout=20, what="the row without wake-up")
+        finally:
+            stop.set()
+            await running
+        assert got.count(10**9 + 61) == 1
+        assert relay.from_memory  # (the busy rows went from memory)
         await channel.close()
