@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import os
 import re
 import time
 import uuid
@@ -165,6 +166,17 @@ class _Stage:
 
 
 STAGE = _Stage()
+
+
+def _after_fork() -> None:
+    """A forked process is a writer of its own: a channel and a stage of its own (the
+    parent's tokens would name the parent's batches)."""
+    global CHANNEL, STAGE
+    CHANNEL = f"zoe_outbox_{uuid.uuid4().hex[:16]}"
+    STAGE = _Stage()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def columns(items: Iterable[Outgoing]) -> tuple[list[str], list[str], list[bytes]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from common import outbox
@@ -70,3 +72,21 @@ async def test_batches_never_told_committed_are_dropped_after_a_while() -> None:
     now[0] += outbox.STAGE_AGE + 1
     young = stage.add([ITEM])
     assert stage.claim(old) is None and stage.claim(young) is not None
+
+
+def test_a_forked_process_writes_under_a_channel_and_stage_of_its_own() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: tell what it has, and go
+        try:
+            os.write(write, f"{outbox.CHANNEL} {id(outbox.STAGE)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        told = os.read(read, 200).decode().split()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert told[0] != outbox.CHANNEL and told[0].startswith("zoe_outbox_")
+    assert told[1] != str(id(outbox.STAGE))
