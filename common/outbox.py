@@ -45,7 +45,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import aiormq
 import asyncpg
@@ -71,6 +72,7 @@ SETTLE_WAIT = 1.0  # seconds the relay waits for a committed batch's ids (its wr
 PEER_GRACE = 5.0
 
 Item = tuple[str, str, bytes]  # exchange, routing key, encoded body
+T = TypeVar("T")
 
 
 class _Staged:
@@ -207,33 +209,40 @@ NOTIFY = "pg_notify(${0}, ${1})"
 
 def stage(exchanges: list[str], keys: list[str], bodies: list[bytes]) -> str:
     """Keep a statement's outbox rows in memory until its commit is notified; returns
-    the token for its NOTIFY. Call ``STAGE.settle(token, ids)`` with the ids the
-    statement returned (``STAGE.drop(token)`` if it failed)."""
+    the token for its NOTIFY. ``staged`` does the rest."""
     return STAGE.add(list(zip(exchanges, keys, bodies, strict=True)))
+
+
+async def staged(
+    rows: tuple[list[str], list[str], list[bytes]],
+    statement: Callable[[str], Awaitable[T]],
+    ids: Callable[[T], Sequence[int] | None],
+) -> T:
+    """Run ``statement(token)``, which writes the outbox ``rows`` (``columns``) and
+    NOTIFYs CHANNEL with ``token``, its messages staged for the relay meanwhile; ``ids``
+    reads the rows' ids from its result. Returns the result."""
+    token = stage(*rows)
+    try:
+        result = await statement(token)
+    except BaseException:
+        STAGE.drop(token)
+        raise
+    STAGE.settle(token, ids(result))
+    return result
 
 
 async def enqueue(conn: asyncpg.Connection, items: Iterable[Outgoing]) -> None:
     """Add messages to the outbox in the caller's transaction (published on commit)."""
-    exchanges, keys, bodies = columns(items)
-    if not bodies:
+    rows = columns(items)
+    if not rows[2]:
         return
-    token = stage(exchanges, keys, bodies)
     # one round trip, whatever the number of rows: the rows, and the wake-up of this
     # process's relay
-    try:
-        ids = await conn.fetchval(
-            f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3, 4)} RETURNING id)"
-            f" SELECT (SELECT array_agg(id) FROM rows), {NOTIFY.format(4, 5)}",
-            exchanges,
-            keys,
-            bodies,
-            CHANNEL,
-            token,
-        )
-    except BaseException:
-        STAGE.drop(token)
-        raise
-    STAGE.settle(token, ids)
+    sql = (
+        f"WITH rows AS ({INSERT_ROWS.format(1, 2, 3, 4)} RETURNING id)"
+        f" SELECT (SELECT array_agg(id) FROM rows), {NOTIFY.format(4, 5)}"
+    )
+    await staged(rows, lambda token: conn.fetchval(sql, *rows, CHANNEL, token), lambda ids: ids)
 
 
 def _closed(conn: asyncpg.Connection) -> bool:
@@ -397,11 +406,7 @@ class Relay:
             [i for _, ids in batches for i in ids],
         )
         now = time.monotonic()
-        metrics.OUTBOX_PUBLISHED.inc(len(items))
-        for batch, _ in batches:
-            lag = max(0.0, now - batch.at)
-            for _ in batch.items:
-                metrics.OUTBOX_LAG.observe(lag)
+        _count_published(now - batch.at for batch, _ in batches for _ in batch.items)
         return complete
 
     def _on_lost(self, *_: object) -> None:
@@ -472,9 +477,16 @@ class Relay:
 def _observe_published(rows: list[asyncpg.Record]) -> None:
     """Count rows the broker confirmed, and how long each waited in the outbox."""
     now = datetime.datetime.now(datetime.UTC)
-    metrics.OUTBOX_PUBLISHED.inc(len(rows))
-    for r in rows:
-        metrics.OUTBOX_LAG.observe(max(0.0, (now - r["created_at"]).total_seconds()))
+    _count_published((now - r["created_at"]).total_seconds() for r in rows)
+
+
+def _count_published(lags: Iterable[float]) -> None:
+    """Count messages the broker confirmed, each with the seconds it waited."""
+    n = 0
+    for lag in lags:
+        metrics.OUTBOX_LAG.observe(max(0.0, lag))
+        n += 1
+    metrics.OUTBOX_PUBLISHED.inc(n)
 
 
 async def backlog(conn: asyncpg.Connection) -> tuple[int, float, int]:

@@ -202,15 +202,12 @@ async def _stored(
     """Run ``_CREATE`` or ``_CREATE_MANY`` on its arguments and outbox columns (as the
     argument builders give them), the message staged for the outbox's relay (the stage's
     token is the statement's last argument); returns the rows."""
-    arguments, (exchanges, keys, bodies) = built
-    token = outbox.stage(exchanges, keys, bodies)
-    try:
-        rows = await db.fetch(sql, *arguments, token)
-    except BaseException:
-        outbox.STAGE.drop(token)
-        raise
-    outbox.STAGE.settle(token, rows[0]["outbox_ids"] if rows else None)
-    return rows
+    arguments, columns = built
+    return await outbox.staged(
+        columns,
+        lambda token: db.fetch(sql, *arguments, token),
+        lambda rows: rows[0]["outbox_ids"] if rows else None,
+    )
 
 
 def _hand_out(group: list[_Submission], rows: list[asyncpg.Record]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -77,6 +79,21 @@ class _Counted(Relay):
         return done
 
 
+@contextlib.asynccontextmanager
+async def _waiting_relay(pool: asyncpg.Pool, bus: Bus, poll: float) -> AsyncIterator[_Counted]:
+    """A counting relay, running, past its first round by the table (so that what a
+    test commits next is notified to it); stopped at the end."""
+    relay = _Counted(pool, bus, poll_interval=poll)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.table_rounds >= 1, what="the relay's first round")
+        yield relay
+    finally:
+        stop.set()
+        await running
+
+
 async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
     test_env: TestEnv,
 ) -> None:
@@ -89,11 +106,7 @@ async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
     ):
         first, undone, second = _event(10**9 + 31), _event(10**9 + 32), _event(10**9 + 33)
         channel, got = await _listen(bus, first, undone, second)
-        stop = asyncio.Event()
-        relay = _Counted(pool, bus, poll_interval=600)
-        running = asyncio.create_task(relay.run(stop))
-        try:
-            await wait_for(lambda: relay.table_rounds == 1, what="the relay's first round")
+        async with _waiting_relay(pool, bus, 600) as relay:
             async with pool.acquire() as conn, conn.transaction():
                 await enqueue(conn, [Outgoing(first)])
             with pytest.raises(RuntimeError):
@@ -106,9 +119,6 @@ async def test_committed_rows_go_out_from_memory_and_rolled_back_ones_never(
             await wait_for(
                 lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="their delete"
             )
-        finally:
-            stop.set()
-            await running
         assert got == [10**9 + 31, 10**9 + 33]
         assert relay.table_rounds == 1  # (the poll is ten minutes away)
         assert relay.from_memory and all(relay.from_memory)
@@ -127,11 +137,7 @@ async def test_a_batch_whose_writer_never_learnt_its_ids_goes_by_the_table(
     ):
         event = _event(10**9 + 41)
         channel, got = await _listen(bus, event)
-        stop = asyncio.Event()
-        relay = _Counted(pool, bus, poll_interval=600)
-        running = asyncio.create_task(relay.run(stop))
-        try:
-            await wait_for(lambda: relay.table_rounds == 1, what="the relay's first round")
+        async with _waiting_relay(pool, bus, 600) as relay:
             exchanges, keys, bodies = outbox.columns([Outgoing(event)])
             token = outbox.stage(exchanges, keys, bodies)  # never settled
             await pool.execute(
@@ -148,9 +154,6 @@ async def test_a_batch_whose_writer_never_learnt_its_ids_goes_by_the_table(
                 lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"), what="its delete"
             )
             await asyncio.sleep(2 * outbox.SETTLE_WAIT)  # a second publish would show
-        finally:
-            stop.set()
-            await running
         assert got == [10**9 + 41]
         assert relay.table_rounds == 2
         assert relay.from_memory == [False]  # (after waiting for the ids in vain)
@@ -334,20 +337,13 @@ async def test_another_writers_fresh_rows_are_left_to_it_for_a_grace(
     ):
         theirs, old = _event(10**9 + 51), _event(10**9 + 52)
         channel, got = await _listen(bus, theirs, old)
-        stop = asyncio.Event()
-        relay = _Counted(pool, bus, poll_interval=0.2)
-        running = asyncio.create_task(relay.run(stop))
-        try:
-            await wait_for(lambda: relay.table_rounds >= 1, what="the relay's first round")
+        async with _waiting_relay(pool, bus, 0.2):
             await _raw_row(pool, theirs, "zoe_outbox_elsewhere")
             await _raw_row(pool, old, None)
             await wait_for(lambda: got, timeout=20, what="the row of no writer")
             assert got == [10**9 + 52]  # (well within the grace of 5 s)
             assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
             await wait_for(lambda: len(got) == 2, timeout=30, what="the other's row")
-        finally:
-            stop.set()
-            await running
         assert got == [10**9 + 52, 10**9 + 51]
         await channel.close()
 
@@ -363,11 +359,7 @@ async def test_a_row_without_wake_up_goes_out_while_the_relay_is_kept_busy(
     ):
         lost, busy = _event(10**9 + 61), _event(10**9 + 62)
         channel, got = await _listen(bus, lost, busy)
-        stop = asyncio.Event()
-        relay = _Counted(pool, bus, poll_interval=0.5)
-        running = asyncio.create_task(relay.run(stop))
-        try:
-            await wait_for(lambda: relay.table_rounds >= 1, what="the relay's first round")
+        async with _waiting_relay(pool, bus, 0.5) as relay:
             await _raw_row(pool, lost, outbox.CHANNEL)  # its own, its NOTIFY lost
 
             async def committed_and_published() -> bool:
@@ -376,9 +368,6 @@ async def test_a_row_without_wake_up_goes_out_while_the_relay_is_kept_busy(
                 return 10**9 + 61 in got
 
             await wait_for(committed_and_published, timeout=20, what="the row without wake-up")
-        finally:
-            stop.set()
-            await running
         assert got.count(10**9 + 61) == 1
         assert relay.from_memory  # (the busy rows went from memory)
         await channel.close()
